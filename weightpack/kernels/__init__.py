@@ -1,0 +1,83 @@
+"""Backend registry: every kernel exists in a numpy reference and in compiled backends.
+
+A backend is a module exposing the kernel functions it implements (see ``backend_numpy`` for the
+full list and their contracts). Select one per call (``backend="c"``), process-wide with the
+``WEIGHTPACK_BACKEND`` environment variable, or let weightpack pick (``None`` / ``"auto"``): the
+fastest backend that implements the operation.
+
+>>> from weightpack import kernels
+>>> kernels.get("numpy").__name__
+'weightpack.kernels.backend_numpy'
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from ..errors import BackendError, describe
+
+BACKENDS = ("numpy", "c")
+_PREFERENCE = ("c", "numpy")  # fastest first, for "auto"
+_MODULES = {"numpy": "backend_numpy", "c": "backend_c"}
+_loaded: dict = {}
+
+
+def load(name: str):
+    """Import and return the backend module ``name``; raise BackendError if it cannot load."""
+    if name not in _MODULES:
+        raise BackendError(f"backend={describe(name)} is unknown; allowed: {BACKENDS} or 'auto'")
+    if name not in _loaded:
+        try:
+            _loaded[name] = importlib.import_module(f".{_MODULES[name]}", __name__)
+        except ImportError as exc:
+            raise BackendError(f"backend {name!r} failed to load: {exc}") from exc
+    return _loaded[name]
+
+
+def available() -> list[str]:
+    """Names of the backends that load on this machine."""
+    names = []
+    for name in BACKENDS:
+        try:
+            load(name)
+        except BackendError:
+            continue
+        names.append(name)
+    return names
+
+
+class _AutoBackend:
+    """Resolves each kernel to the first backend in preference order that has it."""
+
+    __name__ = "auto"
+
+    def __getattr__(self, op):
+        for name in _PREFERENCE:
+            try:
+                module = load(name)
+            except BackendError:
+                continue
+            if hasattr(module, op):
+                return getattr(module, op)
+        raise BackendError(f"no backend implements {op!r}")
+
+
+_AUTO = _AutoBackend()
+
+
+def get(name=None):
+    """The backend called ``name``; ``None`` means ``$WEIGHTPACK_BACKEND``, else ``"auto"``."""
+    if name is None:
+        name = os.environ.get("WEIGHTPACK_BACKEND") or "auto"
+    if name == "auto":
+        return _AUTO
+    return load(name)
+
+
+def kernel(name, op: str):
+    """The function ``op`` of backend ``name``, or a BackendError saying the backend lacks it."""
+    backend = get(name)
+    try:
+        return getattr(backend, op)
+    except AttributeError:
+        raise BackendError(f"backend {backend.__name__.rsplit('_', 1)[-1]!r} does not implement {op!r}") from None
