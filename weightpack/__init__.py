@@ -5,7 +5,11 @@
 >>> p = wp.palettize(w, nbits=2)
 >>> p.decompress().shape, p.nbytes
 ((8, 8), 32)
+
+Importing weightpack is cheap: the encoders (and numba) load on first use.
 """
+from importlib import import_module
+
 from .bits import NBitArray, pack_bits, unpack_bits
 from .errors import BackendError, FormatError, WeightpackError
 from .formats import (
@@ -18,6 +22,27 @@ from .formats import (
 )
 
 __version__ = "0.1.0"
+
+# name -> submodule that defines it, imported on first access
+_LAZY = {
+    "prune": ".compress",
+    "palettize": ".compress",
+    "quantize": ".compress",
+    "snr_db": ".metrics",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'weightpack' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "NBitArray",
@@ -32,4 +57,5 @@ __all__ = [
     "QuantizedTensor",
     "SparsePalettizedTensor",
     "SparseQuantizedTensor",
+    *_LAZY,
 ]
