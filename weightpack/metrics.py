@@ -26,4 +26,4 @@ def snr_db(reference, approximation) -> float:
         return float("inf")
     if signal == 0.0:
         return float("-inf")
-    return 10.0 * np.log10(signal / noise)
+    return float(10.0 * np.log10(signal / noise))
