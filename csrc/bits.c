@@ -4,23 +4,11 @@
  * Scalar code; the caller (weightpack/bits.py) validates arguments first, and these functions check
  * again every size that could make them read or write out of bounds.
  */
-#include <stdint.h>
-#include <string.h>
-
-#define WP_OK 0
-#define WP_E_NBITS (-1)
-#define WP_E_SIZE (-2)
-#define WP_E_RANGE (-3)
-#define WP_E_PADDING (-4)
-
-static int valid_nbits(int nbits)
-{
-    return nbits == 1 || nbits == 2 || nbits == 3 || nbits == 4 || nbits == 6 || nbits == 8;
-}
+#include "wp_internal.h"
 
 int wp_packed_nbytes(long long count, int nbits, long long *out_nbytes)
 {
-    if (!valid_nbits(nbits)) return WP_E_NBITS;
+    if (!wp_valid_nbits(nbits)) return WP_E_NBITS;
     if (count < 0 || (unsigned long long)count > (UINT64_MAX - 7) / 8) return WP_E_SIZE;
     *out_nbytes = (long long)(((unsigned long long)count * (unsigned)nbits + 7) / 8);
     return WP_OK;

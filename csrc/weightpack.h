@@ -6,3 +6,18 @@ int wp_pack_bits(const unsigned char *values, long long count, int nbits,
                  unsigned char *out, long long out_len);
 int wp_unpack_bits(const unsigned char *packed, long long packed_len, long long count,
                    int nbits, int sign_extend, unsigned char *out, long long out_len);
+
+int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits,
+                  const unsigned char *mask, long long mask_len,
+                  long long rows, long long cols, const long long *row_table, long long col_block,
+                  const void *lut, long long n_tables, int entries, int vsize, int elem_size,
+                  const long long *row_out, long long col_stride, long long v_stride,
+                  void *out, long long out_len);
+int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long count,
+                     const void *values, long long n_values, int elem_size,
+                     void *out, long long out_len);
+int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbits, int is_signed,
+                          const unsigned char *mask, long long mask_len,
+                          long long rows, long long cols, const long long *row_table, long long col_block,
+                          const void *scale, const void *offset, long long n_blocks, int half_math,
+                          void *out, long long out_len, int out_half);

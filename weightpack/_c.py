@@ -16,6 +16,7 @@ _STATUS = {
     -2: (WeightpackError, "buffer size mismatch"),
     -3: (WeightpackError, "value out of range for the bit width"),
     -4: (FormatError, "nonzero padding bits"),
+    -5: (WeightpackError, "invalid kernel argument"),
 }
 
 

@@ -75,22 +75,29 @@ def shift_scale(data: np.ndarray, scale: np.ndarray, offset) -> np.ndarray:
             scale = np.repeat(scale, dim // blocks, axis)
             if offset is not None:
                 offset = np.repeat(offset, dim // blocks, axis)
-    if offset is not None:
-        x = x - offset.astype(scale.dtype)
-    return scale * x
+    with np.errstate(over="ignore"):  # IEEE overflow to +-inf is the defined result (SPEC.md §5)
+        if offset is not None:
+            x = x - offset.astype(scale.dtype)
+        return scale * x
+
+
+def _store(out: np.ndarray, values: np.ndarray) -> None:
+    """Cast into ``out`` (round to nearest even; overflow to +-inf is the defined result)."""
+    with np.errstate(over="ignore"):
+        out[...] = values
 
 
 def decompress_sparse(t, out: np.ndarray) -> None:
-    out[...] = scatter(t.mask, values(t.nonzero_data))
+    _store(out, scatter(t.mask, values(t.nonzero_data)))
 
 
 def decompress_palettized(t, out: np.ndarray) -> None:
-    out[...] = lut_to_dense(t.indices.values(backend="numpy"), t.lut, t.vector_axis)
+    _store(out, lut_to_dense(t.indices.values(backend="numpy"), t.lut, t.vector_axis))
 
 
 def decompress_quantized(t, out: np.ndarray) -> None:
     offset = None if t.offset is None else values(t.offset)
-    out[...] = shift_scale(t.data.values(backend="numpy"), t.scale, offset)
+    _store(out, shift_scale(t.data.values(backend="numpy"), t.scale, offset))
 
 
 def expand_mask(mask: NBitArray, vector_axis, vector_size: int) -> np.ndarray:
@@ -103,11 +110,11 @@ def decompress_sparse_palettized(t, out: np.ndarray) -> None:
     indices = scatter(t.indices_mask, t.indices_nonzero_data.values(backend="numpy"))
     dense = lut_to_dense(indices, t.lut, t.vector_axis)
     keep = expand_mask(t.indices_mask, t.vector_axis, t.vector_size)
-    out[...] = np.where(keep, dense, np.zeros((), dense.dtype))
+    _store(out, np.where(keep, dense, np.zeros((), dense.dtype)))
 
 
 def decompress_sparse_quantized(t, out: np.ndarray) -> None:
     offset = None if t.offset is None else values(t.offset)
     dense = shift_scale(scatter(t.data_mask, t.nonzero_data.values(backend="numpy")), t.scale, offset)
     keep = t.data_mask.values(backend="numpy").astype(bool)
-    out[...] = np.where(keep, dense, np.zeros((), dense.dtype))
+    _store(out, np.where(keep, dense, np.zeros((), dense.dtype)))
