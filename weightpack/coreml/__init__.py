@@ -1,0 +1,1 @@
+"""Core ML storage: ``blob`` reads and writes weight.bin without coremltools."""
