@@ -98,17 +98,6 @@ int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long co
     return k == n_values ? WP_OK : WP_E_SIZE;
 }
 
-/* Core ML's blockwise shift-scale for one element, in the scale's precision. */
-static inline float shift_scale(float q, float scale, const void *offset, long long t, int half_math)
-{
-    if (half_math) {
-        if (offset) q = wp_round_half(q - wp_half_to_float(((const uint16_t *)offset)[t]));
-        return wp_round_half(scale * q);
-    }
-    if (offset) q = q - ((const float *)offset)[t];
-    return scale * q;
-}
-
 int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbits, int is_signed,
                           const unsigned char *mask, long long mask_len,
                           long long rows, long long cols, const long long *row_table, long long col_block,
@@ -124,7 +113,6 @@ int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbi
     long long available = data_len * 8 / nbits;
     if (!mask && available < count) return WP_E_SIZE;
 
-    const unsigned sign_bit = 1u << (nbits - 1);
     long long k = 0;
     for (long long r = 0; r < rows; r++) {
         rc = check_row(row_table[r], cols, col_block, n_blocks);
@@ -134,11 +122,8 @@ int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbi
             float w = 0.0f;
             if (!mask || wp_mask_bit(mask, e)) {
                 if (k >= available) return WP_E_SIZE;
-                unsigned code = wp_read_bits(data, k++, nbits);
-                int q = (is_signed && (code & sign_bit)) ? (int)code - (1 << nbits) : (int)code;
-                const long long t = row_table[r] + j / col_block;
-                float s = half_math ? wp_half_to_float(((const uint16_t *)scale)[t]) : ((const float *)scale)[t];
-                w = shift_scale((float)q, s, offset, t, half_math);
+                const int q = wp_code_value(wp_read_bits(data, k++, nbits), nbits, is_signed);
+                w = wp_shift_scale((float)q, scale, offset, row_table[r] + j / col_block, half_math);
             }
             if (out_half) ((uint16_t *)out)[e] = wp_float_to_half(w);
             else ((float *)out)[e] = w;

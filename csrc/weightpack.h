@@ -21,3 +21,23 @@ int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbi
                           long long rows, long long cols, const long long *row_table, long long col_block,
                           const void *scale, const void *offset, long long n_blocks, int half_math,
                           void *out, long long out_len, int out_half);
+
+int wp_cpu_simd_level(void);
+int wp_set_simd_level(int level);
+int wp_simd_level(void);
+int wp_set_threads(int n);
+int wp_threads(void);
+
+int wp_lut_matvec(const unsigned char *codes, long long codes_len, int nbits,
+                  const unsigned char *mask, long long mask_len, const long long *row_start,
+                  long long rows, long long cols, const long long *row_table, long long col_block,
+                  const float *lut, long long n_tables,
+                  const float *x, long long x_len, long long batch, float *y, long long y_len);
+int wp_quant_matvec(const unsigned char *codes, long long codes_len, int nbits, int is_signed,
+                    const unsigned char *mask, long long mask_len, const long long *row_start,
+                    long long rows, long long cols, const long long *row_table, long long col_block,
+                    const void *scale, const void *offset, long long n_tables, int half_math,
+                    const float *x, long long x_len, long long batch, float *y, long long y_len);
+int wp_sparse_matvec(const unsigned char *mask, long long mask_len, const long long *row_start,
+                     long long rows, long long cols, const void *values, long long values_len, int value_half,
+                     const float *x, long long x_len, long long batch, float *y, long long y_len);

@@ -97,4 +97,23 @@ static inline float wp_round_half(float f)
     return wp_half_to_float(wp_float_to_half(f));
 }
 
+/* Core ML's blockwise shift-scale of one code q with table t: scale * (q - offset), each step
+   rounded to the scale's precision (binary16 when half_math). */
+static inline float wp_shift_scale(float q, const void *scale, const void *offset, long long t, int half_math)
+{
+    if (half_math) {
+        const float s = wp_half_to_float(((const uint16_t *)scale)[t]);
+        if (offset) q = wp_round_half(q - wp_half_to_float(((const uint16_t *)offset)[t]));
+        return wp_round_half(s * q);
+    }
+    if (offset) q = q - ((const float *)offset)[t];
+    return ((const float *)scale)[t] * q;
+}
+
+/* An n-bit code as a signed or unsigned integer value. */
+static inline int wp_code_value(unsigned code, int nbits, int is_signed)
+{
+    return (is_signed && (code >> (nbits - 1))) ? (int)code - (1 << nbits) : (int)code;
+}
+
 #endif

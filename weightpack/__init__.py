@@ -29,6 +29,8 @@ _LAZY = {
     "palettize": ".compress",
     "quantize": ".compress",
     "snr_db": ".metrics",
+    "matvec": ".ops",
+    "matmul": ".ops",
 }
 
 

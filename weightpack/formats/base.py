@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bits import SIGNED_NBITS, SUPPORTED_NBITS, NBitArray, _frozen
+from ..bits import SIGNED_NBITS, SUPPORTED_NBITS, NBitArray, _frozen, value_range
 from ..errors import WeightpackError, describe
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
@@ -59,6 +59,10 @@ def int_array(value, name: str, allowed: tuple[str, ...], as_type: str | None = 
                 )
             as_type = raw.dtype.name
         nbits, signed = parse_int_type(as_type)
+        lo, hi = value_range(nbits, signed)
+        if raw.size and (raw.min() < lo or raw.max() > hi):
+            bad = raw.min() if raw.min() < lo else raw.max()
+            raise WeightpackError(f"{name} holds {bad}, outside the {as_type} range [{lo}, {hi}]")
         value = NBitArray.from_values(raw, nbits, signed=signed)
     if value.dtype_name not in allowed:
         raise WeightpackError(f"{name} has Core ML dtype {value.dtype_name}; allowed: {', '.join(allowed)}")
@@ -115,16 +119,36 @@ class CompressedTensor:
     arrays under Core ML's names) and the name of the decompression kernel, ``_kernel``.
     """
 
-    __slots__ = ()
+    __slots__ = ("_cache",)
     _kernel = ""
     op = ""  # the Core ML iOS 18 op this type mirrors
 
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is immutable; cannot set {name!r}")
 
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable; cannot delete {name!r}")
+
     def _init(self, **fields):
+        object.__setattr__(self, "_cache", {})
         for key, value in fields.items():
             object.__setattr__(self, key, value)
+
+    def derived(self, key, compute):
+        """A value derived from the (immutable) arrays, computed once by ``compute()`` and kept.
+
+        Kernels keep what they need beside the compressed arrays here (row indices of sparse
+        tensors, LUTs converted to float32); :attr:`derived_nbytes` counts it.
+        """
+        cache = self._cache
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+    @property
+    def derived_nbytes(self) -> int:
+        """Bytes of the derived data kernels keep beside the compressed arrays."""
+        return sum(_nbytes(v) for v in self._cache.values())
 
     def arrays(self) -> dict:
         """The payload arrays under Core ML's parameter names (numpy arrays or NBitArrays)."""
@@ -152,8 +176,11 @@ class CompressedTensor:
         """
         from .. import kernels
 
-        out_dtype = self.dtype if dtype is None else np.dtype(dtype)
-        if out_dtype not in (self.dtype, *FLOAT_DTYPES):
+        try:
+            out_dtype = self.dtype if dtype is None else np.dtype(dtype)
+        except TypeError:  # not a dtype at all, e.g. "float" misspelt
+            out_dtype = None
+        if out_dtype is None or out_dtype not in (self.dtype, *FLOAT_DTYPES):
             raise WeightpackError(
                 f"dtype={describe(dtype)} is not available for {type(self).__name__}; allowed: "
                 f"{dtype_name(self.dtype)} (natural), fp16, fp32"
@@ -188,9 +215,17 @@ class CompressedTensor:
         )
 
 
+def _nbytes(value) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return sum(_nbytes(v) for v in vars(value).values()) if hasattr(value, "__dict__") else 0
+
+
 def _same(a, b) -> bool:
     if a is None or b is None:
         return a is b
     if isinstance(a, NBitArray) or isinstance(b, NBitArray):
-        return a == b
+        return type(a) is type(b) and a == b  # an NBitArray never equals a numpy array
     return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))

@@ -5,13 +5,61 @@ size again before it reads or writes.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .._c import buffer, check, ffi, lib
 from ..bits import NBitArray
-from .plan import row_plan
+from ..errors import WeightpackError, describe
+from .plan import matrix_plan, row_plan, row_starts
 
 _NULL = ffi.NULL
+SIMD_LEVELS = ("scalar", "avx2", "avx512")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def set_simd(name: str | None = None) -> str:
+    """Use SIMD level ``name`` ('scalar', 'avx2', 'avx512'; None = the best this CPU has).
+
+    A level above what the CPU supports falls back to the best supported one. Returns the level in
+    force. ``WEIGHTPACK_SIMD`` sets it when weightpack loads.
+    """
+    if name is not None and name not in SIMD_LEVELS:
+        raise WeightpackError(f"SIMD level {describe(name)} is unknown; allowed: {SIMD_LEVELS}")
+    return SIMD_LEVELS[lib.wp_set_simd_level(-1 if name is None else SIMD_LEVELS.index(name))]
+
+
+def simd_levels() -> tuple[str, ...]:
+    """Every level this CPU can run, lowest first (the tests run each of them)."""
+    return SIMD_LEVELS[: lib.wp_cpu_simd_level() + 1]
+
+
+def set_threads(count: int | None = None) -> int:
+    """Threads for the C kernels (None = the CPUs this process may use); ``WEIGHTPACK_NUM_THREADS``
+    sets it when weightpack loads. Returns the count in force."""
+    if count is None:
+        count = _cpu_count()
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise WeightpackError(f"threads={describe(count)} must be a positive integer")
+    return lib.wp_set_threads(count)
+
+
+def _configure_from_environment() -> None:
+    set_simd(os.environ.get("WEIGHTPACK_SIMD") or None)
+    threads = os.environ.get("WEIGHTPACK_NUM_THREADS")
+    if threads is not None and not threads.isdigit():
+        raise WeightpackError(f"WEIGHTPACK_NUM_THREADS={threads!r} must be a positive integer")
+    set_threads(int(threads) if threads else None)
+
+
+_configure_from_environment()
 
 
 def pack_bits(codes: np.ndarray, nbits: int, out: np.ndarray) -> None:
@@ -97,3 +145,102 @@ def decompress_quantized(t, out: np.ndarray) -> None:
 
 def decompress_sparse_quantized(t, out: np.ndarray) -> None:
     _shift_scale_decode(t.nonzero_data, t.data_mask, t.shape, t.scale, t.offset, out)
+
+
+# ---- fused products -------------------------------------------------------------------------
+
+def _matrix_plan(t, shape, groups):
+    return t.derived("matrix_plan", lambda: matrix_plan(shape, groups))
+
+
+def _row_starts(t, mask: NBitArray, plan):
+    return t.derived("row_starts", lambda: row_starts(mask.packed, plan.rows, plan.cols))
+
+
+def _matmul_decompressed(t, x: np.ndarray, y: np.ndarray) -> None:
+    """Layouts without a fused kernel (vector LUTs, tables across several trailing axes):
+    decompress with the C decoder, then multiply (the weight is materialized)."""
+    w = np.empty(t.shape, np.float32)
+    globals()[t._kernel](t, w)
+    np.matmul(x, w.reshape(y.shape[1], -1).T, out=y)
+
+
+def _activations(x: np.ndarray, y: np.ndarray):
+    return buffer(x, "float[]"), x.size, x.shape[0], buffer(y, "float[]", writable=True), y.size
+
+
+def _lut_matmul(t, codes: NBitArray, mask, plan, x, y) -> None:
+    lut = t.derived("lut_f32", lambda: np.ascontiguousarray(t.lut.astype(np.float32).reshape(-1)))
+    mask_buf, mask_len, starts = _NULL, 0, _NULL
+    if mask is not None:
+        mask_buf, mask_len, starts = buffer(mask.packed), mask.packed.size, _int64(_row_starts(t, mask, plan))
+    status = lib.wp_lut_matvec(
+        buffer(codes.packed), codes.packed.size, codes.nbits,
+        mask_buf, mask_len, starts,
+        plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
+        buffer(lut, "float[]"), plan.n_tables,
+        *_activations(x, y),
+    )
+    check(status, "lut_matvec")
+
+
+def matmul_palettized(t, x: np.ndarray, y: np.ndarray) -> None:
+    plan = _matrix_plan(t, t.indices.shape, t.group_shape)
+    if plan is None or t.vector_size != 1:
+        return _matmul_decompressed(t, x, y)
+    _lut_matmul(t, t.indices, None, plan, x, y)
+
+
+def matmul_sparse_palettized(t, x: np.ndarray, y: np.ndarray) -> None:
+    plan = _matrix_plan(t, t.indices_mask.shape, t.lut.shape[:-2])
+    if plan is None or t.vector_size != 1:
+        return _matmul_decompressed(t, x, y)
+    _lut_matmul(t, t.indices_nonzero_data, t.indices_mask, plan, x, y)
+
+
+def _quant_matmul(t, codes: NBitArray, mask, x, y) -> None:
+    plan = _matrix_plan(t, t.shape, t.scale.shape)
+    if plan is None:
+        return _matmul_decompressed(t, x, y)
+    scale = np.ascontiguousarray(t.scale)
+    offset = _NULL
+    if t.offset is not None:
+        def convert():
+            values = t.offset.values(backend="c") if isinstance(t.offset, NBitArray) else t.offset
+            return np.ascontiguousarray(values.astype(scale.dtype))
+
+        offset = buffer(t.derived("offset_in_scale_dtype", convert))
+    mask_buf, mask_len, starts = _NULL, 0, _NULL
+    if mask is not None:
+        mask_buf, mask_len, starts = buffer(mask.packed), mask.packed.size, _int64(_row_starts(t, mask, plan))
+    status = lib.wp_quant_matvec(
+        buffer(codes.packed), codes.packed.size, codes.nbits, int(codes.signed),
+        mask_buf, mask_len, starts,
+        plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
+        buffer(scale), offset, plan.n_tables, int(scale.dtype == np.float16),
+        *_activations(x, y),
+    )
+    check(status, "quant_matvec")
+
+
+def matmul_quantized(t, x: np.ndarray, y: np.ndarray) -> None:
+    _quant_matmul(t, t.data, None, x, y)
+
+
+def matmul_sparse_quantized(t, x: np.ndarray, y: np.ndarray) -> None:
+    _quant_matmul(t, t.nonzero_data, t.data_mask, x, y)
+
+
+def matmul_sparse(t, x: np.ndarray, y: np.ndarray) -> None:
+    rows = y.shape[1]
+    plan = _matrix_plan(t, t.shape, (1,) * len(t.shape))
+    values = t.nonzero_data
+    if isinstance(values, NBitArray) or values.dtype.kind != "f":
+        values = t.derived("values_f32", lambda: t.nonzero_data.values(backend="c").astype(np.float32)
+                           if isinstance(t.nonzero_data, NBitArray) else t.nonzero_data.astype(np.float32))
+    status = lib.wp_sparse_matvec(
+        buffer(t.mask.packed), t.mask.packed.size, _int64(_row_starts(t, t.mask, plan)),
+        rows, plan.cols, buffer(values), values.nbytes, int(values.dtype == np.float16),
+        *_activations(x, y),
+    )
+    check(status, "sparse_matvec")

@@ -118,3 +118,14 @@ def decompress_sparse_quantized(t, out: np.ndarray) -> None:
     dense = shift_scale(scatter(t.data_mask, t.nonzero_data.values(backend="numpy")), t.scale, offset)
     keep = t.data_mask.values(backend="numpy").astype(bool)
     _store(out, np.where(keep, dense, np.zeros((), dense.dtype)))
+
+
+def _matmul(t, x: np.ndarray, y: np.ndarray) -> None:
+    """Reference product: decompress to float32, then x @ W.T (BLAS)."""
+    w = np.empty(t.shape, np.float32)
+    globals()[t._kernel](t, w)
+    np.matmul(x, w.reshape(y.shape[1], -1).T, out=y)
+
+
+matmul_sparse = matmul_palettized = matmul_quantized = _matmul
+matmul_sparse_palettized = matmul_sparse_quantized = _matmul

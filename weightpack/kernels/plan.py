@@ -101,3 +101,47 @@ def row_plan(shape, groups, vector_axis=None, vector_size: int = 1) -> RowPlan:
         n_tables=int(np.prod(groups, dtype=np.int64)),
         out_size=int(np.prod(out_shape, dtype=np.int64)),
     )
+
+
+@dataclass(frozen=True)
+class MatrixPlan:
+    """A tensor viewed as a ``rows x cols`` matrix (rows = first axis) for the fused products:
+    element (r, j) uses table ``row_table[r] + j // col_block``."""
+
+    rows: int
+    cols: int
+    row_table: np.ndarray  # int64[rows]
+    col_block: int
+    n_tables: int
+
+
+def matrix_plan(shape, groups) -> MatrixPlan | None:
+    """The matrix view of ``shape`` cut into ``groups``, or None when the tables of the trailing
+    axes do not form contiguous runs of each matrix row.
+
+    >>> p = matrix_plan((4, 8, 3), (2, 1, 1))
+    >>> p.rows, p.cols, p.row_table.tolist(), p.col_block
+    (4, 24, [0, 0, 1, 1], 24)
+    """
+    shape, groups = list(shape), list(groups)
+    if len(shape) == 1:
+        shape, groups = [1] + shape, [1] + groups
+    rest_s, rest_g = _merge_axes(shape[1:], groups[1:])
+    if len(rest_s) != 1:
+        return None
+    rows, cols, col_groups = shape[0], rest_s[0], rest_g[0]
+    row_table = (np.arange(rows, dtype=np.int64) // max(rows // groups[0], 1)) * col_groups
+    return MatrixPlan(rows, cols, row_table, max(cols // col_groups, 1), int(groups[0] * col_groups))
+
+
+def row_starts(mask_bits: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Where each row's values start in the value stream of a packed ``rows x cols`` 1-bit mask,
+    followed by the total count (int64[rows + 1]).
+
+    >>> row_starts(np.packbits([1, 0, 1, 1, 0, 1], bitorder="little"), 2, 3).tolist()
+    [0, 2, 4]
+    """
+    bits = np.unpackbits(mask_bits, bitorder="little", count=rows * cols)
+    starts = np.zeros(rows + 1, np.int64)
+    np.cumsum(bits.reshape(rows, cols).sum(axis=1, dtype=np.int64), out=starts[1:])
+    return starts

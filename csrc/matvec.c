@@ -1,0 +1,178 @@
+/*
+ * Fused decompress + matrix-vector / matrix-matrix products: the weight is decoded a row at a time
+ * in registers and never written to memory.  Entry points validate every size, pick the best row
+ * worker for the CPU level in force, and split the rows over OpenMP threads.  The scalar workers
+ * here are the portable path and the definition the SIMD workers must reproduce (up to the order
+ * of the float32 summation).
+ */
+#include "matvec.h"
+#include "wp_dispatch.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define BATCH_TILE 8
+
+static int check_common(const wp_mv_common *c, long long mask_len, long long x_len, long long y_len,
+                        int code_bits)
+{
+    if (c->rows < 0 || c->cols < 0 || c->batch < 0 || c->col_block <= 0 || c->n_tables < 0) return WP_E_ARG;
+    if (c->cols && c->rows > INT64_MAX / c->cols) return WP_E_SIZE;
+    if (c->cols && c->batch > INT64_MAX / c->cols) return WP_E_SIZE;
+    if (c->rows && c->batch > INT64_MAX / c->rows) return WP_E_SIZE;
+    if (x_len != c->batch * c->cols || y_len != c->batch * c->rows) return WP_E_SIZE;
+    const long long count = c->rows * c->cols;
+    const long long available = c->codes_len / code_bits * 8 + (c->codes_len % code_bits) * 8 / code_bits;
+    if (c->mask) {
+        if (mask_len != wp_stream_bytes(count, 1) || !c->row_start) return WP_E_SIZE;
+        if (c->row_start[0] < 0) return WP_E_RANGE;
+        for (long long r = 0; r < c->rows; r++)
+            if (c->row_start[r + 1] < c->row_start[r]) return WP_E_RANGE;
+        if (c->row_start[c->rows] > available) return WP_E_SIZE;
+    } else if (available < count) {
+        return WP_E_SIZE;
+    }
+    if (c->row_table && c->cols) {
+        const long long span = (c->cols - 1) / c->col_block;
+        for (long long r = 0; r < c->rows; r++)
+            if (c->row_table[r] < 0 || c->row_table[r] + span >= c->n_tables) return WP_E_RANGE;
+    }
+    return WP_OK;
+}
+
+/* Run fn over all rows, split into contiguous ranges (multiples of 16 rows) across threads. */
+static void run_rows(wp_rows_fn fn, const void *args, long long rows)
+{
+    int threads = wp_threads();
+    if (threads > 1 && rows >= 64) {
+#pragma omp parallel num_threads(threads)
+        {
+#ifdef _OPENMP
+            const long long t = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+            const long long t = 0, n = 1;
+#endif
+            long long r0 = rows * t / n / 16 * 16, r1 = t == n - 1 ? rows : rows * (t + 1) / n / 16 * 16;
+            if (r1 > r0) fn(args, r0, r1);
+        }
+    } else if (rows > 0) {
+        fn(args, 0, rows);
+    }
+}
+
+/* Walk row r's codes in order, calling BODY with j (column) and k (stream element) set. */
+#define FOR_EACH_CODE(c, r, BODY)                                                   \
+    do {                                                                            \
+        if ((c)->mask) {                                                            \
+            long long k = (c)->row_start[r], k_end = (c)->row_start[(r) + 1];       \
+            const long long e0 = (r) * (c)->cols;                                   \
+            for (long long j = 0; j < (c)->cols && k < k_end; j++) {                \
+                if (!wp_mask_bit((c)->mask, e0 + j)) continue;                      \
+                BODY;                                                               \
+                k++;                                                                \
+            }                                                                       \
+        } else {                                                                    \
+            long long k = (r) * (c)->cols;                                          \
+            for (long long j = 0; j < (c)->cols; j++, k++) { BODY; }                \
+        }                                                                           \
+    } while (0)
+
+#define ACCUMULATE(c, r, b0, nb, acc, WEIGHT)                                       \
+    do {                                                                            \
+        FOR_EACH_CODE(c, r, {                                                       \
+            const float w = (WEIGHT);                                               \
+            for (int b = 0; b < (nb); b++) acc[b] += w * (c)->x[((b0) + b) * (c)->cols + j]; \
+        });                                                                         \
+    } while (0)
+
+#define ROW_LOOP(c, r0, r1, WEIGHT)                                                 \
+    for (long long r = (r0); r < (r1); r++) {                                       \
+        for (long long b0 = 0; b0 < (c)->batch; b0 += BATCH_TILE) {                \
+            const int nb = (int)((c)->batch - b0 < BATCH_TILE ? (c)->batch - b0 : BATCH_TILE); \
+            float acc[BATCH_TILE] = {0};                                            \
+            ACCUMULATE(c, r, b0, nb, acc, WEIGHT);                                  \
+            for (int b = 0; b < nb; b++) (c)->y[(b0 + b) * (c)->rows + r] = acc[b]; \
+        }                                                                           \
+    }
+
+static void lut_rows_scalar(const void *args, long long r0, long long r1)
+{
+    const wp_lut_mv *a = args;
+    const wp_mv_common *c = &a->c;
+    const long long entries = 1LL << c->nbits;
+    ROW_LOOP(c, r0, r1, a->lut[(c->row_table[r] + j / c->col_block) * entries + wp_read_bits(c->codes, k, c->nbits)])
+}
+
+static void quant_rows_scalar(const void *args, long long r0, long long r1)
+{
+    const wp_quant_mv *a = args;
+    const wp_mv_common *c = &a->c;
+    ROW_LOOP(c, r0, r1,
+             wp_shift_scale((float)wp_code_value(wp_read_bits(c->codes, k, c->nbits), c->nbits, a->is_signed),
+                            a->scale, a->offset, c->row_table[r] + j / c->col_block, a->half_math))
+}
+
+static void sparse_rows_scalar(const void *args, long long r0, long long r1)
+{
+    const wp_sparse_mv *a = args;
+    const wp_mv_common *c = &a->c;
+    if (a->value_half) {
+        ROW_LOOP(c, r0, r1, wp_half_to_float(((const uint16_t *)c->codes)[k]))
+    } else {
+        ROW_LOOP(c, r0, r1, ((const float *)c->codes)[k])
+    }
+}
+
+int wp_lut_matvec(const unsigned char *codes, long long codes_len, int nbits,
+                  const unsigned char *mask, long long mask_len, const long long *row_start,
+                  long long rows, long long cols, const long long *row_table, long long col_block,
+                  const float *lut, long long n_tables,
+                  const float *x, long long x_len, long long batch, float *y, long long y_len)
+{
+    if (!wp_valid_nbits(nbits) || !row_table) return WP_E_ARG;
+    wp_lut_mv a = {{rows, cols, batch, x, y, codes, codes_len, nbits, mask, row_start, row_table, col_block, n_tables},
+                   lut};
+    int rc = check_common(&a.c, mask_len, x_len, y_len, nbits);
+    if (rc) return rc;
+    wp_rows_fn fn = NULL;
+    if (wp_simd_level() >= 2) fn = wp_lut_rows_avx512(&a);
+    if (!fn && wp_simd_level() >= 1) fn = wp_lut_rows_avx2(&a);
+    run_rows(fn ? fn : lut_rows_scalar, &a, rows);
+    return WP_OK;
+}
+
+int wp_quant_matvec(const unsigned char *codes, long long codes_len, int nbits, int is_signed,
+                    const unsigned char *mask, long long mask_len, const long long *row_start,
+                    long long rows, long long cols, const long long *row_table, long long col_block,
+                    const void *scale, const void *offset, long long n_tables, int half_math,
+                    const float *x, long long x_len, long long batch, float *y, long long y_len)
+{
+    if ((nbits != 4 && nbits != 8) || !row_table || !scale) return WP_E_ARG;
+    wp_quant_mv a = {{rows, cols, batch, x, y, codes, codes_len, nbits, mask, row_start, row_table, col_block, n_tables},
+                     is_signed, half_math, scale, offset};
+    int rc = check_common(&a.c, mask_len, x_len, y_len, nbits);
+    if (rc) return rc;
+    wp_rows_fn fn = NULL;
+    if (wp_simd_level() >= 2) fn = wp_quant_rows_avx512(&a);
+    if (!fn && wp_simd_level() >= 1) fn = wp_quant_rows_avx2(&a);
+    run_rows(fn ? fn : quant_rows_scalar, &a, rows);
+    return WP_OK;
+}
+
+int wp_sparse_matvec(const unsigned char *mask, long long mask_len, const long long *row_start,
+                     long long rows, long long cols, const void *values, long long values_len, int value_half,
+                     const float *x, long long x_len, long long batch, float *y, long long y_len)
+{
+    if (!mask) return WP_E_ARG;
+    wp_sparse_mv a = {{rows, cols, batch, x, y, (const uint8_t *)values, values_len, value_half ? 16 : 32, mask,
+                       row_start, NULL, 1, 0},
+                      value_half};
+    int rc = check_common(&a.c, mask_len, x_len, y_len, value_half ? 16 : 32);
+    if (rc) return rc;
+    wp_rows_fn fn = NULL;
+    if (wp_simd_level() >= 2) fn = wp_sparse_rows_avx512(&a);
+    if (!fn && wp_simd_level() >= 1) fn = wp_sparse_rows_avx2(&a);
+    run_rows(fn ? fn : sparse_rows_scalar, &a, rows);
+    return WP_OK;
+}

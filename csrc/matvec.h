@@ -1,0 +1,51 @@
+/* Fused decompress + matrix-vector kernels: argument blocks and the per-ISA row workers. */
+#ifndef WP_MATVEC_H
+#define WP_MATVEC_H
+
+#include "wp_internal.h"
+
+/* Y[b][r] = sum_j W[r][j] * X[b][j] for b < batch; W is rows x cols, decoded on the fly. */
+typedef struct {
+    long long rows, cols, batch;
+    const float *x; /* batch x cols */
+    float *y;       /* batch x rows */
+    /* weight stream: n-bit codes, dense (code of W[r][j] is element r*cols+j) or sparse (mask
+       bit r*cols+j set; codes of row r start at row_start[r]) */
+    const uint8_t *codes;
+    long long codes_len;
+    int nbits;
+    const uint8_t *mask;        /* NULL when dense */
+    const long long *row_start; /* rows+1 entries, sparse only */
+    /* tables: table(r, j) = row_table[r] + j / col_block */
+    const long long *row_table;
+    long long col_block, n_tables;
+} wp_mv_common;
+
+typedef struct {
+    wp_mv_common c;
+    const float *lut; /* n_tables x 2^nbits decoded values */
+} wp_lut_mv;
+
+typedef struct {
+    wp_mv_common c;
+    int is_signed, half_math;
+    const void *scale, *offset; /* per table; offset may be NULL; fp16 bits or fp32 */
+} wp_quant_mv;
+
+typedef struct {
+    wp_mv_common c;        /* nbits unused: codes are the values */
+    int value_half;        /* values are fp16 bits (1) or fp32 (0) */
+} wp_sparse_mv;
+
+/* A row worker computes Y for rows [r0, r1) of every batch entry. */
+typedef void (*wp_rows_fn)(const void *args, long long r0, long long r1);
+
+/* SIMD selectors return NULL when they do not cover the case (the scalar worker runs then). */
+wp_rows_fn wp_lut_rows_avx512(const wp_lut_mv *a);
+wp_rows_fn wp_lut_rows_avx2(const wp_lut_mv *a);
+wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a);
+wp_rows_fn wp_quant_rows_avx2(const wp_quant_mv *a);
+wp_rows_fn wp_sparse_rows_avx512(const wp_sparse_mv *a);
+wp_rows_fn wp_sparse_rows_avx2(const wp_sparse_mv *a);
+
+#endif

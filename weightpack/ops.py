@@ -1,0 +1,77 @@
+"""Products with compressed weights: ``matvec(W, x)`` and ``matmul(W, X)``.
+
+The weight is never materialized by the compiled backends: each row is decoded in registers
+right where it is multiplied (Core ML's just-in-time decompression, on a CPU). A weight of shape
+``(out, ...)`` acts as the ``out x in`` matrix of its first axis against the rest flattened, as a
+linear or convolution (im2col) layer uses it.
+
+Exact mode: activations in float32, every weight decoded exactly as ``decompress()`` does,
+float32 accumulation. Backends differ only in summation order: the result is within a relative
+error of ``MATVEC_RTOL * sqrt(in)`` of the float64 product of the decoded weights (per output,
+relative to ``sum_j |w_j x_j|``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import WeightpackError, describe
+from .formats.base import CompressedTensor
+
+MATVEC_RTOL = 2.0**-22
+
+
+def matrix_shape(weight: CompressedTensor) -> tuple[int, int]:
+    """(out, in): the tensor's first axis against the product of the others."""
+    shape = weight.shape
+    if len(shape) == 1:
+        return 1, shape[0]
+    return shape[0], int(np.prod(shape[1:], dtype=np.int64))
+
+
+def _activations(x, cols: int, name: str, ndim: int) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise WeightpackError(f"{name} has dtype {x.dtype}; it must be a float array (float32 is used)")
+    if x.ndim != ndim or x.shape[-1] != cols:
+        want = f"({cols},)" if ndim == 1 else f"(batch, {cols})"
+        raise WeightpackError(f"{name} has shape {x.shape}; the weight needs {want}")
+    if not np.isfinite(x).all():
+        raise WeightpackError(f"{name} contains NaN or infinity")
+    return np.require(x, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
+
+
+def _check_weight(weight) -> None:
+    if not isinstance(weight, CompressedTensor):
+        raise WeightpackError(f"weight must be a weightpack compressed tensor, got {describe(weight)}")
+
+
+def matmul(weight: CompressedTensor, x, *, backend=None) -> np.ndarray:
+    """``x @ W.T`` for activations ``x`` of shape (batch, in): a linear layer; float32 (batch, out).
+
+    >>> import numpy as np, weightpack as wp
+    >>> w = wp.QuantizedTensor(np.array([[1, -1], [2, 0]], np.int8), np.array([[0.5], [0.25]], np.float32))
+    >>> wp.matmul(w, np.array([[1.0, 2.0], [3.0, 4.0]])).tolist()
+    [[-0.5, 0.5], [-0.5, 1.5]]
+    """
+    from . import kernels
+
+    _check_weight(weight)
+    rows, cols = matrix_shape(weight)
+    x = _activations(x, cols, "x", 2)
+    y = np.empty((x.shape[0], rows), np.float32)
+    kernels.kernel(backend, "matmul_" + weight._kernel.removeprefix("decompress_"))(weight, x, y)
+    return y
+
+
+def matvec(weight: CompressedTensor, x, *, backend=None) -> np.ndarray:
+    """``W @ x`` for a vector ``x`` of length in; float32 of length out.
+
+    >>> import numpy as np, weightpack as wp
+    >>> w = wp.SparseTensor(np.array([[1, 0], [1, 1]], bool), np.array([2, 3, 4], np.float16))
+    >>> wp.matvec(w, np.array([1.0, 10.0])).tolist()
+    [2.0, 43.0]
+    """
+    _check_weight(weight)
+    x = _activations(x, matrix_shape(weight)[1], "x", 1)
+    return matmul(weight, x.reshape(1, -1), backend=backend).reshape(-1)
