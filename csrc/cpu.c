@@ -1,6 +1,6 @@
 /*
  * Run-time CPU dispatch and thread count.  Levels: 0 portable scalar, 1 AVX2 (+FMA, F16C, BMI2),
- * 2 AVX-512 (F, BW, DQ, VL, VBMI, VNNI: Ice Lake / Zen 4 and newer).  The level in force is the
+ * 2 AVX-512 (F, BW, DQ, VL, VBMI, VBMI2, VNNI: Ice Lake / Zen 4 and newer).  The level in force is the
  * detected one unless the caller lowers it (weightpack reads WEIGHTPACK_SIMD), which lets the
  * tests run every path a machine has.
  */
@@ -30,9 +30,9 @@ static int detect_level(void)
     const int avx2 = (b >> 5) & 1, bmi2 = (b >> 8) & 1;
     if (!(avx2 && fma && f16c && bmi2)) return 0;
     const int avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1, avx512bw = (b >> 30) & 1,
-              avx512vl = (b >> 31) & 1, vbmi = (c >> 1) & 1, vnni = (c >> 11) & 1;
+              avx512vl = (b >> 31) & 1, vbmi = (c >> 1) & 1, vbmi2 = (c >> 6) & 1, vnni = (c >> 11) & 1;
     const int zmm_state = (xcr0 & 0xe0) == 0xe0; /* opmask and ZMM state saved by the OS */
-    if (avx512f && avx512dq && avx512bw && avx512vl && vbmi && vnni && zmm_state) return 2;
+    if (avx512f && avx512dq && avx512bw && avx512vl && vbmi && vbmi2 && vnni && zmm_state) return 2;
     return 1;
 }
 #else

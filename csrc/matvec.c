@@ -166,7 +166,7 @@ int wp_sparse_matvec(const unsigned char *mask, long long mask_len, const long l
 {
     if (!mask) return WP_E_ARG;
     wp_sparse_mv a = {{rows, cols, batch, x, y, (const uint8_t *)values, values_len, value_half ? 16 : 32, mask,
-                       row_start, NULL, 1, 0},
+                       row_start, NULL, cols > 0 ? cols : 1, 0},
                       value_half};
     int rc = check_common(&a.c, mask_len, x_len, y_len, value_half ? 16 : 32);
     if (rc) return rc;

@@ -1,6 +1,298 @@
-/* AVX-512 row workers for the fused products (selected when the CPU level is 2). */
+/*
+ * AVX-512 row workers for the fused products (CPU level 2).
+ *
+ * Dense codes of 1, 2 and 4 bits: a byte holds 8/n consecutive codes, lowest first.  Rather than
+ * unpacking codes into column order, x is split once into n-phase streams (x_p[k] = x[k*8/n + p])
+ * and every phase of 16 loaded bytes meets its own stream: one shift, one mask and one in-register
+ * table lookup (vpermps: a table of <= 16 floats lives in a register) per 16 weights.  4-bit
+ * quantized weights use the same path with a 16-entry table of Core ML's decoded values built per
+ * block of scale.  8-bit quantized weights are decoded arithmetically.  Sparse rows expand 16
+ * values at a time under their mask bits (vexpandps).  Four rows share each load of x.
+ */
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,avx512vnni,avx2,fma,f16c,bmi2,popcnt")
+#include <immintrin.h>
+#include <stdlib.h>
+
 #include "matvec.h"
 
-wp_rows_fn wp_lut_rows_avx512(const wp_lut_mv *a) { (void)a; return NULL; }
-wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a) { (void)a; return NULL; }
-wp_rows_fn wp_sparse_rows_avx512(const wp_sparse_mv *a) { (void)a; return NULL; }
+#define ROW_TILE 4
+#define BATCH_TILE 4
+#define WP_INLINE static inline __attribute__((always_inline))
+#define RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+enum table_kind { LUT_TABLE, QUANT_TABLE };
+
+WP_INLINE __m512 round_half(__m512 v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, RNE)); }
+
+/* Core ML's shift-scale applied to 16 code values at once (table t). */
+WP_INLINE __m512 shift_scale16(const wp_quant_mv *a, __m512 q, long long t)
+{
+    if (a->half_math) {
+        const __m512 s = _mm512_set1_ps(_cvtsh_ss(((const uint16_t *)a->scale)[t]));
+        if (a->offset) q = round_half(_mm512_sub_ps(q, _mm512_set1_ps(_cvtsh_ss(((const uint16_t *)a->offset)[t]))));
+        return round_half(_mm512_mul_ps(s, q));
+    }
+    const __m512 s = _mm512_set1_ps(((const float *)a->scale)[t]);
+    if (a->offset) q = _mm512_sub_ps(q, _mm512_set1_ps(((const float *)a->offset)[t]));
+    return _mm512_mul_ps(s, q);
+}
+
+/* The register table of decoded values for table t: a LUT, or Core ML's values of the 16 codes. */
+WP_INLINE __m512 load_table(const void *args, enum table_kind kind, long long t, int n)
+{
+    const int entries = 1 << n;
+    if (kind == LUT_TABLE)
+        return _mm512_maskz_loadu_ps((__mmask16)((1u << entries) - 1), ((const wp_lut_mv *)args)->lut + t * entries);
+    const wp_quant_mv *a = args;
+    __m512i codes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    if (a->is_signed) /* two's complement in n bits */
+        codes = _mm512_sub_epi32(_mm512_xor_si512(codes, _mm512_set1_epi32(1 << (n - 1))), _mm512_set1_epi32(1 << (n - 1)));
+    return shift_scale16(a, _mm512_cvtepi32_ps(codes), t);
+}
+
+/* x (batch x cols) split into phases: out[(b * per + p) * (cols / per) + k] = x[b * cols + k * per + p]. */
+static float *split_phases(const float *x, long long batch, long long cols, int per)
+{
+    float *out = aligned_alloc(64, (size_t)((batch * cols * 4 + 63) / 64 * 64));
+    if (!out) return NULL;
+    const long long len = cols / per;
+    for (long long b = 0; b < batch; b++)
+        for (int p = 0; p < per; p++)
+            for (long long k = 0; k < len; k++) out[(b * per + p) * len + k] = x[b * cols + k * per + p];
+    return out;
+}
+
+WP_INLINE void store_tile(const wp_mv_common *c, __m512 acc[ROW_TILE][BATCH_TILE], long long r, int rt, long long b0, int bt)
+{
+    for (int i = 0; i < rt; i++)
+        for (int b = 0; b < bt; b++) c->y[(b0 + b) * c->rows + r + i] = _mm512_reduce_add_ps(acc[i][b]);
+}
+
+/* Tiles of rows x batch for a tile function F(args, c, extra, r, rt, b0, bt). */
+#define RUN_TILES(F, args, c, extra, r0, r1)                                                     \
+    do {                                                                                         \
+        long long r = (r0);                                                                      \
+        for (; r + ROW_TILE <= (r1); r += ROW_TILE) {                                            \
+            long long b = 0;                                                                     \
+            for (; b + BATCH_TILE <= (c)->batch; b += BATCH_TILE) F(args, c, extra, r, ROW_TILE, b, BATCH_TILE); \
+            for (; b < (c)->batch; b++) F(args, c, extra, r, ROW_TILE, b, 1);                   \
+        }                                                                                        \
+        for (; r < (r1); r++) {                                                                  \
+            long long b = 0;                                                                     \
+            for (; b + BATCH_TILE <= (c)->batch; b += BATCH_TILE) F(args, c, extra, r, 1, b, BATCH_TILE); \
+            for (; b < (c)->batch; b++) F(args, c, extra, r, 1, b, 1);                          \
+        }                                                                                        \
+    } while (0)
+
+/* ---- dense codes of n <= 4 bits, register tables -------------------------------------------- */
+
+WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *xs, long long r, int rt,
+                          long long b0, int bt, int n, enum table_kind kind)
+{
+    const int per = 8 / n;
+    const long long len = c->cols / per;
+    const __m512i code_mask = _mm512_set1_epi32((1 << n) - 1);
+    __m512 acc[ROW_TILE][BATCH_TILE];
+    for (int i = 0; i < rt; i++)
+        for (int b = 0; b < bt; b++) acc[i][b] = _mm512_setzero_ps();
+    for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
+        __m512 table[ROW_TILE];
+        for (int i = 0; i < rt; i++) table[i] = load_table(args, kind, c->row_table[r + i] + j0 / c->col_block, n);
+        const long long k_end = (j0 + c->col_block) / per;
+        for (long long k = j0 / per; k < k_end; k += 16) {
+            __m512i codes[ROW_TILE];
+            for (int i = 0; i < rt; i++)
+                codes[i] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c->codes + (r + i) * len + k)));
+            for (int p = 0; p < per; p++) {
+                __m512 xv[BATCH_TILE];
+                for (int b = 0; b < bt; b++) xv[b] = _mm512_loadu_ps(xs + ((b0 + b) * per + p) * len + k);
+                for (int i = 0; i < rt; i++) {
+                    const __m512i idx = _mm512_and_si512(_mm512_srli_epi32(codes[i], (unsigned)(p * n)), code_mask);
+                    const __m512 w = _mm512_permutexvar_ps(idx, table[i]);
+                    for (int b = 0; b < bt; b++) acc[i][b] = _mm512_fmadd_ps(w, xv[b], acc[i][b]);
+                }
+            }
+        }
+    }
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
+#define SMALL_WORKER(name, n, kind, type)                                                        \
+    static void name##_tile(const void *args, const wp_mv_common *c, const float *xs, long long r, int rt, \
+                            long long b0, int bt) { small_tile(args, c, xs, r, rt, b0, bt, n, kind); } \
+    static void name(const void *args, long long r0, long long r1)                               \
+    {                                                                                            \
+        const wp_mv_common *c = &((const type *)args)->c;                                        \
+        float *xs = split_phases(c->x, c->batch, c->cols, 8 / (n));                              \
+        if (!xs) return;                                                                         \
+        RUN_TILES(name##_tile, args, c, xs, r0, r1);                                             \
+        free(xs);                                                                                \
+    }
+
+SMALL_WORKER(lut_rows_1bit, 1, LUT_TABLE, wp_lut_mv)
+SMALL_WORKER(lut_rows_2bit, 2, LUT_TABLE, wp_lut_mv)
+SMALL_WORKER(lut_rows_4bit, 4, LUT_TABLE, wp_lut_mv)
+SMALL_WORKER(quant_rows_4bit, 4, QUANT_TABLE, wp_quant_mv)
+
+static int small_codes_fit(const wp_mv_common *c)
+{
+    const int per = 8 / c->nbits;
+    return !c->mask && c->col_block % (16 * per) == 0 && c->cols % c->col_block == 0;
+}
+
+/* ---- any codes, dense or under a mask, 16 columns at a time --------------------------------- */
+
+enum source { SRC_HALF, SRC_FLOAT, SRC_LUT, SRC_QUANT };
+
+static const uint64_t spread_mask[9] = {0, 0x0101010101010101ULL, 0x0303030303030303ULL, 0x0707070707070707ULL,
+                                        0x0f0f0f0f0f0f0f0fULL, 0, 0x3f3f3f3f3f3f3f3fULL, 0, 0};
+
+/* Codes k .. k+cnt-1 (cnt <= 16) of an n-bit stream as 16 dwords; reads only their bytes. */
+WP_INLINE __m512i load_codes16(const uint8_t *stream, long long k, int n, int cnt)
+{
+    const long long bit = k * n;
+    const unsigned shift = (unsigned)(bit & 7);
+    const unsigned nbytes = (shift + (unsigned)(cnt * n) + 7) / 8;
+    const __m128i v = _mm_maskz_loadu_epi8((__mmask16)((1u << nbytes) - 1), stream + (bit >> 3));
+    if (n == 8) return _mm512_cvtepu8_epi32(v);
+    uint64_t lo = (uint64_t)_mm_cvtsi128_si64(v), hi = (uint64_t)_mm_extract_epi64(v, 1);
+    if (shift) {
+        lo = (lo >> shift) | (hi << (64 - shift));
+        hi >>= shift;
+    }
+    const unsigned half_bits = 8u * (unsigned)n; /* bits of codes 0-7 */
+    const uint64_t upper = (lo >> half_bits) | (hi << (64 - half_bits)); /* codes 8-15 */
+    const uint64_t a = _pdep_u64(lo, spread_mask[n]), b = _pdep_u64(upper, spread_mask[n]);
+    return _mm512_cvtepu8_epi32(_mm_set_epi64x((long long)b, (long long)a));
+}
+
+/* Tables kept in registers for one row and block: up to 64 floats. */
+typedef struct { __m512 t[4]; const float *mem; } row_tables;
+
+WP_INLINE void fetch_tables(const void *args, enum source src, int n, long long t, row_tables *out)
+{
+    if (src == SRC_LUT) {
+        const float *lut = ((const wp_lut_mv *)args)->lut + t * (1LL << n);
+        out->mem = lut;
+        if (n <= 4) out->t[0] = _mm512_maskz_loadu_ps((__mmask16)((1u << (1 << n)) - 1), lut);
+        if (n == 6)
+            for (int q = 0; q < 4; q++) out->t[q] = _mm512_loadu_ps(lut + 16 * q);
+    } else if (src == SRC_QUANT && n == 4) {
+        out->t[0] = load_table(args, QUANT_TABLE, t, 4);
+    }
+}
+
+/* 16 weights (in stream order) for 16 codes / values starting at stream element k. */
+WP_INLINE __m512 fetch_weights(const void *args, const wp_mv_common *c, enum source src, int n, const row_tables *tab,
+                               long long k, int cnt, long long t)
+{
+    if (src == SRC_HALF)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)((1u << cnt) - 1), (const uint16_t *)c->codes + k));
+    if (src == SRC_FLOAT) return _mm512_maskz_loadu_ps((__mmask16)((1u << cnt) - 1), (const float *)c->codes + k);
+    const __m512i codes = load_codes16(c->codes, k, n, cnt);
+    if (src == SRC_QUANT) {
+        if (n == 4) return _mm512_permutexvar_ps(codes, tab->t[0]);
+        const wp_quant_mv *a = args; /* 8-bit: Core ML's arithmetic on the codes */
+        const __m512i q = a->is_signed ? _mm512_srai_epi32(_mm512_slli_epi32(codes, 24), 24) : codes;
+        return shift_scale16(a, _mm512_cvtepi32_ps(q), t);
+    }
+    if (n <= 4) return _mm512_permutexvar_ps(codes, tab->t[0]);
+    if (n == 6) {
+        const __m512 low = _mm512_permutex2var_ps(tab->t[0], codes, tab->t[1]);
+        const __m512 high = _mm512_permutex2var_ps(tab->t[2], codes, tab->t[3]);
+        return _mm512_mask_blend_ps(_mm512_test_epi32_mask(codes, _mm512_set1_epi32(32)), low, high);
+    }
+    return _mm512_i32gather_ps(codes, tab->mem, 4); /* 8-bit LUT: 256 floats stay in L1 */
+}
+
+WP_INLINE void codes_tile(const void *args, const wp_mv_common *c, enum source src, int n, long long r, int rt,
+                          long long b0, int bt)
+{
+    __m512 acc[ROW_TILE][BATCH_TILE];
+    long long k[ROW_TILE], k_end[ROW_TILE];
+    for (int i = 0; i < rt; i++) {
+        for (int b = 0; b < bt; b++) acc[i][b] = _mm512_setzero_ps();
+        k[i] = c->mask ? c->row_start[r + i] : (r + i) * c->cols;
+        k_end[i] = c->mask ? c->row_start[r + i + 1] : k[i] + c->cols;
+    }
+    const uint16_t *mask16 = (const uint16_t *)c->mask;
+    for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
+        row_tables tab[ROW_TILE];
+        long long t[ROW_TILE];
+        for (int i = 0; i < rt; i++) {
+            t[i] = c->row_table ? c->row_table[r + i] + j0 / c->col_block : 0;
+            fetch_tables(args, src, n, t[i], &tab[i]);
+        }
+        for (long long j = j0; j < j0 + c->col_block; j += 16) {
+            __m512 xv[BATCH_TILE];
+            for (int b = 0; b < bt; b++) xv[b] = _mm512_loadu_ps(c->x + (b0 + b) * c->cols + j);
+            for (int i = 0; i < rt; i++) {
+                __mmask16 m = 0xffff;
+                if (c->mask) {
+                    uint16_t bits;
+                    memcpy(&bits, mask16 + ((r + i) * c->cols + j) / 16, 2);
+                    m = bits;
+                    if (!m) continue;
+                }
+                int cnt = _mm_popcnt_u32(m);
+                if (k[i] + cnt > k_end[i]) cnt = (int)(k_end[i] - k[i]); /* never read past the row */
+                __m512 w = fetch_weights(args, c, src, n, &tab[i], k[i], cnt, t[i]);
+                if (c->mask) w = _mm512_maskz_expand_ps(m, w);
+                k[i] += cnt;
+                for (int b = 0; b < bt; b++) acc[i][b] = _mm512_fmadd_ps(w, xv[b], acc[i][b]);
+            }
+        }
+    }
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
+#define CODES_WORKER(name, src, n, type)                                                         \
+    static void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
+                            long long b0, int bt) { (void)unused; codes_tile(args, c, src, n, r, rt, b0, bt); } \
+    static void name(const void *args, long long r0, long long r1)                               \
+    {                                                                                            \
+        const wp_mv_common *c = &((const type *)args)->c;                                        \
+        RUN_TILES(name##_tile, args, c, NULL, r0, r1);                                           \
+    }
+
+CODES_WORKER(codes_lut1, SRC_LUT, 1, wp_lut_mv)
+CODES_WORKER(codes_lut2, SRC_LUT, 2, wp_lut_mv)
+CODES_WORKER(codes_lut3, SRC_LUT, 3, wp_lut_mv)
+CODES_WORKER(codes_lut4, SRC_LUT, 4, wp_lut_mv)
+CODES_WORKER(codes_lut6, SRC_LUT, 6, wp_lut_mv)
+CODES_WORKER(codes_lut8, SRC_LUT, 8, wp_lut_mv)
+CODES_WORKER(codes_quant4, SRC_QUANT, 4, wp_quant_mv)
+CODES_WORKER(codes_quant8, SRC_QUANT, 8, wp_quant_mv)
+CODES_WORKER(values_half, SRC_HALF, 16, wp_sparse_mv)
+CODES_WORKER(values_float, SRC_FLOAT, 32, wp_sparse_mv)
+
+/* Chunks of 16 columns never straddle a row or a table. */
+static int chunks_fit(const wp_mv_common *c)
+{
+    return c->col_block % 16 == 0 && c->cols % c->col_block == 0;
+}
+
+wp_rows_fn wp_lut_rows_avx512(const wp_lut_mv *a)
+{
+    const wp_mv_common *c = &a->c;
+    if ((c->nbits == 1 || c->nbits == 2 || c->nbits == 4) && small_codes_fit(c)) /* dense: phase-split x */
+        return c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit;
+    if (!chunks_fit(c)) return NULL;
+    static const wp_rows_fn by_bits[9] = {NULL, codes_lut1, codes_lut2, codes_lut3, codes_lut4, NULL, codes_lut6, NULL,
+                                          codes_lut8};
+    return by_bits[c->nbits];
+}
+
+wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a)
+{
+    const wp_mv_common *c = &a->c;
+    if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return quant_rows_4bit;
+    if (!chunks_fit(c)) return NULL;
+    return c->nbits == 4 ? codes_quant4 : codes_quant8;
+}
+
+wp_rows_fn wp_sparse_rows_avx512(const wp_sparse_mv *a)
+{
+    if (!chunks_fit(&a->c)) return NULL;
+    return a->value_half ? values_half : values_float;
+}
