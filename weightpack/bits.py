@@ -46,7 +46,7 @@ def _as_bytes(packed, name: str) -> np.ndarray:
     arr = np.asarray(packed)
     if arr.dtype != np.uint8 or arr.ndim != 1:
         raise WeightpackError(f"{name} must be a 1-D uint8 array, got dtype {arr.dtype} and shape {arr.shape}")
-    return arr
+    return np.ascontiguousarray(arr)  # kernels take contiguous buffers (a strided view would fail in C)
 
 
 def _checked_values(values, nbits: int, signed: bool, name: str) -> np.ndarray:
@@ -118,9 +118,15 @@ def _check_stream(data: np.ndarray, nbits: int, count: int) -> None:
 
 
 def _frozen(arr: np.ndarray) -> np.ndarray:
-    """A read-only array with ``arr``'s contents, copying only when ``arr`` could change under us."""
-    if arr.flags.writeable:
-        arr = arr.copy()
+    """A read-only array with ``arr``'s contents, copying only when ``arr`` could change under us:
+    when it, or an array it is a view of, is writeable (a read-only view of a writeable array
+    changes with it). Read-only arrays over other buffers (bytes, a read-only mmap) are not copied."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            arr = arr.copy()
+            break
+        base = base.base
     else:
         arr = arr.view()
     arr.flags.writeable = False
@@ -162,6 +168,9 @@ class NBitArray:
 
     def __setattr__(self, name, value):
         raise AttributeError(f"NBitArray is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"NBitArray is immutable; cannot delete {name!r}")
 
     @property
     def size(self) -> int:

@@ -228,4 +228,5 @@ def _same(a, b) -> bool:
         return a is b
     if isinstance(a, NBitArray) or isinstance(b, NBitArray):
         return type(a) is type(b) and a == b  # an NBitArray never equals a numpy array
-    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    # the stored bits: -0.0 is not 0.0 here (it decompresses to different bits)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()

@@ -24,6 +24,12 @@ def scale_offset_arrays(data_shape, data_type: str, scale, offset, scale_name: s
     check_block_shape(data_shape, scale.shape, scale_name)
     if offset is not None:
         if isinstance(offset, NBitArray) or np.asarray(offset).dtype.kind in "iu":
+            carrier = np.dtype(np.int8 if data_type.startswith("int") else np.uint8)
+            if not isinstance(offset, NBitArray) and np.asarray(offset).dtype != carrier:
+                raise WeightpackError(
+                    f"offset has dtype {np.asarray(offset).dtype}; an integer offset must have the data's "
+                    f"dtype {data_type} (pass {carrier} values or an NBitArray of {data_type})"
+                )
             offset = int_array(offset, "offset", (data_type,), as_type=data_type)
         else:
             offset = frozen_array(offset, "offset", (scale.dtype,))
