@@ -37,14 +37,20 @@ WP_INLINE __m512 shift_scale16(const wp_quant_mv *a, __m512 q, long long t)
     return _mm512_mul_ps(s, q);
 }
 
-/* The register table of decoded values for table t: a LUT, or Core ML's values of the 16 codes. */
+/* The register table of decoded values for table t: a LUT, or Core ML's values of the 16 codes.
+   Tables of fewer than 16 entries are repeated to fill the register, so an index needs no masking:
+   vpermps reads only the low 4 bits of each lane, and code p of a byte shifted down by p*n bits
+   sits in the low n of them. */
 WP_INLINE __m512 load_table(const void *args, enum table_kind kind, long long t, int n)
 {
     const int entries = 1 << n;
-    if (kind == LUT_TABLE)
-        return _mm512_maskz_loadu_ps((__mmask16)((1u << entries) - 1), ((const wp_lut_mv *)args)->lut + t * entries);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    if (kind == LUT_TABLE) {
+        const __m512 table = _mm512_maskz_loadu_ps((__mmask16)((1u << entries) - 1), ((const wp_lut_mv *)args)->lut + t * entries);
+        return entries == 16 ? table : _mm512_permutexvar_ps(_mm512_and_si512(iota, _mm512_set1_epi32(entries - 1)), table);
+    }
     const wp_quant_mv *a = args;
-    __m512i codes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i codes = iota;
     if (a->is_signed) /* two's complement in n bits */
         codes = _mm512_sub_epi32(_mm512_xor_si512(codes, _mm512_set1_epi32(1 << (n - 1))), _mm512_set1_epi32(1 << (n - 1)));
     return shift_scale16(a, _mm512_cvtepi32_ps(codes), t);
@@ -91,7 +97,6 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
 {
     const int per = 8 / n;
     const long long len = c->cols / per;
-    const __m512i code_mask = _mm512_set1_epi32((1 << n) - 1);
     __m512 acc[ROW_TILE][BATCH_TILE];
     for (int i = 0; i < rt; i++)
         for (int b = 0; b < bt; b++) acc[i][b] = _mm512_setzero_ps();
@@ -107,7 +112,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
                 __m512 xv[BATCH_TILE];
                 for (int b = 0; b < bt; b++) xv[b] = _mm512_loadu_ps(xs + ((b0 + b) * per + p) * len + k);
                 for (int i = 0; i < rt; i++) {
-                    const __m512i idx = _mm512_and_si512(_mm512_srli_epi32(codes[i], (unsigned)(p * n)), code_mask);
+                    const __m512i idx = p ? _mm512_srli_epi32(codes[i], (unsigned)(p * n)) : codes[i];
                     const __m512 w = _mm512_permutexvar_ps(idx, table[i]);
                     for (int b = 0; b < bt; b++) acc[i][b] = _mm512_fmadd_ps(w, xv[b], acc[i][b]);
                 }
@@ -118,7 +123,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
 }
 
 #define SMALL_WORKER(name, n, kind, type)                                                        \
-    static void name##_tile(const void *args, const wp_mv_common *c, const float *xs, long long r, int rt, \
+    WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const float *xs, long long r, int rt, \
                             long long b0, int bt) { small_tile(args, c, xs, r, rt, b0, bt, n, kind); } \
     static void name(const void *args, long long r0, long long r1)                               \
     {                                                                                            \
@@ -247,7 +252,7 @@ WP_INLINE void codes_tile(const void *args, const wp_mv_common *c, enum source s
 }
 
 #define CODES_WORKER(name, src, n, type)                                                         \
-    static void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
+    WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
                             long long b0, int bt) { (void)unused; codes_tile(args, c, src, n, r, rt, b0, bt); } \
     static void name(const void *args, long long r0, long long r1)                               \
     {                                                                                            \

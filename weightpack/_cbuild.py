@@ -13,7 +13,8 @@ ffibuilder.set_source(
     '#include "weightpack.h"',
     sources=[str(p.relative_to(_ROOT)) for p in sorted(_CSRC.glob("*.c"))],
     include_dirs=[str(_CSRC.relative_to(_ROOT))],
-    extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra", "-fno-strict-aliasing"],
+    extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-ffp-contract=off", "-Wall", "-Wextra", "-fno-strict-aliasing"],
+    extra_link_args=["-fopenmp"],
     depends=[str(p.relative_to(_ROOT)) for p in sorted(_CSRC.glob("*.h"))],
 )
 
