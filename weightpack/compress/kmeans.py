@@ -1,0 +1,281 @@
+"""Optimal 1-D k-means: the exact dynamic program over sorted values with weights (counts).
+
+For sorted values the optimal clusters are contiguous runs, so with ``D[j][i]`` the least SSE of
+values ``0..i`` in ``j + 1`` clusters::
+
+    D[0][i] = cost(0, i)
+    D[j][i] = min over t in [j, i] of D[j-1][t-1] + cost(t, i)       (t: first value of the last cluster)
+
+``cost(t, i) = sum w x**2 - (sum w x)**2 / sum w`` over values ``t..i``, from float64 prefix sums
+of ``w``, ``w (x - c)`` and ``w (x - c)**2`` (``c`` = the weighted mean, which keeps the sums small
+and the subtraction accurate; tiny negative results are clamped to 0). The argmin ``t`` is
+monotone in ``i`` and never smaller than the previous layer's (``T[j-1][i] <= T[j][i]``), so each
+layer is solved by divide and conquer on the monotone argmin within those bounds: O(k m log m)
+for m values. The leftmost minimum wins ties. ``D[j][m-1]`` is the optimal SSE with ``j + 1``
+clusters, returned for every ``j`` (a rate-distortion curve for free).
+
+Also here, as numba kernels: the float16 bit-pattern histogram and table lookup, distinct values
+with counts, and Lloyd refinement on sorted values. This module imports numba; the rest of
+weightpack loads it only when k-means (or a large float16 lookup) is asked for.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from ..errors import WeightpackError
+from ._common import positive_int
+
+
+class KMeans1D(NamedTuple):
+    """Result of :func:`optimal_kmeans_1d`."""
+
+    centroids: np.ndarray  # float64, strictly increasing, min(k, m) entries
+    sse: float  # sum of w (x - nearest centroid)**2 in float64
+    sse_per_k: np.ndarray  # float64 [k]: optimal SSE with 1, 2, ..., k clusters
+
+
+def optimal_kmeans_1d(values, weights, k: int) -> KMeans1D:
+    """Exact weighted 1-D k-means on sorted unique ``values`` with positive ``weights``.
+
+    Returns the optimal centroids (the weighted means of the clusters), their SSE, and the
+    optimal SSE for every number of clusters 1..k. With ``m <= k`` values every value is its own
+    centroid and the SSE is 0.
+
+    >>> r = optimal_kmeans_1d([0.0, 1.0, 10.0, 11.0], [1, 1, 1, 3], 2)
+    >>> r.centroids.tolist(), r.sse, np.round(r.sse_per_k, 9).tolist()
+    ([0.5, 10.75], 1.25, [141.333333333, 1.25])
+    """
+    x = np.asarray(values, np.float64)
+    w = np.asarray(weights, np.float64)
+    if x.ndim != 1 or w.shape != x.shape or x.size == 0:
+        raise WeightpackError(
+            f"values and weights must be 1-D, non-empty and of equal length, got shapes {x.shape} and {w.shape}"
+        )
+    k = positive_int(k, "k")
+    if not (np.isfinite(x).all() and np.isfinite(w).all()):
+        raise WeightpackError("values and weights must be finite")
+    if (w <= 0).any():
+        raise WeightpackError(f"weights must be positive, got a minimum of {w.min()}")
+    if (np.diff(x) <= 0).any():
+        raise WeightpackError("values must be sorted in increasing order with no repeats")
+    starts, sse_per_k = solve(x, w, k)
+    centroids = cluster_means(x, w, starts)
+    sse = float(np.sum(w * (x - np.repeat(centroids, np.diff(np.append(starts, x.size)))) ** 2))
+    return KMeans1D(centroids, sse, sse_per_k)
+
+
+def solve(x: np.ndarray, w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The DP on validated input: (first index of each of the min(k, m) clusters, sse_per_k [k])."""
+    m = x.size
+    if m <= k:
+        sse = np.zeros(k)
+        if m > 1:
+            sse[: m - 1] = _dp(x, w, m - 1)[1]
+        return np.arange(m), sse
+    splits, sse = _dp(x, w, k)
+    return _backtrack(splits, m), sse
+
+
+def cluster_means(x: np.ndarray, w: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Weighted mean of each run ``x[starts[c]:starts[c+1]]``, in float64."""
+    return np.add.reduceat(w * x, starts) / np.add.reduceat(w, starts)
+
+
+@numba.njit(nogil=True, cache=True)
+def _backtrack(splits, m):
+    k = splits.shape[0]
+    starts = np.empty(k, np.int64)
+    i = m - 1
+    for j in range(k - 1, -1, -1):
+        t = splits[j, i]
+        starts[j] = t
+        i = t - 1
+    return starts
+
+
+@numba.njit(nogil=True, cache=True)
+def _dp(x, w, k):
+    """(splits int32 [k, m]: first index of the last cluster of D[j][i]; D[j][m-1] for j < k)."""
+    m = x.shape[0]
+    total = 0.0
+    for i in range(m):
+        total += w[i]
+    centre = 0.0
+    for i in range(m):
+        centre += w[i] * x[i]
+    centre /= total
+    p0 = np.zeros(m + 1)
+    p1 = np.zeros(m + 1)
+    p2 = np.zeros(m + 1)
+    for i in range(m):
+        d = x[i] - centre
+        p0[i + 1] = p0[i] + w[i]
+        p1[i + 1] = p1[i] + w[i] * d
+        p2[i + 1] = p2[i] + w[i] * d * d
+    splits = np.zeros((k, m), np.int32)
+    sse = np.empty(k)
+    prev = np.empty(m)
+    cur = np.empty(m)
+    for i in range(m):
+        prev[i] = _cost(p0, p1, p2, 0, i)
+    sse[0] = prev[m - 1]
+    stack = np.empty((128, 4), np.int64)
+    for j in range(1, k):
+        lower = splits[j - 1]
+        out = splits[j]
+        # rows i in [j, m-1]; candidate starts t in [j, i]; stack of (rows lo, hi, starts lo, hi)
+        stack[0, 0] = j
+        stack[0, 1] = m - 1
+        stack[0, 2] = j
+        stack[0, 3] = m - 1
+        top = 1
+        while top > 0:
+            top -= 1
+            ilo = stack[top, 0]
+            ihi = stack[top, 1]
+            tlo = stack[top, 2]
+            thi = stack[top, 3]
+            if ilo > ihi:
+                continue
+            mid = (ilo + ihi) >> 1
+            lo = max(tlo, lower[mid])
+            hi = min(thi, mid)
+            if lo > hi:
+                lo = hi
+            best = np.inf
+            arg = lo
+            for t in range(lo, hi + 1):
+                v = prev[t - 1] + _cost(p0, p1, p2, t, mid)
+                if v < best:
+                    best = v
+                    arg = t
+            cur[mid] = best
+            out[mid] = arg
+            stack[top, 0] = ilo
+            stack[top, 1] = mid - 1
+            stack[top, 2] = tlo
+            stack[top, 3] = arg
+            stack[top + 1, 0] = mid + 1
+            stack[top + 1, 1] = ihi
+            stack[top + 1, 2] = arg
+            stack[top + 1, 3] = thi
+            top += 2
+        sse[j] = cur[m - 1]
+        prev, cur = cur, prev
+    return splits, sse
+
+
+@numba.njit(nogil=True, cache=True)
+def _cost(p0, p1, p2, t, i):
+    sw = p0[i + 1] - p0[t]
+    s1 = p1[i + 1] - p1[t]
+    c = (p2[i + 1] - p2[t]) - s1 * s1 / sw
+    return c if c > 0.0 else 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def histogram16(bits):
+    """Counts of each 16-bit pattern in ``bits`` (uint16, 1-D): int64 [65536]."""
+    counts = np.zeros(65536, np.int64)
+    for b in bits:
+        counts[b] += 1
+    return counts
+
+
+@numba.njit(nogil=True, cache=True)
+def lookup16(table, bits):
+    """``table[bits]`` for a 65536-entry uint8 table and uint16 ``bits``."""
+    out = np.empty(bits.shape[0], np.uint8)
+    for i in range(bits.shape[0]):
+        out[i] = table[bits[i]]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def unique_counts(sorted_values):
+    """(distinct values as float64, their counts as float64) of a sorted 1-D array."""
+    n = sorted_values.shape[0]
+    values = np.empty(n)
+    counts = np.empty(n)
+    m = 0
+    for i in range(n):
+        v = np.float64(sorted_values[i])
+        if m > 0 and v == values[m - 1]:
+            counts[m - 1] += 1.0
+        else:
+            values[m] = v
+            counts[m] = 1.0
+            m += 1
+    return values[:m].copy(), counts[:m].copy()
+
+
+@numba.njit(nogil=True, cache=True)
+def lloyd(x, w, starts, max_passes):
+    """Lloyd passes on sorted ``x`` (weights ``w``) from the clusters starting at ``starts``.
+
+    Each pass puts the boundaries at the midpoints of the current means (a value on a midpoint
+    stays below it) and moves only the values between old and new boundaries: O(k log m + moved).
+    Stops when the SSE stops decreasing or a cluster would empty. Returns the means (float64).
+    """
+    m = x.shape[0]
+    k = starts.shape[0]
+    centre = 0.0
+    total = 0.0
+    for i in range(m):
+        centre += w[i] * x[i]
+        total += w[i]
+    centre /= total
+    bounds = np.empty(k + 1, np.int64)
+    bounds[:k] = starts
+    bounds[k] = m
+    n = np.zeros(k)
+    s1 = np.zeros(k)
+    s2 = np.zeros(k)
+    for c in range(k):
+        for i in range(bounds[c], bounds[c + 1]):
+            d = x[i] - centre
+            n[c] += w[i]
+            s1[c] += w[i] * d
+            s2[c] += w[i] * d * d
+    sse = _sse(n, s1, s2)
+    new_bounds = bounds.copy()
+    for _ in range(max_passes):
+        nn, ns1, ns2 = n.copy(), s1.copy(), s2.copy()
+        for c in range(1, k):
+            mid = 0.5 * (s1[c - 1] / n[c - 1] + s1[c] / n[c]) + centre
+            b = np.searchsorted(x, mid, side="right")
+            new_bounds[c] = b
+            lo, hi, sign = (bounds[c], b, 1.0) if b > bounds[c] else (b, bounds[c], -1.0)
+            for i in range(lo, hi):  # sign 1: from cluster c to c - 1; -1: from c - 1 to c
+                d = x[i] - centre
+                nn[c] -= sign * w[i]
+                nn[c - 1] += sign * w[i]
+                ns1[c] -= sign * w[i] * d
+                ns1[c - 1] += sign * w[i] * d
+                ns2[c] -= sign * w[i] * d * d
+                ns2[c - 1] += sign * w[i] * d * d
+        empty = False
+        for c in range(k):
+            if new_bounds[c + 1] <= new_bounds[c]:
+                empty = True
+        if empty:
+            break
+        new_sse = _sse(nn, ns1, ns2)
+        if not new_sse < sse:
+            break
+        n, s1, s2, sse = nn, ns1, ns2, new_sse
+        bounds[:] = new_bounds
+    return s1 / n + centre
+
+
+@numba.njit(nogil=True, cache=True)
+def _sse(n, s1, s2):
+    total = 0.0
+    for c in range(n.shape[0]):
+        v = s2[c] - s1[c] * s1[c] / n[c]
+        if v > 0.0:
+            total += v
+    return total
