@@ -127,12 +127,12 @@ static void sparse_rows_scalar(const void *args, long long r0, long long r1)
 int wp_lut_matvec(const unsigned char *codes, long long codes_len, int nbits,
                   const unsigned char *mask, long long mask_len, const long long *row_start,
                   long long rows, long long cols, const long long *row_table, long long col_block,
-                  const float *lut, long long n_tables,
+                  const float *lut, const unsigned char *lut_lo, const unsigned char *lut_hi, long long n_tables,
                   const float *x, long long x_len, long long batch, float *y, long long y_len)
 {
-    if (!wp_valid_nbits(nbits) || !row_table) return WP_E_ARG;
+    if (!wp_valid_nbits(nbits) || !row_table || !lut || (!lut_lo != !lut_hi)) return WP_E_ARG;
     wp_lut_mv a = {{rows, cols, batch, x, y, codes, codes_len, nbits, mask, row_start, row_table, col_block, n_tables},
-                   lut};
+                   lut, lut_lo, lut_hi};
     int rc = check_common(&a.c, mask_len, x_len, y_len, nbits);
     if (rc) return rc;
     wp_rows_fn fn = NULL;

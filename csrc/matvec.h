@@ -24,6 +24,10 @@ typedef struct {
 typedef struct {
     wp_mv_common c;
     const float *lut; /* n_tables x 2^nbits decoded values */
+    /* optional: the same values as binary16 split into low-byte and high-byte planes,
+       n_tables x plane_stride bytes each (plane_stride = max(64, 2^nbits)); NULL unless every
+       value is exactly a binary16 */
+    const uint8_t *lut_lo, *lut_hi;
 } wp_lut_mv;
 
 typedef struct {

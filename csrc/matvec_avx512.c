@@ -271,6 +271,174 @@ CODES_WORKER(codes_quant8, SRC_QUANT, 8, wp_quant_mv)
 CODES_WORKER(values_half, SRC_HALF, 16, wp_sparse_mv)
 CODES_WORKER(values_float, SRC_FLOAT, 32, wp_sparse_mv)
 
+/* ---- 64 columns at a time through binary16 byte planes -------------------------------------- */
+/*
+ * Codes of any width are first brought to one byte each: the n*8 bytes behind 64 codes are
+ * spread one qword per 8 codes (vpermb) and each code is cut out at its bit offset
+ * (vpmultishiftqb).  Sparse rows then expand the codes under their 64 mask bits (vpexpandb).  The
+ * codes look up the low and high bytes of binary16 table values (vpermb on 64-byte planes, or
+ * vpermi2b pairs for 256 entries), the two planes interleave into 64 binary16 weights, and four
+ * conversions feed the FMAs.  Exact for every table whose values are binary16.
+ */
+
+/* Byte q*8+i of the spread: source byte q*n + i.  Shift of code i inside its qword: i*n (+ s). */
+static const uint8_t *spread_index(int n)
+{
+    static uint8_t idx[9][64];
+    static int ready[9];
+    if (!ready[n]) {
+        for (int q = 0; q < 8; q++)
+            for (int i = 0; i < 8; i++) idx[n][q * 8 + i] = (uint8_t)(q * n + i);
+        ready[n] = 1;
+    }
+    return idx[n];
+}
+
+/* Codes k .. k+cnt-1 (cnt <= 64) of an n-bit stream, one per byte (bytes past cnt undefined). */
+WP_INLINE __m512i load_codes64(const uint8_t *stream, long long k, int n, int cnt, __m512i spread)
+{
+    if (n == 8) return _mm512_maskz_loadu_epi8(cnt >= 64 ? ~0ULL : (1ULL << cnt) - 1, stream + k);
+    const long long bit = k * n;
+    const unsigned s = (unsigned)(bit & 7), nbytes = (s + (unsigned)(cnt * n) + 7) / 8;
+    const __m512i raw = _mm512_maskz_loadu_epi8(nbytes >= 64 ? ~0ULL : (1ULL << nbytes) - 1, stream + (bit >> 3));
+    uint64_t shifts = 0;
+    for (int i = 0; i < 8; i++) shifts |= (uint64_t)(s + (unsigned)(i * n)) << (8 * i);
+    const __m512i codes = _mm512_multishift_epi64_epi8(_mm512_set1_epi64((long long)shifts), _mm512_permutexvar_epi8(spread, raw));
+    return _mm512_and_si512(codes, _mm512_set1_epi8((char)((1 << n) - 1)));
+}
+
+typedef struct { __m512i lo[4], hi[4]; } half_planes; /* 64 entries in [0]; 256 entries in [0..3] */
+
+/* Look up 64 codes in binary16 planes; lanes outside keep are zero (+0.0). */
+WP_INLINE void plane_lookup(const half_planes *p, __m512i codes, __mmask64 keep, int n, __m512i *lo, __m512i *hi)
+{
+    if (n < 8) {
+        *lo = _mm512_maskz_permutexvar_epi8(keep, codes, p->lo[0]);
+        *hi = _mm512_maskz_permutexvar_epi8(keep, codes, p->hi[0]);
+        return;
+    }
+    const __mmask64 upper = _mm512_movepi8_mask(codes); /* code >= 128 */
+    *lo = _mm512_or_si512(_mm512_maskz_permutex2var_epi8(keep & ~upper, p->lo[0], codes, p->lo[1]),
+                          _mm512_maskz_permutex2var_epi8(keep & upper, p->lo[2], codes, p->lo[3]));
+    *hi = _mm512_or_si512(_mm512_maskz_permutex2var_epi8(keep & ~upper, p->hi[0], codes, p->hi[1]),
+                          _mm512_maskz_permutex2var_epi8(keep & upper, p->hi[2], codes, p->hi[3]));
+}
+
+static const uint8_t *interleave_index(int half)
+{
+    static uint8_t idx[2][64];
+    static int ready;
+    if (!ready) {
+        for (int h = 0; h < 2; h++)
+            for (int e = 0; e < 32; e++) {
+                idx[h][2 * e] = (uint8_t)(32 * h + e);
+                idx[h][2 * e + 1] = (uint8_t)(64 + 32 * h + e);
+            }
+        ready = 1;
+    }
+    return idx[half];
+}
+
+/* 64 float weights (in column order) from low/high byte planes of binary16 values. */
+WP_INLINE void planes_to_floats(__m512i lo, __m512i hi, __m512i inter0, __m512i inter1, __m512 w[4])
+{
+    const __m512i a = _mm512_permutex2var_epi8(lo, inter0, hi), b = _mm512_permutex2var_epi8(lo, inter1, hi);
+    w[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(a));
+    w[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(a, 1));
+    w[2] = _mm512_cvtph_ps(_mm512_castsi512_si256(b));
+    w[3] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(b, 1));
+}
+
+/* Planes of a 16-entry binary16 table given as 16 floats (exact binary16 values). */
+WP_INLINE void planes_from_floats16(__m512 values, half_planes *p)
+{
+    const __m256i half = _mm512_cvtps_ph(values, RNE);
+    p->lo[0] = _mm512_castsi128_si512(_mm256_cvtepi16_epi8(half));
+    p->hi[0] = _mm512_castsi128_si512(_mm256_cvtepi16_epi8(_mm256_srli_epi16(half, 8)));
+}
+
+WP_INLINE void fetch_planes(const void *args, enum source src, int n, long long t, half_planes *p)
+{
+    if (src == SRC_LUT) {
+        const wp_lut_mv *a = args;
+        const long long stride = n == 8 ? 256 : 64;
+        for (int q = 0; q < (n == 8 ? 4 : 1); q++) {
+            p->lo[q] = _mm512_loadu_si512(a->lut_lo + t * stride + 64 * q);
+            p->hi[q] = _mm512_loadu_si512(a->lut_hi + t * stride + 64 * q);
+        }
+    } else { /* 4-bit quantized, binary16 arithmetic */
+        planes_from_floats16(load_table(args, QUANT_TABLE, t, 4), p);
+    }
+}
+
+WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source src, int n, long long r, int rt,
+                          long long b0, int bt)
+{
+    const __m512i spread = _mm512_loadu_si512(spread_index(n));
+    const __m512i inter0 = _mm512_loadu_si512(interleave_index(0)), inter1 = _mm512_loadu_si512(interleave_index(1));
+    __m512 acc[ROW_TILE][BATCH_TILE];
+    long long k[ROW_TILE], k_end[ROW_TILE];
+    for (int i = 0; i < rt; i++) {
+        for (int b = 0; b < bt; b++) acc[i][b] = _mm512_setzero_ps();
+        k[i] = c->mask ? c->row_start[r + i] : (r + i) * c->cols;
+        k_end[i] = c->mask ? c->row_start[r + i + 1] : k[i] + c->cols;
+    }
+    for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
+        half_planes planes[ROW_TILE];
+        for (int i = 0; i < rt; i++) fetch_planes(args, src, n, c->row_table[r + i] + j0 / c->col_block, &planes[i]);
+        for (long long j = j0; j < j0 + c->col_block; j += 64) {
+            for (int i = 0; i < rt; i++) {
+                __mmask64 m = ~0ULL;
+                if (c->mask) {
+                    memcpy(&m, c->mask + ((r + i) * c->cols + j) / 8, 8);
+                    if (!m) continue;
+                }
+                int cnt = (int)_mm_popcnt_u64(m);
+                if (k[i] + cnt > k_end[i]) cnt = (int)(k_end[i] - k[i]); /* never read past the row */
+                __m512i codes = load_codes64(c->codes, k[i], n, cnt, spread);
+                if (c->mask) codes = _mm512_maskz_expand_epi8(m, codes);
+                k[i] += cnt;
+                __m512i lo, hi;
+                plane_lookup(&planes[i], codes, m, n, &lo, &hi);
+                __m512 w[4];
+                planes_to_floats(lo, hi, inter0, inter1, w);
+                for (int b = 0; b < bt; b++) {
+                    const float *xb = c->x + (b0 + b) * c->cols + j;
+                    for (int q = 0; q < 4; q++) acc[i][b] = _mm512_fmadd_ps(w[q], _mm512_loadu_ps(xb + 16 * q), acc[i][b]);
+                }
+            }
+        }
+    }
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
+#define BYTES_WORKER(name, src, n, type)                                                         \
+    WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
+                               long long b0, int bt) { (void)unused; bytes_tile(args, c, src, n, r, rt, b0, bt); } \
+    static void name(const void *args, long long r0, long long r1)                               \
+    {                                                                                            \
+        const wp_mv_common *c = &((const type *)args)->c;                                        \
+        for (long long r = r0; r < r1; r++) { /* one row at a time: its planes fill registers */ \
+            long long b = 0;                                                                     \
+            for (; b + BATCH_TILE <= c->batch; b += BATCH_TILE) name##_tile(args, c, NULL, r, 1, b, BATCH_TILE); \
+            for (; b < c->batch; b++) name##_tile(args, c, NULL, r, 1, b, 1);                    \
+        }                                                                                        \
+    }
+
+BYTES_WORKER(bytes_lut1, SRC_LUT, 1, wp_lut_mv)
+BYTES_WORKER(bytes_lut2, SRC_LUT, 2, wp_lut_mv)
+BYTES_WORKER(bytes_lut3, SRC_LUT, 3, wp_lut_mv)
+BYTES_WORKER(bytes_lut4, SRC_LUT, 4, wp_lut_mv)
+BYTES_WORKER(bytes_lut6, SRC_LUT, 6, wp_lut_mv)
+BYTES_WORKER(bytes_lut8, SRC_LUT, 8, wp_lut_mv)
+BYTES_WORKER(bytes_quant4, SRC_QUANT, 4, wp_quant_mv)
+
+/* 64-column steps never straddle a row or a table. */
+static int steps64_fit(const wp_mv_common *c)
+{
+    return c->col_block % 64 == 0 && c->cols % c->col_block == 0;
+}
+
 /* Chunks of 16 columns never straddle a row or a table. */
 static int chunks_fit(const wp_mv_common *c)
 {
@@ -280,8 +448,13 @@ static int chunks_fit(const wp_mv_common *c)
 wp_rows_fn wp_lut_rows_avx512(const wp_lut_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    if ((c->nbits == 1 || c->nbits == 2 || c->nbits == 4) && small_codes_fit(c)) /* dense: phase-split x */
-        return c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit;
+    if (!c->mask && (c->nbits == 1 || c->nbits == 2 || c->nbits == 4) && small_codes_fit(c))
+        return c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit; /* phase-split x */
+    if (a->lut_lo && steps64_fit(c)) {
+        static const wp_rows_fn by_bits[9] = {NULL, bytes_lut1, bytes_lut2, bytes_lut3, bytes_lut4, NULL, bytes_lut6,
+                                              NULL, bytes_lut8};
+        return by_bits[c->nbits];
+    }
     if (!chunks_fit(c)) return NULL;
     static const wp_rows_fn by_bits[9] = {NULL, codes_lut1, codes_lut2, codes_lut3, codes_lut4, NULL, codes_lut6, NULL,
                                           codes_lut8};
@@ -292,6 +465,7 @@ wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
     if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return quant_rows_4bit;
+    if (c->mask && c->nbits == 4 && a->half_math && steps64_fit(c)) return bytes_quant4;
     if (!chunks_fit(c)) return NULL;
     return c->nbits == 4 ? codes_quant4 : codes_quant8;
 }

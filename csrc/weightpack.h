@@ -31,7 +31,7 @@ int wp_threads(void);
 int wp_lut_matvec(const unsigned char *codes, long long codes_len, int nbits,
                   const unsigned char *mask, long long mask_len, const long long *row_start,
                   long long rows, long long cols, const long long *row_table, long long col_block,
-                  const float *lut, long long n_tables,
+                  const float *lut, const unsigned char *lut_lo, const unsigned char *lut_hi, long long n_tables,
                   const float *x, long long x_len, long long batch, float *y, long long y_len);
 int wp_quant_matvec(const unsigned char *codes, long long codes_len, int nbits, int is_signed,
                     const unsigned char *mask, long long mask_len, const long long *row_start,

@@ -169,8 +169,25 @@ def _activations(x: np.ndarray, y: np.ndarray):
     return buffer(x, "float[]"), x.size, x.shape[0], buffer(y, "float[]", writable=True), y.size
 
 
+def _half_planes(lut: np.ndarray):
+    """The LUT as binary16 low-byte and high-byte planes (tables x max(64, entries) bytes each),
+    or None when some value is not exactly a binary16 (then the kernels use float32 tables)."""
+    entries = lut.shape[-2]
+    with np.errstate(over="ignore"):
+        half = lut.reshape(-1, entries).astype(np.float16)
+    if not np.array_equal(half.astype(lut.dtype), lut.reshape(-1, entries)):
+        return None
+    stride = max(64, entries)
+    planes = np.zeros((2, half.shape[0], stride), np.uint8)
+    bits = half.view(np.uint16)
+    planes[0, :, :entries] = bits & 0xFF
+    planes[1, :, :entries] = bits >> 8
+    return planes
+
+
 def _lut_matmul(t, codes: NBitArray, mask, plan, x, y) -> None:
     lut = t.derived("lut_f32", lambda: np.ascontiguousarray(t.lut.astype(np.float32).reshape(-1)))
+    planes = t.derived("lut_half_planes", lambda: _half_planes(t.lut))
     mask_buf, mask_len, starts = _NULL, 0, _NULL
     if mask is not None:
         mask_buf, mask_len, starts = buffer(mask.packed), mask.packed.size, _int64(_row_starts(t, mask, plan))
@@ -178,7 +195,9 @@ def _lut_matmul(t, codes: NBitArray, mask, plan, x, y) -> None:
         buffer(codes.packed), codes.packed.size, codes.nbits,
         mask_buf, mask_len, starts,
         plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
-        buffer(lut, "float[]"), plan.n_tables,
+        buffer(lut, "float[]"),
+        _NULL if planes is None else buffer(planes[0]), _NULL if planes is None else buffer(planes[1]),
+        plan.n_tables,
         *_activations(x, y),
     )
     check(status, "lut_matvec")
