@@ -357,24 +357,85 @@ WP_INLINE void planes_from_floats16(__m512 values, half_planes *p)
     p->hi[0] = _mm512_castsi128_si512(_mm256_cvtepi16_epi8(_mm256_srli_epi16(half, 8)));
 }
 
-WP_INLINE void fetch_planes(const void *args, enum source src, int n, long long t, half_planes *p)
+/* What a row needs for one table: binary16 planes, or a broadcast scale and offset. */
+typedef struct { half_planes planes; __m512 scale, offset; } row_state;
+
+WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t, row_state *st)
 {
     if (src == SRC_LUT) {
         const wp_lut_mv *a = args;
         const long long stride = n == 8 ? 256 : 64;
         for (int q = 0; q < (n == 8 ? 4 : 1); q++) {
-            p->lo[q] = _mm512_loadu_si512(a->lut_lo + t * stride + 64 * q);
-            p->hi[q] = _mm512_loadu_si512(a->lut_hi + t * stride + 64 * q);
+            st->planes.lo[q] = _mm512_loadu_si512(a->lut_lo + t * stride + 64 * q);
+            st->planes.hi[q] = _mm512_loadu_si512(a->lut_hi + t * stride + 64 * q);
         }
-    } else { /* 4-bit quantized, binary16 arithmetic */
-        planes_from_floats16(load_table(args, QUANT_TABLE, t, 4), p);
+    } else if (src == SRC_QUANT && n == 4) { /* binary16 arithmetic: a 16-entry table */
+        planes_from_floats16(load_table(args, QUANT_TABLE, t, 4), &st->planes);
+    } else if (src == SRC_QUANT) {
+        const wp_quant_mv *a = args;
+        const int h = a->half_math;
+        st->scale = _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->scale)[t]) : ((const float *)a->scale)[t]);
+        st->offset = !a->offset ? _mm512_setzero_ps()
+                                : _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->offset)[t]) : ((const float *)a->offset)[t]);
     }
+}
+
+/* Core ML's arithmetic on 16 integer codes with a row's broadcast scale and offset. */
+WP_INLINE __m512 dequantize16(const wp_quant_mv *a, const row_state *st, __m512i q)
+{
+    __m512 v = _mm512_cvtepi32_ps(q);
+    if (a->offset) {
+        v = _mm512_sub_ps(v, st->offset);
+        if (a->half_math) v = round_half(v);
+    }
+    v = _mm512_mul_ps(st->scale, v);
+    return a->half_math ? round_half(v) : v;
+}
+
+/* 64 weights in column order for the 64 columns behind mask m (all ones when dense), consuming
+   cnt stream elements from k. */
+WP_INLINE void fetch64(const void *args, const wp_mv_common *c, enum source src, int n, const row_state *st,
+                       __m512i spread, __m512i inter0, __m512i inter1, long long k, __mmask64 m, int cnt, __m512 w[4])
+{
+    if (src == SRC_HALF || src == SRC_FLOAT) {
+        const int per = src == SRC_HALF ? 32 : 16; /* values per expand */
+        for (int h = 0; h < 64 / per; h++) {
+            const uint64_t part = (m >> (h * per)) & ((1ULL << per) - 1);
+            const int take = (int)_mm_popcnt_u64(part) < cnt ? (int)_mm_popcnt_u64(part) : cnt;
+            if (src == SRC_HALF) {
+                const __m512i v = _mm512_maskz_expand_epi16((__mmask32)part,
+                    _mm512_maskz_loadu_epi16((__mmask32)((1ULL << take) - 1), (const uint16_t *)c->codes + k));
+                w[2 * h] = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+                w[2 * h + 1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+            } else {
+                w[h] = _mm512_maskz_expand_ps((__mmask16)part,
+                    _mm512_maskz_loadu_ps((__mmask16)((1u << take) - 1), (const float *)c->codes + k));
+            }
+            k += take;
+            cnt -= take;
+        }
+        return;
+    }
+    __m512i codes = load_codes64(c->codes, k, n, cnt, spread);
+    if (c->mask) codes = _mm512_maskz_expand_epi8(m, codes);
+    if (src == SRC_QUANT && n == 8) {
+        const wp_quant_mv *a = args;
+        for (int q = 0; q < 4; q++) {
+            const __m128i bytes = _mm512_extracti32x4_epi32(codes, q);
+            const __m512i v = a->is_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
+            w[q] = _mm512_maskz_mov_ps((__mmask16)(m >> (16 * q)), dequantize16(a, st, v));
+        }
+        return;
+    }
+    __m512i lo, hi;
+    plane_lookup(&st->planes, codes, m, n, &lo, &hi);
+    planes_to_floats(lo, hi, inter0, inter1, w);
 }
 
 WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source src, int n, long long r, int rt,
                           long long b0, int bt)
 {
-    const __m512i spread = _mm512_loadu_si512(spread_index(n));
+    const __m512i spread = _mm512_loadu_si512(spread_index(n < 8 ? n : 8));
     const __m512i inter0 = _mm512_loadu_si512(interleave_index(0)), inter1 = _mm512_loadu_si512(interleave_index(1));
     __m512 acc[ROW_TILE][BATCH_TILE];
     long long k[ROW_TILE], k_end[ROW_TILE];
@@ -384,8 +445,9 @@ WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source s
         k_end[i] = c->mask ? c->row_start[r + i + 1] : k[i] + c->cols;
     }
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
-        half_planes planes[ROW_TILE];
-        for (int i = 0; i < rt; i++) fetch_planes(args, src, n, c->row_table[r + i] + j0 / c->col_block, &planes[i]);
+        row_state state[ROW_TILE];
+        for (int i = 0; i < rt; i++)
+            fetch_state(args, src, n, c->row_table ? c->row_table[r + i] + j0 / c->col_block : 0, &state[i]);
         for (long long j = j0; j < j0 + c->col_block; j += 64) {
             for (int i = 0; i < rt; i++) {
                 __mmask64 m = ~0ULL;
@@ -395,13 +457,9 @@ WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source s
                 }
                 int cnt = (int)_mm_popcnt_u64(m);
                 if (k[i] + cnt > k_end[i]) cnt = (int)(k_end[i] - k[i]); /* never read past the row */
-                __m512i codes = load_codes64(c->codes, k[i], n, cnt, spread);
-                if (c->mask) codes = _mm512_maskz_expand_epi8(m, codes);
-                k[i] += cnt;
-                __m512i lo, hi;
-                plane_lookup(&planes[i], codes, m, n, &lo, &hi);
                 __m512 w[4];
-                planes_to_floats(lo, hi, inter0, inter1, w);
+                fetch64(args, c, src, n, &state[i], spread, inter0, inter1, k[i], m, cnt, w);
+                k[i] += cnt;
                 for (int b = 0; b < bt; b++) {
                     const float *xb = c->x + (b0 + b) * c->cols + j;
                     for (int q = 0; q < 4; q++) acc[i][b] = _mm512_fmadd_ps(w[q], _mm512_loadu_ps(xb + 16 * q), acc[i][b]);
@@ -432,6 +490,9 @@ BYTES_WORKER(bytes_lut4, SRC_LUT, 4, wp_lut_mv)
 BYTES_WORKER(bytes_lut6, SRC_LUT, 6, wp_lut_mv)
 BYTES_WORKER(bytes_lut8, SRC_LUT, 8, wp_lut_mv)
 BYTES_WORKER(bytes_quant4, SRC_QUANT, 4, wp_quant_mv)
+BYTES_WORKER(bytes_quant8, SRC_QUANT, 8, wp_quant_mv)
+BYTES_WORKER(bytes_half, SRC_HALF, 16, wp_sparse_mv)
+BYTES_WORKER(bytes_float, SRC_FLOAT, 32, wp_sparse_mv)
 
 /* 64-column steps never straddle a row or a table. */
 static int steps64_fit(const wp_mv_common *c)
@@ -466,12 +527,14 @@ wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a)
     const wp_mv_common *c = &a->c;
     if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return quant_rows_4bit;
     if (c->mask && c->nbits == 4 && a->half_math && steps64_fit(c)) return bytes_quant4;
+    if (c->nbits == 8 && steps64_fit(c)) return bytes_quant8;
     if (!chunks_fit(c)) return NULL;
     return c->nbits == 4 ? codes_quant4 : codes_quant8;
 }
 
 wp_rows_fn wp_sparse_rows_avx512(const wp_sparse_mv *a)
 {
+    if (steps64_fit(&a->c)) return a->value_half ? bytes_half : bytes_float;
     if (!chunks_fit(&a->c)) return NULL;
     return a->value_half ? values_half : values_float;
 }
