@@ -8,11 +8,24 @@
 #include "matvec.h"
 #include "wp_dispatch.h"
 
+#include <stdlib.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #define BATCH_TILE 8
+
+float *wp_split_phases(const float *x, long long batch, long long cols, int per)
+{
+    float *out = aligned_alloc(64, (size_t)((batch * cols * 4 + 63) / 64 * 64));
+    if (!out) return NULL;
+    const long long len = cols / per;
+    for (long long b = 0; b < batch; b++)
+        for (int p = 0; p < per; p++)
+            for (long long k = 0; k < len; k++) out[(b * per + p) * len + k] = x[b * cols + k * per + p];
+    return out;
+}
 
 static int check_common(const wp_mv_common *c, long long mask_len, long long x_len, long long y_len,
                         int code_bits)

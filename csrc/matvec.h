@@ -41,6 +41,11 @@ typedef struct {
     int value_half;        /* values are fp16 bits (1) or fp32 (0) */
 } wp_sparse_mv;
 
+/* x (batch x cols) split into per phases: out[(b*per + p) * (cols/per) + k] = x[b*cols + k*per + p],
+   so that code p of every packed byte meets its activation with a plain load. malloc'd (64-byte
+   aligned); NULL when out of memory. */
+float *wp_split_phases(const float *x, long long batch, long long cols, int per);
+
 /* A row worker computes Y for rows [r0, r1) of every batch entry. */
 typedef void (*wp_rows_fn)(const void *args, long long r0, long long r1);
 

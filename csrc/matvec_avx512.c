@@ -56,18 +56,6 @@ WP_INLINE __m512 load_table(const void *args, enum table_kind kind, long long t,
     return shift_scale16(a, _mm512_cvtepi32_ps(codes), t);
 }
 
-/* x (batch x cols) split into phases: out[(b * per + p) * (cols / per) + k] = x[b * cols + k * per + p]. */
-static float *split_phases(const float *x, long long batch, long long cols, int per)
-{
-    float *out = aligned_alloc(64, (size_t)((batch * cols * 4 + 63) / 64 * 64));
-    if (!out) return NULL;
-    const long long len = cols / per;
-    for (long long b = 0; b < batch; b++)
-        for (int p = 0; p < per; p++)
-            for (long long k = 0; k < len; k++) out[(b * per + p) * len + k] = x[b * cols + k * per + p];
-    return out;
-}
-
 WP_INLINE void store_tile(const wp_mv_common *c, __m512 acc[ROW_TILE][BATCH_TILE], long long r, int rt, long long b0, int bt)
 {
     for (int i = 0; i < rt; i++)
@@ -128,7 +116,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
     static void name(const void *args, long long r0, long long r1)                               \
     {                                                                                            \
         const wp_mv_common *c = &((const type *)args)->c;                                        \
-        float *xs = split_phases(c->x, c->batch, c->cols, 8 / (n));                              \
+        float *xs = wp_split_phases(c->x, c->batch, c->cols, 8 / (n));                              \
         if (!xs) return;                                                                         \
         RUN_TILES(name##_tile, args, c, xs, r0, r1);                                             \
         free(xs);                                                                                \
@@ -147,7 +135,7 @@ static int small_codes_fit(const wp_mv_common *c)
 
 /* ---- any codes, dense or under a mask, 16 columns at a time --------------------------------- */
 
-enum source { SRC_HALF, SRC_FLOAT, SRC_LUT, SRC_QUANT };
+enum source { SRC_HALF, SRC_FLOAT, SRC_LUT, SRC_QUANT, SRC_QUANT_TABLE };
 
 static const uint64_t spread_mask[9] = {0, 0x0101010101010101ULL, 0x0303030303030303ULL, 0x0707070707070707ULL,
                                         0x0f0f0f0f0f0f0f0fULL, 0, 0x3f3f3f3f3f3f3f3fULL, 0, 0};
@@ -360,6 +348,19 @@ WP_INLINE void planes_from_floats16(__m512 values, half_planes *p)
 /* What a row needs for one table: binary16 planes, or a broadcast scale and offset. */
 typedef struct { half_planes planes; __m512 scale, offset; } row_state;
 
+/* Core ML's arithmetic on 16 integer codes with a row's broadcast scale and offset. */
+WP_INLINE __m512 dequantize16(const void *args, const row_state *st, __m512i q)
+{
+    const wp_quant_mv *a = args;
+    __m512 v = _mm512_cvtepi32_ps(q);
+    if (a->offset) {
+        v = _mm512_sub_ps(v, st->offset);
+        if (a->half_math) v = round_half(v);
+    }
+    v = _mm512_mul_ps(st->scale, v);
+    return a->half_math ? round_half(v) : v;
+}
+
 WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t, row_state *st)
 {
     if (src == SRC_LUT) {
@@ -371,6 +372,23 @@ WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t
         }
     } else if (src == SRC_QUANT && n == 4) { /* binary16 arithmetic: a 16-entry table */
         planes_from_floats16(load_table(args, QUANT_TABLE, t, 4), &st->planes);
+    } else if (src == SRC_QUANT_TABLE) { /* 8-bit codes, binary16 arithmetic: all 256 decoded values */
+        const wp_quant_mv *a = args;
+        row_state arith;
+        fetch_state(args, SRC_QUANT, 8, t, &arith);
+        const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        uint8_t lo[256], hi[256];
+        for (int q = 0; q < 16; q++) {
+            __m512i codes = _mm512_add_epi32(iota, _mm512_set1_epi32(16 * q));
+            if (a->is_signed) codes = _mm512_srai_epi32(_mm512_slli_epi32(codes, 24), 24);
+            const __m256i half = _mm512_cvtps_ph(dequantize16(a, &arith, codes), RNE);
+            _mm_storeu_si128((__m128i *)(lo + 16 * q), _mm256_cvtepi16_epi8(half));
+            _mm_storeu_si128((__m128i *)(hi + 16 * q), _mm256_cvtepi16_epi8(_mm256_srli_epi16(half, 8)));
+        }
+        for (int q = 0; q < 4; q++) {
+            st->planes.lo[q] = _mm512_loadu_si512(lo + 64 * q);
+            st->planes.hi[q] = _mm512_loadu_si512(hi + 64 * q);
+        }
     } else if (src == SRC_QUANT) {
         const wp_quant_mv *a = args;
         const int h = a->half_math;
@@ -378,18 +396,6 @@ WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t
         st->offset = !a->offset ? _mm512_setzero_ps()
                                 : _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->offset)[t]) : ((const float *)a->offset)[t]);
     }
-}
-
-/* Core ML's arithmetic on 16 integer codes with a row's broadcast scale and offset. */
-WP_INLINE __m512 dequantize16(const wp_quant_mv *a, const row_state *st, __m512i q)
-{
-    __m512 v = _mm512_cvtepi32_ps(q);
-    if (a->offset) {
-        v = _mm512_sub_ps(v, st->offset);
-        if (a->half_math) v = round_half(v);
-    }
-    v = _mm512_mul_ps(st->scale, v);
-    return a->half_math ? round_half(v) : v;
 }
 
 /* 64 weights in column order for the 64 columns behind mask m (all ones when dense), consuming
@@ -491,6 +497,7 @@ BYTES_WORKER(bytes_lut6, SRC_LUT, 6, wp_lut_mv)
 BYTES_WORKER(bytes_lut8, SRC_LUT, 8, wp_lut_mv)
 BYTES_WORKER(bytes_quant4, SRC_QUANT, 4, wp_quant_mv)
 BYTES_WORKER(bytes_quant8, SRC_QUANT, 8, wp_quant_mv)
+BYTES_WORKER(bytes_quant8_table, SRC_QUANT_TABLE, 8, wp_quant_mv)
 BYTES_WORKER(bytes_half, SRC_HALF, 16, wp_sparse_mv)
 BYTES_WORKER(bytes_float, SRC_FLOAT, 32, wp_sparse_mv)
 
@@ -527,7 +534,8 @@ wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a)
     const wp_mv_common *c = &a->c;
     if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return quant_rows_4bit;
     if (c->mask && c->nbits == 4 && a->half_math && steps64_fit(c)) return bytes_quant4;
-    if (c->nbits == 8 && steps64_fit(c)) return bytes_quant8;
+    if (c->nbits == 8 && steps64_fit(c)) /* long blocks repay a table of the 256 decoded values */
+        return a->half_math && c->col_block >= 512 ? bytes_quant8_table : bytes_quant8;
     if (!chunks_fit(c)) return NULL;
     return c->nbits == 4 ? codes_quant4 : codes_quant8;
 }
