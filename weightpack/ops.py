@@ -6,9 +6,10 @@ right where it is multiplied (Core ML's just-in-time decompression, on a CPU). A
 linear or convolution (im2col) layer uses it.
 
 Exact mode: activations in float32, every weight decoded exactly as ``decompress()`` does,
-float32 accumulation. Backends differ only in summation order: the result is within a relative
-error of ``MATVEC_RTOL * sqrt(in)`` of the float64 product of the decoded weights (per output,
-relative to ``sum_j |w_j x_j|``).
+float32 accumulation. Backends differ only in summation order, so every output is within the
+classic forward error bound of a float32 dot product: ``|y - y_exact| <= error_bound(in) *
+sum_j |w_j x_j| + in * UNDERFLOW``, with ``y_exact`` the exact product of the decoded weights
+and the float32 activations (the second term covers products below float32's normal range).
 """
 from __future__ import annotations
 
@@ -17,7 +18,18 @@ import numpy as np
 from .errors import WeightpackError, describe
 from .formats.base import CompressedTensor
 
-MATVEC_RTOL = 2.0**-22
+UNIT_ROUNDOFF = 2.0**-24
+UNDERFLOW = 2.0**-149  # spacing of float32 subnormals
+
+
+def error_bound(in_features: int) -> float:
+    """gamma_n = n*u / (1 - n*u): the relative bound of an n-term float32 dot product.
+
+    >>> round(error_bound(4096) * 2**24, 3)
+    4097.0
+    """
+    nu = in_features * UNIT_ROUNDOFF
+    return nu / (1.0 - nu)
 
 
 def matrix_shape(weight: CompressedTensor) -> tuple[int, int]:
