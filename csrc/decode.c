@@ -1,14 +1,16 @@
 /*
- * Decompression kernels (portable scalar code): LUT lookup, sparse expansion, blockwise
- * shift-scale, each optionally under a 1-bit mask (the sparse combinations).
+ * Decompression kernels: LUT lookup, sparse expansion, blockwise shift-scale, each optionally
+ * under a 1-bit mask (the sparse combinations).
  *
  * Tensors are walked as rows x cols of their logical shape (see weightpack/kernels/plan.py):
- * element e = r * cols + j uses table row_table[r] + j / col_block.  Values are stored in
- * elements of elem_size bytes (1, 2 or 4) already converted to the output type by the caller,
- * except in shift-scale, which does Core ML's arithmetic itself.  Every index, table and output
- * position is bounds-checked per row before the row is written.
+ * element e = r * cols + j uses table row_table[r] + j / col_block.  LUT values arrive already
+ * converted to the output type (elements of elem_size bytes); shift-scale does Core ML's
+ * arithmetic itself.  The entry points validate every size, table and output position first, then
+ * run the AVX-512 decoder when the CPU level allows and it covers the case, else the portable
+ * scalar loops below.
  */
-#include "wp_internal.h"
+#include "decode.h"
+#include "wp_dispatch.h"
 
 static int check_rows(long long rows, long long cols, long long col_block, long long *count)
 {
@@ -18,24 +20,60 @@ static int check_rows(long long rows, long long cols, long long col_block, long 
     return WP_OK;
 }
 
-static int check_row(long long first_table, long long cols, long long col_block, long long n_tables)
+static int check_tables(const wp_decode_job *j)
 {
-    if (cols == 0) return WP_OK;
-    if (first_table < 0 || first_table + (cols - 1) / col_block >= n_tables) return WP_E_RANGE;
+    if (!j->cols) return WP_OK;
+    const long long span = (j->cols - 1) / j->col_block;
+    for (long long r = 0; r < j->rows; r++)
+        if (j->row_table[r] < 0 || j->row_table[r] + span >= j->n_tables) return WP_E_RANGE;
     return WP_OK;
 }
 
-#define COPY_ELEM(dst, src, size)            \
-    do {                                     \
-        if ((size) == 4) memcpy(dst, src, 4); \
-        else if ((size) == 2) memcpy(dst, src, 2); \
-        else *(uint8_t *)(dst) = *(const uint8_t *)(src); \
+/* Codes the stream must hold: every element when dense, the mask's set bits otherwise. */
+static int check_stream(const uint8_t *mask, long long mask_len, long long count, long long codes_len, int nbits)
+{
+    long long need = count;
+    if (mask) {
+        if (mask_len != wp_stream_bytes(count, 1)) return WP_E_SIZE;
+        need = 0;
+        for (long long i = 0; i < mask_len; i++) need += __builtin_popcount(mask[i]);
+    }
+    return codes_len / nbits * 8 + (codes_len % nbits) * 8 / nbits >= need ? WP_OK : WP_E_SIZE;
+}
+
+#define COPY_ELEM(dst, src, size)                          \
+    do {                                                   \
+        if ((size) == 4) memcpy(dst, src, 4);              \
+        else if ((size) == 2) memcpy(dst, src, 2);         \
+        else *(uint8_t *)(dst) = *(const uint8_t *)(src);  \
     } while (0)
+
+static void lut_decode_scalar(const wp_decode_job *job)
+{
+    const int es = job->elem_size, vsize = job->vsize;
+    const long long entry_bytes = (long long)vsize * es, table_bytes = entry_bytes << job->nbits;
+    uint8_t *dst = job->out;
+    long long k = 0;
+    for (long long r = 0; r < job->rows; r++) {
+        for (long long j = 0; j < job->cols; j++) {
+            const long long o = job->row_out[r] + j * job->col_stride;
+            if (job->mask && !wp_mask_bit(job->mask, r * job->cols + j)) {
+                for (int v = 0; v < vsize; v++) memset(dst + (o + v * job->v_stride) * es, 0, (size_t)es);
+                continue;
+            }
+            const unsigned idx = wp_read_bits(job->codes, k++, job->nbits);
+            const uint8_t *src = (const uint8_t *)job->lut + (job->row_table[r] + j / job->col_block) * table_bytes +
+                                 idx * entry_bytes;
+            for (int v = 0; v < vsize; v++) COPY_ELEM(dst + (o + v * job->v_stride) * es, src + v * es, es);
+        }
+    }
+}
 
 int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits,
                   const unsigned char *mask, long long mask_len,
                   long long rows, long long cols, const long long *row_table, long long col_block,
-                  const void *lut, long long n_tables, int entries, int vsize, int elem_size,
+                  const void *lut, const unsigned char *lut_lo, const unsigned char *lut_hi,
+                  long long n_tables, int entries, int vsize, int elem_size,
                   const long long *row_out, long long col_stride, long long v_stride,
                   void *out, long long out_len)
 {
@@ -43,37 +81,18 @@ int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits
     int rc = check_rows(rows, cols, col_block, &count);
     if (rc) return rc;
     if (!wp_valid_nbits(nbits)) return WP_E_NBITS;
-    if (entries != (1 << nbits) || vsize < 1 || n_tables < 0) return WP_E_ARG;
+    if (entries != (1 << nbits) || vsize < 1 || n_tables < 0 || (!lut_lo != !lut_hi)) return WP_E_ARG;
     if (elem_size != 1 && elem_size != 2 && elem_size != 4) return WP_E_ARG;
-    if (mask && mask_len != wp_stream_bytes(count, 1)) return WP_E_SIZE;
-    long long available = indices_len * 8 / nbits; /* index elements present in the stream */
-    if (!mask && available < count) return WP_E_SIZE;
-
-    const uint8_t *table_base = (const uint8_t *)lut;
-    uint8_t *dst = (uint8_t *)out;
-    const long long entry_bytes = (long long)vsize * elem_size;
-    const long long table_bytes = entry_bytes * entries;
-    long long k = 0; /* next element of the index stream */
-    for (long long r = 0; r < rows; r++) {
-        rc = check_row(row_table[r], cols, col_block, n_tables);
-        if (rc) return rc;
-        const long long o0 = row_out[r];
-        if (cols && (o0 < 0 || o0 + (cols - 1) * col_stride + (long long)(vsize - 1) * v_stride >= out_len))
-            return WP_E_RANGE;
-        for (long long j = 0; j < cols; j++) {
-            const long long e = r * cols + j;
-            const long long o = o0 + j * col_stride;
-            if (mask && !wp_mask_bit(mask, e)) {
-                for (int v = 0; v < vsize; v++) memset(dst + (o + v * v_stride) * elem_size, 0, (size_t)elem_size);
-                continue;
-            }
-            if (k >= available) return WP_E_SIZE;
-            const unsigned idx = wp_read_bits(indices, k++, nbits);
-            const uint8_t *src = table_base + (row_table[r] + j / col_block) * table_bytes + idx * entry_bytes;
-            for (int v = 0; v < vsize; v++)
-                COPY_ELEM(dst + (o + v * v_stride) * elem_size, src + v * elem_size, elem_size);
-        }
+    const wp_decode_job job = {indices, indices_len, nbits, 0, mask, rows, cols, row_table, col_block, n_tables,
+                               lut, lut_lo, lut_hi, vsize, elem_size, row_out, col_stride, v_stride,
+                               NULL, NULL, 0, out, elem_size == 2};
+    if ((rc = check_tables(&job)) || (rc = check_stream(mask, mask_len, count, indices_len, nbits))) return rc;
+    for (long long r = 0; r < rows && cols; r++) {
+        const long long o0 = row_out[r], last = o0 + (cols - 1) * col_stride + (long long)(vsize - 1) * v_stride;
+        if (o0 < 0 || last >= out_len) return WP_E_RANGE;
     }
+    if (wp_simd_level() >= 2 && wp_lut_decode_avx512(&job) == WP_OK) return WP_OK;
+    lut_decode_scalar(&job);
     return WP_OK;
 }
 
@@ -81,21 +100,41 @@ int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long co
                      const void *values, long long n_values, int elem_size,
                      void *out, long long out_len)
 {
-    if (count < 0 || out_len != count || mask_len != wp_stream_bytes(count, 1)) return WP_E_SIZE;
+    if (count < 0 || out_len != count) return WP_E_SIZE;
     if (elem_size != 1 && elem_size != 2 && elem_size != 4) return WP_E_ARG;
+    int rc = check_stream(mask, mask_len, count, n_values * elem_size, 8 * elem_size);
+    if (rc) return rc;
+    if (wp_simd_level() >= 2 && wp_sparse_decode_avx512(mask, count, values, elem_size, out) == WP_OK) return WP_OK;
     const uint8_t *src = (const uint8_t *)values;
     uint8_t *dst = (uint8_t *)out;
     long long k = 0;
     for (long long e = 0; e < count; e++) {
         if (wp_mask_bit(mask, e)) {
-            if (k >= n_values) return WP_E_SIZE;
             COPY_ELEM(dst + e * elem_size, src + k * elem_size, elem_size);
             k++;
         } else {
             memset(dst + e * elem_size, 0, (size_t)elem_size);
         }
     }
-    return k == n_values ? WP_OK : WP_E_SIZE;
+    return WP_OK;
+}
+
+static void shift_scale_decode_scalar(const wp_decode_job *job)
+{
+    long long k = 0;
+    for (long long r = 0; r < job->rows; r++) {
+        for (long long j = 0; j < job->cols; j++) {
+            const long long e = r * job->cols + j;
+            float w = 0.0f;
+            if (!job->mask || wp_mask_bit(job->mask, e)) {
+                const int q = wp_code_value(wp_read_bits(job->codes, k++, job->nbits), job->nbits, job->is_signed);
+                w = wp_shift_scale((float)q, job->scale, job->offset, job->row_table[r] + j / job->col_block,
+                                   job->half_math);
+            }
+            if (job->out_half) ((uint16_t *)job->out)[e] = wp_float_to_half(w);
+            else ((float *)job->out)[e] = w;
+        }
+    }
 }
 
 int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbits, int is_signed,
@@ -108,26 +147,12 @@ int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbi
     int rc = check_rows(rows, cols, col_block, &count);
     if (rc) return rc;
     if (nbits != 4 && nbits != 8) return WP_E_NBITS;
-    if (out_len != count) return WP_E_SIZE;
-    if (mask && mask_len != wp_stream_bytes(count, 1)) return WP_E_SIZE;
-    long long available = data_len * 8 / nbits;
-    if (!mask && available < count) return WP_E_SIZE;
-
-    long long k = 0;
-    for (long long r = 0; r < rows; r++) {
-        rc = check_row(row_table[r], cols, col_block, n_blocks);
-        if (rc) return rc;
-        for (long long j = 0; j < cols; j++) {
-            const long long e = r * cols + j;
-            float w = 0.0f;
-            if (!mask || wp_mask_bit(mask, e)) {
-                if (k >= available) return WP_E_SIZE;
-                const int q = wp_code_value(wp_read_bits(data, k++, nbits), nbits, is_signed);
-                w = wp_shift_scale((float)q, scale, offset, row_table[r] + j / col_block, half_math);
-            }
-            if (out_half) ((uint16_t *)out)[e] = wp_float_to_half(w);
-            else ((float *)out)[e] = w;
-        }
-    }
+    if (out_len != count || !scale) return WP_E_SIZE;
+    const wp_decode_job job = {data, data_len, nbits, is_signed, mask, rows, cols, row_table, col_block, n_blocks,
+                               NULL, NULL, NULL, 1, out_half ? 2 : 4, NULL, 1, 1,
+                               scale, offset, half_math, out, out_half};
+    if ((rc = check_tables(&job)) || (rc = check_stream(mask, mask_len, count, data_len, nbits))) return rc;
+    if (wp_simd_level() >= 2 && wp_quant_decode_avx512(&job) == WP_OK) return WP_OK;
+    shift_scale_decode_scalar(&job);
     return WP_OK;
 }

@@ -14,15 +14,13 @@
 #include <stdlib.h>
 
 #include "matvec.h"
+#include "avx512_common.h"
 
 #define ROW_TILE 4
 #define BATCH_TILE 4
-#define WP_INLINE static inline __attribute__((always_inline))
-#define RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
 enum table_kind { LUT_TABLE, QUANT_TABLE };
 
-WP_INLINE __m512 round_half(__m512 v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, RNE)); }
 
 /* Core ML's shift-scale applied to 16 code values at once (table t). */
 WP_INLINE __m512 shift_scale16(const wp_quant_mv *a, __m512 q, long long t)
@@ -269,74 +267,6 @@ CODES_WORKER(values_float, SRC_FLOAT, 32, wp_sparse_mv)
  * conversions feed the FMAs.  Exact for every table whose values are binary16.
  */
 
-/* Byte q*8+i of the spread: source byte q*n + i.  Shift of code i inside its qword: i*n (+ s). */
-static const uint8_t *spread_index(int n)
-{
-    static uint8_t idx[9][64];
-    static int ready[9];
-    if (!ready[n]) {
-        for (int q = 0; q < 8; q++)
-            for (int i = 0; i < 8; i++) idx[n][q * 8 + i] = (uint8_t)(q * n + i);
-        ready[n] = 1;
-    }
-    return idx[n];
-}
-
-/* Codes k .. k+cnt-1 (cnt <= 64) of an n-bit stream, one per byte (bytes past cnt undefined). */
-WP_INLINE __m512i load_codes64(const uint8_t *stream, long long k, int n, int cnt, __m512i spread)
-{
-    if (n == 8) return _mm512_maskz_loadu_epi8(cnt >= 64 ? ~0ULL : (1ULL << cnt) - 1, stream + k);
-    const long long bit = k * n;
-    const unsigned s = (unsigned)(bit & 7), nbytes = (s + (unsigned)(cnt * n) + 7) / 8;
-    const __m512i raw = _mm512_maskz_loadu_epi8(nbytes >= 64 ? ~0ULL : (1ULL << nbytes) - 1, stream + (bit >> 3));
-    uint64_t shifts = 0;
-    for (int i = 0; i < 8; i++) shifts |= (uint64_t)(s + (unsigned)(i * n)) << (8 * i);
-    const __m512i codes = _mm512_multishift_epi64_epi8(_mm512_set1_epi64((long long)shifts), _mm512_permutexvar_epi8(spread, raw));
-    return _mm512_and_si512(codes, _mm512_set1_epi8((char)((1 << n) - 1)));
-}
-
-typedef struct { __m512i lo[4], hi[4]; } half_planes; /* 64 entries in [0]; 256 entries in [0..3] */
-
-/* Look up 64 codes in binary16 planes; lanes outside keep are zero (+0.0). */
-WP_INLINE void plane_lookup(const half_planes *p, __m512i codes, __mmask64 keep, int n, __m512i *lo, __m512i *hi)
-{
-    if (n < 8) {
-        *lo = _mm512_maskz_permutexvar_epi8(keep, codes, p->lo[0]);
-        *hi = _mm512_maskz_permutexvar_epi8(keep, codes, p->hi[0]);
-        return;
-    }
-    const __mmask64 upper = _mm512_movepi8_mask(codes); /* code >= 128 */
-    *lo = _mm512_or_si512(_mm512_maskz_permutex2var_epi8(keep & ~upper, p->lo[0], codes, p->lo[1]),
-                          _mm512_maskz_permutex2var_epi8(keep & upper, p->lo[2], codes, p->lo[3]));
-    *hi = _mm512_or_si512(_mm512_maskz_permutex2var_epi8(keep & ~upper, p->hi[0], codes, p->hi[1]),
-                          _mm512_maskz_permutex2var_epi8(keep & upper, p->hi[2], codes, p->hi[3]));
-}
-
-static const uint8_t *interleave_index(int half)
-{
-    static uint8_t idx[2][64];
-    static int ready;
-    if (!ready) {
-        for (int h = 0; h < 2; h++)
-            for (int e = 0; e < 32; e++) {
-                idx[h][2 * e] = (uint8_t)(32 * h + e);
-                idx[h][2 * e + 1] = (uint8_t)(64 + 32 * h + e);
-            }
-        ready = 1;
-    }
-    return idx[half];
-}
-
-/* 64 float weights (in column order) from low/high byte planes of binary16 values. */
-WP_INLINE void planes_to_floats(__m512i lo, __m512i hi, __m512i inter0, __m512i inter1, __m512 w[4])
-{
-    const __m512i a = _mm512_permutex2var_epi8(lo, inter0, hi), b = _mm512_permutex2var_epi8(lo, inter1, hi);
-    w[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(a));
-    w[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(a, 1));
-    w[2] = _mm512_cvtph_ps(_mm512_castsi512_si256(b));
-    w[3] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(b, 1));
-}
-
 /* Planes of a 16-entry binary16 table given as 16 floats (exact binary16 values). */
 WP_INLINE void planes_from_floats16(__m512 values, half_planes *p)
 {
@@ -441,8 +371,8 @@ WP_INLINE void fetch64(const void *args, const wp_mv_common *c, enum source src,
 WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source src, int n, long long r, int rt,
                           long long b0, int bt)
 {
-    const __m512i spread = _mm512_loadu_si512(spread_index(n < 8 ? n : 8));
-    const __m512i inter0 = _mm512_loadu_si512(interleave_index(0)), inter1 = _mm512_loadu_si512(interleave_index(1));
+    const __m512i spread = _mm512_loadu_si512(SPREAD[n < 8 ? n : 8]);
+    const __m512i inter0 = _mm512_loadu_si512(INTERLEAVE[0]), inter1 = _mm512_loadu_si512(INTERLEAVE[1]);
     __m512 acc[ROW_TILE][BATCH_TILE];
     long long k[ROW_TILE], k_end[ROW_TILE];
     for (int i = 0; i < rt; i++) {

@@ -10,7 +10,8 @@ int wp_unpack_bits(const unsigned char *packed, long long packed_len, long long 
 int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits,
                   const unsigned char *mask, long long mask_len,
                   long long rows, long long cols, const long long *row_table, long long col_block,
-                  const void *lut, long long n_tables, int entries, int vsize, int elem_size,
+                  const void *lut, const unsigned char *lut_lo, const unsigned char *lut_hi,
+                  long long n_tables, int entries, int vsize, int elem_size,
                   const long long *row_out, long long col_stride, long long v_stride,
                   void *out, long long out_len);
 int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long count,

@@ -86,14 +86,19 @@ def _int64(array: np.ndarray):
     return buffer(array, "long long[]")
 
 
-def _lut_decode(indices: NBitArray, mask, plan, lut: np.ndarray, vector_axis, out: np.ndarray) -> None:
+def _lut_decode(t, indices: NBitArray, mask, plan, lut: np.ndarray, vector_axis, out: np.ndarray) -> None:
     table = _converted(lut, out.dtype)
+    planes = None
+    if out.dtype == np.float32 and lut.shape[-1] == 1:
+        planes = t.derived("lut_half_planes", lambda: _half_planes(t.lut))
     mask_buf, mask_len = (_NULL, 0) if mask is None else (buffer(mask.packed), mask.packed.size)
     status = lib.wp_lut_decode(
         buffer(indices.packed), indices.packed.size, indices.nbits,
         mask_buf, mask_len,
         plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
-        buffer(table), plan.n_tables, lut.shape[-2], lut.shape[-1], out.dtype.itemsize,
+        buffer(table),
+        _NULL if planes is None else buffer(planes[0]), _NULL if planes is None else buffer(planes[1]),
+        plan.n_tables, lut.shape[-2], lut.shape[-1], out.dtype.itemsize,
         _int64(plan.row_out), plan.col_stride, plan.v_stride,
         buffer(out, writable=True), out.size,
     )
@@ -102,12 +107,12 @@ def _lut_decode(indices: NBitArray, mask, plan, lut: np.ndarray, vector_axis, ou
 
 def decompress_palettized(t, out: np.ndarray) -> None:
     plan = row_plan(t.indices.shape, t.group_shape, t.vector_axis, t.vector_size)
-    _lut_decode(t.indices, None, plan, t.lut, t.vector_axis, out)
+    _lut_decode(t, t.indices, None, plan, t.lut, t.vector_axis, out)
 
 
 def decompress_sparse_palettized(t, out: np.ndarray) -> None:
     plan = row_plan(t.indices_mask.shape, t.lut.shape[:-2], t.vector_axis, t.vector_size)
-    _lut_decode(t.indices_nonzero_data, t.indices_mask, plan, t.lut, t.vector_axis, out)
+    _lut_decode(t, t.indices_nonzero_data, t.indices_mask, plan, t.lut, t.vector_axis, out)
 
 
 def decompress_sparse(t, out: np.ndarray) -> None:

@@ -1,0 +1,35 @@
+/* Decompression jobs shared by the scalar decoders (decode.c) and their SIMD versions. */
+#ifndef WP_DECODE_H
+#define WP_DECODE_H
+
+#include "wp_internal.h"
+
+/* A tensor walked as rows x cols (see weightpack/kernels/plan.py), already validated. */
+typedef struct {
+    const uint8_t *codes; /* n-bit stream: dense (element e = r*cols + j) or the set bits of mask */
+    long long codes_len;
+    int nbits, is_signed;
+    const uint8_t *mask; /* NULL when dense */
+    long long rows, cols;
+    const long long *row_table;
+    long long col_block, n_tables;
+    /* LUT decoding: tables of 2^nbits x vsize elements of elem_size bytes (the output type) */
+    const void *lut;
+    const uint8_t *lut_lo, *lut_hi; /* binary16 byte planes (64 or 256 bytes per table) or NULL */
+    int vsize, elem_size;
+    const long long *row_out;
+    long long col_stride, v_stride;
+    /* shift-scale decoding: scale and offset per table (binary16 bits when half_math) */
+    const void *scale, *offset;
+    int half_math;
+    void *out;
+    int out_half; /* shift-scale: binary16 output (else float32) */
+} wp_decode_job;
+
+/* SIMD decoders: WP_OK when done, WP_NOT_COVERED when the scalar decoder must run. */
+#define WP_NOT_COVERED 1
+int wp_lut_decode_avx512(const wp_decode_job *job);
+int wp_quant_decode_avx512(const wp_decode_job *job);
+int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, int elem_size, void *out);
+
+#endif

@@ -1,0 +1,290 @@
+/*
+ * AVX-512 decompression (CPU level 2): 64 elements at a time, split over threads in chunks of a
+ * row.  Codes come to one byte each (avx512_common.h), sparse rows expand them under their mask
+ * bits, and tables are looked up in registers: byte planes for 1- and 2-byte outputs (and for
+ * float32 output of binary16-exact tables), float32 tables by vpermps / vpermt2ps / gather.
+ * Elements that do not fill a whole 64-step inside one table go through the scalar code.
+ */
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,avx512vnni,avx2,fma,f16c,bmi2,popcnt")
+#include <immintrin.h>
+#include <stdlib.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "avx512_common.h"
+#include "decode.h"
+#include "wp_dispatch.h"
+
+#define CHUNK 8192 /* columns of a row per task */
+
+/* 64 mask bits starting at bit e (the caller guarantees e + 64 <= element count). */
+WP_INLINE uint64_t mask64(const uint8_t *mask, long long e)
+{
+    uint64_t m;
+    memcpy(&m, mask + (e >> 3), 8);
+    const unsigned s = (unsigned)(e & 7);
+    return s ? (m >> s) | ((uint64_t)mask[(e >> 3) + 8] << (64 - s)) : m;
+}
+
+/* Set bits of mask in [e0, e1). */
+static long long popcount_range(const uint8_t *mask, long long e0, long long e1)
+{
+    long long n = 0, e = e0;
+    for (; e < e1 && (e & 7); e++) n += wp_mask_bit(mask, e);
+    for (; e + 64 <= e1; e += 64) {
+        uint64_t m;
+        memcpy(&m, mask + (e >> 3), 8);
+        n += _mm_popcnt_u64(m);
+    }
+    for (; e < e1; e++) n += wp_mask_bit(mask, e);
+    return n;
+}
+
+typedef void (*chunk_fn)(const wp_decode_job *job, long long r, long long j0, long long j1, long long k);
+
+/* Run fn over every chunk of every row; k is the chunk's first stream element. */
+static void run_chunks(const wp_decode_job *job, chunk_fn fn)
+{
+    const long long per_row = (job->cols + CHUNK - 1) / CHUNK, tasks = job->rows * per_row;
+    long long *starts = NULL;
+    if (job->mask) {
+        starts = malloc((size_t)(tasks + 1) * sizeof *starts);
+        if (!starts) return;
+#pragma omp parallel for schedule(static) num_threads(wp_threads()) if (tasks > 1)
+        for (long long t = 0; t < tasks; t++) {
+            const long long r = t / per_row, j0 = t % per_row * CHUNK, j1 = j0 + CHUNK < job->cols ? j0 + CHUNK : job->cols;
+            starts[t + 1] = popcount_range(job->mask, r * job->cols + j0, r * job->cols + j1);
+        }
+        starts[0] = 0;
+        for (long long t = 0; t < tasks; t++) starts[t + 1] += starts[t];
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(wp_threads()) if (tasks > 1)
+    for (long long t = 0; t < tasks; t++) {
+        const long long r = t / per_row, j0 = t % per_row * CHUNK, j1 = j0 + CHUNK < job->cols ? j0 + CHUNK : job->cols;
+        fn(job, r, j0, j1, job->mask ? starts[t] : r * job->cols + j0);
+    }
+    free(starts);
+}
+
+/* Whether the 64 columns from j lie in one table. */
+WP_INLINE int one_table(const wp_decode_job *job, long long j)
+{
+    return j / job->col_block == (j + 63) / job->col_block;
+}
+
+/* ---- LUT ------------------------------------------------------------------------------------ */
+
+/* One element the scalar way (row tails and table boundaries). */
+WP_INLINE void lut_element(const wp_decode_job *job, long long r, long long j, long long *k)
+{
+    const int es = job->elem_size;
+    uint8_t *dst = (uint8_t *)job->out + (job->row_out[r] + j) * es;
+    if (job->mask && !wp_mask_bit(job->mask, r * job->cols + j)) {
+        memset(dst, 0, (size_t)es);
+        return;
+    }
+    const unsigned idx = wp_read_bits(job->codes, (*k)++, job->nbits);
+    memcpy(dst, (const uint8_t *)job->lut + (((job->row_table[r] + j / job->col_block) << job->nbits) + idx) * es,
+           (size_t)es);
+}
+
+/* The table as byte planes: from the output-typed LUT (1 and 2 bytes) or the binary16 planes. */
+WP_INLINE void table_planes(const wp_decode_job *job, long long t, half_planes *p)
+{
+    const int entries = 1 << job->nbits, stride = entries > 64 ? 256 : 64;
+    if (job->elem_size == 4) {
+        for (int q = 0; q < (entries > 64 ? 4 : 1); q++) {
+            p->lo[q] = _mm512_loadu_si512(job->lut_lo + t * stride + 64 * q);
+            p->hi[q] = _mm512_loadu_si512(job->lut_hi + t * stride + 64 * q);
+        }
+        return;
+    }
+    uint8_t lo[256] = {0}, hi[256] = {0};
+    const uint8_t *table = (const uint8_t *)job->lut + t * entries * job->elem_size;
+    for (int i = 0; i < entries; i++) {
+        lo[i] = table[i * job->elem_size];
+        if (job->elem_size == 2) hi[i] = table[2 * i + 1];
+    }
+    for (int q = 0; q < (entries > 64 ? 4 : 1); q++) {
+        p->lo[q] = _mm512_loadu_si512(lo + 64 * q);
+        p->hi[q] = _mm512_loadu_si512(hi + 64 * q);
+    }
+}
+
+static void lut_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    const int n = job->nbits, es = job->elem_size;
+    const __m512i spread = _mm512_loadu_si512(SPREAD[n < 8 ? n : 8]);
+    const __m512i inter0 = _mm512_loadu_si512(INTERLEAVE[0]), inter1 = _mm512_loadu_si512(INTERLEAVE[1]);
+    long long table = -1;
+    half_planes planes;
+    long long j = j0;
+    while (j < j1) {
+        if (j + 64 > j1 || !one_table(job, j)) {
+            lut_element(job, r, j++, &k);
+            continue;
+        }
+        const long long t = job->row_table[r] + j / job->col_block;
+        if (t != table) {
+            table_planes(job, t, &planes);
+            table = t;
+        }
+        const __mmask64 m = job->mask ? mask64(job->mask, r * job->cols + j) : ~0ULL;
+        const int cnt = (int)_mm_popcnt_u64(m);
+        __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
+        if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
+        k += cnt;
+        __m512i lo, hi;
+        plane_lookup(&planes, codes, m, n, &lo, &hi);
+        uint8_t *dst = (uint8_t *)job->out + (job->row_out[r] + j) * es;
+        if (es == 1) {
+            _mm512_storeu_si512(dst, lo);
+        } else if (es == 2) {
+            _mm512_storeu_si512(dst, _mm512_permutex2var_epi8(lo, inter0, hi));
+            _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi8(lo, inter1, hi));
+        } else {
+            __m512 w[4];
+            planes_to_floats(lo, hi, inter0, inter1, w);
+            for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)dst + 16 * q, w[q]);
+        }
+        j += 64;
+    }
+}
+
+int wp_lut_decode_avx512(const wp_decode_job *job)
+{
+    if (job->vsize != 1 || (job->elem_size == 4 && !job->lut_lo)) return WP_NOT_COVERED;
+    if (job->mask && job->cols % 8) return WP_NOT_COVERED; /* rows start on whole mask bytes */
+    run_chunks(job, lut_chunk);
+    return WP_OK;
+}
+
+/* ---- shift-scale ---------------------------------------------------------------------------- */
+
+WP_INLINE void quant_element(const wp_decode_job *job, long long r, long long j, long long *k)
+{
+    const long long e = r * job->cols + j;
+    float w = 0.0f;
+    if (!job->mask || wp_mask_bit(job->mask, e)) {
+        const int q = wp_code_value(wp_read_bits(job->codes, (*k)++, job->nbits), job->nbits, job->is_signed);
+        w = wp_shift_scale((float)q, job->scale, job->offset, job->row_table[r] + j / job->col_block, job->half_math);
+    }
+    if (job->out_half) ((uint16_t *)job->out)[e] = wp_float_to_half(w);
+    else ((float *)job->out)[e] = w;
+}
+
+WP_INLINE float scalar_at(const void *values, long long t, int half)
+{
+    return half ? _cvtsh_ss(((const uint16_t *)values)[t]) : ((const float *)values)[t];
+}
+
+/* Core ML's shift-scale of 16 codes of table t, in the scale's precision. */
+WP_INLINE __m512 shift_scale16(const wp_decode_job *job, __m512i codes, long long t)
+{
+    const int n = job->nbits, h = job->half_math;
+    if (job->is_signed) codes = _mm512_srai_epi32(_mm512_slli_epi32(codes, 32 - n), 32 - n);
+    __m512 v = _mm512_cvtepi32_ps(codes);
+    if (job->offset) {
+        v = _mm512_sub_ps(v, _mm512_set1_ps(scalar_at(job->offset, t, h)));
+        if (h) v = round_half(v);
+    }
+    v = _mm512_mul_ps(_mm512_set1_ps(scalar_at(job->scale, t, h)), v);
+    return h ? round_half(v) : v;
+}
+
+static void quant_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    const int n = job->nbits;
+    const __m512i spread = _mm512_loadu_si512(SPREAD[n < 8 ? n : 8]);
+    long long j = j0;
+    while (j < j1) {
+        if (j + 64 > j1) {
+            quant_element(job, r, j++, &k);
+            continue;
+        }
+        const long long e = r * job->cols + j;
+        const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
+        const int cnt = (int)_mm_popcnt_u64(m);
+        __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
+        if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
+        k += cnt;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            const long long jq = j + 16 * q;
+            const long long t0 = job->row_table[r] + jq / job->col_block, t1 = job->row_table[r] + (jq + 15) / job->col_block;
+            const __m512i c = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(codes, q));
+            __m512 w;
+            if (t0 == t1) {
+                w = shift_scale16(job, c, t0);
+            } else { /* a table boundary inside these 16: per lane */
+                float lanes[16];
+                int32_t raw[16];
+                _mm512_storeu_si512(raw, c);
+                for (int i = 0; i < 16; i++) {
+                    const long long t = job->row_table[r] + (jq + i) / job->col_block;
+                    const int v = wp_code_value((unsigned)raw[i], n, job->is_signed);
+                    lanes[i] = wp_shift_scale((float)v, job->scale, job->offset, t, job->half_math);
+                }
+                w = _mm512_loadu_ps(lanes);
+            }
+            w = _mm512_maskz_mov_ps((__mmask16)(m >> (16 * q)), w);
+            if (job->out_half) _mm256_storeu_si256((__m256i *)((uint16_t *)job->out + e + 16 * q), _mm512_cvtps_ph(w, RNE));
+            else _mm512_storeu_ps((float *)job->out + e + 16 * q, w);
+        }
+        j += 64;
+    }
+}
+
+int wp_quant_decode_avx512(const wp_decode_job *job)
+{
+    if (job->mask && job->cols % 8) return WP_NOT_COVERED;
+    run_chunks(job, quant_chunk);
+    return WP_OK;
+}
+
+/* ---- sparse values -------------------------------------------------------------------------- */
+
+int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, int elem_size, void *out)
+{
+    const wp_decode_job job = {values, 0, 8 * elem_size, 0, mask, 1, count, NULL, count ? count : 1, 0,
+                               NULL, NULL, NULL, 1, elem_size, NULL, 1, 1, NULL, NULL, 0, out, 0};
+    (void)job;
+    const long long tasks = (count + CHUNK - 1) / CHUNK;
+    long long *starts = malloc((size_t)(tasks + 1) * sizeof *starts);
+    if (!starts) return WP_NOT_COVERED;
+#pragma omp parallel for schedule(static) num_threads(wp_threads()) if (tasks > 1)
+    for (long long t = 0; t < tasks; t++)
+        starts[t + 1] = popcount_range(mask, t * CHUNK, (t + 1) * CHUNK < count ? (t + 1) * CHUNK : count);
+    starts[0] = 0;
+    for (long long t = 0; t < tasks; t++) starts[t + 1] += starts[t];
+#pragma omp parallel for schedule(dynamic, 1) num_threads(wp_threads()) if (tasks > 1)
+    for (long long t = 0; t < tasks; t++) {
+        const long long e1 = (t + 1) * CHUNK < count ? (t + 1) * CHUNK : count;
+        long long k = starts[t], e = t * CHUNK;
+        const uint8_t *src = values;
+        uint8_t *dst = out;
+        for (; e + 64 <= e1; e += 64) {
+            const uint64_t m = mask64(mask, e);
+            for (int part = 0; part < 64 * elem_size / 64; part++) { /* one zmm of output per part */
+                const int lanes = 64 / elem_size;
+                const uint64_t pm = lanes == 64 ? m : (m >> (part * lanes)) & ((1ULL << lanes) - 1);
+                const int take = (int)_mm_popcnt_u64(pm);
+                const uint64_t load = take == 64 ? ~0ULL : (1ULL << take) - 1;
+                __m512i v;
+                if (elem_size == 1) v = _mm512_maskz_expand_epi8(pm, _mm512_maskz_loadu_epi8(load, src + k));
+                else if (elem_size == 2) v = _mm512_maskz_expand_epi16((__mmask32)pm, _mm512_maskz_loadu_epi16((__mmask32)load, src + 2 * k));
+                else v = _mm512_maskz_expand_epi32((__mmask16)pm, _mm512_maskz_loadu_epi32((__mmask16)load, src + 4 * k));
+                _mm512_storeu_si512(dst + (e + part * lanes) * elem_size, v);
+                k += take;
+            }
+        }
+        for (; e < e1; e++) {
+            if (wp_mask_bit(mask, e)) memcpy(dst + e * elem_size, src + (k++) * elem_size, (size_t)elem_size);
+            else memset(dst + e * elem_size, 0, (size_t)elem_size);
+        }
+    }
+    free(starts);
+    return WP_OK;
+}
