@@ -97,23 +97,30 @@ int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits
 }
 
 int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long count,
-                     const void *values, long long n_values, int elem_size,
+                     const void *values, long long n_values, int elem_size, int widen_half,
                      void *out, long long out_len)
 {
+    /* values have elem_size bytes and the output type, except with widen_half: binary16 values,
+       float32 output */
     if (count < 0 || out_len != count) return WP_E_SIZE;
-    if (elem_size != 1 && elem_size != 2 && elem_size != 4) return WP_E_ARG;
+    if ((elem_size != 1 && elem_size != 2 && elem_size != 4) || (widen_half && elem_size != 2)) return WP_E_ARG;
     int rc = check_stream(mask, mask_len, count, n_values * elem_size, 8 * elem_size);
     if (rc) return rc;
-    if (wp_simd_level() >= 2 && wp_sparse_decode_avx512(mask, count, values, elem_size, out) == WP_OK) return WP_OK;
+    if (wp_simd_level() >= 2 && wp_sparse_decode_avx512(mask, count, values, elem_size, widen_half, out) == WP_OK)
+        return WP_OK;
     const uint8_t *src = (const uint8_t *)values;
+    const int out_size = widen_half ? 4 : elem_size;
     uint8_t *dst = (uint8_t *)out;
     long long k = 0;
     for (long long e = 0; e < count; e++) {
-        if (wp_mask_bit(mask, e)) {
-            COPY_ELEM(dst + e * elem_size, src + k * elem_size, elem_size);
-            k++;
+        uint8_t *d = dst + e * out_size;
+        if (!wp_mask_bit(mask, e)) {
+            memset(d, 0, (size_t)out_size);
+        } else if (widen_half) {
+            const float f = wp_half_to_float(((const uint16_t *)src)[k++]);
+            memcpy(d, &f, 4);
         } else {
-            memset(dst + e * elem_size, 0, (size_t)elem_size);
+            COPY_ELEM(d, src + (k++) * elem_size, elem_size);
         }
     }
     return WP_OK;

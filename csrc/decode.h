@@ -30,6 +30,7 @@ typedef struct {
 #define WP_NOT_COVERED 1
 int wp_lut_decode_avx512(const wp_decode_job *job);
 int wp_quant_decode_avx512(const wp_decode_job *job);
-int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, int elem_size, void *out);
+int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, int elem_size, int widen_half,
+                            void *out);
 
 #endif

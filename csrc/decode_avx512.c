@@ -198,6 +198,8 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
 {
     const int n = job->nbits;
     const __m512i spread = _mm512_loadu_si512(SPREAD[n < 8 ? n : 8]);
+    /* table of column j is t = row_table[r] + block, block = j / col_block, tracked incrementally */
+    long long block = j0 / job->col_block, block_end = (block + 1) * job->col_block;
     long long j = j0;
     while (j < j1) {
         if (j + 64 > j1) {
@@ -213,12 +215,15 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++) {
             const long long jq = j + 16 * q;
-            const long long t0 = job->row_table[r] + jq / job->col_block, t1 = job->row_table[r] + (jq + 15) / job->col_block;
+            while (jq >= block_end) {
+                block++;
+                block_end += job->col_block;
+            }
             const __m512i c = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(codes, q));
             __m512 w;
-            if (t0 == t1) {
-                w = shift_scale16(job, c, t0);
-            } else { /* a table boundary inside these 16: per lane */
+            if (jq + 16 <= block_end) {
+                w = shift_scale16(job, c, job->row_table[r] + block);
+            } else { /* a table boundary inside these 16: lane by lane */
                 float lanes[16];
                 int32_t raw[16];
                 _mm512_storeu_si512(raw, c);
@@ -237,20 +242,75 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
     }
 }
 
+/* Planes of all 2^n decoded binary16 values of table t (binary16 arithmetic only). */
+WP_INLINE void quant_planes(const wp_decode_job *job, long long t, half_planes *p)
+{
+    const int entries = 1 << job->nbits;
+    uint8_t lo[256] = {0}, hi[256] = {0};
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int q = 0; q < entries / 16; q++) {
+        const __m256i half = _mm512_cvtps_ph(shift_scale16(job, _mm512_add_epi32(iota, _mm512_set1_epi32(16 * q)), t), RNE);
+        _mm_storeu_si128((__m128i *)(lo + 16 * q), _mm256_cvtepi16_epi8(half));
+        _mm_storeu_si128((__m128i *)(hi + 16 * q), _mm256_cvtepi16_epi8(_mm256_srli_epi16(half, 8)));
+    }
+    for (int q = 0; q < (entries > 64 ? 4 : 1); q++) {
+        p->lo[q] = _mm512_loadu_si512(lo + 64 * q);
+        p->hi[q] = _mm512_loadu_si512(hi + 64 * q);
+    }
+}
+
+/* Long tables with binary16 arithmetic: decode through a table of every code's value. */
+static void quant_table_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    const int n = job->nbits;
+    const __m512i spread = _mm512_loadu_si512(SPREAD[n < 8 ? n : 8]);
+    const __m512i inter0 = _mm512_loadu_si512(INTERLEAVE[0]), inter1 = _mm512_loadu_si512(INTERLEAVE[1]);
+    long long table = -1;
+    half_planes planes;
+    long long j = j0;
+    while (j < j1) {
+        if (j + 64 > j1 || !one_table(job, j)) {
+            quant_element(job, r, j++, &k);
+            continue;
+        }
+        const long long t = job->row_table[r] + j / job->col_block;
+        if (t != table) {
+            quant_planes(job, t, &planes);
+            table = t;
+        }
+        const long long e = r * job->cols + j;
+        const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
+        const int cnt = (int)_mm_popcnt_u64(m);
+        __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
+        if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
+        k += cnt;
+        __m512i lo, hi;
+        plane_lookup(&planes, codes, m, n, &lo, &hi);
+        if (job->out_half) {
+            _mm512_storeu_si512((uint16_t *)job->out + e, _mm512_permutex2var_epi8(lo, inter0, hi));
+            _mm512_storeu_si512((uint16_t *)job->out + e + 32, _mm512_permutex2var_epi8(lo, inter1, hi));
+        } else {
+            __m512 w[4];
+            planes_to_floats(lo, hi, inter0, inter1, w);
+            for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)job->out + e + 16 * q, w[q]);
+        }
+        j += 64;
+    }
+}
+
 int wp_quant_decode_avx512(const wp_decode_job *job)
 {
     if (job->mask && job->cols % 8) return WP_NOT_COVERED;
-    run_chunks(job, quant_chunk);
+    const int long_tables = job->col_block >= (job->nbits == 8 ? 1024 : 128);
+    run_chunks(job, job->half_math && long_tables ? quant_table_chunk : quant_chunk);
     return WP_OK;
 }
 
 /* ---- sparse values -------------------------------------------------------------------------- */
 
-int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, int elem_size, void *out)
+int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, int elem_size, int widen_half,
+                            void *out)
 {
-    const wp_decode_job job = {values, 0, 8 * elem_size, 0, mask, 1, count, NULL, count ? count : 1, 0,
-                               NULL, NULL, NULL, 1, elem_size, NULL, 1, 1, NULL, NULL, 0, out, 0};
-    (void)job;
     const long long tasks = (count + CHUNK - 1) / CHUNK;
     long long *starts = malloc((size_t)(tasks + 1) * sizeof *starts);
     if (!starts) return WP_NOT_COVERED;
@@ -259,30 +319,47 @@ int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *va
         starts[t + 1] = popcount_range(mask, t * CHUNK, (t + 1) * CHUNK < count ? (t + 1) * CHUNK : count);
     starts[0] = 0;
     for (long long t = 0; t < tasks; t++) starts[t + 1] += starts[t];
+    const int out_size = widen_half ? 4 : elem_size;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(wp_threads()) if (tasks > 1)
     for (long long t = 0; t < tasks; t++) {
         const long long e1 = (t + 1) * CHUNK < count ? (t + 1) * CHUNK : count;
         long long k = starts[t], e = t * CHUNK;
         const uint8_t *src = values;
         uint8_t *dst = out;
+        const int lanes = 64 / elem_size; /* values per expand */
         for (; e + 64 <= e1; e += 64) {
             const uint64_t m = mask64(mask, e);
-            for (int part = 0; part < 64 * elem_size / 64; part++) { /* one zmm of output per part */
-                const int lanes = 64 / elem_size;
+            for (int part = 0; part < elem_size; part++) {
                 const uint64_t pm = lanes == 64 ? m : (m >> (part * lanes)) & ((1ULL << lanes) - 1);
                 const int take = (int)_mm_popcnt_u64(pm);
                 const uint64_t load = take == 64 ? ~0ULL : (1ULL << take) - 1;
-                __m512i v;
-                if (elem_size == 1) v = _mm512_maskz_expand_epi8(pm, _mm512_maskz_loadu_epi8(load, src + k));
-                else if (elem_size == 2) v = _mm512_maskz_expand_epi16((__mmask32)pm, _mm512_maskz_loadu_epi16((__mmask32)load, src + 2 * k));
-                else v = _mm512_maskz_expand_epi32((__mmask16)pm, _mm512_maskz_loadu_epi32((__mmask16)load, src + 4 * k));
-                _mm512_storeu_si512(dst + (e + part * lanes) * elem_size, v);
+                uint8_t *d = dst + (e + part * lanes) * out_size;
+                if (elem_size == 1) {
+                    _mm512_storeu_si512(d, _mm512_maskz_expand_epi8(pm, _mm512_maskz_loadu_epi8(load, src + k)));
+                } else if (elem_size == 2) {
+                    const __m512i v = _mm512_maskz_expand_epi16((__mmask32)pm, _mm512_maskz_loadu_epi16((__mmask32)load, src + 2 * k));
+                    if (widen_half) {
+                        _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm512_castsi512_si256(v)));
+                        _mm512_storeu_ps(d + 64, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1)));
+                    } else {
+                        _mm512_storeu_si512(d, v);
+                    }
+                } else {
+                    _mm512_storeu_si512(d, _mm512_maskz_expand_epi32((__mmask16)pm, _mm512_maskz_loadu_epi32((__mmask16)load, src + 4 * k)));
+                }
                 k += take;
             }
         }
         for (; e < e1; e++) {
-            if (wp_mask_bit(mask, e)) memcpy(dst + e * elem_size, src + (k++) * elem_size, (size_t)elem_size);
-            else memset(dst + e * elem_size, 0, (size_t)elem_size);
+            uint8_t *d = dst + e * out_size;
+            if (!wp_mask_bit(mask, e)) {
+                memset(d, 0, (size_t)out_size);
+            } else if (widen_half) {
+                const float f = wp_half_to_float(((const uint16_t *)src)[k++]);
+                memcpy(d, &f, 4);
+            } else {
+                memcpy(d, src + (k++) * elem_size, (size_t)elem_size);
+            }
         }
     }
     free(starts);

@@ -15,7 +15,7 @@ int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits
                   const long long *row_out, long long col_stride, long long v_stride,
                   void *out, long long out_len);
 int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long count,
-                     const void *values, long long n_values, int elem_size,
+                     const void *values, long long n_values, int elem_size, int widen_half,
                      void *out, long long out_len);
 int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbits, int is_signed,
                           const unsigned char *mask, long long mask_len,

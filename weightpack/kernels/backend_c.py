@@ -117,10 +117,11 @@ def decompress_sparse_palettized(t, out: np.ndarray) -> None:
 
 def decompress_sparse(t, out: np.ndarray) -> None:
     data = t.nonzero_data.values(backend="c") if isinstance(t.nonzero_data, NBitArray) else t.nonzero_data
-    values = _converted(data, out.dtype)
+    widen_half = data.dtype == np.float16 and out.dtype == np.float32  # converted inside the kernel
+    values = data if widen_half else _converted(data, out.dtype)
     status = lib.wp_sparse_decode(
         buffer(t.mask.packed), t.mask.packed.size, out.size,
-        buffer(values), values.size, out.dtype.itemsize,
+        buffer(values), values.size, values.dtype.itemsize, int(widen_half),
         buffer(out, writable=True), out.size,
     )
     check(status, "sparse_decode")
