@@ -34,7 +34,15 @@ _LAZY = {
 }
 
 
+# submodules importable as attributes (``wp.runtime.Model``) without loading them at import
+_SUBMODULES = ("runtime", "coreml", "calibration", "compress", "kernels")
+
+
 def __getattr__(name):
+    if name in _SUBMODULES:
+        module = import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name], __name__), name)
         globals()[name] = value
@@ -43,7 +51,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [
