@@ -126,6 +126,14 @@ class Report:
     layer_modes: list = field(default_factory=list)
 
 
+def _layout(weight: CompressedTensor) -> tuple:
+    """What the kernels' speed depends on: the type, the shape and each array's type and shape."""
+    arrays = tuple(
+        (name, getattr(a, "dtype_name", None) or str(a.dtype), a.shape) for name, a in weight.arrays().items() if a is not None
+    )
+    return (type(weight).__name__, weight.shape, arrays)
+
+
 def _weight_bytes(weight) -> int:
     if isinstance(weight, CompressedTensor):
         return weight.nbytes + weight.derived_nbytes
@@ -148,6 +156,7 @@ class Model:
             raise WeightpackError(f"batch_size={describe(batch_size)} must be a positive integer")
         self.layers, self.policy, self.backend = list(layers), policy, backend
         self.report = Report(policy)
+        self._decisions = {}  # layout signature -> measured choice, so equal layers are timed once
         start = time.perf_counter()
         self._weights, self._modes = [], []
         for layer in self.layers:
@@ -173,7 +182,10 @@ class Model:
         jit_mode = "fused" if isinstance(layer, Linear) else "scratch"
         if self.policy == "jit":
             return jit_mode
-        return jit_mode if self._measured_jit_faster(layer, batch_size) else "dense"
+        key = (type(layer).__name__, _layout(layer.weight), batch_size)
+        if key not in self._decisions:
+            self._decisions[key] = self._measured_jit_faster(layer, batch_size)
+        return jit_mode if self._decisions[key] else "dense"
 
     def _measured_jit_faster(self, layer, batch_size: int, repeats: int = 5) -> bool:
         """The cost model: time both ways on this layer's weight at this batch (medians)."""
