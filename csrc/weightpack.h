@@ -42,3 +42,8 @@ int wp_quant_matvec(const unsigned char *codes, long long codes_len, int nbits, 
 int wp_sparse_matvec(const unsigned char *mask, long long mask_len, const long long *row_start,
                      long long rows, long long cols, const void *values, long long values_len, int value_half,
                      const float *x, long long x_len, long long batch, float *y, long long y_len);
+
+int wp_fast_matvec(const unsigned char *codes, long long codes_len, int nbits, int is_signed,
+                   long long rows, long long cols, const long long *row_table, long long col_block,
+                   const unsigned char *table_u8, const float *table_scale, const float *table_bias, long long n_tables,
+                   const float *x, long long x_len, long long batch, float *y, long long y_len);

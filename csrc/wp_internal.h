@@ -11,6 +11,7 @@
 #define WP_E_RANGE (-3)
 #define WP_E_PADDING (-4)
 #define WP_E_ARG (-5)
+#define WP_NOT_AVAILABLE (-6) /* the CPU level in force lacks this kernel */
 
 static inline int wp_valid_nbits(int nbits)
 {

@@ -11,12 +11,19 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "weightpack's C extension is not built; reinstall with `pip install -e .` and a C compiler"
     ) from exc
 
+class status:
+    """The C kernels' status codes (csrc/wp_internal.h)."""
+
+    OK, NBITS, SIZE, RANGE, PADDING, ARG, NOT_AVAILABLE = 0, -1, -2, -3, -4, -5, -6
+
+
 _STATUS = {
     -1: (WeightpackError, "unsupported bit width"),
     -2: (WeightpackError, "buffer size mismatch"),
     -3: (WeightpackError, "value out of range for the bit width"),
     -4: (FormatError, "nonzero padding bits"),
     -5: (WeightpackError, "invalid kernel argument"),
+    -6: (BackendError, "not available at the CPU level in force"),
 }
 
 

@@ -58,8 +58,21 @@ def _check_weight(weight) -> None:
         raise WeightpackError(f"weight must be a weightpack compressed tensor, got {describe(weight)}")
 
 
-def matmul(weight: CompressedTensor, x, *, backend=None) -> np.ndarray:
+MODES = ("exact", "fast")
+FAST_RTOL = 1.5e-2
+
+
+def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") -> np.ndarray:
     """``x @ W.T`` for activations ``x`` of shape (batch, in): a linear layer; float32 (batch, out).
+
+    ``mode="fast"`` (opt-in) quantizes the activations to int8 per block of 32 on the fly and
+    multiplies with integer dot-product instructions (AVX-512 VNNI); LUTs are rounded to int8 per
+    table, quantized weights are used as stored (scales unrounded). Its error against the float64
+    product, relative to the output's norm, measures 0.5% (int8, int4) to 1% (heavy-tailed 4-bit
+    LUTs) on random data and is tested below ``FAST_RTOL`` (twice that for 1- and 2-bit LUTs).
+    Layouts it does not cover (6- and 8-bit LUTs, sparse weights, float offsets, columns not in
+    whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 compute the exact
+    product instead.
 
     >>> import numpy as np, weightpack as wp
     >>> w = wp.QuantizedTensor(np.array([[1, -1], [2, 0]], np.int8), np.array([[0.5], [0.25]], np.float32))
@@ -69,14 +82,21 @@ def matmul(weight: CompressedTensor, x, *, backend=None) -> np.ndarray:
     from . import kernels
 
     _check_weight(weight)
+    if mode not in MODES:
+        raise WeightpackError(f"mode={describe(mode)} is unknown; allowed: {MODES}")
     rows, cols = matrix_shape(weight)
     x = _activations(x, cols, "x", 2)
     y = np.empty((x.shape[0], rows), np.float32)
-    kernels.kernel(backend, "matmul_" + weight._kernel.removeprefix("decompress_"))(weight, x, y)
+    kind = weight._kernel.removeprefix("decompress_")
+    if mode == "fast":
+        fast = getattr(kernels.get(backend), "fast_matmul_" + kind, None)
+        if fast is not None and fast(weight, x, y):
+            return y
+    kernels.kernel(backend, "matmul_" + kind)(weight, x, y)
     return y
 
 
-def matvec(weight: CompressedTensor, x, *, backend=None) -> np.ndarray:
+def matvec(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") -> np.ndarray:
     """``W @ x`` for a vector ``x`` of length in; float32 of length out.
 
     >>> import numpy as np, weightpack as wp
@@ -86,4 +106,4 @@ def matvec(weight: CompressedTensor, x, *, backend=None) -> np.ndarray:
     """
     _check_weight(weight)
     x = _activations(x, matrix_shape(weight)[1], "x", 1)
-    return matmul(weight, x.reshape(1, -1), backend=backend).reshape(-1)
+    return matmul(weight, x.reshape(1, -1), backend=backend, mode=mode).reshape(-1)

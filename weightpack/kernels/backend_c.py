@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from .._c import buffer, check, ffi, lib
+from .._c import buffer, check, ffi, lib, status as lib_status
 from ..bits import NBitArray
 from ..errors import WeightpackError, describe
 from .plan import matrix_plan, row_plan, row_starts
@@ -269,3 +269,58 @@ def matmul_sparse(t, x: np.ndarray, y: np.ndarray) -> None:
         *_activations(x, y),
     )
     check(status, "sparse_matvec")
+
+
+# ---- fast mode: int8 activations, integer dot products ----------------------------------------
+
+def _fast_tables_lut(lut: np.ndarray):
+    """Each (scalar) LUT quantized to int8 per table, biased to unsigned bytes, 16 per table."""
+    tables = lut.reshape(-1, lut.shape[-2]).astype(np.float64)
+    amax = np.abs(tables).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 0.0)
+    codes = np.rint(tables / np.where(scale > 0, scale, 1.0)[:, None]).astype(np.int16) + 128
+    repeated = codes[:, np.arange(16) % tables.shape[1]].astype(np.uint8)
+    return np.ascontiguousarray(repeated), scale.astype(np.float32), np.full(len(scale), 128.0, np.float32)
+
+
+def _fast_tables_quant(t):
+    """Per-table scale and bias (2**(n-1) for signed codes, plus the integer offset)."""
+    bias = np.full(t.scale.size, float(1 << (t.data.nbits - 1)) if t.data.signed else 0.0)
+    if t.offset is not None:
+        bias = bias + t.offset.values(backend="c").reshape(-1).astype(np.float64)
+    return None, np.ascontiguousarray(t.scale.reshape(-1), np.float32), bias.astype(np.float32)
+
+
+def _fast(t, codes: NBitArray, plan, tables, x, y) -> bool:
+    table_u8, table_scale, table_bias = tables
+    status = lib.wp_fast_matvec(
+        buffer(codes.packed), codes.packed.size, codes.nbits, int(codes.signed),
+        plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
+        _NULL if table_u8 is None else buffer(table_u8), buffer(table_scale, "float[]"), buffer(table_bias, "float[]"),
+        plan.n_tables,
+        *_activations(x, y),
+    )
+    if status in (lib_status.NOT_AVAILABLE, lib_status.ARG):
+        return False
+    check(status, "fast_matvec")
+    return True
+
+
+def fast_matmul_palettized(t, x: np.ndarray, y: np.ndarray) -> bool:
+    """Fast mode for LUTs of <= 16 scalar entries (LUT rounded to int8 per table); False when not covered."""
+    if t.vector_size != 1 or t.nbits not in (1, 2, 4):
+        return False
+    plan = _matrix_plan(t, t.indices.shape, t.group_shape)
+    if plan is None:
+        return False
+    return _fast(t, t.indices, plan, t.derived("fast_lut_tables", lambda: _fast_tables_lut(t.lut)), x, y)
+
+
+def fast_matmul_quantized(t, x: np.ndarray, y: np.ndarray) -> bool:
+    """Fast mode for 4- and 8-bit codes with integer (or no) offsets; False when not covered."""
+    if t.offset is not None and not isinstance(t.offset, NBitArray):
+        return False
+    plan = _matrix_plan(t, t.shape, t.scale.shape)
+    if plan is None:
+        return False
+    return _fast(t, t.data, plan, t.derived("fast_quant_tables", lambda: _fast_tables_quant(t)), x, y)
