@@ -17,6 +17,17 @@
 
 WP_INLINE __m512 round_half(__m512 v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, RNE)); }
 
+/* 128-bit lane q of v (the extract instruction needs an immediate, whatever the optimisation level). */
+WP_INLINE __m128i lane128(__m512i v, int q)
+{
+    switch (q) {
+    case 0: return _mm512_extracti32x4_epi32(v, 0);
+    case 1: return _mm512_extracti32x4_epi32(v, 1);
+    case 2: return _mm512_extracti32x4_epi32(v, 2);
+    default: return _mm512_extracti32x4_epi32(v, 3);
+    }
+}
+
 /* SPREAD[n]: byte q*8+i of the spread takes source byte q*n + i (8 codes of n bits per qword). */
 static const uint8_t SPREAD[9][64] = {
     {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},

@@ -219,7 +219,7 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
                 block++;
                 block_end += job->col_block;
             }
-            const __m512i c = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(codes, q));
+            const __m512i c = _mm512_cvtepu8_epi32(lane128(codes, q));
             __m512 w;
             if (jq + 16 <= block_end) {
                 w = shift_scale16(job, c, job->row_table[r] + block);

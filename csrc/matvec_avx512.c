@@ -357,7 +357,7 @@ WP_INLINE void fetch64(const void *args, const wp_mv_common *c, enum source src,
     if (src == SRC_QUANT && n == 8) {
         const wp_quant_mv *a = args;
         for (int q = 0; q < 4; q++) {
-            const __m128i bytes = _mm512_extracti32x4_epi32(codes, q);
+            const __m128i bytes = lane128(codes, q);
             const __m512i v = a->is_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
             w[q] = _mm512_maskz_mov_ps((__mmask16)(m >> (16 * q)), dequantize16(a, st, v));
         }
