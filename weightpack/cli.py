@@ -1,35 +1,241 @@
-"""The ``weightpack`` command line."""
+"""The ``weightpack`` command line.
+
+- ``weightpack demo``: compress a ResNet50-shaped weight set every way and print a table;
+- ``weightpack inspect MODEL.mlpackage [--json]``: how every weight of a Core ML model is stored;
+- ``weightpack compress IN.mlpackage OUT.mlpackage [...]``: compress a Core ML model's weights
+  with weightpack's encoders (coremltools' post-training options, or its OptimizationConfig yaml).
+
+Bad input (a missing path, not an ML program, a corrupted weight.bin, a config the target cannot
+express, an option weightpack does not support) prints one line on stderr and exits with status
+2; nothing is written.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 
 from .errors import WeightpackError
 
+QUANT_DTYPES = ("int8", "uint8", "int4", "uint4")
+TARGETS = ("iOS16", "iOS17", "iOS18")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weightpack", description=__doc__)
+    parser = _Parser(prog="weightpack", description="Compressed neural-network weights, byte-compatible with Core ML.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="compress a built-in ResNet50-shaped weight set every way and print a table"
     )
     demo.add_argument("--json", action="store_true", help="print the rows as JSON")
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated weights (default 0)")
+
+    inspect = commands.add_parser("inspect", help="list the weights of a Core ML model and how each is stored")
+    inspect.add_argument("model", metavar="MODEL.mlpackage")
+    inspect.add_argument("--json", action="store_true", help="print the rows and totals as JSON")
+
+    compress = commands.add_parser(
+        "compress",
+        help="compress a Core ML model's weights with weightpack",
+        description="Prune, palettize and/or quantize (in that order; several at once make a joint "
+        "compression, which needs iOS18) every weight larger than --weight-threshold elements.",
+    )
+    compress.add_argument("input", metavar="IN.mlpackage")
+    compress.add_argument("output", metavar="OUT.mlpackage")
+    compress.add_argument("--prune", type=float, metavar="SPARSITY", help="magnitude-prune this fraction of each weight")
+    compress.add_argument("--n-m", metavar="N:M", help="with --prune: n:m pruning, N of every M weights (N/M = SPARSITY)")
+    compress.add_argument("--palettize", type=int, metavar="NBITS", choices=(1, 2, 3, 4, 6, 8), help="palettize to NBITS-bit indices")
+    compress.add_argument("--group-size", type=int, metavar="G", help="with --palettize: one LUT per G output channels (iOS18)")
+    compress.add_argument("--mode", choices=("kmeans", "uniform"), default="kmeans", help="with --palettize: how LUTs are chosen")
+    compress.add_argument("--quantize", choices=QUANT_DTYPES, metavar="DTYPE", help=f"linear quantization to {'|'.join(QUANT_DTYPES)}")
+    compress.add_argument("--block-size", type=int, metavar="B", help="with --quantize: one scale per B input channels (iOS18)")
+    compress.add_argument("--target", choices=TARGETS, help="deployment target (default: the model's own, at least iOS16)")
+    compress.add_argument("--config", metavar="FILE.yaml", help="a coremltools OptimizationConfig in yaml, instead of the flags above")
+    compress.add_argument("--weight-threshold", type=int, default=2048, metavar="N",
+                          help="compress only weights with more than N elements (default 2048, as coremltools)")  # fmt: skip
     return parser
 
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (2 on bad input, with one line on stderr)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit:  # usage errors (status 2, one line) and --help (status 0)
+        return exit.code
     try:
         if args.command == "demo":
             from . import demo
 
             demo.main(as_json=args.json, seed=args.seed)
-    except WeightpackError as exc:
-        print(f"weightpack {args.command}: error: {exc}", file=sys.stderr)
+        elif args.command == "inspect":
+            _inspect(args)
+        else:
+            _compress(args)
+    except BrokenPipeError:  # e.g. `weightpack inspect M | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (WeightpackError, OSError) as exc:
+        print(f"weightpack {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(exc) -> str:
+    text = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
+    return " ".join(text.split())
+
+
+def _quiet_coremltools() -> None:
+    """coremltools logs import-time warnings and draws its own progress bars; a CLI wants neither.
+    weightpack's own warnings (a weight left uncompressed, and why) go to stderr."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    log = logging.getLogger("weightpack")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler(logging.WARNING))
+
+
+class _StderrHandler(logging.Handler):
+    """Log records as ``weightpack: warning: ...`` lines on the current sys.stderr."""
+
+    def emit(self, record):
+        print(f"weightpack: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _inspect(args) -> None:
+    _quiet_coremltools()
+    from .coreml.inspection import rows, table, totals
+
+    weights = rows(_existing(args.model))
+    if args.json:
+        print(json.dumps({"model": args.model, "weights": weights, "totals": totals(weights)}, indent=2))
+    else:
+        print(table(weights))
+
+
+def _existing(path: str) -> str:
+    if not os.path.exists(path):
+        raise WeightpackError(f"{path}: no such file or directory")
+    return path
+
+
+def _compress(args) -> None:
+    _quiet_coremltools()
+    steps = _steps(args)  # validate the flags before any work
+    from .coreml import dropin
+    from .coreml.inspection import rows, table
+    from .coreml.package import read_weights, save_model
+
+    read_weights(_existing(args.input))  # validates the package and every blob: clear errors before coremltools reads it
+    import coremltools as ct
+
+    model = ct.models.MLModel(args.input, skip_model_load=True)
+    progress = _ProgressBar() if sys.stderr.isatty() else None
+    for index, (kind, config) in enumerate(steps):
+        compressor = {"prune": dropin.prune_weights, "palettize": dropin.palettize_weights, "quantize": dropin.linear_quantize_weights}[kind]
+        if progress is not None:
+            progress.label = kind
+        model = compressor(model, config, joint_compression=index > 0, target=args.target, progress=progress)
+    save_model(model, args.output)
+    if progress is not None:
+        progress.clear()
+    print(table(rows(args.output)))
+
+
+def _steps(args) -> list:
+    """[(kind, OptimizationConfig)] in the order they run: prune, palettize, quantize."""
+    flags = [args.prune, args.palettize, args.quantize]
+    if args.config is not None:
+        if any(f is not None for f in flags):
+            raise WeightpackError("--config replaces --prune/--palettize/--quantize; give one or the other")
+        return [_yaml_config(args.config)]
+    for option, parent in (("n_m", "prune"), ("group_size", "palettize"), ("block_size", "quantize")):
+        if getattr(args, option) is not None and getattr(args, parent) is None:
+            raise WeightpackError(f"--{option.replace('_', '-')} needs --{parent}")
+    if all(f is None for f in flags):
+        raise WeightpackError("nothing to do: give --prune, --palettize, --quantize or --config")
+    import coremltools.optimize.coreml as cto
+
+    threshold = args.weight_threshold
+    if threshold < 0:
+        raise WeightpackError(f"--weight-threshold {threshold} must be at least 0")
+    steps = []
+    if args.prune is not None:
+        steps.append(("prune", cto.OptimizationConfig(global_config=_prune_config(args, threshold))))
+    if args.palettize is not None:
+        grouped = args.group_size is not None
+        config = cto.OpPalettizerConfig(
+            nbits=args.palettize, mode=args.mode, weight_threshold=threshold,
+            granularity="per_grouped_channel" if grouped else "per_tensor", group_size=args.group_size if grouped else 32,
+        )  # fmt: skip
+        steps.append(("palettize", cto.OptimizationConfig(global_config=config)))
+    if args.quantize is not None:
+        blocked = args.block_size is not None
+        granularity = "per_block" if blocked else "per_tensor" if args.palettize is not None else "per_channel"
+        config = cto.OpLinearQuantizerConfig(
+            dtype=args.quantize, weight_threshold=threshold, granularity=granularity, block_size=args.block_size if blocked else 32
+        )
+        steps.append(("quantize", cto.OptimizationConfig(global_config=config)))
+    return steps
+
+
+def _prune_config(args, threshold: int):
+    import coremltools.optimize.coreml as cto
+
+    if not 0.0 <= args.prune <= 1.0:
+        raise WeightpackError(f"--prune {args.prune} must be a fraction in [0, 1]")
+    if args.n_m is None:
+        return cto.OpMagnitudePrunerConfig(target_sparsity=args.prune, weight_threshold=threshold)
+    try:
+        n, m = (int(part) for part in args.n_m.split(":"))
+    except ValueError:
+        raise WeightpackError(f"--n-m {args.n_m!r} must be N:M, two integers") from None
+    if not 0 < n <= m or abs(n / m - args.prune) > 1e-9:
+        raise WeightpackError(f"--n-m {args.n_m} must have 0 < N <= M and N/M equal to --prune {args.prune}")
+    return cto.OpMagnitudePrunerConfig(n_m_ratio=(n, m), weight_threshold=threshold)
+
+
+def _yaml_config(path: str):
+    """(kind, OptimizationConfig) from a coremltools yaml file; the kind follows its config_type."""
+    import coremltools.optimize.coreml as cto
+    from .coreml.op_configs import KINDS
+
+    _existing(path)
+    try:
+        config = cto.OptimizationConfig.from_yaml(path)
+    except Exception as err:  # yaml, attrs and coremltools raise many kinds
+        raise WeightpackError(f"{path}: not a coremltools OptimizationConfig ({type(err).__name__}: {err})") from None
+    entries = [config.global_config, *config.op_type_configs.values(), *config.op_name_configs.values()]
+    kinds = {kind for entry in entries if entry is not None for kind, types in KINDS.items() if isinstance(entry, types)}
+    if len(kinds) != 1:
+        raise WeightpackError(f"{path}: the config must hold one kind of op config (pruner, palettizer or quantizer), found {len(kinds)}")
+    return kinds.pop(), config
+
+
+class _ProgressBar:
+    """``label [#####.....] 3/10 name`` on one line of stderr, redrawn per weight."""
+
+    def __init__(self, width: int = 30):
+        self.width, self.label = width, ""
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        filled = self.width * done // max(total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        sys.stderr.write(f"\r\033[K{self.label:<9} [{bar}] {done}/{total} {name[:40]}")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":  # pragma: no cover

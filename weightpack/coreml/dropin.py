@@ -210,7 +210,7 @@ class _Compression:
             return
         var, value, name = result
         if isinstance(value, str):
-            log.warning("weightpack: skipped %s: %s", op.name, value)
+            log.warning("left %s uncompressed: %s", op.name, value)
             return
         replace_weight(var, value, self.target, name)
 
