@@ -39,7 +39,7 @@ typedef struct {
 
 /* Quantize x (one batch item) to int8 per block of 32, phase-split for per codes per byte. */
 static void quantize_activations(const float *x, long long cols, int per, int8_t *xq, float *lane_sx, float *block_sx,
-                                 float *block_sum)
+                                 float *block_sum, double *prefix)
 {
     const long long blocks = cols / QBLOCK, len = cols / per;
     for (long long b = 0; b < blocks; b++) {
@@ -54,8 +54,10 @@ static void quantize_activations(const float *x, long long cols, int per, int8_t
             sum += q;
         }
         block_sx[b] = sx;
-        block_sum[b] = (float)sum;
+        block_sum[b] = sx * (float)sum; /* the block's correction weight: sx_b * sum_j xq_j */
     }
+    prefix[0] = 0.0; /* prefix[b] = sum of block_sum[b'] for b' < b */
+    for (long long b = 0; b < blocks; b++) prefix[b + 1] = prefix[b] + block_sum[b];
     /* dword lane L of every phase stream covers bytes 4L..4L+3: columns per*4L.. of one block */
     for (long long lane = 0; lane < len / 4; lane++) lane_sx[lane] = block_sx[lane * 4 * per / QBLOCK];
 }
@@ -67,13 +69,14 @@ WP_INLINE __m512i weight_bytes(__m512i codes, __m512i table, int lut)
 }
 
 /* One row, one batch item: tables spanning whole 64-byte steps. */
-WP_INLINE float fast_row(const fast_args *a, long long r, const int8_t *xq, const float *lane_sx, const float *block_sx,
-                         const float *block_sum, int n, int lut)
+WP_INLINE float fast_row(const fast_args *a, long long r, const int8_t *xq, const float *lane_sx, const double *prefix,
+                         int n, int lut)
 {
     const int per = 8 / n;
     const long long len = a->cols / per, row_bytes = len;
     const __m512i low_mask = _mm512_set1_epi8((char)((1 << n) - 1));
-    const __m512i flip = _mm512_set1_epi8((char)(a->is_signed && !lut ? 1 << (n - 1) : 0));
+    /* signed codes become code + 2^(n-1), unsigned: flip the top bit of every code of every byte */
+    const __m512i flip = _mm512_set1_epi8((char)(a->is_signed && !lut ? (n == 8 ? 0x80 : 0x88) : 0));
     float total = 0.0f;
     for (long long j0 = 0; j0 < a->cols; j0 += a->col_block) {
         const long long t = a->row_table[r] + j0 / a->col_block;
@@ -82,18 +85,17 @@ WP_INLINE float fast_row(const fast_args *a, long long r, const int8_t *xq, cons
         __m512 acc = _mm512_setzero_ps();
         const long long k0 = j0 / per, k1 = (j0 + a->col_block) / per;
         for (long long k = k0; k < k1; k += 64) { /* 64 bytes of codes */
-            const __m512i raw = _mm512_loadu_si512(a->codes + r * row_bytes + k);
+            const __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(a->codes + r * row_bytes + k), flip);
             const __m512 sx = _mm512_loadu_ps(lane_sx + k / 4);
+            /* every phase's lane L lies in the same activation block: one integer sum for all phases */
+            __m512i dot = _mm512_setzero_si512();
             for (int p = 0; p < per; p++) {
-                __m512i codes = n == 8 ? raw : _mm512_and_si512(_mm512_srli_epi16(raw, (unsigned)(p * n)), low_mask);
-                codes = _mm512_xor_si512(codes, flip); /* signed codes -> code + 2^(n-1), unsigned */
-                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weight_bytes(codes, table, lut),
-                                                        _mm512_loadu_si512(xq + p * len + k));
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx, acc);
+                const __m512i codes = n == 8 ? raw : _mm512_and_si512(p ? _mm512_srli_epi16(raw, (unsigned)(p * n)) : raw, low_mask);
+                dot = _mm512_dpbusd_epi32(dot, weight_bytes(codes, table, lut), _mm512_loadu_si512(xq + p * len + k));
             }
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx, acc);
         }
-        float correction = 0.0f; /* sum_b sx_b * S_b over this table's blocks */
-        for (long long b = j0 / QBLOCK; b < (j0 + a->col_block) / QBLOCK; b++) correction += block_sx[b] * block_sum[b];
+        const float correction = (float)(prefix[(j0 + a->col_block) / QBLOCK] - prefix[j0 / QBLOCK]); /* sum sx_b S_b */
         total += a->table_scale[t] * (_mm512_reduce_add_ps(acc) - a->table_bias[t] * correction);
     }
     return total;
@@ -102,32 +104,36 @@ WP_INLINE float fast_row(const fast_args *a, long long r, const int8_t *xq, cons
 /* One row, one batch item: quantized weights with one table per block of 32 columns. Lane L of
    a step covers block L*4*per/32 of the step; its factor is that block's weight scale times sx. */
 WP_INLINE float fast_row_blocks(const fast_args *a, long long r, const int8_t *xq, const float *lane_sx,
-                                const float *block_sx, const float *block_sum, int n)
+                                const float *block_sum, int n)
 {
     const int per = 8 / n, blocks_per_step = 2 * per; /* 64 bytes = 64*per columns = 2*per blocks */
     const long long len = a->cols / per, row_bytes = len, t0 = a->row_table[r];
     const __m512i low_mask = _mm512_set1_epi8((char)((1 << n) - 1));
-    const __m512i flip = _mm512_set1_epi8((char)(a->is_signed ? 1 << (n - 1) : 0));
     __m512i lane_block = _mm512_setzero_si512(); /* block (within the step) of every lane */
     for (int lane = 0; lane < 16; lane++)
         lane_block = _mm512_mask_mov_epi32(lane_block, (__mmask16)(1u << lane), _mm512_set1_epi32(lane * blocks_per_step / 16));
     __m512 acc = _mm512_setzero_ps();
+    const __m512i flip_all = _mm512_set1_epi8((char)(a->is_signed ? (n == 8 ? 0x80 : 0x88) : 0)); /* every code of a byte */
     for (long long k = 0; k < len; k += 64) {
-        const __m512i raw = _mm512_loadu_si512(a->codes + r * row_bytes + k);
+        const __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(a->codes + r * row_bytes + k), flip_all);
         const __m512 scales = _mm512_permutexvar_ps(lane_block, _mm512_maskz_loadu_ps((__mmask16)((1u << blocks_per_step) - 1),
                                                                                         a->table_scale + t0 + k * per / QBLOCK));
         const __m512 factor = _mm512_mul_ps(scales, _mm512_loadu_ps(lane_sx + k / 4));
+        __m512i dot = _mm512_setzero_si512();
         for (int p = 0; p < per; p++) {
-            __m512i codes = n == 8 ? raw : _mm512_and_si512(_mm512_srli_epi16(raw, (unsigned)(p * n)), low_mask);
-            codes = _mm512_xor_si512(codes, flip);
-            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, _mm512_loadu_si512(xq + p * len + k));
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), factor, acc);
+            const __m512i codes = n == 8 ? raw : _mm512_and_si512(p ? _mm512_srli_epi16(raw, (unsigned)(p * n)) : raw, low_mask);
+            dot = _mm512_dpbusd_epi32(dot, codes, _mm512_loadu_si512(xq + p * len + k));
         }
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), factor, acc);
     }
-    float correction = 0.0f; /* sum_b s_b * c_b * sx_b * S_b */
+    __m512 correction = _mm512_setzero_ps(); /* sum_b s_b * c_b * sx_b * S_b */
     const long long blocks = a->cols / QBLOCK;
-    for (long long b = 0; b < blocks; b++) correction += a->table_scale[t0 + b] * a->table_bias[t0 + b] * block_sx[b] * block_sum[b];
-    return _mm512_reduce_add_ps(acc) - correction;
+    for (long long b = 0; b < blocks; b += 16) {
+        const __mmask16 m = blocks - b >= 16 ? 0xffff : (__mmask16)((1u << (blocks - b)) - 1);
+        const __m512 sc = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a->table_scale + t0 + b), _mm512_maskz_loadu_ps(m, a->table_bias + t0 + b));
+        correction = _mm512_fmadd_ps(sc, _mm512_maskz_loadu_ps(m, block_sum + b), correction);
+    }
+    return _mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(correction);
 }
 
 static int fast_matvec_impl(const fast_args *a, const float *x, int lut)
@@ -138,27 +144,29 @@ static int fast_matvec_impl(const fast_args *a, const float *x, int lut)
     int8_t *xq = malloc((size_t)(a->batch * cols));
     float *lane_sx = malloc((size_t)(a->batch * lanes + 1) * 4);
     float *block_sx = malloc((size_t)(a->batch * blocks + 1) * 4), *block_sum = malloc((size_t)(a->batch * blocks + 1) * 4);
-    if (!xq || !lane_sx || !block_sx || !block_sum) {
-        free(xq), free(lane_sx), free(block_sx), free(block_sum);
+    double *prefix = malloc((size_t)(a->batch * (blocks + 1)) * 8);
+    if (!xq || !lane_sx || !block_sx || !block_sum || !prefix) {
+        free(xq), free(lane_sx), free(block_sx), free(block_sum), free(prefix);
         return WP_E_SIZE;
     }
     for (long long b = 0; b < a->batch; b++)
         quantize_activations(x + b * cols, cols, per, xq + b * cols, lane_sx + b * lanes, block_sx + b * blocks,
-                             block_sum + b * blocks);
+                             block_sum + b * blocks, prefix + b * (blocks + 1));
 #pragma omp parallel for schedule(static) num_threads(wp_threads()) if (a->rows >= 64)
     for (long long r = 0; r < a->rows; r++)
         for (long long b = 0; b < a->batch; b++) {
             const int8_t *q = xq + b * cols;
-            const float *ls = lane_sx + b * lanes, *bs = block_sx + b * blocks, *bm = block_sum + b * blocks;
+            const float *ls = lane_sx + b * lanes, *bm = block_sum + b * blocks;
+            const double *pf = prefix + b * (blocks + 1);
             if (a->col_block == QBLOCK) /* quantized, one scale per block of 32 */
-                a->y[b * a->rows + r] = n == 8 ? fast_row_blocks(a, r, q, ls, bs, bm, 8) : fast_row_blocks(a, r, q, ls, bs, bm, 4);
+                a->y[b * a->rows + r] = n == 8 ? fast_row_blocks(a, r, q, ls, bm, 8) : fast_row_blocks(a, r, q, ls, bm, 4);
             else
-                a->y[b * a->rows + r] = n == 8   ? fast_row(a, r, q, ls, bs, bm, 8, lut)
-                                        : n == 4 ? fast_row(a, r, q, ls, bs, bm, 4, lut)
-                                        : n == 2 ? fast_row(a, r, q, ls, bs, bm, 2, lut)
-                                                 : fast_row(a, r, q, ls, bs, bm, 1, lut);
+                a->y[b * a->rows + r] = n == 8   ? fast_row(a, r, q, ls, pf, 8, lut)
+                                        : n == 4 ? fast_row(a, r, q, ls, pf, 4, lut)
+                                        : n == 2 ? fast_row(a, r, q, ls, pf, 2, lut)
+                                                 : fast_row(a, r, q, ls, pf, 1, lut);
         }
-    free(xq), free(lane_sx), free(block_sx), free(block_sum);
+    free(xq), free(lane_sx), free(block_sx), free(block_sum), free(prefix);
     return WP_OK;
 }
 
