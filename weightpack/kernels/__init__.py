@@ -16,9 +16,9 @@ import os
 
 from ..errors import BackendError, describe
 
-BACKENDS = ("numpy", "c")
-_PREFERENCE = ("c", "numpy")  # fastest first, for "auto"
-_MODULES = {"numpy": "backend_numpy", "c": "backend_c"}
+BACKENDS = ("numpy", "numba", "c")
+_PREFERENCE = ("c", "numba", "numpy")  # fastest first, for "auto"
+_MODULES = {"numpy": "backend_numpy", "numba": "backend_numba", "c": "backend_c"}
 _loaded: dict = {}
 
 

@@ -1,0 +1,234 @@
+"""The numba backend against the numpy reference: decompression bit for bit, products within the
+float32 dot-product bound, bit streams, and its fp16 arithmetic against numpy's own conversions."""
+import subprocess
+import sys
+import threading
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import weightpack as wp
+from weightpack import kernels
+from weightpack.errors import WeightpackError
+from weightpack.ops import error_bound, matrix_shape
+
+from strategies import CASES, assert_same_bits, generators, streams
+
+nb = kernels.load("numba")
+TYPES = list(CASES)
+
+
+@pytest.fixture(params=nb.simd_levels())
+def simd(request):
+    """Every SIMD level of the numba backend this CPU runs; the best is restored afterwards."""
+    yield nb.set_simd(request.param)
+    nb.set_simd(None)
+
+
+def test_import_weightpack_does_not_import_numba():
+    code = "import sys, weightpack; assert 'numba' not in sys.modules, 'numba was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_registry_order():
+    assert "numba" in kernels.available()
+    assert kernels.BACKENDS.index("numba") < kernels.BACKENDS.index("c")
+    assert kernels._PREFERENCE == ("c", "numba", "numpy")
+
+
+def test_unknown_simd_level_is_an_error():
+    with pytest.raises(WeightpackError, match="'avx9' is unknown"):
+        nb.set_simd("avx9")
+
+
+# ---- fp16 arithmetic ---------------------------------------------------------------------------
+
+
+@numba.njit
+def _to_half_all(values, out):
+    for i in range(values.size):
+        out[i] = nb.float_to_half(values[i])
+
+
+@numba.njit
+def _round_half_all(values, out):
+    for i in range(values.size):
+        out[i] = nb.round_half(values[i])
+
+
+@numba.njit
+def _to_float_all(halves, out):
+    for i in range(halves.size):
+        out[i] = nb.half_to_float(halves[i])
+
+
+def _sweep_patterns() -> np.ndarray:
+    """float32 bit patterns: a strided sweep of all 2**32 (every exponent, NaNs and infinities
+    included), every value exactly halfway between two fp16 values (and its neighbours), and
+    the edges of fp16's range."""
+    strided = np.arange(0, 2**32, 997, dtype=np.uint64).astype(np.uint32)
+    halves = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    mids = ((halves[:-1] + halves[1:]) / 2).astype(np.float32)  # exact: 12 significant bits
+    assert np.all(mids.astype(np.float64) == (halves[:-1] + halves[1:]) / 2)
+    edges = np.array([65504, 65520, 65536, 2.0**-14, 2.0**-24, 2.0**-25, 1.5 * 2.0**-25], np.float32)
+    around = np.concatenate([mids, edges]).view(np.uint32)
+    near = np.concatenate([around - 1, around, around + 1])
+    both_signs = np.concatenate([strided, near, near | 0x80000000])
+    return both_signs.view(np.float32)
+
+
+def test_float_to_half_matches_numpy_on_a_sweep():
+    values = _sweep_patterns()
+    with np.errstate(all="ignore"):
+        expected = values.astype(np.float16)
+    halves = np.empty(values.size, np.uint16)
+    _to_half_all(values, halves)
+    assert_same_bits(halves.view(np.float16), expected)
+    rounded = np.empty(values.size, np.float32)
+    _round_half_all(values, rounded)
+    assert_same_bits(rounded, expected.astype(np.float32))
+
+
+def test_half_to_float_is_exact_on_every_pattern():
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(halves.size, np.float32)
+    _to_float_all(halves, out)
+    assert_same_bits(out, halves.view(np.float16).astype(np.float32))
+
+
+# ---- bit streams -------------------------------------------------------------------------------
+
+
+@given(streams())
+def test_pack_and_unpack_match_numpy(stream):
+    values, nbits, signed = stream
+    packed = wp.pack_bits(values, nbits, signed=signed, backend="numba")
+    assert_same_bits(packed, wp.pack_bits(values, nbits, signed=signed, backend="numpy"))
+    assert_same_bits(wp.unpack_bits(packed, nbits, values.size, signed=signed, backend="numba"), values)
+
+
+# ---- decompression: bit for bit ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
+def test_decompress_is_bit_identical_to_numpy(cls):
+    @given(CASES[cls]())
+    def check(case):
+        tensor = case.build()
+        for dtype in (None, np.float16, np.float32):
+            assert_same_bits(tensor.decompress(dtype, backend="numba"), tensor.decompress(dtype, backend="numpy"))
+
+    check()
+
+
+# ---- fused products ----------------------------------------------------------------------------
+
+
+def assert_product_within_bound(tensor, rng, batch: int) -> None:
+    """``matmul`` on numba, for random activations, against the float64 product of the decoded
+    weights: within ``error_bound(in) * sum |w x|`` (ops.py) plus ``in`` times half the smallest
+    float32 subnormal, which products that underflow may lose."""
+    rows, cols = matrix_shape(tensor)
+    x = rng.standard_normal((batch, cols)).astype(np.float32)
+    w = tensor.decompress(np.float32, backend="numpy").reshape(rows, cols).astype(np.float64)
+    with np.errstate(all="ignore"):
+        y = wp.matmul(tensor, x, backend="numba")
+        exact = x.astype(np.float64) @ w.T
+        magnitude = np.abs(x.astype(np.float64)) @ np.abs(w).T
+        excess = np.abs(y.astype(np.float64) - exact) - (error_bound(cols) * magnitude + cols * 2.0**-150)
+    fits = magnitude < 2.0**125  # beyond, float32 sums may overflow
+    assert y.shape == (x.shape[0], rows) and y.dtype == np.float32
+    assert np.all(excess[fits] <= 0), f"error beyond the bound by {excess[fits].max()}"
+
+
+@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
+def test_matmul_is_within_the_bound(cls):  # at the best SIMD level; the tests below run every level
+    @given(CASES[cls](), generators(), st.integers(1, 9))
+    def check(case, rng, batch):
+        assert_product_within_bound(case.build(), rng, batch)
+
+    check()
+
+
+def _lut(rng, groups, nbits, dtype=np.float32):
+    return rng.standard_normal((*groups, 1 << nbits, 1)).astype(dtype)
+
+
+# Shapes with long rows reach the vector loops and their tails (16 bytes per step).
+SHAPES = [(5, 96), (3, 520), (17, 8, 9), (2, 1000)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("nbits", [1, 2, 3, 4, 8])
+def test_palettized_fast_paths(shape, nbits, simd):
+    rng = np.random.default_rng(nbits)
+    indices = rng.integers(0, 1 << nbits, shape)
+    row_groups = (shape[0], *(1,) * (len(shape) - 1))
+    col_groups = (1,) * (len(shape) - 1) + (2 if shape[-1] % 16 == 0 else 1,)
+    for groups in [(1,) * len(shape), row_groups, col_groups]:
+        tensor = wp.PalettizedTensor(indices, _lut(rng, groups, nbits, np.float16))
+        assert_product_within_bound(tensor, rng, 3)
+        mask = rng.random(shape) < 0.6
+        assert_product_within_bound(wp.SparsePalettizedTensor(mask, indices[mask], _lut(rng, groups, nbits)), rng, 2)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("data_type", ["int8", "uint8", "int4", "uint4"])
+def test_quantized_fast_paths(shape, data_type, simd):
+    rng = np.random.default_rng(len(data_type))
+    nbits, signed = int(data_type[-1]), data_type.startswith("int")
+    lo, hi = (-(1 << (nbits - 1)), (1 << (nbits - 1)) - 1) if signed else (0, (1 << nbits) - 1)
+    data = wp.NBitArray.from_values(rng.integers(lo, hi + 1, shape), nbits, signed=signed)
+    carrier = np.int8 if signed else np.uint8
+    for scale_shape in [(shape[0], *(1,) * (len(shape) - 1)), (*shape[:-1], 1), (*(1,) * (len(shape) - 1), 2)]:
+        if shape[-1] % scale_shape[-1]:
+            continue
+        for dtype in (np.float16, np.float32):
+            scale = (rng.random(scale_shape) * 0.02).astype(dtype)
+            offsets = [None, rng.integers(lo, hi + 1, scale_shape).astype(carrier),
+                       rng.uniform(lo, hi, scale_shape).astype(dtype)]
+            for offset in offsets:
+                assert_product_within_bound(wp.QuantizedTensor(data, scale, offset), rng, 2)
+
+
+@pytest.mark.parametrize("cols", [8, 24, 64, 100, 520])
+@pytest.mark.parametrize("value_dtype", [np.float16, np.float32, np.int8])
+def test_sparse_fast_paths(cols, value_dtype, simd):
+    rng = np.random.default_rng(cols)
+    dense = (rng.standard_normal((7, cols)) * 20).astype(value_dtype)
+    for density in (0.0, 0.5, 1.0):
+        mask = rng.random(dense.shape) < density
+        assert_product_within_bound(wp.SparseTensor(mask, dense[mask]), rng, 3)
+
+
+def test_products_from_many_threads_agree():
+    """The kernels release the GIL and may run from several threads at once (parallel regions
+    included), giving the same bits as alone."""
+    rng = np.random.default_rng(0)
+    tensors = [
+        wp.PalettizedTensor(rng.integers(0, 16, (256, 512)), _lut(rng, (1, 1), 4)),
+        wp.QuantizedTensor(rng.integers(-128, 128, (256, 512)).astype(np.int8), np.full((256, 1), 0.01, np.float16)),
+        wp.prune(rng.standard_normal((256, 512)).astype(np.float16), sparsity=0.5),
+    ]
+    x = rng.standard_normal((4, 512)).astype(np.float32)
+    expected = [wp.matmul(t, x, backend="numba") for t in tensors]
+    failures = []
+
+    def work():
+        try:
+            for _ in range(20):
+                for t, y in zip(tensors, expected):
+                    if not np.array_equal(wp.matmul(t, x, backend="numba"), y):
+                        failures.append(type(t).__name__)
+        except Exception as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures

@@ -1,0 +1,802 @@
+"""The numba backend: the C backend's kernels as numba JIT code, bit for bit the numpy reference.
+
+Python prepares flat contiguous buffers and a row plan (``plan.py``), as for the C backend; the
+``@njit(nogil=True, cache=True)`` kernels take only arrays and plain integers. numba has no usable
+float16, so fp16 travels as uint16 bit patterns converted by exact integer code (half to float
+exactly, float to half round to nearest even, NaNs as numpy converts them), and Core ML's fp16
+shift-scale rounds each step to fp16 that way.
+
+Fused products split blocks of rows over threads with ``prange``. The threading layer is one that
+is safe to enter from several threads at once (TBB or OpenMP, which numba ships); if only the
+workqueue layer exists, product calls are serialized, since it is not. Dense quantized rows decode
+16 weights at a time into independent float32 lanes, which LLVM vectorizes. On CPUs with AVX-512,
+rows of 1-, 2- and 4-bit LUT indices decode in registers (one permute per 16 weights) and sparse
+rows expand their nonzeros with masked expand loads (fp16 widened by vcvtph2ps, exact too), through
+LLVM intrinsics; elsewhere, or after
+``set_simd("scalar")`` (``WEIGHTPACK_SIMD=scalar``), portable scalar kernels run. Layouts without
+a fused kernel (vector LUTs, tables across several trailing axes) are decompressed and multiplied,
+as in the C backend.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import threading
+
+import llvmlite.binding
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from ..bits import NBitArray
+from ..errors import WeightpackError, describe
+from .plan import matrix_plan, row_plan, row_starts
+
+SIMD_LEVELS = ("scalar", "avx512")
+ROW_BLOCK = 16  # rows per parallel work item
+BATCH_TILE = 8  # activations per pass over a weight row in the portable kernels
+
+
+def _threading_layer() -> bool:
+    """Ask numba for a thread-safe layer; return True when calls must be serialized instead."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return os.environ["NUMBA_THREADING_LAYER"] == "workqueue"
+    safe = [name for name in ("tbbpool", "omppool") if importlib.util.find_spec(f"numba.np.ufunc.{name}")]
+    if safe:
+        numba.config.THREADING_LAYER = "threadsafe"
+    return not safe
+
+
+_SERIALIZE = _threading_layer()
+_LAUNCH_LOCK = threading.Lock() if _SERIALIZE else contextlib.nullcontext()
+_HOST_AVX512 = llvmlite.binding.get_host_cpu_features().get("avx512f", False)
+_simd = "scalar"
+
+
+def set_simd(name: str | None = None) -> str:
+    """Use SIMD level ``name`` ('scalar' or 'avx512'; None = the best this CPU has); returns the
+    level in force (a level the CPU lacks falls back to 'scalar')."""
+    global _simd
+    if name is not None and name not in SIMD_LEVELS:
+        raise WeightpackError(f"SIMD level {describe(name)} is unknown; allowed: {SIMD_LEVELS}")
+    _simd = "avx512" if _HOST_AVX512 and name in (None, "avx512") else "scalar"
+    return _simd
+
+
+def simd_levels() -> tuple[str, ...]:
+    """Every level this CPU can run, lowest first."""
+    return SIMD_LEVELS if _HOST_AVX512 else SIMD_LEVELS[:1]
+
+
+set_simd("scalar" if os.environ.get("WEIGHTPACK_SIMD") in ("scalar", "avx2") else None)  # no AVX2 path here
+
+_jit = numba.njit(nogil=True, cache=True)
+_parallel = numba.njit(nogil=True, cache=True, parallel=True)
+
+# ---- bit patterns and fp16 ------------------------------------------------------------------
+
+
+@intrinsic
+def _f32_bits(typingctx, value):
+    """The bits of a float32, as uint32."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, bits):
+    """The float32 whose bits are ``bits`` (uint32)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@_jit
+def half_to_float(h):
+    """IEEE binary16 bits -> float32, exact."""
+    h = np.int64(h)
+    sign = (h & 0x8000) << 16
+    exponent = (h >> 10) & 0x1F
+    mantissa = h & 0x3FF
+    if exponent == 0:  # zero or subnormal: mantissa * 2**-24, exact in float32
+        f = np.float32(mantissa) * np.float32(2.0**-24)
+        return -f if sign else f
+    bits = 0x7F800000 | (mantissa << 13) if exponent == 31 else ((exponent + 112) << 23) | (mantissa << 13)
+    return _bits_f32(np.uint32(sign | bits))
+
+
+@_jit
+def float_to_half(f):
+    """float32 -> IEEE binary16 bits (int64), round to nearest even; NaNs as numpy converts them."""
+    bits = np.int64(_f32_bits(f))
+    sign = (bits >> 16) & 0x8000
+    a = bits & 0x7FFFFFFF
+    if a >= 0x47800000:  # >= 65536, infinity or NaN
+        if a <= 0x7F800000:
+            return sign | 0x7C00
+        h = 0x7C00 + ((a & 0x7FFFFF) >> 13)
+        return sign | (h + 1 if h == 0x7C00 else h)
+    if a < 0x38800000:  # below 2**-14: round at 2**-24 by adding 0.5 (whose ulp is 2**-24)
+        rounded = np.int64(_f32_bits(_bits_f32(np.uint32(a)) + np.float32(0.5)))
+        return sign | (rounded - 0x3F000000)
+    return sign | ((a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13)  # rebias, round half to even
+
+
+@_jit
+def round_half(f):
+    """``f`` rounded to the nearest binary16 value, as float32: ``half_to_float(float_to_half(f))``
+    computed on the float32 bits without branches, in 32-bit integers, so loops of it vectorize."""
+    u32 = np.uint32
+    bits = _f32_bits(f)
+    a = u32(bits & u32(0x7FFFFFFF))
+    normal = u32(u32(a + u32(0xFFF) + u32(u32(a >> u32(13)) & u32(1))) & u32(0x7FFFE000))  # half to even at bit 13
+    tiny = _f32_bits((_bits_f32(a) + np.float32(0.5)) - np.float32(0.5))  # to a multiple of 2**-24
+    nan = u32(a & u32(0x7FFFE000))
+    nan = u32(nan | u32(0x2000)) if nan == u32(0x7F800000) else nan  # as numpy narrows NaNs
+    r = tiny if a < u32(0x38800000) else (normal if normal < u32(0x47800000) else u32(0x7F800000))
+    return _bits_f32(u32(u32(bits ^ a) | (nan if a > u32(0x7F800000) else r)))
+
+
+def _put(out, e, w):
+    """Store float32 ``w`` at ``out[e]``: as fp16 bits when ``out`` is uint16."""
+
+
+@overload(_put, inline="always")
+def _put_overload(out, e, w):
+    if out.dtype == types.uint16:
+        def put_half(out, e, w):
+            out[e] = float_to_half(w)
+        return put_half
+
+    def put_float(out, e, w):
+        out[e] = w
+    return put_float
+
+
+def _value(values, k):
+    """Element ``k`` of ``values`` as float32: fp16 bits (uint16) are converted."""
+
+
+@overload(_value, inline="always")
+def _value_overload(values, k):
+    if values.dtype == types.uint16:
+        return lambda values, k: half_to_float(values[k])
+    return lambda values, k: np.float32(values[k])
+
+
+# ---- bit streams ----------------------------------------------------------------------------
+
+
+@_jit
+def read_bits(stream, k, nbits):
+    """Element ``k`` of an LSB-first ``nbits``-bit stream."""
+    bit = k * nbits
+    p = bit >> 3
+    shift = bit & 7
+    v = np.int64(stream[p])
+    if shift + nbits > 8:
+        v |= np.int64(stream[p + 1]) << 8
+    return (v >> shift) & ((1 << nbits) - 1)
+
+
+@_jit
+def code_value(code, nbits, signed):
+    """An n-bit code as a signed (two's complement) or unsigned integer."""
+    return code - (1 << nbits) if signed and code >> (nbits - 1) else code
+
+
+@_jit
+def mask_bit(mask, e):
+    return (np.int64(mask[e >> 3]) >> (e & 7)) & 1
+
+
+@_jit
+def _pack(codes, nbits, out):
+    out[:] = 0
+    low = (1 << nbits) - 1
+    for i in range(codes.size):
+        bit = i * nbits
+        p = bit >> 3
+        v = (np.int64(codes[i]) & low) << (bit & 7)
+        out[p] |= v & 0xFF
+        if v > 0xFF:
+            out[p + 1] |= v >> 8
+
+
+@_jit
+def _unpack(packed, nbits, count, signed, out):
+    for i in range(count):
+        out[i] = code_value(read_bits(packed, i, nbits), nbits, signed)
+
+
+def pack_bits(codes: np.ndarray, nbits: int, out: np.ndarray) -> None:
+    """Pack uint8 codes (each < 2**nbits) into ``out`` (uint8, ceil(n*nbits/8) bytes)."""
+    _pack(_readonly(np.ascontiguousarray(codes)), nbits, out)
+
+
+def unpack_bits(packed: np.ndarray, nbits: int, count: int, signed: bool, out: np.ndarray) -> None:
+    """Unpack ``count`` elements into ``out`` (uint8, or int8 sign-extended when ``signed``)."""
+    _unpack(_readonly(np.ascontiguousarray(packed)), nbits, count, signed, out)
+
+
+# ---- Core ML's arithmetic -------------------------------------------------------------------
+
+
+@_jit
+def _dequantize(q, sc, of, half_math, round_difference):
+    """Core ML's shift-scale of integer q: ``sc * (q - of)`` (``of`` is 0 without offset), each
+    step rounded to fp16 when ``half_math`` (``sc`` and ``of`` hold fp16 values as float32). The
+    rounding of ``q - of`` may be skipped (``round_difference`` False) where it is exact: no
+    offset or an integer one."""
+    d = np.float32(q) - of
+    if round_difference:
+        d = round_half(d)
+    return round_half(sc * d) if half_math else sc * d
+
+
+@_jit
+def _code_float(code, nbits, signed):
+    """A 4- or 8-bit code (an unsigned integer) as float32, read as two's complement when
+    ``signed``: shifted to the top of an int8, converted, scaled back (exact)."""
+    if not signed:
+        return np.float32(code)
+    shift = 8 - nbits
+    return np.float32(np.int8(np.int64(code) << shift)) * np.float32(1.0 / (1 << shift))
+
+
+@_jit
+def _quant_code(codes, k, nbits, signed):
+    """Element ``k`` of a 4- or 8-bit stream of quantized codes, as float32."""
+    if nbits == 8:
+        return _code_float(codes[k], 8, signed)
+    return _code_float((np.int64(codes[k >> 1]) >> ((k & 1) * 4)) & 15, 4, signed)
+
+
+# ---- decompression --------------------------------------------------------------------------
+
+
+@_jit
+def _lut_decode(indices, nbits, mask, rows, cols, row_table, col_block, table, entries, vsize,
+                row_out, col_stride, v_stride, out):
+    """Look every index up in its block's table; element bits are copied (``table`` and ``out``
+    share an unsigned dtype). With a nonempty ``mask``, indices are stored for set bits only."""
+    k = 0
+    for r in range(rows):
+        for s in range(cols // col_block):
+            first = (row_table[r] + s) * entries
+            for j in range(s * col_block, (s + 1) * col_block):
+                o = row_out[r] + j * col_stride
+                if mask.size and not mask_bit(mask, r * cols + j):
+                    for v in range(vsize):
+                        out[o + v * v_stride] = 0
+                    continue
+                src = (first + read_bits(indices, k, nbits)) * vsize
+                k += 1
+                for v in range(vsize):
+                    out[o + v * v_stride] = table[src + v]
+
+
+@_jit
+def _sparse_decode(mask, values, out):
+    """``values`` in order at the set bits of ``mask``, zero elsewhere (bits copied)."""
+    k = 0
+    for e in range(out.size):
+        if mask_bit(mask, e):
+            out[e] = values[k]
+            k += 1
+        else:
+            out[e] = 0
+
+
+@_jit
+def _shift_scale_decode(data, nbits, signed, mask, rows, cols, row_table, col_block, scale, offset,
+                        half_math, round_difference, out):
+    """Core ML's shift-scale of every code, block by block; with a nonempty ``mask``, codes are
+    stored for set bits only and the other elements are zero."""
+    k = 0
+    for r in range(rows):
+        for s in range(cols // col_block):
+            t = row_table[r] + s
+            sc, of = scale[t], offset[t] if offset.size else np.float32(0)
+            for e in range(r * cols + s * col_block, r * cols + (s + 1) * col_block):
+                w = np.float32(0)
+                if not mask.size or mask_bit(mask, e):
+                    w = _dequantize(_quant_code(data, k, nbits, signed), sc, of, half_math, round_difference)
+                    k += 1
+                _put(out, e, w)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view: numba types read-only and writable arrays apart, so kernel inputs are
+    always passed read-only and each kernel compiles once per dtype."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+_NO_MASK = _readonly(np.zeros(0, np.uint8))
+_NO_OFFSET = np.zeros(0, np.float32)
+
+
+def _bits_view(a: np.ndarray) -> np.ndarray:
+    """A flat view of ``a`` as unsigned integers of its item size (kernels copy bit patterns)."""
+    return a.reshape(-1).view(f"u{a.dtype.itemsize}")
+
+
+def _input_bits(a: np.ndarray) -> np.ndarray:
+    return _readonly(_bits_view(a))
+
+
+def _mask(mask) -> np.ndarray:
+    return _NO_MASK if mask is None else mask.packed
+
+
+def _values(arr) -> np.ndarray:
+    return arr.values(backend="numba") if isinstance(arr, NBitArray) else arr
+
+
+def _converted(values: np.ndarray, dtype) -> np.ndarray:
+    """``values`` cast to ``dtype`` as numpy casts (overflow to +-inf is the defined result)."""
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(values.astype(dtype, copy=False))
+
+
+def _lut_decompress(indices: NBitArray, mask, shape, lut, vector_axis, vector_size, out) -> None:
+    plan = row_plan(shape, lut.shape[:-2], vector_axis, vector_size)
+    _lut_decode(
+        indices.packed, indices.nbits, _mask(mask), plan.rows, plan.cols, plan.row_table, plan.col_block,
+        _input_bits(_converted(lut, out.dtype)), lut.shape[-2], vector_size,
+        plan.row_out, plan.col_stride, plan.v_stride, _bits_view(out),
+    )
+
+
+def decompress_palettized(t, out: np.ndarray) -> None:
+    _lut_decompress(t.indices, None, t.indices.shape, t.lut, t.vector_axis, t.vector_size, out)
+
+
+def decompress_sparse_palettized(t, out: np.ndarray) -> None:
+    mask = t.indices_mask
+    _lut_decompress(t.indices_nonzero_data, mask, mask.shape, t.lut, t.vector_axis, t.vector_size, out)
+
+
+def decompress_sparse(t, out: np.ndarray) -> None:
+    _sparse_decode(t.mask.packed, _input_bits(_converted(_values(t.nonzero_data), out.dtype)), _bits_view(out))
+
+
+def _scale_offset(t):
+    """Scale and offset as float32 (exact: fp16 widens, integer offsets go through the scale's
+    dtype as numpy's reference converts them), kept beside the tensor."""
+    def convert():
+        scale = np.ascontiguousarray(t.scale.astype(np.float32).reshape(-1))
+        if t.offset is None:
+            return scale, _NO_OFFSET
+        offset = _values(t.offset).astype(t.scale.dtype).astype(np.float32)
+        return scale, np.ascontiguousarray(offset.reshape(-1))
+    return t.derived("numba_scale_offset_f32", convert)
+
+
+def _half_math(t) -> tuple[bool, bool]:
+    """(fp16 arithmetic?, must ``q - offset`` be rounded?): the difference is exact without
+    offset or with an integer one (at most 9 bits)."""
+    half = t.scale.dtype == np.float16
+    return half, half and t.offset is not None and not isinstance(t.offset, NBitArray)
+
+
+def _shift_scale_decompress(t, data: NBitArray, mask, out: np.ndarray) -> None:
+    plan = row_plan(t.shape, t.scale.shape)
+    scale, offset = _scale_offset(t)
+    target = out.reshape(-1).view(np.uint16) if out.dtype == np.float16 else out.reshape(-1)
+    _shift_scale_decode(
+        data.packed, data.nbits, data.signed, _mask(mask), plan.rows, plan.cols, plan.row_table, plan.col_block,
+        scale, offset, *_half_math(t), target,
+    )
+
+
+def decompress_quantized(t, out: np.ndarray) -> None:
+    _shift_scale_decompress(t, t.data, None, out)
+
+
+def decompress_sparse_quantized(t, out: np.ndarray) -> None:
+    _shift_scale_decompress(t, t.nonzero_data, t.data_mask, out)
+
+
+# ---- fused products: portable kernels ---------------------------------------------------------
+
+
+@_parallel
+def _matmul_rows(codes, nbits, signed, mask, row_start, rows, cols, row_table, col_block, lut, scale, offset,
+                 half_math, round_difference, values, x, y):
+    """``y = x @ W.T`` with W decoded a row at a time. Stored element k of W (in row-major order,
+    set mask bits only when ``mask`` is nonempty; row r's start at ``row_start[r]``) is
+    ``values[k]`` when ``values`` is nonempty (float32, or fp16 bits as uint16), else n-bit code
+    k of ``codes`` looked up in ``lut`` (``lut[t * 2**nbits + code]``) when it is nonempty, else
+    Core ML's shift-scale of the code; t is the element's table."""
+    batch = x.shape[0]
+    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        acc = np.empty(BATCH_TILE, np.float32)
+        for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            for b0 in range(0, batch, BATCH_TILE):
+                nb = min(BATCH_TILE, batch - b0)
+                acc[:] = 0
+                k = row_start[r] if mask.size else r * cols
+                for j in range(cols):
+                    if mask.size and not mask_bit(mask, r * cols + j):
+                        continue
+                    if values.size:
+                        w = _value(values, k)
+                    else:
+                        t, code = row_table[r] + j // col_block, read_bits(codes, k, nbits)
+                        if lut.size:
+                            w = lut[(t << nbits) + code]
+                        else:
+                            of = offset[t] if offset.size else np.float32(0)
+                            w = _dequantize(code_value(code, nbits, signed), scale[t], of, half_math, round_difference)
+                    k += 1
+                    for b in range(nb):
+                        acc[b] += w * x[b0 + b, j]
+                for b in range(nb):
+                    y[b0 + b, r] = acc[b]
+
+
+@intrinsic
+def _stack_lanes(typingctx):
+    """A pointer to 32 float32 on the stack: accumulators LLVM keeps in registers (heap arrays
+    would be reloaded on every iteration, as they might alias the inputs)."""
+    def codegen(context, builder, sig, args):
+        return cgutils.alloca_once(builder, ir.FloatType(), size=32)
+    return types.CPointer(types.float32)(), codegen
+
+
+@_jit
+def _dot8(codes, e0, x, x0, count, sc, of, signed, half_math, round_difference):
+    """Sum of ``count`` dequantized 8-bit codes from ``codes[e0]`` times ``x[x0 ...]``, in 16
+    independent lanes that LLVM vectorizes (it unswitches the loop on the invariant flags)."""
+    lanes = numba.carray(_stack_lanes(), 16)
+    lanes[:] = 0
+    full = count // 16 * 16
+    for j0 in range(0, full, 16):
+        for lane in range(16):
+            q = _code_float(codes[np.uint64(e0 + j0 + lane)], 8, signed)
+            lanes[lane] += _dequantize(q, sc, of, half_math, round_difference) * x[np.uint64(x0 + j0 + lane)]
+    total = np.float32(0)
+    for lane in range(16):
+        total += lanes[lane]
+    for j in range(full, count):
+        q = _code_float(codes[e0 + j], 8, signed)
+        total += _dequantize(q, sc, of, half_math, round_difference) * x[x0 + j]
+    return total
+
+
+@_jit
+def _dot4(codes, c0, xs, x0, x_stride, nbytes, sc, of, signed, half_math, round_difference):
+    """Like ``_dot8`` for ``nbytes`` bytes of 4-bit codes; ``xs`` is split by phase (low nibbles
+    meet ``xs[x0 + m]``, high ones ``xs[x0 + x_stride + m]``)."""
+    lanes = numba.carray(_stack_lanes(), 32)
+    lanes[:] = 0
+    full = nbytes // 16 * 16
+    for m0 in range(0, full, 16):
+        for lane in range(16):
+            byte = codes[np.uint64(c0 + m0 + lane)]
+            m = np.uint64(x0 + m0 + lane)
+            low, high = _code_float(byte & np.uint8(15), 4, signed), _code_float(byte >> np.uint8(4), 4, signed)
+            lanes[lane] += _dequantize(low, sc, of, half_math, round_difference) * xs[m]
+            lanes[16 + lane] += _dequantize(high, sc, of, half_math, round_difference) * xs[m + np.uint64(x_stride)]
+    total = np.float32(0)
+    for lane in range(32):
+        total += lanes[lane]
+    for m in range(full, nbytes):
+        byte = codes[c0 + m]
+        low, high = _code_float(byte & np.uint8(15), 4, signed), _code_float(byte >> np.uint8(4), 4, signed)
+        total += _dequantize(low, sc, of, half_math, round_difference) * xs[x0 + m]
+        total += _dequantize(high, sc, of, half_math, round_difference) * xs[x0 + x_stride + m]
+    return total
+
+
+@_parallel
+def _quant_matmul_dense(codes, nbits, signed, rows, cols, row_table, col_block, scale, offset, half_math,
+                        round_difference, xs, y):
+    """``y = x @ W.T`` for dense 8-bit codes (``xs`` = x) or 4-bit codes (``xs`` split by phase as
+    for the LUT kernel; ``col_block`` even)."""
+    batch = y.shape[0]
+    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            for b in range(batch):
+                total = np.float32(0)
+                for s in range(cols // col_block):
+                    t = row_table[r] + s
+                    sc, of = scale[t], offset[t] if offset.size else np.float32(0)
+                    if nbits == 8:
+                        e0, x0 = r * cols + s * col_block, b * cols + s * col_block
+                        total += _dot8(codes, e0, xs, x0, col_block, sc, of, signed, half_math, round_difference)
+                    else:
+                        c0, x0, n = (r * cols + s * col_block) // 2, b * cols + s * col_block // 2, col_block // 2
+                        total += _dot4(codes, c0, xs, x0, cols // 2, n, sc, of, signed, half_math, round_difference)
+                y[b, r] = total
+
+
+# ---- fused products: AVX-512 row loops as LLVM IR ---------------------------------------------
+
+_F32, _I64 = ir.FloatType(), ir.IntType(64)
+_V16F = ir.VectorType(_F32, 16)
+
+
+def _int64_args(context, builder, sig, args):
+    """Arguments as (array structs, int64 values), in order."""
+    out = []
+    for ty, value in zip(sig.args, args):
+        if isinstance(ty, types.Array):
+            out.append(context.make_array(ty)(context, builder, value))
+        else:
+            out.append(context.cast(builder, value, ty, types.int64))
+    return out
+
+
+def _load(builder, array, index, vtype):
+    """An unaligned load of ``vtype`` from element ``index`` of ``array``."""
+    ptr = builder.gep(array.data, [index])
+    return builder.load(builder.bitcast(ptr, vtype.as_pointer()), align=1)
+
+
+def _splat(vtype, value):
+    return ir.Constant(vtype, [value] * vtype.count)
+
+
+def _horizontal_sum(builder, vectors):
+    """The float sum of every lane of ``vectors``, lane by lane in order."""
+    total = ir.Constant(_F32, 0.0)
+    for vec in vectors:
+        for lane in range(vec.type.count):
+            total = builder.fadd(total, builder.extract_element(vec, ir.Constant(ir.IntType(32), lane)))
+    return total
+
+
+def _vector_loop(builder, count, n_acc, body):
+    """Run ``body(index, accumulators) -> new accumulators`` ``count`` times over ``n_acc``
+    float32x16 accumulators starting at zero; return the sum of their lanes."""
+    slots = [cgutils.alloca_once_value(builder, ir.Constant(_V16F, None)) for _ in range(n_acc)]
+    with cgutils.for_range(builder, count) as loop:
+        accs = body(loop.index, [builder.load(slot) for slot in slots])
+        for slot, acc in zip(slots, accs):
+            builder.store(acc, slot)
+    return _horizontal_sum(builder, [builder.load(slot) for slot in slots])
+
+
+def _make_lut_dot(nbits: int):
+    """Intrinsic ``dot(codes, c0, chunks, xs, x0, x_stride, tables, t0) -> float32``: the dot
+    product of ``chunks`` x 16 bytes of ``nbits``-bit codes from byte ``c0`` with activations
+    split by phase (code p of byte m meets ``xs[x0 + p * x_stride + m]``), the weights looked up
+    in the 16 floats ``tables[t0:t0 + 16]`` (a LUT of 2**nbits entries repeated) by vpermps."""
+    per = 8 // nbits
+    v16i = ir.VectorType(ir.IntType(32), 16)
+
+    @intrinsic
+    def dot(typingctx, codes, c0, chunks, xs, x0, x_stride, tables, t0):
+        sig = types.float32(codes, c0, chunks, xs, x0, x_stride, tables, t0)
+
+        def codegen(context, builder, sig, args):
+            codes, c0, chunks, xs, x0, x_stride, tables, t0 = _int64_args(context, builder, sig, args)
+            table = _load(builder, tables, t0, _V16F)
+            permute = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V16F, [_V16F, v16i]), "llvm.x86.avx512.permvar.sf.512"
+            )
+
+            def body(i, accs):
+                m = builder.mul(i, ir.Constant(_I64, 16))
+                raw = builder.zext(_load(builder, codes, builder.add(c0, m), ir.VectorType(ir.IntType(8), 16)), v16i)
+                out = []
+                for p, acc in enumerate(accs):  # vpermps reads the low 4 bits: no masking needed
+                    w = builder.call(permute, [table, builder.lshr(raw, _splat(v16i, p * nbits)) if p else raw])
+                    start = builder.add(builder.add(x0, builder.mul(x_stride, ir.Constant(_I64, p))), m)
+                    out.append(builder.fadd(acc, builder.fmul(w, _load(builder, xs, start, _V16F))))
+                return out
+
+            return _vector_loop(builder, chunks, per, body)
+
+        return sig, codegen
+
+    return dot
+
+
+_lut_dot1, _lut_dot2, _lut_dot4 = (_make_lut_dot(n) for n in (1, 2, 4))
+
+
+@intrinsic
+def _sparse_dot(typingctx, mask, m0, chunks, values, k0, x, x0):
+    """``dot(mask, m0, chunks, values, k0, x, x0) -> float32``: ``chunks`` x 16 mask bits from
+    byte ``m0`` expand the values from ``values[k0]`` on (float32, or fp16 bits widened exactly
+    by vcvtph2ps) to 16 weights each, multiplied by ``x[x0 + 16 i ...]``."""
+    half = values.dtype == types.uint16
+    elem = ir.IntType(16) if half else _F32
+    vtype = ir.VectorType(elem, 16)
+    sig = types.float32(mask, m0, chunks, values, k0, x, x0)
+
+    def codegen(context, builder, sig, args):
+        mask, m0, chunks, values, k0, x, x0 = _int64_args(context, builder, sig, args)
+        i16, v16b = ir.IntType(16), ir.VectorType(ir.IntType(1), 16)
+        expand = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vtype, [elem.as_pointer(), v16b, vtype]),
+            f"llvm.masked.expandload.v16{'i16' if half else 'f32'}",
+        )
+        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i16, [i16]), "llvm.ctpop.i16")
+        k = cgutils.alloca_once_value(builder, k0)
+
+        def body(i, accs):
+            bits = builder.load(builder.bitcast(builder.gep(mask.data, [builder.add(m0, builder.add(i, i))]),
+                                                i16.as_pointer()), align=1)
+            kk = builder.load(k)
+            nonzeros = builder.gep(values.data, [kk])
+            w = builder.call(expand, [nonzeros, builder.bitcast(bits, v16b), ir.Constant(vtype, None)])
+            if half:
+                w = builder.fpext(builder.bitcast(w, ir.VectorType(ir.HalfType(), 16)), _V16F)
+            builder.store(builder.add(kk, builder.zext(builder.call(popcount, [bits]), _I64)), k)
+            xv = _load(builder, x, builder.add(x0, builder.mul(i, ir.Constant(_I64, 16))), _V16F)
+            return [builder.fadd(accs[0], builder.fmul(w, xv))]
+
+        return _vector_loop(builder, chunks, 1, body)
+
+    return sig, codegen
+
+
+@_parallel
+def _lut_matmul_avx512(codes, nbits, rows, cols, row_table, col_block, tables, xs, y):
+    """``y = x @ W.T`` for dense 1/2/4-bit codes and tables of 16 floats; ``xs`` holds each
+    activation row split by phase: ``xs[b * cols + p * (cols / per) + m] = x[b, m * per + p]``.
+    Needs ``col_block`` to be a multiple of the codes per byte."""
+    per = 8 // nbits
+    batch = y.shape[0]
+    row_bytes, seg_bytes = cols // per, col_block // per
+    chunks = seg_bytes // 16
+    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            for b in range(batch):
+                total = np.float32(0)
+                for s in range(cols // col_block):
+                    t, c0, x0 = row_table[r] + s, r * row_bytes + s * seg_bytes, b * cols + s * seg_bytes
+                    if nbits == 4:
+                        total += _lut_dot4(codes, c0, chunks, xs, x0, row_bytes, tables, t * 16)
+                    elif nbits == 2:
+                        total += _lut_dot2(codes, c0, chunks, xs, x0, row_bytes, tables, t * 16)
+                    else:
+                        total += _lut_dot1(codes, c0, chunks, xs, x0, row_bytes, tables, t * 16)
+                    for m in range(chunks * 16, seg_bytes):
+                        byte = np.int64(codes[c0 + m])
+                        for p in range(per):
+                            total += tables[t * 16 + ((byte >> (p * nbits)) & 15)] * xs[x0 + p * row_bytes + m]
+                y[b, r] = total
+
+
+@_parallel
+def _sparse_matmul_avx512(mask, row_start, rows, cols, values, x, y):
+    """``y = x @ W.T`` for a sparse W whose rows start on a byte of the mask (cols % 8 == 0)."""
+    batch = y.shape[0]
+    chunks = cols // 16
+    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            m0 = r * cols // 8
+            for b in range(batch):
+                total = _sparse_dot(mask, m0, chunks, values, row_start[r], x, b * cols)
+                k = row_start[r + 1]
+                for j in range(chunks * 16, cols):  # the tail's values end the row's
+                    k -= mask_bit(mask, r * cols + j)
+                for j in range(chunks * 16, cols):
+                    if mask_bit(mask, r * cols + j):
+                        total += _value(values, k) * x[b, j]
+                        k += 1
+                y[b, r] = total
+
+
+# ---- fused products: entry points ------------------------------------------------------------
+
+_NO_STARTS = np.zeros(0, np.int64)
+_NO_TABLE = np.zeros(0, np.float32)
+_NO_VALUES = _readonly(np.zeros(0, np.float32))
+
+
+def _matrix_plan(t, shape, groups):
+    return t.derived("matrix_plan", lambda: matrix_plan(shape, groups))
+
+
+def _row_starts(t, mask, plan) -> np.ndarray:
+    if mask is None:
+        return _NO_STARTS
+    return t.derived("row_starts", lambda: row_starts(mask.packed, plan.rows, plan.cols))
+
+
+def _matmul_decompressed(t, x: np.ndarray, y: np.ndarray) -> None:
+    """Layouts without a fused kernel (vector LUTs, tables across several trailing axes):
+    decompress, then multiply (the weight is materialized), as the C backend does."""
+    w = np.empty(t.shape, np.float32)
+    globals()[t._kernel](t, w)
+    np.matmul(x, w.reshape(y.shape[1], -1).T, out=y)
+
+
+def _lut_f32(t) -> np.ndarray:
+    return t.derived("lut_f32", lambda: np.ascontiguousarray(t.lut.astype(np.float32).reshape(-1)))
+
+
+def _lut_tables16(t, nbits: int) -> np.ndarray:
+    """Every LUT repeated to 16 floats (a 2**nbits-entry table read with 4-bit indices)."""
+    def tile():
+        tables = _lut_f32(t).reshape(-1, 1 << nbits)
+        return np.ascontiguousarray(np.tile(tables, (1, 16 >> nbits)).reshape(-1))
+    return t.derived("numba_lut16", tile)
+
+
+def _phase_split(x: np.ndarray, per: int) -> np.ndarray:
+    """Activations reordered so code p of every byte meets a contiguous run: row b becomes
+    ``x[b, p::per]`` for p = 0 .. per-1, concatenated."""
+    batch, cols = x.shape
+    return np.ascontiguousarray(x.reshape(batch, cols // per, per).transpose(0, 2, 1)).reshape(-1)
+
+
+def _lut_matmul(t, codes: NBitArray, mask, shape, x: np.ndarray, y: np.ndarray) -> None:
+    """The product with LUT weights; ``shape`` is the indices' (dense) shape."""
+    plan = _matrix_plan(t, shape, t.lut.shape[:-2])
+    if plan is None or t.vector_size != 1:
+        return _matmul_decompressed(t, x, y)
+    nbits = codes.nbits
+    per = 8 // nbits
+    with _LAUNCH_LOCK:
+        if _simd == "avx512" and mask is None and nbits in (1, 2, 4) and plan.col_block % per == 0:
+            _lut_matmul_avx512(codes.packed, nbits, plan.rows, plan.cols, plan.row_table, plan.col_block,
+                               _lut_tables16(t, nbits), _phase_split(x, per), y)
+            return
+        _matmul_rows(codes.packed, nbits, False, _mask(mask), _row_starts(t, mask, plan), plan.rows, plan.cols,
+                     plan.row_table, plan.col_block, _lut_f32(t), _NO_TABLE, _NO_TABLE, False, False, _NO_VALUES, x, y)
+
+
+def matmul_palettized(t, x: np.ndarray, y: np.ndarray) -> None:
+    _lut_matmul(t, t.indices, None, t.indices.shape, x, y)
+
+
+def matmul_sparse_palettized(t, x: np.ndarray, y: np.ndarray) -> None:
+    _lut_matmul(t, t.indices_nonzero_data, t.indices_mask, t.indices_mask.shape, x, y)
+
+
+def _quant_matmul(t, codes: NBitArray, mask, x: np.ndarray, y: np.ndarray) -> None:
+    plan = _matrix_plan(t, t.shape, t.scale.shape)
+    if plan is None:
+        return _matmul_decompressed(t, x, y)
+    scale, offset = _scale_offset(t)
+    half_math, round_difference = _half_math(t)
+    with _LAUNCH_LOCK:
+        if mask is None and (codes.nbits == 8 or plan.col_block % 2 == 0):
+            xs = x.reshape(-1) if codes.nbits == 8 else _phase_split(x, 2)
+            _quant_matmul_dense(codes.packed, codes.nbits, codes.signed, plan.rows, plan.cols, plan.row_table,
+                                plan.col_block, scale, offset, half_math, round_difference, xs, y)
+            return
+        _matmul_rows(codes.packed, codes.nbits, codes.signed, _mask(mask), _row_starts(t, mask, plan),
+                     plan.rows, plan.cols, plan.row_table, plan.col_block, _NO_TABLE, scale, offset,
+                     half_math, round_difference, _NO_VALUES, x, y)
+
+
+def matmul_quantized(t, x: np.ndarray, y: np.ndarray) -> None:
+    _quant_matmul(t, t.data, None, x, y)
+
+
+def matmul_sparse_quantized(t, x: np.ndarray, y: np.ndarray) -> None:
+    _quant_matmul(t, t.nonzero_data, t.data_mask, x, y)
+
+
+def _sparse_values(t) -> np.ndarray:
+    """Float nonzeros as stored (fp16 as its bits); integer ones converted to float32 once."""
+    values = t.nonzero_data
+    if isinstance(values, NBitArray) or values.dtype.kind != "f":
+        values = t.derived("values_f32", lambda: _values(t.nonzero_data).astype(np.float32))
+    return _readonly(values.view(np.uint16) if values.dtype == np.float16 else values)
+
+
+def matmul_sparse(t, x: np.ndarray, y: np.ndarray) -> None:
+    plan = _matrix_plan(t, t.shape, (1,) * len(t.shape))
+    starts, values = _row_starts(t, t.mask, plan), _sparse_values(t)
+    with _LAUNCH_LOCK:
+        if _simd == "avx512" and plan.cols % 8 == 0:
+            _sparse_matmul_avx512(t.mask.packed, starts, plan.rows, plan.cols, values, x, y)
+            return
+        _matmul_rows(_NO_MASK, 1, False, t.mask.packed, starts, plan.rows, plan.cols, plan.row_table, plan.col_block,
+                     _NO_TABLE, _NO_TABLE, _NO_TABLE, False, False, values, x, y)
