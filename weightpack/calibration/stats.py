@@ -1,0 +1,178 @@
+"""Calibration statistics of one layer's input activations, gathered batch by batch.
+
+:class:`ActivationStats` keeps, in float64, the sum of ``x x^T`` over every activation row ``x``
+(the Gram matrix, ``in_features`` squared), the sum of ``x**2`` per input channel and the row
+count. ``gram`` is ``H = X^T X / n`` and ``second_moments`` is ``E[x_j^2]`` (the diagonal of H).
+Accumulators of the same layer merge (statistics gathered in parallel or on several machines add
+up) and round-trip through ``.npz`` files.
+
+Activations are rows of ``in_features`` values: a batch of shape ``(..., in_features)`` counts
+``prod(shape[:-1])`` rows. For a convolution, feed the unfolded (im2col) patches whose columns
+are ordered like ``w.reshape(out_channels, -1)``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import FormatError, WeightpackError, describe
+
+FORMAT_NAME = "weightpack.ActivationStats"
+FORMAT_VERSION = 1
+CHUNK_BYTES = 1 << 26  # float64 rows converted at a time by update()
+
+
+class ActivationStats:
+    """Running Gram matrix, per-channel second moments and row count of a layer's inputs.
+
+    ``gram=False`` keeps only the second moments (enough for Wanda and importance weights; no
+    ``in_features**2`` memory).
+
+    >>> import numpy as np
+    >>> s = ActivationStats(3).update(np.array([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]], np.float32))
+    >>> s.count, s.second_moments.tolist()
+    (2, [5.0, 0.5, 2.0])
+    >>> s.gram[0].tolist()
+    [5.0, 1.5, 1.0]
+    >>> t = ActivationStats(3).update(np.ones((2, 3)))
+    >>> s.merge(t).count
+    4
+    """
+
+    __slots__ = ("in_features", "count", "_gram_sum", "_square_sum")
+
+    def __init__(self, in_features: int, *, gram: bool = True):
+        if isinstance(in_features, (bool, np.bool_)) or not isinstance(in_features, (int, np.integer)) or in_features < 1:
+            raise WeightpackError(f"in_features={describe(in_features)} must be a positive integer")
+        self.in_features = int(in_features)
+        self.count = 0
+        self._square_sum = np.zeros(self.in_features)
+        self._gram_sum = np.zeros((self.in_features, self.in_features)) if gram else None
+
+    @property
+    def has_gram(self) -> bool:
+        """Whether the full Gram matrix is kept (``gram=True``)."""
+        return self._gram_sum is not None
+
+    def update(self, x) -> "ActivationStats":
+        """Add a batch of activations of shape ``(..., in_features)`` (any float dtype); returns self.
+
+        The caller's array is not modified. A batch containing NaN or infinity is refused whole.
+        """
+        arr = np.asarray(x)
+        if arr.dtype.kind != "f":
+            raise WeightpackError(f"activations have dtype {arr.dtype}; allowed: a float dtype (float16, float32, float64)")
+        if arr.ndim < 1 or arr.shape[-1] != self.in_features:
+            raise WeightpackError(
+                f"activations have shape {arr.shape}; the last axis must be in_features={self.in_features}"
+            )
+        rows = arr.reshape(-1, self.in_features)
+        finite = np.isfinite(rows)
+        if not finite.all():
+            r, c = np.argwhere(~finite)[0]
+            raise WeightpackError(
+                f"activations contain NaN or infinity ({rows.size - np.count_nonzero(finite)} values; first at "
+                f"row {r}, channel {c}: {rows[r, c]}); only finite activations can be accumulated"
+            )
+        step = max(1, CHUNK_BYTES // (8 * self.in_features))
+        for start in range(0, rows.shape[0], step):
+            chunk = rows[start : start + step].astype(np.float64)
+            self._square_sum += np.einsum("ij,ij->j", chunk, chunk)
+            if self._gram_sum is not None:
+                self._gram_sum += chunk.T @ chunk
+        self.count += rows.shape[0]
+        return self
+
+    def merge(self, other: "ActivationStats") -> "ActivationStats":
+        """A new accumulator holding both: as if every batch of ``other`` had been fed to this one."""
+        if not isinstance(other, ActivationStats):
+            raise WeightpackError(f"can only merge another ActivationStats, got {type(other).__name__}")
+        if other.in_features != self.in_features:
+            raise WeightpackError(
+                f"cannot merge statistics of in_features={other.in_features} into in_features={self.in_features}"
+            )
+        if self.has_gram != other.has_gram:
+            raise WeightpackError(
+                "cannot merge statistics with a Gram matrix and statistics without one (gram=True vs gram=False)"
+            )
+        out = ActivationStats(self.in_features, gram=self.has_gram)
+        out.count = self.count + other.count
+        out._square_sum = self._square_sum + other._square_sum
+        if self.has_gram:
+            out._gram_sum = self._gram_sum + other._gram_sum
+        return out
+
+    @property
+    def second_moments(self) -> np.ndarray:
+        """``E[x_j^2]`` per input channel (float64 [in_features]); zeros before any data."""
+        return self._square_sum / max(self.count, 1)
+
+    @property
+    def gram(self) -> np.ndarray:
+        """``H = X^T X / n`` (float64 [in_features, in_features], symmetric); zeros before any data."""
+        if self._gram_sum is None:
+            raise WeightpackError("these statistics were gathered with gram=False; there is no Gram matrix")
+        gram = self._gram_sum / max(self.count, 1)
+        return (gram + gram.T) * 0.5
+
+    def save(self, path) -> None:
+        """Write to ``path`` (an .npz file), atomically: a failed write leaves any old file intact."""
+        arrays = {
+            "format": np.array(FORMAT_NAME),
+            "version": np.array(FORMAT_VERSION),
+            "count": np.array(self.count, np.int64),
+            "square_sum": self._square_sum,
+        }
+        if self._gram_sum is not None:
+            arrays["gram_sum"] = self._gram_sum
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path) -> "ActivationStats":
+        """Read statistics written by :meth:`save`; a file that is not one raises FormatError."""
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise FormatError(f"{path!r} is not a readable .npz file: {exc}") from None
+        if str(arrays.get("format", "")) != FORMAT_NAME:
+            raise FormatError(f"{path!r} does not hold weightpack activation statistics (no format={FORMAT_NAME!r})")
+        if int(arrays.get("version", -1)) != FORMAT_VERSION:
+            raise FormatError(f"{path!r} has version {arrays.get('version')}; this weightpack reads version {FORMAT_VERSION}")
+        count = arrays.get("count")
+        square = arrays.get("square_sum")
+        if count is None or count.shape != () or count.dtype.kind not in "iu" or int(count) < 0:
+            raise FormatError(f"{path!r}: count must be a non-negative integer, got {describe(count)}")
+        if square is None or square.ndim != 1 or square.size == 0 or square.dtype != np.float64:
+            raise FormatError(f"{path!r}: square_sum must be a non-empty 1-D float64 array")
+        gram = arrays.get("gram_sum")
+        n = square.size
+        if gram is not None and (gram.shape != (n, n) or gram.dtype != np.float64):
+            raise FormatError(f"{path!r}: gram_sum has shape {gram.shape}, dtype {gram.dtype}; expected ({n}, {n}) float64")
+        for name, arr in (("square_sum", square), ("gram_sum", gram)):
+            if arr is not None and not (np.isfinite(arr).all() and (np.diagonal(arr) if arr.ndim == 2 else arr).min() >= 0):
+                raise FormatError(f"{path!r}: {name} holds NaN, infinity or negative squares")
+        out = cls(n, gram=gram is not None)
+        out.count = int(count)
+        out._square_sum = square.copy()
+        if gram is not None:
+            out._gram_sum = gram.copy()
+        return out
+
+    def __repr__(self):
+        kind = "gram + second moments" if self.has_gram else "second moments only"
+        return f"ActivationStats(in_features={self.in_features}, count={self.count}, {kind})"
