@@ -1,0 +1,136 @@
+"""The layer Gram matrix H as the error-feedback methods use it: validation, damping, inverse Cholesky.
+
+Damping rule (normative). With ``m = mean(diag H)`` and ``damp`` the caller's relative damping
+(default 0.01):
+
+1. ``lambda = damp * m``; if ``m == 0`` (no signal at all) ``lambda = damp`` (then every method
+   reduces to its data-free rounding, as with H = identity);
+2. factor ``H + lambda I``; if the Cholesky factorisation fails, a pivot falls below
+   ``sqrt(lambda / 2)`` (impossible for a positive semi-definite H, whose damped pivots are all
+   at least ``sqrt(lambda)``: so H is indefinite beyond rounding) or the inverse is not finite,
+   multiply ``lambda`` by 10 and retry, at most ``MAX_ESCALATIONS`` times, then give up with a
+   WeightpackError.
+
+A dead input channel (``H_jj = 0``) thus gets ``lambda`` on its diagonal: its weights are rounded
+to the nearest value and their error reaches no other column. The condition number of the damped
+matrix is at most ``1 + n / damp`` for a Gram matrix of size n, so the sweep never blows up.
+
+``inverse_cholesky`` returns the upper-triangular U with ``U^T U = (H + lambda I)^-1`` (GPTQ's
+``Cholesky(H^-1, upper=True)``), computed without forming the inverse: with J the reversal
+permutation, ``J H J = L L^T`` gives ``U = J L^-1 J``. L^-1 is a blocked recursive triangular
+inverse built from matrix products, so the whole step is BLAS-bound (float64).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..errors import WeightpackError, describe
+from .stats import ActivationStats
+
+DEFAULT_DAMP = 0.01
+MAX_ESCALATIONS = 8
+SYMMETRY_TOLERANCE = 1e-5  # relative to max |H|
+_BASE = 128  # triangular blocks inverted directly
+
+
+def gram_matrix(h, in_features: int, name: str = "H") -> np.ndarray:
+    """H as a validated float64 symmetric (in_features x in_features) array (read only: may be ``h`` itself).
+
+    ``h`` is an array or an :class:`ActivationStats` gathered with ``gram=True``.
+    """
+    if isinstance(h, ActivationStats):
+        if h.in_features != in_features:
+            raise WeightpackError(
+                f"{name} holds statistics of in_features={h.in_features}; the weight needs {in_features}"
+            )
+        if h.count == 0:
+            raise WeightpackError(f"{name} holds no activations (count=0); feed it a batch with update() first")
+        return h.gram
+    arr = np.asarray(h)
+    if arr.dtype.kind not in "fiu":
+        raise WeightpackError(f"{name} has dtype {arr.dtype}; it must be a real matrix (float)")
+    if arr.shape != (in_features, in_features):
+        raise WeightpackError(
+            f"{name} has shape {arr.shape}; the weight has {in_features} input features, so it must be "
+            f"({in_features}, {in_features})"
+        )
+    arr = np.asarray(arr, np.float64)
+    if not np.isfinite(arr).all():
+        raise WeightpackError(f"{name} contains NaN or infinity; a Gram matrix must be finite")
+    tolerance = SYMMETRY_TOLERANCE * max(arr.max(), -arr.min())
+    for i in range(0, in_features, 256):  # row bands: no n x n temporaries
+        gap = np.abs(arr[i : i + 256] - arr[:, i : i + 256].T)
+        if gap.max() > tolerance:
+            r, c = np.unravel_index(np.argmax(gap), gap.shape)
+            raise WeightpackError(
+                f"{name} is not symmetric: {name}[{i + r}, {c}]={arr[i + r, c]:.6g} but {name}[{c}, {i + r}]="
+                f"{arr[c, i + r]:.6g} (allowed relative asymmetry {SYMMETRY_TOLERANCE:g})"
+            )
+    diag = np.diagonal(arr)
+    if diag.min() < 0:
+        j = int(np.argmin(diag))
+        raise WeightpackError(f"{name}[{j}, {j}]={diag[j]:.6g} is negative; a Gram matrix has a non-negative diagonal")
+    return arr
+
+
+def check_damp(damp) -> float:
+    if isinstance(damp, (bool, np.bool_)) or not isinstance(damp, numbers.Real) or not 0 < float(damp) < np.inf:
+        raise WeightpackError(f"damp={describe(damp)} must be a positive finite number (relative damping, e.g. 0.01)")
+    return float(damp)
+
+
+def initial_damping(h: np.ndarray, damp: float) -> float:
+    """``damp * mean(diag H)``, or ``damp`` when the diagonal is all zero."""
+    mean = float(np.mean(np.diagonal(h)))
+    return damp * mean if mean > 0 else damp
+
+
+def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndarray, float]:
+    """(U upper-triangular with ``U^T U = (H + lambda I)^-1``, the lambda used) for a validated H.
+
+    >>> u, lam = inverse_cholesky(np.array([[4.0, 2.0], [2.0, 3.0]]), damp=1e-9)
+    >>> np.allclose(u.T @ u, np.linalg.inv([[4.0, 2.0], [2.0, 3.0]])), np.allclose(u, np.triu(u))
+    (True, True)
+    """
+    lam = initial_damping(h, damp)
+    n = h.shape[0]
+    for _ in range(MAX_ESCALATIONS + 1):
+        damped = h[::-1, ::-1].copy()  # J H J
+        damped[np.diag_indices(n)] += lam
+        try:
+            low = np.linalg.cholesky(damped)
+        except np.linalg.LinAlgError:
+            lam *= 10.0
+            continue
+        del damped
+        if np.diagonal(low).min() ** 2 < 0.5 * lam:
+            lam *= 10.0
+            continue
+        u = lower_inverse(low)[::-1, ::-1]
+        if np.isfinite(u).all():
+            return np.ascontiguousarray(u), lam
+        lam *= 10.0
+    raise WeightpackError(
+        f"H + lambda I is not positive definite even with lambda={lam / 10:.3g} "
+        f"({MAX_ESCALATIONS} tenfold escalations of damp={damp:g} x mean(diag H)); H is not a Gram matrix"
+    )
+
+
+def lower_inverse(low: np.ndarray) -> np.ndarray:
+    """Inverse of a lower-triangular matrix by recursive 2x2 blocking (``[[A, 0], [B, C]]``)."""
+    n = low.shape[0]
+    if n <= _BASE:
+        return np.tril(np.linalg.inv(low))
+    h = n // 2
+    out = np.zeros_like(low)
+    out[:h, :h] = a = lower_inverse(low[:h, :h])
+    out[h:, h:] = c = lower_inverse(low[h:, h:])
+    out[h:, :h] = -(c @ (low[h:, :h] @ a))
+    return out
+
+
+def activation_order(h: np.ndarray) -> np.ndarray:
+    """Columns by decreasing ``H_jj`` (GPTQ's act_order); equal diagonals keep their order."""
+    return np.argsort(-np.diagonal(h), kind="stable")
