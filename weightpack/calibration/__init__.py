@@ -5,10 +5,12 @@
 - :func:`gptq_palettize`, :func:`gptq_quantize`: the OBS/GPTQ column sweep with error feedback
   through H, producing the same PalettizedTensor / QuantizedTensor as the data-free encoders
   (or a :class:`ScaledPalettizedTensor` with a per-row scale);
-- :func:`sparsegpt_prune`, :func:`wanda_prune`: calibrated pruning to a SparseTensor.
+- :func:`sparsegpt_prune`, :func:`wanda_prune`: calibrated pruning to a SparseTensor;
+- :func:`allocate_bits`: LUT bit width and granularity per layer under a size budget.
 
 Importing this package does not load numba; the sweep kernels load on first use.
 """
+from .allocate import BitPlan, allocate_bits
 from .palettize import gptq_palettize
 from .prune import sparsegpt_prune, wanda_prune
 from .quantize import gptq_quantize
@@ -21,5 +23,7 @@ __all__ = [
     "gptq_quantize",
     "sparsegpt_prune",
     "wanda_prune",
+    "allocate_bits",
+    "BitPlan",
     "ScaledPalettizedTensor",
 ]
