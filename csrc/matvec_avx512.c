@@ -267,16 +267,8 @@ CODES_WORKER(values_float, SRC_FLOAT, 32, wp_sparse_mv)
  * conversions feed the FMAs.  Exact for every table whose values are binary16.
  */
 
-/* Planes of a 16-entry binary16 table given as 16 floats (exact binary16 values). */
-WP_INLINE void planes_from_floats16(__m512 values, half_planes *p)
-{
-    const __m256i half = _mm512_cvtps_ph(values, RNE);
-    p->lo[0] = _mm512_castsi128_si512(_mm256_cvtepi16_epi8(half));
-    p->hi[0] = _mm512_castsi128_si512(_mm256_cvtepi16_epi8(_mm256_srli_epi16(half, 8)));
-}
-
 /* What a row needs for one table: binary16 planes, or a broadcast scale and offset. */
-typedef struct { half_planes planes; __m512 scale, offset; } row_state;
+typedef struct { half_planes planes; __m512 table, scale, offset; } row_state;
 
 /* Core ML's arithmetic on 16 integer codes with a row's broadcast scale and offset. */
 WP_INLINE __m512 dequantize16(const void *args, const row_state *st, __m512i q)
@@ -293,15 +285,15 @@ WP_INLINE __m512 dequantize16(const void *args, const row_state *st, __m512i q)
 
 WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t, row_state *st)
 {
-    if (src == SRC_LUT) {
+    if ((src == SRC_LUT || src == SRC_QUANT) && n <= 4) { /* a float table in one register */
+        st->table = load_table(args, src == SRC_LUT ? LUT_TABLE : QUANT_TABLE, t, n);
+    } else if (src == SRC_LUT) {
         const wp_lut_mv *a = args;
         const long long stride = n == 8 ? 256 : 64;
         for (int q = 0; q < (n == 8 ? 4 : 1); q++) {
             st->planes.lo[q] = _mm512_loadu_si512(a->lut_lo + t * stride + 64 * q);
             st->planes.hi[q] = _mm512_loadu_si512(a->lut_hi + t * stride + 64 * q);
         }
-    } else if (src == SRC_QUANT && n == 4) { /* binary16 arithmetic: a 16-entry table */
-        planes_from_floats16(load_table(args, QUANT_TABLE, t, 4), &st->planes);
     } else if (src == SRC_QUANT_TABLE) { /* 8-bit codes, binary16 arithmetic: all 256 decoded values */
         const wp_quant_mv *a = args;
         row_state arith;
@@ -334,15 +326,12 @@ WP_INLINE void fetch64(const void *args, const wp_mv_common *c, enum source src,
                        __m512i spread, __m512i inter0, __m512i inter1, long long k, __mmask64 m, int cnt, __m512 w[4])
 {
     if (src == SRC_HALF || src == SRC_FLOAT) {
-        const int per = src == SRC_HALF ? 32 : 16; /* values per expand */
-        for (int h = 0; h < 64 / per; h++) {
-            const uint64_t part = (m >> (h * per)) & ((1ULL << per) - 1);
+        for (int h = 0; h < 4; h++) { /* 16 columns: load their values packed, widen, expand */
+            const uint64_t part = (m >> (h * 16)) & 0xffff;
             const int take = (int)_mm_popcnt_u64(part) < cnt ? (int)_mm_popcnt_u64(part) : cnt;
             if (src == SRC_HALF) {
-                const __m512i v = _mm512_maskz_expand_epi16((__mmask32)part,
-                    _mm512_maskz_loadu_epi16((__mmask32)((1ULL << take) - 1), (const uint16_t *)c->codes + k));
-                w[2 * h] = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
-                w[2 * h + 1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+                const __m256i packed = _mm256_maskz_loadu_epi16((__mmask16)((1u << take) - 1), (const uint16_t *)c->codes + k);
+                w[h] = _mm512_maskz_expand_ps((__mmask16)part, _mm512_cvtph_ps(packed));
             } else {
                 w[h] = _mm512_maskz_expand_ps((__mmask16)part,
                     _mm512_maskz_loadu_ps((__mmask16)((1u << take) - 1), (const float *)c->codes + k));
@@ -354,6 +343,12 @@ WP_INLINE void fetch64(const void *args, const wp_mv_common *c, enum source src,
     }
     __m512i codes = load_codes64(c->codes, k, n, cnt, spread);
     if (c->mask) codes = _mm512_maskz_expand_epi8(m, codes);
+    if ((src == SRC_LUT || src == SRC_QUANT) && n <= 4) { /* 16 dword indices into the register table */
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+            w[q] = _mm512_maskz_permutexvar_ps((__mmask16)(m >> (16 * q)), _mm512_cvtepu8_epi32(lane128(codes, q)), st->table);
+        return;
+    }
     if (src == SRC_QUANT && n == 8) {
         const wp_quant_mv *a = args;
         for (int q = 0; q < 4; q++) {
@@ -448,7 +443,7 @@ wp_rows_fn wp_lut_rows_avx512(const wp_lut_mv *a)
     const wp_mv_common *c = &a->c;
     if (!c->mask && (c->nbits == 1 || c->nbits == 2 || c->nbits == 4) && small_codes_fit(c))
         return c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit; /* phase-split x */
-    if (a->lut_lo && steps64_fit(c)) {
+    if ((a->lut_lo || c->nbits <= 4) && steps64_fit(c)) { /* <= 4 bits: float tables; more: binary16 planes */
         static const wp_rows_fn by_bits[9] = {NULL, bytes_lut1, bytes_lut2, bytes_lut3, bytes_lut4, NULL, bytes_lut6,
                                               NULL, bytes_lut8};
         return by_bits[c->nbits];
@@ -463,7 +458,7 @@ wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
     if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return quant_rows_4bit;
-    if (c->mask && c->nbits == 4 && a->half_math && steps64_fit(c)) return bytes_quant4;
+    if (c->mask && c->nbits == 4 && steps64_fit(c)) return bytes_quant4;
     if (c->nbits == 8 && steps64_fit(c)) /* long blocks repay a table of the 256 decoded values */
         return a->half_math && c->col_block >= 512 ? bytes_quant8_table : bytes_quant8;
     if (!chunks_fit(c)) return NULL;
