@@ -112,19 +112,18 @@ def half_to_float(h):
 
 @_jit
 def float_to_half(f):
-    """float32 -> IEEE binary16 bits (int64), round to nearest even; NaNs as numpy converts them."""
-    bits = np.int64(_f32_bits(f))
-    sign = (bits >> 16) & 0x8000
-    a = bits & 0x7FFFFFFF
-    if a >= 0x47800000:  # >= 65536, infinity or NaN
-        if a <= 0x7F800000:
-            return sign | 0x7C00
-        h = 0x7C00 + ((a & 0x7FFFFF) >> 13)
-        return sign | (h + 1 if h == 0x7C00 else h)
-    if a < 0x38800000:  # below 2**-14: round at 2**-24 by adding 0.5 (whose ulp is 2**-24)
-        rounded = np.int64(_f32_bits(_bits_f32(np.uint32(a)) + np.float32(0.5)))
-        return sign | (rounded - 0x3F000000)
-    return sign | ((a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13)  # rebias, round half to even
+    """float32 -> IEEE binary16 bits, round to nearest even; NaNs as numpy converts them.
+    Without branches, in 32-bit integers, so loops of it vectorize."""
+    u32 = np.uint32
+    bits = _f32_bits(f)
+    a = u32(bits & u32(0x7FFFFFFF))
+    normal = u32(u32(a - u32(0x38000000) + u32(0xFFF) + u32(u32(a >> u32(13)) & u32(1))) >> u32(13))  # rebias, round
+    tiny = u32(_f32_bits(_bits_f32(a) + np.float32(0.5)) - u32(0x3F000000))  # below 2**-14: round at 2**-24
+    nan = u32(u32(0x7C00) + u32(u32(a & u32(0x7FFFFF)) >> u32(13)))
+    nan = u32(nan + u32(1)) if nan == u32(0x7C00) else nan
+    big = nan if a > u32(0x7F800000) else u32(0x7C00)  # NaN, or infinity from 65520 up
+    h = tiny if a < u32(0x38800000) else (normal if a < u32(0x47800000) else big)
+    return u32(u32(u32(bits >> u32(16)) & u32(0x8000)) | h)
 
 
 @_jit
@@ -253,8 +252,8 @@ def _code_float(code, nbits, signed):
 def _quant_code(codes, k, nbits, signed):
     """Element ``k`` of a 4- or 8-bit stream of quantized codes, as float32."""
     if nbits == 8:
-        return _code_float(codes[k], 8, signed)
-    return _code_float((np.int64(codes[k >> 1]) >> ((k & 1) * 4)) & 15, 4, signed)
+        return _code_float(codes[np.uint64(k)], 8, signed)  # unsigned: no negative-index fix-up
+    return _code_float((np.int64(codes[np.uint64(k >> 1)]) >> ((k & 1) * 4)) & 15, 4, signed)
 
 
 # ---- decompression --------------------------------------------------------------------------
@@ -294,6 +293,20 @@ def _sparse_decode(mask, values, out):
 
 
 @_jit
+def _dequantize_run(data, e0, count, nbits, signed, sc, of, half_math, round_difference, out):
+    """``out[e] =`` the shift-scale of dense code e, for e in [e0, e0 + count): a loop per code
+    width, which LLVM unswitches on the flags and vectorizes."""
+    if nbits == 8:
+        for e in range(e0, e0 + count):
+            q = _quant_code(data, e, 8, signed)
+            _put(out, np.uint64(e), _dequantize(q, sc, of, half_math, round_difference))
+    else:
+        for e in range(e0, e0 + count):
+            q = _quant_code(data, e, 4, signed)
+            _put(out, np.uint64(e), _dequantize(q, sc, of, half_math, round_difference))
+
+
+@_jit
 def _shift_scale_decode(data, nbits, signed, mask, rows, cols, row_table, col_block, scale, offset,
                         half_math, round_difference, out):
     """Core ML's shift-scale of every code, block by block; with a nonempty ``mask``, codes are
@@ -303,9 +316,13 @@ def _shift_scale_decode(data, nbits, signed, mask, rows, cols, row_table, col_bl
         for s in range(cols // col_block):
             t = row_table[r] + s
             sc, of = scale[t], offset[t] if offset.size else np.float32(0)
-            for e in range(r * cols + s * col_block, r * cols + (s + 1) * col_block):
+            e0 = r * cols + s * col_block
+            if not mask.size:
+                _dequantize_run(data, e0, col_block, nbits, signed, sc, of, half_math, round_difference, out)
+                continue
+            for e in range(e0, e0 + col_block):
                 w = np.float32(0)
-                if not mask.size or mask_bit(mask, e):
+                if mask_bit(mask, e):
                     w = _dequantize(_quant_code(data, k, nbits, signed), sc, of, half_math, round_difference)
                     k += 1
                 _put(out, e, w)
