@@ -108,21 +108,8 @@ int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long co
     if (rc) return rc;
     if (wp_simd_level() >= 2 && wp_sparse_decode_avx512(mask, count, values, elem_size, widen_half, out) == WP_OK)
         return WP_OK;
-    const uint8_t *src = (const uint8_t *)values;
-    const int out_size = widen_half ? 4 : elem_size;
-    uint8_t *dst = (uint8_t *)out;
     long long k = 0;
-    for (long long e = 0; e < count; e++) {
-        uint8_t *d = dst + e * out_size;
-        if (!wp_mask_bit(mask, e)) {
-            memset(d, 0, (size_t)out_size);
-        } else if (widen_half) {
-            const float f = wp_half_to_float(((const uint16_t *)src)[k++]);
-            memcpy(d, &f, 4);
-        } else {
-            COPY_ELEM(d, src + (k++) * elem_size, elem_size);
-        }
-    }
+    for (long long e = 0; e < count; e++) wp_sparse_element(mask, e, values, &k, elem_size, widen_half, out);
     return WP_OK;
 }
 

@@ -26,6 +26,23 @@ typedef struct {
     int out_half; /* shift-scale: binary16 output (else float32) */
 } wp_decode_job;
 
+/* Sparse expansion of element e: the next stored value (k counts them) where the mask is set,
+   zero elsewhere; binary16 values widen to float32 when widen_half. */
+static inline void wp_sparse_element(const uint8_t *mask, long long e, const void *values, long long *k, int elem_size,
+                                     int widen_half, void *out)
+{
+    const int out_size = widen_half ? 4 : elem_size;
+    uint8_t *d = (uint8_t *)out + e * out_size;
+    if (!wp_mask_bit(mask, e)) {
+        memset(d, 0, (size_t)out_size);
+    } else if (widen_half) {
+        const float f = wp_half_to_float(((const uint16_t *)values)[(*k)++]);
+        memcpy(d, &f, 4);
+    } else {
+        memcpy(d, (const uint8_t *)values + (*k)++ * elem_size, (size_t)elem_size);
+    }
+}
+
 /* SIMD decoders: WP_OK when done, WP_NOT_COVERED when the scalar decoder must run. */
 #define WP_NOT_COVERED 1
 int wp_lut_decode_avx512(const wp_decode_job *job);

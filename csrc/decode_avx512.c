@@ -113,53 +113,6 @@ WP_INLINE void table_planes(const wp_decode_job *job, long long t, half_planes *
     }
 }
 
-static void lut_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
-{
-    const int n = job->nbits, es = job->elem_size;
-    const __m512i spread = _mm512_loadu_si512(SPREAD[n < 8 ? n : 8]);
-    const __m512i inter0 = _mm512_loadu_si512(INTERLEAVE[0]), inter1 = _mm512_loadu_si512(INTERLEAVE[1]);
-    long long table = -1;
-    half_planes planes;
-    long long j = j0;
-    while (j < j1) {
-        if (j + 64 > j1 || !one_table(job, j)) {
-            lut_element(job, r, j++, &k);
-            continue;
-        }
-        const long long t = job->row_table[r] + j / job->col_block;
-        if (t != table) {
-            table_planes(job, t, &planes);
-            table = t;
-        }
-        const __mmask64 m = job->mask ? mask64(job->mask, r * job->cols + j) : ~0ULL;
-        const int cnt = (int)_mm_popcnt_u64(m);
-        __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
-        if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
-        k += cnt;
-        __m512i lo, hi;
-        plane_lookup(&planes, codes, m, n, &lo, &hi);
-        uint8_t *dst = (uint8_t *)job->out + (job->row_out[r] + j) * es;
-        if (es == 1) {
-            _mm512_storeu_si512(dst, lo);
-        } else if (es == 2) {
-            _mm512_storeu_si512(dst, _mm512_permutex2var_epi8(lo, inter0, hi));
-            _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi8(lo, inter1, hi));
-        } else {
-            __m512 w[4];
-            planes_to_floats(lo, hi, inter0, inter1, w);
-            for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)dst + 16 * q, w[q]);
-        }
-        j += 64;
-    }
-}
-
-int wp_lut_decode_avx512(const wp_decode_job *job)
-{
-    if (job->vsize != 1 || (job->elem_size == 4 && !job->lut_lo)) return WP_NOT_COVERED;
-    if (job->mask && job->cols % 8) return WP_NOT_COVERED; /* rows start on whole mask bytes */
-    run_chunks(job, lut_chunk);
-    return WP_OK;
-}
 
 /* ---- shift-scale ---------------------------------------------------------------------------- */
 
@@ -259,10 +212,11 @@ WP_INLINE void quant_planes(const wp_decode_job *job, long long t, half_planes *
     }
 }
 
-/* Long tables with binary16 arithmetic: decode through a table of every code's value. */
-static void quant_table_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+/* Decode [j0, j1) of row r through byte planes: a LUT's, or (quant) the table of every code's
+   value under binary16 arithmetic. Elements outside whole 64-steps of one table go one by one. */
+WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k, int quant)
 {
-    const int n = job->nbits;
+    const int n = job->nbits, es = job->elem_size;
     const __m512i spread = _mm512_loadu_si512(SPREAD[n < 8 ? n : 8]);
     const __m512i inter0 = _mm512_loadu_si512(INTERLEAVE[0]), inter1 = _mm512_loadu_si512(INTERLEAVE[1]);
     long long table = -1;
@@ -270,15 +224,16 @@ static void quant_table_chunk(const wp_decode_job *job, long long r, long long j
     long long j = j0;
     while (j < j1) {
         if (j + 64 > j1 || !one_table(job, j)) {
-            quant_element(job, r, j++, &k);
+            if (quant) quant_element(job, r, j++, &k);
+            else lut_element(job, r, j++, &k);
             continue;
         }
-        const long long t = job->row_table[r] + j / job->col_block;
+        const long long t = job->row_table[r] + j / job->col_block, e = r * job->cols + j;
         if (t != table) {
-            quant_planes(job, t, &planes);
+            if (quant) quant_planes(job, t, &planes);
+            else table_planes(job, t, &planes);
             table = t;
         }
-        const long long e = r * job->cols + j;
         const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
         const int cnt = (int)_mm_popcnt_u64(m);
         __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
@@ -286,16 +241,37 @@ static void quant_table_chunk(const wp_decode_job *job, long long r, long long j
         k += cnt;
         __m512i lo, hi;
         plane_lookup(&planes, codes, m, n, &lo, &hi);
-        if (job->out_half) {
-            _mm512_storeu_si512((uint16_t *)job->out + e, _mm512_permutex2var_epi8(lo, inter0, hi));
-            _mm512_storeu_si512((uint16_t *)job->out + e + 32, _mm512_permutex2var_epi8(lo, inter1, hi));
+        uint8_t *dst = (uint8_t *)job->out + e * es;
+        if (es == 1) {
+            _mm512_storeu_si512(dst, lo);
+        } else if (es == 2) {
+            _mm512_storeu_si512(dst, _mm512_permutex2var_epi8(lo, inter0, hi));
+            _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi8(lo, inter1, hi));
         } else {
             __m512 w[4];
             planes_to_floats(lo, hi, inter0, inter1, w);
-            for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)job->out + e + 16 * q, w[q]);
+            for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)dst + 16 * q, w[q]);
         }
         j += 64;
     }
+}
+
+static void lut_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    planes_chunk(job, r, j0, j1, k, 0);
+}
+
+static void quant_table_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    planes_chunk(job, r, j0, j1, k, 1);
+}
+
+int wp_lut_decode_avx512(const wp_decode_job *job)
+{
+    if (job->vsize != 1 || (job->elem_size == 4 && !job->lut_lo)) return WP_NOT_COVERED;
+    if (job->mask && job->cols % 8) return WP_NOT_COVERED; /* rows start on whole mask bytes */
+    run_chunks(job, lut_chunk);
+    return WP_OK;
 }
 
 int wp_quant_decode_avx512(const wp_decode_job *job)
@@ -350,17 +326,7 @@ int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *va
                 k += take;
             }
         }
-        for (; e < e1; e++) {
-            uint8_t *d = dst + e * out_size;
-            if (!wp_mask_bit(mask, e)) {
-                memset(d, 0, (size_t)out_size);
-            } else if (widen_half) {
-                const float f = wp_half_to_float(((const uint16_t *)src)[k++]);
-                memcpy(d, &f, 4);
-            } else {
-                memcpy(d, src + (k++) * elem_size, (size_t)elem_size);
-            }
-        }
+        for (; e < e1; e++) wp_sparse_element(mask, e, src, &k, elem_size, widen_half, dst);
     }
     free(starts);
     return WP_OK;

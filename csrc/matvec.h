@@ -46,6 +46,24 @@ typedef struct {
    aligned); NULL when out of memory. */
 float *wp_split_phases(const float *x, long long batch, long long cols, int per);
 
+/* Call F(args, c, extra, r, rows, b, batch) over tiles of `row_tile` rows x `batch_tile` batch
+   entries of rows [r0, r1), then the leftovers one by one; F is inlined at each call site so its
+   tile sizes are compile-time constants. */
+#define WP_RUN_TILES(F, args, c, extra, r0, r1, row_tile, batch_tile)                                          \
+    do {                                                                                                       \
+        long long r_ = (r0);                                                                                   \
+        for (; r_ + (row_tile) <= (r1); r_ += (row_tile)) {                                                    \
+            long long b_ = 0;                                                                                  \
+            for (; b_ + (batch_tile) <= (c)->batch; b_ += (batch_tile)) F(args, c, extra, r_, row_tile, b_, batch_tile); \
+            for (; b_ < (c)->batch; b_++) F(args, c, extra, r_, row_tile, b_, 1);                              \
+        }                                                                                                      \
+        for (; r_ < (r1); r_++) {                                                                              \
+            long long b_ = 0;                                                                                  \
+            for (; b_ + (batch_tile) <= (c)->batch; b_ += (batch_tile)) F(args, c, extra, r_, 1, b_, batch_tile); \
+            for (; b_ < (c)->batch; b_++) F(args, c, extra, r_, 1, b_, 1);                                     \
+        }                                                                                                      \
+    } while (0)
+
 /* A row worker computes Y for rows [r0, r1) of every batch entry. */
 typedef void (*wp_rows_fn)(const void *args, long long r0, long long r1);
 

@@ -79,20 +79,7 @@ WP_INLINE float hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-#define RUN_TILES(F, args, c, extra, r0, r1)                                                     \
-    do {                                                                                         \
-        long long r = (r0);                                                                      \
-        for (; r + ROW_TILE <= (r1); r += ROW_TILE) {                                            \
-            long long b = 0;                                                                     \
-            for (; b + BATCH_TILE <= (c)->batch; b += BATCH_TILE) F(args, c, extra, r, ROW_TILE, b, BATCH_TILE); \
-            for (; b < (c)->batch; b++) F(args, c, extra, r, ROW_TILE, b, 1);                   \
-        }                                                                                        \
-        for (; r < (r1); r++) {                                                                  \
-            long long b = 0;                                                                     \
-            for (; b + BATCH_TILE <= (c)->batch; b += BATCH_TILE) F(args, c, extra, r, 1, b, BATCH_TILE); \
-            for (; b < (c)->batch; b++) F(args, c, extra, r, 1, b, 1);                          \
-        }                                                                                        \
-    } while (0)
+#define RUN_TILES(F, args, c, extra, r0, r1) WP_RUN_TILES(F, args, c, extra, r0, r1, ROW_TILE, BATCH_TILE)
 
 WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *xs, long long r, int rt,
                           long long b0, int bt, int n, enum table_kind kind)

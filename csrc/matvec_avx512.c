@@ -60,21 +60,7 @@ WP_INLINE void store_tile(const wp_mv_common *c, __m512 acc[ROW_TILE][BATCH_TILE
         for (int b = 0; b < bt; b++) c->y[(b0 + b) * c->rows + r + i] = _mm512_reduce_add_ps(acc[i][b]);
 }
 
-/* Tiles of rows x batch for a tile function F(args, c, extra, r, rt, b0, bt). */
-#define RUN_TILES(F, args, c, extra, r0, r1)                                                     \
-    do {                                                                                         \
-        long long r = (r0);                                                                      \
-        for (; r + ROW_TILE <= (r1); r += ROW_TILE) {                                            \
-            long long b = 0;                                                                     \
-            for (; b + BATCH_TILE <= (c)->batch; b += BATCH_TILE) F(args, c, extra, r, ROW_TILE, b, BATCH_TILE); \
-            for (; b < (c)->batch; b++) F(args, c, extra, r, ROW_TILE, b, 1);                   \
-        }                                                                                        \
-        for (; r < (r1); r++) {                                                                  \
-            long long b = 0;                                                                     \
-            for (; b + BATCH_TILE <= (c)->batch; b += BATCH_TILE) F(args, c, extra, r, 1, b, BATCH_TILE); \
-            for (; b < (c)->batch; b++) F(args, c, extra, r, 1, b, 1);                          \
-        }                                                                                        \
-    } while (0)
+#define RUN_TILES(F, args, c, extra, r0, r1) WP_RUN_TILES(F, args, c, extra, r0, r1, ROW_TILE, BATCH_TILE)
 
 /* ---- dense codes of n <= 4 bits, register tables -------------------------------------------- */
 

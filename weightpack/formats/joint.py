@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import WeightpackError
-from .base import CompressedTensor, check_block_shape, int_array, mask_array
+from .base import check_block_shape, int_array, mask_array
 from .palettized import check_vector_axis, expanded_shape, index_array, lut_array
-from .quantized import QUANT_TYPES, scale_offset_arrays
-from .sparse import check_count
+from .quantized import QUANT_TYPES, ScaledTensor, scale_offset_arrays
+from .sparse import MaskedTensor, check_count
 
 
-class SparsePalettizedTensor(CompressedTensor):
+class SparsePalettizedTensor(MaskedTensor):
     """Sparse tensor whose nonzeros are palettized: ``indices_mask`` + ``indices_nonzero_data`` + ``lut``.
 
     >>> lut = np.array([1, 2, 3, 4], np.float16).reshape(1, 1, 4, 1)
@@ -67,11 +67,6 @@ class SparsePalettizedTensor(CompressedTensor):
     def dtype(self) -> np.dtype:
         return self.lut.dtype
 
-    @property
-    def sparsity(self) -> float:
-        size = self.indices_mask.size
-        return 1.0 - self.indices_nonzero_data.size / size if size else 0.0
-
     def arrays(self) -> dict:
         return {"indices_mask": self.indices_mask, "indices_nonzero_data": self.indices_nonzero_data, "lut": self.lut}
 
@@ -79,7 +74,7 @@ class SparsePalettizedTensor(CompressedTensor):
         return (self.vector_axis,)
 
 
-class SparseQuantizedTensor(CompressedTensor):
+class SparseQuantizedTensor(MaskedTensor, ScaledTensor):
     """Sparse tensor whose nonzeros are quantized: ``data_mask`` + ``nonzero_data`` + ``scale`` (+ ``offset``).
 
     >>> t = SparseQuantizedTensor(np.array([[1, 1], [0, 1]], bool), np.array([2, -4, 6], np.int8),
@@ -108,19 +103,6 @@ class SparseQuantizedTensor(CompressedTensor):
     @property
     def shape(self) -> tuple[int, ...]:
         return self.data_mask.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.scale.dtype
-
-    @property
-    def block_shape(self) -> tuple[int, ...]:
-        return tuple(d // s for d, s in zip(self.shape, self.scale.shape))
-
-    @property
-    def sparsity(self) -> float:
-        size = self.data_mask.size
-        return 1.0 - self.nonzero_data.size / size if size else 0.0
 
     def arrays(self) -> dict:
         return {"data_mask": self.data_mask, "nonzero_data": self.nonzero_data, "scale": self.scale, "offset": self.offset}

@@ -38,7 +38,22 @@ def scale_offset_arrays(data_shape, data_type: str, scale, offset, scale_name: s
     return scale, offset
 
 
-class QuantizedTensor(CompressedTensor):
+class ScaledTensor(CompressedTensor):
+    """A tensor decoded as ``scale * (data - offset)`` per block: its dtype is the scale's."""
+
+    __slots__ = ()
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.scale.dtype
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """Elements per block along each axis: ``shape[i] / scale.shape[i]``."""
+        return tuple(d // s for d, s in zip(self.shape, self.scale.shape))
+
+
+class QuantizedTensor(ScaledTensor):
     """A tensor stored as integer ``data`` (int8/uint8/int4/uint4), ``scale`` and optional ``offset``.
 
     >>> q = QuantizedTensor(np.array([[-127, 0, 64, 127]], np.int8), np.array([[0.5]], np.float16))
@@ -60,15 +75,6 @@ class QuantizedTensor(CompressedTensor):
     @property
     def shape(self) -> tuple[int, ...]:
         return self.data.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.scale.dtype
-
-    @property
-    def block_shape(self) -> tuple[int, ...]:
-        """Elements per block along each axis: ``data.shape[i] / scale.shape[i]``."""
-        return tuple(d // s for d, s in zip(self.shape, self.scale.shape))
 
     def arrays(self) -> dict:
         return {"data": self.data, "scale": self.scale, "offset": self.offset}

@@ -39,7 +39,19 @@ def value_dtype(arr) -> np.dtype:
     return arr.value_dtype if isinstance(arr, NBitArray) else arr.dtype
 
 
-class SparseTensor(CompressedTensor):
+class MaskedTensor(CompressedTensor):
+    """A tensor that stores values only where its 1-bit ``mask`` is set."""
+
+    __slots__ = ()
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the mask's positions with no stored value (0.0 for an empty tensor)."""
+        size = self.mask.size
+        return 1.0 - self.derived("popcount", lambda: popcount(self.mask)) / size if size else 0.0
+
+
+class SparseTensor(MaskedTensor):
     """A dense tensor stored as ``mask`` (uint1, logical shape S) and ``nonzero_data`` (1-D).
 
     >>> t = SparseTensor(np.array([[1, 0, 0], [0, 1, 1]], bool), np.array([5, 6, 7], np.float16))
@@ -64,11 +76,6 @@ class SparseTensor(CompressedTensor):
     @property
     def dtype(self) -> np.dtype:
         return value_dtype(self.nonzero_data)
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of elements not stored (0.0 for an empty tensor)."""
-        return 1.0 - self.nonzero_data.shape[0] / self.size if self.size else 0.0
 
     def arrays(self) -> dict:
         return {"nonzero_data": self.nonzero_data, "mask": self.mask}

@@ -59,7 +59,7 @@ class _AutoBackend:
                 continue
             if hasattr(module, op):
                 return getattr(module, op)
-        raise BackendError(f"no backend implements {op!r}")
+        raise AttributeError(f"no backend implements {op!r}")  # kernel() turns this into a BackendError
 
 
 _AUTO = _AutoBackend()
