@@ -160,6 +160,8 @@ class _Compression:
         """coremltools' ``need_compress_const``: not a parameter of a constexpr op (except the joint
         inputs), not rank <= 1 (unless in a chain), stored in weight.bin, larger than the threshold."""
         children = op.outputs[0].child_ops
+        if not children:  # read only by the block output (coremltools skips these too)
+            return False
         if any(c.op_type.startswith("constexpr_") for c in children) and self._joint_child(op) is None:
             return False
         if not children[0].op_type.startswith("constexpr_") and op.outputs[0].rank <= 1:

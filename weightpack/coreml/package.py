@@ -15,10 +15,13 @@ is imported on first use, never by ``import weightpack``.
 >>> import os, tempfile, numpy as np, weightpack as wp
 >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "w.mlpackage")
 >>> w = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float16)
->>> save_weights(path, {"fc.weight": wp.palettize(w, nbits=4)}, target="iOS18")  # doctest: +SKIP
+>>> save_weights(path, {"fc.weight": wp.palettize(w, nbits=4)}, target="iOS18")
 {'fc.weight': 'fc_weight'}
->>> load(path)["fc_weight"]  # doctest: +SKIP
+>>> weights = load(path); weights["fc_weight"]
 PalettizedTensor(shape=(32, 64), dtype=fp16, indices=uint4[32, 64], lut=fp16[1, 1, 16, 1], nbytes=1056)
+>>> weights["fc_weight"] == wp.palettize(w, nbits=4), weights["fc_weight"].indices.packed.flags.writeable
+(True, False)
+>>> del weights; tmp.cleanup()
 """
 from __future__ import annotations
 
