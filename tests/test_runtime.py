@@ -98,3 +98,28 @@ def test_input_of_the_wrong_width_is_a_clear_error():
     model = Model([Linear(wp.quantize(np.ones((4, 8), np.float32), "int8"))])
     with pytest.raises(WeightpackError, match="8 input features"):
         model(np.ones((1, 5), np.float32))
+
+
+def test_jit_runs_weights_memory_mapped_from_a_package(tmp_path):
+    import mmap
+
+    rng = np.random.default_rng(4)
+    w1 = wp.palettize(rng.standard_normal((64, 128)).astype(np.float16), nbits=4)
+    w2 = wp.quantize(rng.standard_normal((32, 64)).astype(np.float16), "int8")
+    names = wp.coreml.save_weights(str(tmp_path / "m.mlpackage"), {"w1": w1, "w2": w2})
+    loaded = wp.coreml.load(str(tmp_path / "m.mlpackage"))
+    l1, l2 = loaded[names["w1"]], loaded[names["w2"]]
+
+    def mapped(array):
+        """Whether the array's memory belongs to a memory map (through views and memoryviews)."""
+        owner = array
+        while owner is not None and not isinstance(owner, mmap.mmap):
+            owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+        return owner is not None
+
+    assert mapped(l1.indices.packed) and mapped(l2.data.packed)
+    model = Model([Linear(l1, activation="relu"), Linear(l2)], policy="jit")
+    reference_model = Model([Linear(w1, activation="relu"), Linear(w2)], policy="load")
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    np.testing.assert_allclose(model(x), reference_model(x), rtol=1e-5, atol=1e-5)
+    assert model.report.resident_weight_bytes < reference_model.report.resident_weight_bytes / 3
