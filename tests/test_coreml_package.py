@@ -298,6 +298,21 @@ def test_blob_shape_mismatch(tmp_path, good_package):
         load(path)
 
 
+def test_a_chain_that_feeds_itself(tmp_path, good_package):
+    path = copy_package(good_package, tmp_path / "bad.mlpackage")
+    model_file = os.path.join(path, "Data", "com.apple.CoreML", "model.mlmodel")
+    spec = ct.models.MLModel(path, skip_model_load=True).get_spec()
+    block = spec.mlProgram.functions["main"].block_specializations["CoreML8"]
+    sparse = next(op for op in block.operations if op.type == "constexpr_sparse_to_dense")
+    binding = sparse.inputs["nonzero_data"].arguments[0]
+    binding.Clear()
+    binding.name = sparse.outputs[0].name
+    with open(model_file, "wb") as file:
+        file.write(spec.SerializeToString())
+    with pytest.raises(FormatError, match="the ops producing 's' form a cycle"):
+        load(path)
+
+
 # --------------------------------------------------------------------------------------- replace, save
 
 

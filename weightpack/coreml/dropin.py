@@ -175,13 +175,8 @@ class _Compression:
         if not self.joint or not at_least(self.target, "iOS18") or len(op.outputs[0].child_ops) != 1:
             return None
         child = op.outputs[0].child_ops[0]
-        var = op.outputs[0]
-        inputs = {
-            "palettize": {"constexpr_sparse_to_dense": "nonzero_data", "constexpr_blockwise_shift_scale": "data"},
-            "quantize": {"constexpr_lut_to_dense": "lut", "constexpr_lut_to_sparse": "lut", "constexpr_sparse_to_dense": "nonzero_data"},
-        }.get(self.kind, {})
-        param = inputs.get(child.op_type)
-        return child if param is not None and getattr(child, param) is var else None
+        param = _JOINT_INPUTS.get(self.kind, {}).get(child.op_type)
+        return child if param is not None and getattr(child, param) is op.outputs[0] else None
 
     def _final_var(self, op):
         """The var a consumer reads: ``op``'s output, or the end of the constexpr chain it feeds."""
@@ -269,6 +264,13 @@ class _Compression:
         if block_sizes is None:
             return op.outputs[0], "coremltools cannot tell its channel axis", None
         return op.outputs[0], op_configs.quantize(weights, op_config, block_sizes), f"{op.name}_quantized"
+
+
+# kind -> {constexpr op: the input of it a joint compression of this kind compresses further}
+_JOINT_INPUTS = {
+    "palettize": {"constexpr_sparse_to_dense": "nonzero_data", "constexpr_blockwise_shift_scale": "data"},
+    "quantize": {"constexpr_lut_to_dense": "lut", "constexpr_lut_to_sparse": "lut", "constexpr_sparse_to_dense": "nonzero_data"},
+}
 
 
 def _dense(value) -> np.ndarray:

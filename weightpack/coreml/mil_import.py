@@ -150,10 +150,12 @@ class ProgramReader:
                 users = self._consumers.get(output.name, [])
                 if not any(not u.op_type.startswith("constexpr_") for u in users):
                     continue  # a parameter of another constexpr op, or unused
-                if op.type == "const" and not op.attributes["val"].HasField("blobFileValue"):
+                stored_value = op.attributes.get("val")
+                if op.type == "const" and (stored_value is None or not stored_value.HasField("blobFileValue")):
                     continue  # small immediate constants (axes, shapes, ...) are not weights
+                value = self.value(output.name)  # first: it refuses cycles, which _chain would follow forever
                 chain, stored = self._chain(output.name)
-                found[output.name] = Weight(output.name, self.value(output.name), tuple(users), chain, stored)
+                found[output.name] = Weight(output.name, value, tuple(users), chain, stored)
         return found
 
     def close(self) -> None:
