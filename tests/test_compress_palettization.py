@@ -1,4 +1,6 @@
 """Palettization: LUT shapes and dtypes, groups, nearest-entry indices, uniform mode, sparse input, bad input."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -6,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import weightpack as wp
+from compress_oracle import assert_matches_coreml, sse, student_rows
 
 
 def nearest_reference(lut, values):
@@ -135,7 +138,7 @@ def test_sparse_input(backend):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(nbits=5), r"nbits=5 is not a supported unsigned width; allowed: \(1, 2, 3, 4, 6, 8\)"),
     (dict(nbits=4.0), "nbits=4.0"),
-    (dict(mode="lloyd"), "mode='lloyd' is unknown; allowed: 'kmeans', 'uniform'"),
+    (dict(mode="lloyd"), "mode='lloyd' is unknown; allowed: 'kmeans', 'uniform', 'unique', 'custom'"),
     (dict(group_size=3), r"group_size=3 does not divide w.shape\[0\]=8"),
     (dict(group_size=0), "group_size=0 must be a positive integer"),
     (dict(group_size=2, axis=-3), r"axis=-3 must be an integer in \[-2, 2\)"),
@@ -157,9 +160,214 @@ def test_bad_weights(w, message):
         wp.palettize(w)
 
 
-def test_sparse_input_refuses_groups_and_compressed_inputs():
+def test_compressed_inputs_are_refused():
     s = wp.prune(np.arange(1, 9, dtype=np.float32).reshape(2, 4), 0.5)
-    with pytest.raises(wp.WeightpackError, match="group_size=2 is not supported for a SparseTensor"):
-        wp.palettize(s, nbits=2, group_size=2)
     with pytest.raises(wp.WeightpackError, match="must be a float array, got a PalettizedTensor"):
         wp.palettize(wp.palettize(s.decompress(), nbits=2))
+
+
+# ------------------------------------------------------------------ options coremltools also has
+
+
+OPTIONS = [
+    dict(nbits=4),
+    dict(nbits=3, group_size=8),
+    dict(nbits=2, group_size=4, axis=1),
+    dict(nbits=4, cluster_dim=4),
+    dict(nbits=2, cluster_dim=2, group_size=8),
+    dict(nbits=4, lut_dtype="int8"),
+    dict(nbits=4, per_channel_scale=True),
+    dict(nbits=3, group_size=16, per_channel_scale=True, lut_dtype="uint8"),
+    dict(nbits=4, mode="uniform", group_size=8),
+    dict(nbits=2, cluster_dim=2, per_channel_scale=True, lut_dtype="int8"),
+    dict(mode="unique"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_every_option_round_trips_and_matches_coremltools(options, dtype, backend):
+    w = student_rows((32, 48), seed=len(options), dtype=dtype)
+    if options.get("mode") == "unique":
+        w = (np.round(w.astype(np.float32) * 300) / 300).astype(dtype)
+    before = w.copy()
+    t = wp.palettize(w, **options)
+    np.testing.assert_array_equal(w, before)  # the caller's array is untouched
+    assert_matches_coreml(t, backend)
+    again = type(t)(**_fields(t))
+    assert again == t
+    np.testing.assert_array_equal(again.decompress(backend=backend), t.decompress(backend="numpy"))
+    floor = 0 if options.get("mode") == "unique" else 1
+    assert wp.snr_db(w, t.decompress()) > floor
+
+
+def _fields(t):
+    """Constructor arguments of ``t`` from its arrays (the way an importer rebuilds it)."""
+    if isinstance(t, wp.ScaledLUTTensor):
+        return dict(palettized=t.palettized, lut_scale=t.lut_scale, lut_offset=t.lut_offset, scale=t.scale)
+    fields = {k: v for k, v in t.arrays().items()}
+    fields["vector_axis"] = t.vector_axis
+    return fields
+
+
+@pytest.mark.parametrize("options", [dict(), dict(group_size=8), dict(cluster_dim=2), dict(per_channel_scale=True),
+                                     dict(lut_dtype="int8", group_size=4, axis=1), dict(mode="uniform")])
+def test_sparse_input_every_option(options, backend):
+    w = student_rows((16, 32), seed=11)
+    s = wp.prune(w, 0.5)
+    t = wp.palettize(s, nbits=2, **options)
+    assert_matches_coreml(t, backend)
+    out = t.decompress()
+    dense = s.decompress()
+    if options.get("cluster_dim", 1) == 1:
+        np.testing.assert_array_equal(out[dense == 0], 0)
+    assert wp.snr_db(dense, out) > 3
+
+
+def test_sparse_groups_fit_only_their_nonzeros():
+    w = student_rows((16, 64), seed=2)
+    s = wp.prune(w, 0.6)
+    t = wp.palettize(s, nbits=2, group_size=8)
+    dense = s.decompress()
+    for g in range(2):
+        part = dense[8 * g: 8 * g + 8]
+        alone = wp.palettize(part[part != 0], nbits=2)
+        np.testing.assert_array_equal(t.lut[g].ravel(), alone.lut.ravel())
+
+
+def test_vector_layout_is_core_mls():
+    """cluster_dim=V along axis 0: index (r, c) covers rows V*r .. V*r+V-1 of column c."""
+    w = student_rows((8, 6), seed=4, dtype=np.float32)
+    t = wp.palettize(w, nbits=2, cluster_dim=4)
+    assert t.indices.shape == (2, 6) and t.lut.shape == (1, 1, 4, 4) and t.vector_axis == 0
+    lut = t.lut[0, 0]
+    expect = np.concatenate([lut[t.indices.values()[r]].T for r in range(2)])
+    np.testing.assert_array_equal(t.decompress(), expect)
+    t1 = wp.palettize(w, nbits=1, cluster_dim=3, axis=1)
+    assert t1.indices.shape == (8, 2) and t1.vector_axis == 1
+
+
+def test_vector_kmeans_is_deterministic_and_seeded():
+    w = student_rows((64, 64), seed=5, dtype=np.float32)
+    a = wp.palettize(w, nbits=4, cluster_dim=2)
+    assert a == wp.palettize(w, nbits=4, cluster_dim=2)
+    assert a == wp.palettize(w, nbits=4, cluster_dim=2, seed=0)
+
+
+@pytest.mark.parametrize("cluster_dim", [2, 4])
+def test_vector_kmeans_not_worse_than_coremltools(cluster_dim):
+    """coremltools runs scikit-learn's KMeans (k-means++, one init, tol 1e-2) on the same vectors."""
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights
+
+    w = student_rows((64, 128), seed=cluster_dim, dtype=np.float32)
+    ours = wp.palettize(w, nbits=4, cluster_dim=cluster_dim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lut, idx = palettize_weights._get_lut_and_indices(w.copy(), "KMEANS", 4, None, cluster_dim=cluster_dim, vector_axis=0)
+    vectors = np.swapaxes(w, -1, 0).reshape(-1, cluster_dim)  # coremltools' vectors: V consecutive along axis 0
+    theirs = float(np.sum((vectors.astype(np.float64) - lut[np.asarray(idx).reshape(-1)]) ** 2))
+    assert sse(w, ours.decompress()) <= theirs * 1.001
+
+
+def test_unique_mode():
+    w = np.array([[0.5, -0.25, 0.5], [0.0, -0.0, 3.0]], np.float16)
+    t = wp.palettize(w, mode="unique")
+    assert t.nbits == 2 and t.lut.ravel().tolist() == [-0.25, 0.0, 0.5, 3.0]
+    np.testing.assert_array_equal(t.decompress(), w)
+    five = wp.palettize(np.arange(5, dtype=np.float32), mode="unique")
+    assert five.nbits == 3 and five.lut.ravel().tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
+    grouped = wp.palettize(np.arange(12, dtype=np.float32).reshape(4, 3), mode="unique", group_size=1)
+    assert grouped.nbits == 2 and grouped.lut.shape == (4, 1, 4, 1)
+    with pytest.raises(wp.WeightpackError, match="more than 256 distinct values; allowed: at most 256"):
+        wp.palettize(np.arange(300, dtype=np.float32), mode="unique")
+
+
+def test_custom_mode():
+    def halves(values):
+        lut = np.array([values.min(), values.max()])
+        return lut, (values > values.mean()).astype(np.int64)
+
+    w = np.array([[1.0, 2.0, 9.0], [10.0, 3.0, 11.0]], np.float32)
+    t = wp.palettize(w, mode="custom", lut_function=halves)
+    assert t.nbits == 1 and t.lut.ravel().tolist() == [1.0, 11.0]
+    assert t.indices.values().tolist() == [[0, 0, 1], [1, 0, 1]]
+    three = wp.palettize(w, mode="custom", lut_function=lambda v: (np.arange(3.0), np.zeros(v.shape, int)))
+    assert three.nbits == 2 and three.lut.ravel().tolist() == [0.0, 1.0, 2.0, 2.0]
+    vec = wp.palettize(w, mode="custom", cluster_dim=2, lut_function=lambda v: (np.ones((2, 2)), np.zeros((1, 3), int)))
+    assert vec.lut.shape == (1, 1, 2, 2) and vec.decompress().tolist() == [[1.0] * 3] * 2
+
+
+@pytest.mark.parametrize("result, message", [
+    ((np.ones(3), np.zeros(5, int)), r"indices have dtype int64 and shape \(5,\); allowed: integers, 6 of them"),
+    ((np.ones(3), np.full(6, 3)), r"indices hold 3; allowed: \[0, 2\]"),
+    ((np.ones(300), np.zeros(6, int)), r"lut has shape \(300,\); allowed: \[K\] with 1 <= K <= 256"),
+    ((np.array([1.0, np.nan]), np.zeros(6, int)), "lut contains NaN"),
+    (np.ones(3), r"must be a tuple \(lut, indices\)"),
+])
+def test_custom_results_are_validated(result, message):
+    with pytest.raises(wp.WeightpackError, match=message):
+        wp.palettize(np.ones((2, 3), np.float32), mode="custom", lut_function=lambda v: result)
+
+
+def test_int8_lut_is_a_quantized_lut():
+    w = student_rows((32, 64), seed=8)
+    t = wp.palettize(w, nbits=4, lut_dtype="int8", group_size=8)
+    assert isinstance(t, wp.ScaledLUTTensor) and t.palettized.lut.dtype == np.int8
+    assert t.lut_scale.shape == (4, 1, 1, 1) and t.lut_scale.dtype == np.float16 and t.lut_offset is None
+    assert t.ops == ("constexpr_blockwise_shift_scale", "constexpr_lut_to_dense")
+    assert np.abs(t.palettized.lut).max() == 127
+    floats = t.float_lut()
+    np.testing.assert_array_equal(t.palettized.indices.values(), _nearest_grouped(w, floats, 8))
+    assert wp.snr_db(w, t.decompress()) > wp.snr_db(w, wp.palettize(w, nbits=4, group_size=8).decompress()) - 0.5
+
+
+def _nearest_grouped(w, luts, group_size):
+    out = np.empty(w.shape, np.int64)
+    for g in range(luts.shape[0]):
+        rows = slice(g * group_size, (g + 1) * group_size)
+        out[rows] = nearest_reference(luts[g].ravel(), w[rows])
+    return out
+
+
+def test_per_channel_scale_is_per_input_channel_and_keeps_the_lut_small():
+    w = student_rows((64, 32), seed=9)
+    w[:, 5] = 0  # an all-zero input channel: scale 1
+    t = wp.palettize(w, nbits=4, group_size=16, per_channel_scale=True)
+    assert t.scale.shape == (1, 32) and t.scale.dtype == np.float16
+    assert t.palettized.lut.shape == (4, 1, 16, 1)
+    np.testing.assert_array_equal(t.scale.ravel(), np.where(np.abs(w).max(axis=0) == 0, 1, np.abs(w).max(axis=0)))
+    assert t.ops == ("constexpr_lut_to_dense", "constexpr_blockwise_shift_scale")
+    assert t.nbytes == t.palettized.nbytes + 64
+    plain = wp.palettize(w, nbits=4, group_size=16)
+    assert wp.snr_db(w, t.decompress()) > wp.snr_db(w, plain.decompress())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(cluster_dim=3), r"cluster_dim=3 does not divide w.shape\[0\]=8"),
+    (dict(cluster_dim=4, group_size=2), "cluster_dim=4 does not divide group_size=2"),
+    (dict(cluster_dim=2, mode="uniform"), "cluster_dim=2 is not supported with mode='uniform'"),
+    (dict(mode="unique", nbits=4), "nbits=4 must be None with mode='unique'"),
+    (dict(mode="custom"), "lut_function=None: it is required with mode='custom'"),
+    (dict(lut_function=len), "it is required with mode='custom' and only allowed there"),
+    (dict(lut_dtype="int4"), "lut_dtype='int4' is unknown; allowed: None, 'fp16', 'fp32', 'int8', 'uint8'"),
+    (dict(importance=np.ones((8, 3))), r"importance has shape \(8, 3\); it must have the weights' rank 2"),
+    (dict(importance=-np.ones((8, 4))), "importance holds -1.0, a negative value"),
+    (dict(importance=np.full((1, 4), np.nan)), "importance contains NaN"),
+    (dict(importance=np.ones((8, 4)), mode="uniform"), "importance is only used by mode='kmeans'"),
+    (dict(per_channel_scale=1), "per_channel_scale=1 must be True or False"),
+    (dict(seed=-1, cluster_dim=2), "seed=-1 must be a non-negative integer"),
+])
+def test_bad_options(kwargs, message):
+    with pytest.raises(wp.WeightpackError, match=message):
+        wp.palettize(np.ones((8, 4), np.float32), **kwargs)
+
+
+def test_importance_broadcasts_and_changes_the_fit():
+    w = student_rows((16, 64), seed=12, dtype=np.float32)
+    imp = np.ones((1, 64), np.float32)
+    imp[0, :8] = 100.0
+    weighted = wp.palettize(w, nbits=2, importance=imp)
+    plain = wp.palettize(w, nbits=2)
+    full = np.broadcast_to(imp, w.shape)
+    assert sse(w, weighted.decompress(), full) < sse(w, plain.decompress(), full)
+    assert weighted == wp.palettize(w, nbits=2, importance=np.ascontiguousarray(full))

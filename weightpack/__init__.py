@@ -28,6 +28,8 @@ _LAZY = {
     "prune": ".compress",
     "palettize": ".compress",
     "quantize": ".compress",
+    "palettize_rd_curve": ".compress",
+    "ScaledLUTTensor": ".compress",
     "snr_db": ".metrics",
     "matvec": ".ops",
     "matmul": ".ops",

@@ -1,14 +1,18 @@
 """The encoders: float weights in, Core ML-shaped compressed tensors out.
 
 - :func:`prune`: magnitude pruning to an exact count -> SparseTensor;
-- :func:`palettize`: optimal (or uniform) LUTs -> PalettizedTensor / SparsePalettizedTensor;
+- :func:`palettize`: optimal k-means (scalar or vector), uniform, unique or custom LUTs -> PalettizedTensor
+  / SparsePalettizedTensor, or a :class:`ScaledLUTTensor` with an int8 LUT or a per-channel scale;
+- :func:`palettize_rd_curve`: the optimal error for every LUT size, from one run;
 - :func:`quantize`: linear int8/uint8/int4/uint4 -> QuantizedTensor / SparseQuantizedTensor.
 
 Each module's docstring states its rounding and tie rules. The inputs are never modified.
-numba loads only when k-means runs (:mod:`.kmeans`).
+numba loads only when a compiled kernel runs.
 """
 from .palettization import palettize
 from .pruning import prune
 from .quantization import quantize
+from .rd_curve import RDCurve, palettize_rd_curve
+from .scaled import ScaledLUTTensor
 
-__all__ = ["prune", "palettize", "quantize"]
+__all__ = ["prune", "palettize", "palettize_rd_curve", "RDCurve", "quantize", "ScaledLUTTensor"]

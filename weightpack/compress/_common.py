@@ -1,6 +1,8 @@
 """Input checks shared by the encoders. The caller's arrays are read, never written."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import WeightpackError, describe
@@ -68,3 +70,74 @@ def positive_int(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise WeightpackError(f"{name}={describe(value)} must be a positive integer")
     return int(value)
+
+
+def importance_array(importance, shape, name: str = "importance") -> np.ndarray:
+    """``importance`` as a C-contiguous float32 array of ``shape``: finite, non-negative, and of the
+    weights' rank with each dimension equal to theirs or 1 (then repeated, e.g. ``[1, C_in]``).
+
+    A float32 array of the full shape is used as is (no copy)."""
+    arr = np.asarray(importance)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise WeightpackError(f"{name} has dtype {arr.dtype}; allowed: a float or integer array")
+    shape = tuple(shape)
+    if arr.ndim != len(shape) or any(a not in (1, s) for a, s in zip(arr.shape, shape)):
+        raise WeightpackError(
+            f"{name} has shape {arr.shape}; it must have the weights' rank {len(shape)} with each dimension "
+            f"equal to theirs {shape} or 1"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise WeightpackError(f"{name} contains NaN or infinity; only finite, non-negative values are allowed")
+    if arr.size and arr.min() < 0:
+        raise WeightpackError(f"{name} holds {arr.min()}, a negative value; importance must be >= 0")
+    if arr.dtype == np.float64 and arr.size and arr.max() > np.finfo(np.float32).max:
+        raise WeightpackError(f"{name} holds values beyond float32's range")
+    if arr.shape == shape and arr.dtype == np.float32 and arr.flags.c_contiguous:
+        return arr
+    return np.ascontiguousarray(np.broadcast_to(arr.astype(np.float32, copy=False), shape))
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise WeightpackError(f"{name}={describe(value)} must be True or False")
+    return bool(value)
+
+
+@functools.cache
+def fp16_values() -> np.ndarray:
+    """The value of every float16 bit pattern as float64 (NaN for non-finite ones); read-only."""
+    values = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+    values[~np.isfinite(values)] = np.nan
+    values.flags.writeable = False
+    return values
+
+
+@functools.cache
+def fp16_order() -> np.ndarray:
+    """Every finite float16 bit pattern except -0, sorted by value (int32, read-only)."""
+    values = fp16_values()
+    patterns = np.flatnonzero(np.isfinite(values))
+    patterns = patterns[patterns != 0x8000]
+    order = patterns[np.argsort(values[patterns], kind="stable")].astype(np.int32)
+    order.flags.writeable = False
+    return order
+
+
+def freeze(arr: np.ndarray) -> np.ndarray:
+    """Mark ``arr`` and every array it views as read-only (so the formats keep it without a copy).
+    Only for arrays the encoder itself allocated."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        base.flags.writeable = False
+        base = base.base
+    return arr
+
+
+def dtype_name_of(value) -> str | None:
+    """The numpy name of a dtype given as a string or anything ``np.dtype`` takes (None if neither)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return np.dtype(value).name
+    except TypeError:
+        return None

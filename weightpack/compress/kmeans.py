@@ -14,9 +14,8 @@ layer is solved by divide and conquer on the monotone argmin within those bounds
 for m values. The leftmost minimum wins ties. ``D[j][m-1]`` is the optimal SSE with ``j + 1``
 clusters, returned for every ``j`` (a rate-distortion curve for free).
 
-Also here, as numba kernels: the float16 bit-pattern histogram and table lookup, distinct values
-with counts, and Lloyd refinement on sorted values. This module imports numba; the rest of
-weightpack loads it only when k-means (or a large float16 lookup) is asked for.
+Also here: Lloyd refinement on sorted values. This module imports numba; the rest of weightpack
+loads it only when a compiled kernel is needed.
 """
 from __future__ import annotations
 
@@ -69,19 +68,49 @@ def optimal_kmeans_1d(values, weights, k: int) -> KMeans1D:
 
 def solve(x: np.ndarray, w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The DP on validated input: (first index of each of the min(k, m) clusters, sse_per_k [k])."""
-    m = x.size
-    if m <= k:
-        sse = np.zeros(k)
-        if m > 1:
-            sse[: m - 1] = _dp(x, w, m - 1)[1]
-        return np.arange(m), sse
-    splits, sse = _dp(x, w, k)
-    return _backtrack(splits, m), sse
+    return dp_solve(np.ascontiguousarray(x, np.float64), np.ascontiguousarray(w, np.float64), k)
 
 
 def cluster_means(x: np.ndarray, w: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Weighted mean of each run ``x[starts[c]:starts[c+1]]``, in float64."""
     return np.add.reduceat(w * x, starts) / np.add.reduceat(w, starts)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def dp_solve(x, w, k):
+    """(starts int64 [min(k, m)], sse_per_k float64 [k]) for sorted distinct ``x`` with weights ``w > 0``."""
+    m = x.shape[0]
+    sse = np.zeros(k)
+    if m <= k:
+        if m > 1:
+            part = np.zeros(m - 1)
+            _dp(x, w, m - 1, np.empty((m - 1, m), np.int32), part)
+            sse[: m - 1] = part
+        return np.arange(m), sse
+    if m <= 65536:
+        splits16 = np.empty((k, m), np.uint16)
+        _dp(x, w, k, splits16, sse)
+        return _backtrack(splits16, m), sse
+    splits32 = np.empty((k, m), np.int32)
+    _dp(x, w, k, splits32, sse)
+    return _backtrack(splits32, m), sse
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def dp_means(x, w, starts):
+    """Weighted mean of each run ``x[starts[c]:starts[c+1]]`` (float64)."""
+    k = starts.shape[0]
+    m = x.shape[0]
+    out = np.empty(k)
+    for c in range(k):
+        hi = starts[c + 1] if c + 1 < k else m
+        s0 = 0.0
+        s1 = 0.0
+        for i in range(starts[c], hi):
+            s0 += w[i]
+            s1 += w[i] * x[i]
+        out[c] = s1 / s0
+    return out
 
 
 @numba.njit(nogil=True, cache=True)
@@ -90,15 +119,15 @@ def _backtrack(splits, m):
     starts = np.empty(k, np.int64)
     i = m - 1
     for j in range(k - 1, -1, -1):
-        t = splits[j, i]
+        t = np.int64(splits[j, i])
         starts[j] = t
         i = t - 1
     return starts
 
 
-@numba.njit(nogil=True, cache=True)
-def _dp(x, w, k):
-    """(splits int32 [k, m]: first index of the last cluster of D[j][i]; D[j][m-1] for j < k)."""
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _dp(x, w, k, splits, sse):
+    """Fill ``splits[j, i]`` (first index of the last cluster of D[j][i]) and ``sse[j] = D[j][m-1]``."""
     m = x.shape[0]
     total = 0.0
     for i in range(m):
@@ -115,18 +144,19 @@ def _dp(x, w, k):
         p0[i + 1] = p0[i] + w[i]
         p1[i + 1] = p1[i] + w[i] * d
         p2[i + 1] = p2[i] + w[i] * d * d
-    splits = np.zeros((k, m), np.int32)
-    sse = np.empty(k)
-    prev = np.empty(m)
-    cur = np.empty(m)
+    # prev[t] = D[j-1][t-1]: the cost of values 0..t-1 in j clusters (index 0 unused)
+    prev = np.empty(m + 1)
+    cur = np.empty(m + 1)
+    prev[0] = 0.0
     for i in range(m):
-        prev[i] = _cost(p0, p1, p2, 0, i)
-    sse[0] = prev[m - 1]
+        prev[i + 1] = _cost(p0, p1, p2, 0, i)
+        splits[0, i] = 0
+    sse[0] = prev[m]
     stack = np.empty((128, 4), np.int64)
     for j in range(1, k):
-        lower = splits[j - 1]
-        out = splits[j]
-        # rows i in [j, m-1]; candidate starts t in [j, i]; stack of (rows lo, hi, starts lo, hi)
+        # rows i in [j, m-1]; candidate starts t in [max(j, splits[j-1][i]), i]; stack of (rows lo, hi, starts lo, hi)
+        for i in range(j):
+            splits[j, i] = i
         stack[0, 0] = j
         stack[0, 1] = m - 1
         stack[0, 2] = j
@@ -138,37 +168,42 @@ def _dp(x, w, k):
             ihi = stack[top, 1]
             tlo = stack[top, 2]
             thi = stack[top, 3]
-            if ilo > ihi:
-                continue
             mid = (ilo + ihi) >> 1
-            lo = max(tlo, lower[mid])
+            lo = max(tlo, np.int64(splits[j - 1, mid]))
             hi = min(thi, mid)
             if lo > hi:
                 lo = hi
+            a0 = p0[mid + 1]
+            a1 = p1[mid + 1]
+            a2 = p2[mid + 1]
             best = np.inf
             arg = lo
             for t in range(lo, hi + 1):
-                v = prev[t - 1] + _cost(p0, p1, p2, t, mid)
+                s1 = a1 - p1[t]
+                c = (a2 - p2[t]) - s1 * s1 / (a0 - p0[t])
+                v = prev[t] + (c if c > 0.0 else 0.0)
                 if v < best:
                     best = v
                     arg = t
-            cur[mid] = best
-            out[mid] = arg
-            stack[top, 0] = ilo
-            stack[top, 1] = mid - 1
-            stack[top, 2] = tlo
-            stack[top, 3] = arg
-            stack[top + 1, 0] = mid + 1
-            stack[top + 1, 1] = ihi
-            stack[top + 1, 2] = arg
-            stack[top + 1, 3] = thi
-            top += 2
-        sse[j] = cur[m - 1]
+            cur[mid + 1] = best
+            splits[j, mid] = arg
+            if ilo < mid:
+                stack[top, 0] = ilo
+                stack[top, 1] = mid - 1
+                stack[top, 2] = tlo
+                stack[top, 3] = arg
+                top += 1
+            if mid < ihi:
+                stack[top, 0] = mid + 1
+                stack[top, 1] = ihi
+                stack[top, 2] = arg
+                stack[top, 3] = thi
+                top += 1
+        sse[j] = cur[m]
         prev, cur = cur, prev
-    return splits, sse
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def _cost(p0, p1, p2, t, i):
     sw = p0[i + 1] - p0[t]
     s1 = p1[i + 1] - p1[t]
@@ -176,43 +211,7 @@ def _cost(p0, p1, p2, t, i):
     return c if c > 0.0 else 0.0
 
 
-@numba.njit(nogil=True, cache=True)
-def histogram16(bits):
-    """Counts of each 16-bit pattern in ``bits`` (uint16, 1-D): int64 [65536]."""
-    counts = np.zeros(65536, np.int64)
-    for b in bits:
-        counts[b] += 1
-    return counts
-
-
-@numba.njit(nogil=True, cache=True)
-def lookup16(table, bits):
-    """``table[bits]`` for a 65536-entry uint8 table and uint16 ``bits``."""
-    out = np.empty(bits.shape[0], np.uint8)
-    for i in range(bits.shape[0]):
-        out[i] = table[bits[i]]
-    return out
-
-
-@numba.njit(nogil=True, cache=True)
-def unique_counts(sorted_values):
-    """(distinct values as float64, their counts as float64) of a sorted 1-D array."""
-    n = sorted_values.shape[0]
-    values = np.empty(n)
-    counts = np.empty(n)
-    m = 0
-    for i in range(n):
-        v = np.float64(sorted_values[i])
-        if m > 0 and v == values[m - 1]:
-            counts[m - 1] += 1.0
-        else:
-            values[m] = v
-            counts[m] = 1.0
-            m += 1
-    return values[:m].copy(), counts[:m].copy()
-
-
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def lloyd(x, w, starts, max_passes):
     """Lloyd passes on sorted ``x`` (weights ``w``) from the clusters starting at ``starts``.
 

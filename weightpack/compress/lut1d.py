@@ -1,0 +1,800 @@
+"""Scalar LUTs for many groups at once: fitting (k-means, uniform, unique) and nearest-entry indices.
+
+The weights come as a 3-D view ``(outer, G, L)``: group g is ``x3[:, g, :]`` (for groups of
+channels along an axis, ``outer`` is the product of the dimensions before it and
+``L = group_size * inner``). Optional per-element weights of the objective are ``imp3`` (same view,
+float32) times ``sw[o * inner + l % inner]`` (a factor per position across the group axis, e.g. a
+per-input-channel scale squared); empty arrays mean 1.
+
+k-means per group:
+
+- float16 (``x3`` is the uint16 view of the bits): the histogram of the bit patterns (+0 and -0
+  merged) gives the distinct values and their summed weights; the exact DP of :mod:`.kmeans` runs
+  on them. Groups of at most ``SMALL`` elements sort their values instead (same distinct values,
+  same result).
+- float32: groups of at most ``SMALL`` elements are solved exactly on their sorted distinct values.
+  Larger groups are binned by their leading bits (``key32``: the value scaled by a power of two so
+  the largest magnitude is below 2**15, truncated to binary16 precision: 10 mantissa bits, uniform
+  below 2**-14); the DP runs on the bins (each at its exact mean), which is exact when every bin
+  holds one distinct value. Otherwise Lloyd passes over the raw values follow (only elements of
+  bins that straddle a decision boundary are looked at one by one) until the error stops falling.
+
+Everything here is deterministic: sums are taken in a fixed order whatever the thread count.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+
+from . import _threads
+from ._jit import value
+from ._common import fp16_order, fp16_values
+from .kmeans import dp_means, dp_solve
+
+SMALL = 8192  # groups up to this many elements are sorted instead of histogrammed
+LLOYD_PASSES = 12
+LLOYD_GAIN = 1e-8  # Lloyd passes stop once one lowers the error by less than this fraction
+NO_IMP = np.empty((0, 0, 0), np.float32)
+NO_SW = np.empty(0)
+NO_TABLE = np.empty(0)
+
+
+@functools.cache
+def key32_order() -> np.ndarray:
+    """The bins of :func:`key32` in increasing value order: as :func:`fp16_order`, with 0x8000
+    (small negative values) right before 0."""
+    order = fp16_order()
+    zero = int(np.flatnonzero(order == 0)[0])
+    out = np.concatenate((order[:zero], [0x8000], order[zero:])).astype(np.int32)
+    out.flags.writeable = False
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# element access shared by the float16 (bits + value table) and float32 kernels
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _weight(imp3, sw, inner, o, g, l, r):
+    """The objective's weight of element (o, g, l); ``r`` = l % inner, kept by the caller."""
+    w = 1.0
+    if imp3.shape[0] > 0:
+        w = np.float64(imp3[o, g, l])
+    if sw.shape[0] > 0:
+        w *= sw[o * inner + r]
+    return w
+
+
+@numba.njit(nogil=True, cache=True)
+def key32(bits, delta):
+    """Bin of the float32 with bit pattern ``bits`` (see the module docstring): the value times
+    2**delta, truncated to binary16 precision (``delta = 15 - E`` with max |x| < 2**E)."""
+    ef = np.int64((bits >> 23) & 0xFF)
+    mant = np.int64(bits & 0x7FFFFF)
+    if ef == 0:  # float32 zero or subnormal: mant * 2**-149 (rare; exact in float64)
+        a = mant * 2.0 ** (delta - 149)
+        if a >= 2.0**-14:
+            m, e2 = math.frexp(a)
+            code = ((e2 + 14) << 10) | np.int64((m * 2.0 - 1.0) * 1024.0)
+        else:
+            code = np.int64(a * 2.0**24)
+    else:
+        e = ef - 127 + delta
+        if e >= -14:
+            code = ((e + 15) << 10) | (mant >> 13)
+        elif e >= -38:
+            code = (mant | 0x800000) >> (-e - 1)
+        else:
+            code = 0
+    if bits >> 31:
+        code |= 0x8000
+    return code
+
+
+@numba.njit(nogil=True, cache=True)
+def _nearest(entries, first, mids, v):
+    """Index of the nearest entry: first[#(mids < v)] (ties to the lower index)."""
+    return first[np.searchsorted(mids, v)]
+
+
+@numba.njit(nogil=True, cache=True)
+def _nearest_tables(entries):
+    k = entries.shape[0]
+    mids = np.empty(max(k - 1, 0))
+    for i in range(k - 1):
+        mids[i] = (entries[i] + entries[i + 1]) * 0.5
+    first = np.empty(k, np.int64)
+    for i in range(k):
+        first[i] = i if i == 0 or entries[i] != entries[i - 1] else first[i - 1]
+    return mids, first
+
+
+# ---------------------------------------------------------------------------------------------
+# distinct values with weights
+
+
+@numba.njit(nogil=True, cache=True)
+def hist16(bits3, imp3, sw, inner, g, l0, l1, counts):
+    """Add each element's weight to ``counts[its bit pattern]`` (float64 [65536])."""
+    if imp3.shape[0] == 0 and sw.shape[0] == 0:
+        for o in range(bits3.shape[0]):
+            for l in range(l0, l1):
+                counts[bits3[o, g, l]] += 1.0
+        return
+    for o in range(bits3.shape[0]):
+        r = l0 % inner
+        for l in range(l0, l1):
+            counts[bits3[o, g, l]] += _weight(imp3, sw, inner, o, g, l, r)
+            r += 1
+            if r == inner:
+                r = 0
+
+
+@numba.njit(nogil=True, cache=True)
+def compact16(counts, order, values, xs, ws, skip_zero):
+    """Distinct values (increasing) with positive weight into xs/ws; resets ``counts``. Returns m.
+    With ``skip_zero`` the value 0 is left out."""
+    counts[0] = 0.0 if skip_zero else counts[0] + counts[0x8000]
+    counts[0x8000] = 0.0
+    m = 0
+    for i in range(order.shape[0]):
+        key = order[i]
+        c = counts[key]
+        if c != 0.0:
+            if c > 0.0:
+                xs[m] = values[key]
+                ws[m] = c
+                m += 1
+            counts[key] = 0.0
+    return m
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_distinct(x3, table, imp3, sw, inner, g, xs, ws, skip_zero):
+    """Distinct values of group g (sorted, -0 merged into +0) with summed positive weights. Returns m."""
+    outer = x3.shape[0]
+    L = x3.shape[2]
+    n = outer * L
+    vals = np.empty(n)
+    wts = np.empty(n)
+    i = 0
+    for o in range(outer):
+        r = 0
+        for l in range(L):
+            vals[i] = value(x3[o, g, l], table) + 0.0
+            wts[i] = _weight(imp3, sw, inner, o, g, l, r)
+            i += 1
+            r += 1
+            if r == inner:
+                r = 0
+    order = np.argsort(vals, kind="mergesort")
+    m = 0
+    for q in range(n):
+        v = vals[order[q]]
+        w = wts[order[q]]
+        if m > 0 and v == xs[m - 1]:
+            ws[m - 1] += w
+        else:
+            xs[m] = v
+            ws[m] = w
+            m += 1
+    kept = 0  # drop values whose total weight is not positive
+    for q in range(m):
+        if ws[q] > 0.0 and not (skip_zero and xs[q] == 0.0):
+            xs[kept] = xs[q]
+            ws[kept] = ws[q]
+            kept += 1
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 bins
+
+
+@numba.njit(nogil=True, cache=True)
+def hist32(x3, imp3, sw, inner, g, l0, l1, delta, keys3, rec, skip_zero):
+    """Bin every element (``keys3`` gets its bin) and add to ``rec[bin]`` = (weight, weighted sum,
+    weighted sum of squares, first value: NaN while empty, +inf once a second value was seen)."""
+    u3 = x3.view(np.uint32)
+    weighted = imp3.shape[0] > 0 or sw.shape[0] > 0
+    for o in range(x3.shape[0]):
+        r = l0 % inner
+        for l in range(l0, l1):
+            v = np.float64(x3[o, g, l])
+            key = key32(u3[o, g, l], delta)
+            keys3[o, g, l] = key
+            w = 1.0
+            if weighted:
+                w = _weight(imp3, sw, inner, o, g, l, r)
+                r += 1
+                if r == inner:
+                    r = 0
+            if skip_zero and v == 0.0:
+                continue
+            rec[key, 0] += w
+            rec[key, 1] += w * v
+            rec[key, 2] += w * v * v
+            f = rec[key, 3]
+            if f != v and f != np.inf:
+                rec[key, 3] = v if np.isnan(f) else np.inf
+
+
+@numba.njit(nogil=True, cache=True)
+def merge_records(rec, part):
+    """Add the histogram ``part`` into ``rec`` (same layout as :func:`hist32`)."""
+    for key in range(rec.shape[0]):
+        f = part[key, 3]
+        if np.isnan(f):
+            continue
+        rec[key, 0] += part[key, 0]
+        rec[key, 1] += part[key, 1]
+        rec[key, 2] += part[key, 2]
+        r = rec[key, 3]
+        if np.isnan(r):
+            rec[key, 3] = f
+        elif r != f:
+            rec[key, 3] = np.inf
+
+
+def new_records() -> np.ndarray:
+    rec = np.zeros((65536, 4))
+    rec[:, 3] = np.nan
+    return rec
+
+
+@numba.njit(nogil=True, cache=True)
+def bin_bounds(key, delta):
+    """The closed value range [lo, hi] that bin ``key`` of :func:`key32` can hold."""
+    code = key & 0x7FFF
+    if code >= 1024:
+        a = (1.0 + (code & 1023) / 1024.0) * 2.0 ** ((code >> 10) - 15)
+        b = (1.0 + ((code & 1023) + 1) / 1024.0) * 2.0 ** ((code >> 10) - 15)
+    else:
+        a = code * 2.0**-24
+        b = (code + 1) * 2.0**-24
+    scale = 2.0 ** (-delta)
+    if key & 0x8000:
+        return -b * scale, -a * scale
+    return a * scale, b * scale
+
+
+@numba.njit(nogil=True, cache=True)
+def compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi):
+    """Touched bins in value order into the b* arrays (a pure bin's range is its one value); resets
+    ``rec``. Returns the count."""
+    m = 0
+    for i in range(order.shape[0]):
+        key = order[i]
+        f = rec[key, 3]
+        if not np.isnan(f):
+            bkey[m] = key
+            bw[m] = rec[key, 0]
+            bs1[m] = rec[key, 1]
+            bs2[m] = rec[key, 2]
+            if f == np.inf:
+                lo, hi = bin_bounds(key, delta)
+                blo[m] = lo
+                bhi[m] = hi
+            else:
+                blo[m] = f
+                bhi[m] = f
+            m += 1
+            rec[key, 0] = 0.0
+            rec[key, 1] = 0.0
+            rec[key, 2] = 0.0
+            rec[key, 3] = np.nan
+    return m
+
+
+@numba.njit(nogil=True, cache=True)
+def _bins_points(bw, bs1, blo, bhi, nb, xs, ws):
+    """DP input from the bins: positive-weight bins at their mean (their value when pure). Returns
+    (m, pure)."""
+    m = 0
+    pure = True
+    for b in range(nb):
+        if bw[b] > 0.0:
+            if blo[b] == bhi[b]:
+                xs[m] = blo[b]
+            else:
+                pure = False
+                mean = bs1[b] / bw[b]
+                xs[m] = min(max(mean, blo[b]), bhi[b])
+            ws[m] = bw[b]
+            m += 1
+    return m, pure
+
+
+@numba.njit(nogil=True, cache=True)
+def classify_bins(cent, bkey, bw, bs1, bs2, blo, bhi, nb, cls, CW, CS1, CS2):
+    """For Lloyd on raw values: bins wholly inside one cell add their sums to that cluster and get
+    ``cls[key]`` = cluster; bins across a boundary get -1 (their elements are looked at one by one)."""
+    k = cent.shape[0]
+    mids = np.empty(max(k - 1, 0))
+    for i in range(k - 1):
+        mids[i] = (cent[i] + cent[i + 1]) * 0.5
+    CW[:] = 0.0
+    CS1[:] = 0.0
+    CS2[:] = 0.0
+    for b in range(nb):
+        lo = np.searchsorted(mids, blo[b])
+        hi = np.searchsorted(mids, bhi[b])
+        if lo == hi:
+            cls[bkey[b]] = lo
+            CW[lo] += bw[b]
+            CS1[lo] += bs1[b]
+            CS2[lo] += bs2[b]
+        else:
+            cls[bkey[b]] = -1
+    return mids
+
+
+@numba.njit(nogil=True, cache=True)
+def straddle_sums(x3, keys3, imp3, sw, inner, g, l0, l1, cls, mids, CW, CS1, CS2, skip_zero):
+    """Add the elements of straddling bins to the cluster of their nearest centroid."""
+    for o in range(x3.shape[0]):
+        for l in range(l0, l1):
+            if cls[keys3[o, g, l]] < 0:
+                v = np.float64(x3[o, g, l])
+                if skip_zero and v == 0.0:
+                    continue
+                c = np.searchsorted(mids, v)
+                w = _weight(imp3, sw, inner, o, g, l, l % inner)
+                CW[c] += w
+                CS1[c] += w * v
+                CS2[c] += w * v * v
+
+
+@numba.njit(nogil=True, cache=True)
+def lloyd_step(CW, CS1, CS2, cent):
+    """New centroids from the cluster sums; returns the SSE, or -1 if a cluster is empty."""
+    sse = 0.0
+    for c in range(cent.shape[0]):
+        if not CW[c] > 0.0:
+            return -1.0
+        sse += max(CS2[c] - CS1[c] * CS1[c] / CW[c], 0.0)
+    for c in range(cent.shape[0]):
+        cent[c] = CS1[c] / CW[c]
+    return sse
+
+
+# ---------------------------------------------------------------------------------------------
+# k-means per group
+
+
+@numba.njit(nogil=True, cache=True)
+def _store(cent_out, sse_out, g, means, sse):
+    k = cent_out.shape[1]
+    q = means.shape[0]
+    for c in range(k):
+        cent_out[g, c] = means[min(c, q - 1)]
+    for c in range(k):
+        sse_out[g, c] = sse[c]
+
+
+@numba.njit(nogil=True, cache=True)
+def kmeans16_groups(bits3, imp3, sw, inner, k, g0, g1, values, order, cent_out, sse_out, skip_zero):
+    """Optimal k-means of the float16 groups g0..g1-1: centroids (float64, ascending, unused entries
+    repeat the largest) and the optimal SSE with 1..k clusters."""
+    n = bits3.shape[0] * bits3.shape[2]
+    cap = min(n, 65536)
+    xs = np.empty(cap)
+    ws = np.empty(cap)
+    counts = np.zeros(65536) if n > SMALL else np.zeros(0)
+    for g in range(g0, g1):
+        m = _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, skip_zero)
+        if m == 0:  # every weight is zero: plain k-means
+            m = _distinct16(bits3, imp3[:0, :0, :0], sw[:0], inner, g, values, order, counts, xs, ws, skip_zero)
+        if m == 0:  # nothing to fit (an all-zero group of a sparse tensor)
+            xs[0] = 0.0
+            ws[0] = 1.0
+            m = 1
+        starts, sse = dp_solve(xs[:m], ws[:m], k)
+        _store(cent_out, sse_out, g, dp_means(xs[:m], ws[:m], starts), sse)
+
+
+@numba.njit(nogil=True, cache=True)
+def _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, skip_zero):
+    if counts.shape[0] == 0:
+        return _sorted_distinct(bits3, values, imp3, sw, inner, g, xs, ws, skip_zero)
+    hist16(bits3, imp3, sw, inner, g, 0, bits3.shape[2], counts)
+    return compact16(counts, order, values, xs, ws, skip_zero)
+
+
+@numba.njit(nogil=True, cache=True)
+def kmeans32_groups(x3, imp3, sw, inner, k, g0, g1, delta, order, keys3, cent_out, sse_out, passes, skip_zero):
+    """As :func:`kmeans16_groups` for float32 groups (binned DP + Lloyd when large).
+
+    ``sse_out`` holds the SSE of the optimal partition of the bins (exact when the bins are pure).
+    ``passes[g]`` gets the number of Lloyd passes that lowered the error."""
+    n = x3.shape[0] * x3.shape[2]
+    cap = min(n, 65536)
+    xs = np.empty(cap)
+    ws = np.empty(cap)
+    big = n > SMALL
+    nh = 65536 if big else 0
+    rec = np.zeros((nh, 4))
+    rec[:, 3] = np.nan
+    bkey = np.empty(cap, np.int32)
+    bw = np.empty(cap)
+    bs1 = np.empty(cap)
+    bs2 = np.empty(cap)
+    blo = np.empty(cap)
+    bhi = np.empty(cap)
+    cls = np.empty(nh, np.int32)
+    for g in range(g0, g1):
+        if not big:
+            m = _sorted_distinct(x3, xs[:0], imp3, sw, inner, g, xs, ws, skip_zero)
+            if m == 0:
+                m = _sorted_distinct(x3, xs[:0], imp3[:0, :0, :0], sw[:0], inner, g, xs, ws, skip_zero)
+            if m == 0:
+                xs[0] = 0.0
+                ws[0] = 1.0
+                m = 1
+            starts, sse = dp_solve(xs[:m], ws[:m], k)
+            _store(cent_out, sse_out, g, dp_means(xs[:m], ws[:m], starts), sse)
+            passes[g] = 0
+            continue
+        hist32(x3, imp3, sw, inner, g, 0, x3.shape[2], delta, keys3, rec, skip_zero)
+        nb = compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi)
+        m, pure = _bins_points(bw, bs1, blo, bhi, nb, xs, ws)
+        use_imp = imp3
+        use_sw = sw
+        if m == 0:  # every weight is zero: plain k-means
+            use_imp = imp3[:0, :0, :0]
+            use_sw = sw[:0]
+            hist32(x3, use_imp, use_sw, inner, g, 0, x3.shape[2], delta, keys3, rec, skip_zero)
+            nb = compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi)
+            m, pure = _bins_points(bw, bs1, blo, bhi, nb, xs, ws)
+        if m == 0:  # nothing to fit (an all-zero group of a sparse tensor)
+            _store(cent_out, sse_out, g, np.zeros(1), np.zeros(k))
+            passes[g] = 0
+            continue
+        starts, sse = dp_solve(xs[:m], ws[:m], k)
+        cent = _bin_cluster_means(bw, bs1, nb, starts, xs[:m])
+        sse_out[g, :] = sse + _within(bw, bs1, bs2, nb)
+        passes[g] = 0
+        if not pure:
+            passes[g] = _lloyd_group(x3, keys3, use_imp, use_sw, inner, g, cent, bkey, bw, bs1, bs2, blo, bhi, nb, cls, skip_zero)
+        _store(cent_out, sse_out, g, cent, sse_out[g])
+
+
+@numba.njit(nogil=True, cache=True)
+def _within(bw, bs1, bs2, nb):
+    """Sum of the squared deviations inside each bin (what the DP on bin means leaves out)."""
+    total = 0.0
+    for b in range(nb):
+        if bw[b] > 0.0:
+            total += max(bs2[b] - bs1[b] * bs1[b] / bw[b], 0.0)
+    return total
+
+
+@numba.njit(nogil=True, cache=True)
+def _bin_cluster_means(bw, bs1, nb, starts, xs):
+    """Exact cluster means from the bins' sums (clusters given as runs of positive-weight bins)."""
+    q = starts.shape[0]
+    m = xs.shape[0]
+    cw = np.zeros(q)
+    c1 = np.zeros(q)
+    c = 0
+    point = 0
+    for b in range(nb):
+        if bw[b] > 0.0:
+            while c + 1 < q and point >= starts[c + 1]:
+                c += 1
+            cw[c] += bw[b]
+            c1[c] += bs1[b]
+            point += 1
+    out = np.empty(q)
+    for c in range(q):
+        out[c] = c1[c] / cw[c]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _lloyd_group(x3, keys3, imp3, sw, inner, g, cent, bkey, bw, bs1, bs2, blo, bhi, nb, cls, skip_zero):
+    k = cent.shape[0]
+    CW = np.zeros(k)
+    CS1 = np.zeros(k)
+    CS2 = np.zeros(k)
+    trial = cent.copy()
+    best = np.inf
+    done = 0
+    for _ in range(LLOYD_PASSES):
+        mids = classify_bins(trial, bkey, bw, bs1, bs2, blo, bhi, nb, cls, CW, CS1, CS2)
+        straddle_sums(x3, keys3, imp3, sw, inner, g, 0, x3.shape[2], cls, mids, CW, CS1, CS2, skip_zero)
+        sse = lloyd_step(CW, CS1, CS2, trial)
+        if sse < 0.0 or not sse < best:
+            break
+        gain = best - sse
+        best = sse
+        cent[:] = trial
+        done += 1
+        if gain < LLOYD_GAIN * sse:
+            break
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# uniform and unique
+
+
+@numba.njit(nogil=True, cache=True)
+def minmax_groups(x3, table, g0, g1, lo_out, hi_out, skip_zero):
+    """Smallest and largest value of each group (float64; 0, 0 if there is none)."""
+    for g in range(g0, g1):
+        lo = np.inf
+        hi = -np.inf
+        for o in range(x3.shape[0]):
+            for l in range(x3.shape[2]):
+                v = value(x3[o, g, l], table)
+                if skip_zero and v == 0.0:
+                    continue
+                lo = min(lo, v)
+                hi = max(hi, v)
+        lo_out[g] = lo if lo <= hi else 0.0
+        hi_out[g] = hi if lo <= hi else 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def distinct_groups(x3, table, g0, g1, limit, out, counts, skip_zero):
+    """Up to ``limit`` sorted distinct values of each group (-0 merged into +0) into ``out[g]``;
+    ``counts[g]`` = how many (``limit + 1`` means more than ``limit``)."""
+    buf = np.empty(limit + 1)
+    for g in range(g0, g1):
+        m = 0
+        for o in range(x3.shape[0]):
+            for l in range(x3.shape[2]):
+                v = value(x3[o, g, l], table) + 0.0
+                if skip_zero and v == 0.0:
+                    continue
+                p = np.searchsorted(buf[:m], v)
+                if p < m and buf[p] == v:
+                    continue
+                if m == limit:
+                    m = limit + 1
+                    break
+                for q in range(m, p, -1):
+                    buf[q] = buf[q - 1]
+                buf[p] = v
+                m += 1
+            if m > limit:
+                break
+        if m == 0:  # nothing but pruned zeros
+            buf[0] = 0.0
+            m = 1
+        counts[g] = m
+        for q in range(min(m, limit)):
+            out[g, q] = buf[q]
+
+
+# ---------------------------------------------------------------------------------------------
+# nearest-entry indices
+
+
+@numba.njit(nogil=True, cache=True)
+def assign16(bits3, g, l0, l1, entries, values, table, out3):
+    """Indices of the nearest entries for float16 elements through a lazily filled table of codes
+    (``table`` uint16 [65536], all 0xFFFF on entry)."""
+    mids, first = _nearest_tables(entries)
+    for o in range(bits3.shape[0]):
+        for l in range(l0, l1):
+            b = bits3[o, g, l]
+            c = table[b]
+            if c == 0xFFFF:
+                c = _nearest(entries, first, mids, values[b])
+                table[b] = c
+            out3[o, g, l] = c
+
+
+@numba.njit(nogil=True, cache=True)
+def assign_search(x3, table, g, l0, l1, entries, out3):
+    """Indices of the nearest entries by binary search on the midpoints."""
+    mids, first = _nearest_tables(entries)
+    for o in range(x3.shape[0]):
+        for l in range(l0, l1):
+            out3[o, g, l] = _nearest(entries, first, mids, value(x3[o, g, l], table))
+
+
+@numba.njit(nogil=True, cache=True)
+def assign_groups16(bits3, values, g0, g1, luts, out3):
+    """Nearest-entry indices of float16 groups g0..g1-1, each against its sorted LUT ``luts[g]``."""
+    lazy = bits3.shape[0] * bits3.shape[2] >= 4096
+    codes = np.empty(65536 if lazy else 0, np.uint16)
+    for g in range(g0, g1):
+        if lazy:
+            codes[:] = 0xFFFF
+            assign16(bits3, g, 0, bits3.shape[2], luts[g], values, codes, out3)
+        else:
+            assign_search(bits3, values, g, 0, bits3.shape[2], luts[g], out3)
+
+
+@numba.njit(nogil=True, cache=True)
+def assign_groups32(x3, g0, g1, luts, out3):
+    """Nearest-entry indices of float32 groups g0..g1-1, each against its sorted LUT ``luts[g]``."""
+    for g in range(g0, g1):
+        assign_search(x3, luts[:0, 0], g, 0, x3.shape[2], luts[g], out3)
+
+
+# ---------------------------------------------------------------------------------------------
+# drivers: one group per task span, or chunks of one big group
+
+
+def kmeans(x3: np.ndarray, imp3: np.ndarray, sw: np.ndarray, inner: int, k: int, skip_zero: bool = False):
+    """(centroids float64 [G, k], optimal SSE per number of clusters [G, k]) for every group.
+
+    For float32 groups above ``SMALL`` elements the SSE is that of the optimal partition of the bins
+    (exact when every bin holds one value). ``skip_zero`` leaves the value 0 out of the fit (the
+    pruned positions of a sparse tensor)."""
+    G = x3.shape[1]
+    cent = np.empty((G, k))
+    sse = np.empty((G, k))
+    if x3.dtype == np.uint16:
+        if G == 1 and x3.size > 4 * SMALL:
+            return _kmeans16_chunked(x3, imp3, sw, inner, k, skip_zero)
+        values, order = fp16_values(), fp16_order()
+        _threads.run(
+            lambda s: kmeans16_groups(x3, imp3, sw, inner, k, s[0], s[1], values, order, cent, sse, skip_zero),
+            _threads.spans(G),
+        )
+        return cent, sse
+    delta = scale_delta(x3)
+    keys3 = np.empty(x3.shape if x3.shape[0] * x3.shape[2] > SMALL else (0, 0, 0), np.uint16)
+    if G == 1 and x3.size > 4 * SMALL:
+        return _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero)
+    passes = np.zeros(G, np.int64)
+    order = key32_order()
+    _threads.run(
+        lambda s: kmeans32_groups(x3, imp3, sw, inner, k, s[0], s[1], delta, order, keys3, cent, sse, passes, skip_zero),
+        _threads.spans(G),
+    )
+    return cent, sse
+
+
+def scale_delta(x3: np.ndarray) -> int:
+    """15 - E where 2**E is above every magnitude in ``x3`` (float32)."""
+    top = max(abs(float(x3.max())), abs(float(x3.min()))) if x3.size else 0.0
+    return 15 - int(np.frexp(top)[1]) if top > 0 else 0
+
+
+def _kmeans16_chunked(bits3, imp3, sw, inner, k, skip_zero):
+    parts = _threads.chunks(bits3.shape[2])
+    hists = _threads.run(lambda span: _hist16_part(bits3, imp3, sw, inner, span), parts)
+    counts = hists[0]
+    for h in hists[1:]:
+        counts += h
+    live = counts.copy()
+    if skip_zero:
+        live[[0, 0x8000]] = 0
+    if not (live > 0).any():
+        if imp3.size or sw.size:  # every weight is zero: plain k-means
+            return _kmeans16_chunked(bits3, NO_IMP, NO_SW, inner, k, skip_zero)
+        return np.zeros((1, k)), np.zeros((1, k))  # nothing but pruned zeros
+    cent = np.empty((1, k))
+    sse = np.empty((1, k))
+    _solve_hist16(counts, fp16_order(), fp16_values(), k, cent, sse, skip_zero)
+    return cent, sse
+
+
+def _hist16_part(bits3, imp3, sw, inner, span):
+    counts = np.zeros(65536)
+    hist16(bits3, imp3, sw, inner, 0, span[0], span[1], counts)
+    return counts
+
+
+@numba.njit(nogil=True, cache=True)
+def _solve_hist16(counts, order, values, k, cent_out, sse_out, skip_zero):
+    xs = np.empty(65536)
+    ws = np.empty(65536)
+    m = compact16(counts, order, values, xs, ws, skip_zero)
+    starts, sse = dp_solve(xs[:m], ws[:m], k)
+    _store(cent_out, sse_out, 0, dp_means(xs[:m], ws[:m], starts), sse)
+
+
+def _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero):
+    parts = _threads.chunks(x3.shape[2])
+    order = key32_order()
+
+    def histogram(span):
+        rec = new_records()
+        hist32(x3, imp3, sw, inner, 0, span[0], span[1], delta, keys3, rec, skip_zero)
+        return rec
+
+    hists = _threads.run(histogram, parts)
+    rec = hists[0]
+    for part in hists[1:]:
+        merge_records(rec, part)
+    b = [np.empty(65536, np.int32)] + [np.empty(65536) for _ in range(5)]
+    nb = compact32(rec, order, delta, *b)
+    bkey, bw, bs1, bs2, blo, bhi = b
+    xs, ws = np.empty(nb), np.empty(nb)
+    m, pure = _bins_points(bw, bs1, blo, bhi, nb, xs, ws)
+    if m == 0:
+        if imp3.size or sw.size:  # every weight is zero: plain k-means
+            return _kmeans32_chunked(x3, NO_IMP, NO_SW, inner, k, delta, keys3, skip_zero)
+        return np.zeros((1, k)), np.zeros((1, k))  # nothing but pruned zeros
+    starts, sse = dp_solve(xs[:m], ws[:m], k)
+    cent = _bin_cluster_means(bw, bs1, nb, starts, xs[:m])
+    sse = sse + _within(bw, bs1, bs2, nb)
+    if not pure:
+        cent = _lloyd_chunked(x3, keys3, imp3, sw, inner, cent, (bkey, bw, bs1, bs2, blo, bhi), nb, parts, skip_zero)
+    out = np.empty((1, k))
+    out_sse = np.empty((1, k))
+    _store(out, out_sse, 0, cent, sse)
+    return out, out_sse
+
+
+def _lloyd_chunked(x3, keys3, imp3, sw, inner, cent, bins, nb, parts, skip_zero):
+    """Lloyd passes on the raw values of one big group, the straddling elements counted in parallel."""
+    cls = np.empty(65536, np.int32)
+    best = np.inf
+    trial = cent.copy()
+    q = cent.size
+    for _ in range(LLOYD_PASSES):
+        CW, CS1, CS2 = np.zeros(q), np.zeros(q), np.zeros(q)
+        mids = classify_bins(trial, *bins, nb, cls, CW, CS1, CS2)
+
+        def straddlers(span, mids=mids):
+            part = np.zeros((3, q))
+            straddle_sums(x3, keys3, imp3, sw, inner, 0, span[0], span[1], cls, mids, part[0], part[1], part[2], skip_zero)
+            return part
+
+        for part in _threads.run(straddlers, parts):
+            CW += part[0]
+            CS1 += part[1]
+            CS2 += part[2]
+        err = lloyd_step(CW, CS1, CS2, trial)
+        if err < 0.0 or not err < best:
+            break
+        gain = best - err
+        best = err
+        cent = trial.copy()
+        if gain < LLOYD_GAIN * err:
+            break
+    return cent
+
+
+def assign(x3: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """uint8 codes (the view's shape): each element's nearest entry in its group's LUT ``luts[g]``
+    (float64, ascending); ties go to the lower index."""
+    out3 = np.empty(x3.shape, np.uint8)
+    table = fp16_values() if x3.dtype == np.uint16 else NO_TABLE
+    luts = np.ascontiguousarray(luts, np.float64)
+    G = x3.shape[1]
+    if G == 1 and x3.size > 4 * SMALL:
+        lazy = x3.dtype == np.uint16
+
+        def part(span):
+            if lazy:
+                assign16(x3, 0, span[0], span[1], luts[0], table, np.full(65536, 0xFFFF, np.uint16), out3)
+            else:
+                assign_search(x3, table, 0, span[0], span[1], luts[0], out3)
+
+        _threads.run(part, _threads.chunks(x3.shape[2]))
+    elif x3.dtype == np.uint16:
+        _threads.run(lambda s: assign_groups16(x3, table, s[0], s[1], luts, out3), _threads.spans(G))
+    else:
+        _threads.run(lambda s: assign_groups32(x3, s[0], s[1], luts, out3), _threads.spans(G))
+    return out3
+
+
+def minmax(x3: np.ndarray, skip_zero: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) of every group, float64."""
+    G = x3.shape[1]
+    lo, hi = np.empty(G), np.empty(G)
+    table = fp16_values() if x3.dtype == np.uint16 else NO_TABLE
+    _threads.run(lambda s: minmax_groups(x3, table, s[0], s[1], lo, hi, skip_zero), _threads.spans(G))
+    return lo, hi
+
+
+def distinct(x3: np.ndarray, limit: int, skip_zero: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values per group [G, limit], how many per group; limit + 1 = too many)."""
+    G = x3.shape[1]
+    out = np.zeros((G, limit))
+    counts = np.zeros(G, np.int64)
+    table = fp16_values() if x3.dtype == np.uint16 else NO_TABLE
+    _threads.run(lambda s: distinct_groups(x3, table, s[0], s[1], limit, out, counts, skip_zero), _threads.spans(G))
+    return out, counts
