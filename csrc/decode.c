@@ -48,9 +48,32 @@ static int check_stream(const uint8_t *mask, long long mask_len, long long count
         else *(uint8_t *)(dst) = *(const uint8_t *)(src);  \
     } while (0)
 
+/* Dense scalar-LUT rows with float32 or binary16 output: table fixed per block, codes read in
+   order, typed stores the compiler can keep in registers. */
+#define DENSE_LUT_ROWS(T)                                                                         \
+    do {                                                                                          \
+        const T *tables = (const T *)job->lut;                                                    \
+        T *out = (T *)job->out;                                                                   \
+        for (long long r = 0; r < job->rows; r++) {                                               \
+            long long k = r * job->cols;                                                          \
+            T *row = out + job->row_out[r];                                                       \
+            for (long long j0 = 0; j0 < job->cols; j0 += job->col_block) {                        \
+                const T *table = tables + ((job->row_table[r] + j0 / job->col_block) << job->nbits); \
+                const long long j1 = j0 + job->col_block < job->cols ? j0 + job->col_block : job->cols; \
+                for (long long j = j0; j < j1; j++) row[j] = table[wp_read_bits(job->codes, k++, job->nbits)]; \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
+
 static void lut_decode_scalar(const wp_decode_job *job)
 {
     const int es = job->elem_size, vsize = job->vsize;
+    if (!job->mask && vsize == 1 && job->col_stride == 1) {
+        if (es == 4) DENSE_LUT_ROWS(uint32_t);
+        else if (es == 2) DENSE_LUT_ROWS(uint16_t);
+        else DENSE_LUT_ROWS(uint8_t);
+        return;
+    }
     const long long entry_bytes = (long long)vsize * es, table_bytes = entry_bytes << job->nbits;
     uint8_t *dst = job->out;
     long long k = 0;
