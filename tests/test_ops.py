@@ -162,3 +162,18 @@ def test_unknown_simd_level_and_thread_count_are_errors():
         backend_c.set_simd("avx9")
     with pytest.raises(WeightpackError, match="threads"):
         backend_c.set_threads(0)
+
+
+def test_concurrent_calls_from_many_threads_agree(backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    lut = np.sort(rng.standard_normal((1, 1, 16, 1)), axis=2).astype(np.float16)
+    weights = [wp.PalettizedTensor(rng.integers(0, 16, (96, 256)), lut),
+               wp.QuantizedTensor(rng.integers(-127, 128, (96, 256)).astype(np.int8), np.full((96, 1), 0.01, np.float16))]
+    xs = [rng.standard_normal((3, 256)).astype(np.float32) for _ in range(8)]
+    expected = [[wp.matmul(w, x, backend=backend) for x in xs] for w in weights]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: wp.matmul(weights[i % 2], xs[i % 8], backend=backend), range(64)))
+    for i, y in enumerate(results):
+        np.testing.assert_array_equal(y, expected[i % 2][i % 8])
