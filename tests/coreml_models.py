@@ -11,8 +11,8 @@ import numpy as np
 from coremltools.converters.mil import Builder as mb
 
 from strategies import assert_same_bits
-from weightpack import CompressedTensor
 from weightpack.coreml.blob import BlobReader
+from weightpack.coreml.values import dense
 
 THRESHOLD = 100  # weight_threshold for the tests' models: their weights have 8,192 elements, biases 64-128
 
@@ -49,8 +49,7 @@ def assert_decompresses_like_coremltools(mlmodel, weights: dict) -> None:
     reference = dense_weights(cto.decompress_weights(mlmodel))
     assert set(weights) <= set(reference), set(weights) - set(reference)
     for name, value in weights.items():
-        mine = value.decompress() if isinstance(value, CompressedTensor) else np.asarray(value)
-        assert_same_bits(mine, reference[name])
+        assert_same_bits(dense(value), reference[name])
 
 
 def constexpr_ops(mlmodel) -> list:

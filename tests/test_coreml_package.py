@@ -30,7 +30,9 @@ from coreml_models import (
 from strategies import CASES, IOS16_NBITS, assert_same_bits, palettized_cases, quantized_cases, sparse_cases
 from weightpack import FormatError, WeightpackError
 from weightpack.coreml import load, read_weights, replace_weights, save_model, save_weights
+from weightpack.coreml.inspection import describe
 from weightpack.coreml.targets import minimum_target
+from weightpack.coreml.values import dense
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:overflow encountered:RuntimeWarning")
 few = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -50,8 +52,8 @@ def assert_round_trip(tmp_path, tensors: dict, target: str, same_arrays: bool = 
     assert list(loaded) == [names[n] for n in tensors]
     assert_decompresses_like_coremltools(model, loaded)
     for name, tensor in tensors.items():
-        assert_same_bits(loaded[names[name]].decompress(), tensor.decompress())
-        if same_arrays:
+        assert_same_bits(dense(loaded[names[name]]), dense(tensor))
+        if same_arrays and not isinstance(tensor, np.ndarray):
             assert loaded[names[name]] == tensor  # weight.bin holds exactly weightpack's arrays
     return loaded
 
@@ -97,6 +99,19 @@ def test_ios16_export_uses_packed_bytes_and_shapes(tmp_path):
     loaded = load(path)
     assert loaded["p"].indices.packed.tobytes() == tensors["p"].indices.packed.tobytes()
     assert loaded["s"].mask.packed.tobytes() == tensors["s"].mask.packed.tobytes()
+
+
+def test_scaled_palettized_tensor_round_trip(tmp_path):
+    from weightpack.calibration import ScaledPalettizedTensor
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((24, 40)).astype(np.float16)
+    scaled = ScaledPalettizedTensor(wp.palettize(w, nbits=3, group_size=8), (rng.random((24, 1)) + 0.5).astype(np.float16))
+    loaded = assert_round_trip(tmp_path, {"w": scaled, "d": w}, "iOS18")
+    assert isinstance(loaded["w"], ScaledPalettizedTensor)
+    assert describe(loaded["w"]) == "palettized 3-bit, fp16 LUTs: 3 along axis 0 (blocks of 8), fp16 scale per channel (axis 0)"
+    with pytest.raises(WeightpackError, match="a per-channel scale after its LUT needs target iOS18"):
+        save_weights(tmp_path / "old.mlpackage", {"w": scaled}, target="iOS17")
 
 
 @pytest.mark.parametrize(
@@ -231,7 +246,7 @@ def test_load_takes_an_mlmodel_too(tmp_path):
     from_path = load(str(tmp_path / "m.mlpackage"))
     assert list(from_model) == list(from_path)
     for name, value in from_path.items():
-        assert_same_bits(np.asarray(_dense(from_model[name])), np.asarray(_dense(value)))
+        assert_same_bits(dense(from_model[name]), dense(value))
 
 
 def test_stored_bytes_of_a_quantized_lut(tmp_path):
@@ -242,10 +257,6 @@ def test_stored_bytes_of_a_quantized_lut(tmp_path):
     stored = {(e[2], e[3]) for e in weights[name].stored}
     assert ("data", "int8") in stored and ("indices", "uint4") in stored
     assert weights[name].nbytes < weights[name].value.nbytes  # the int8 LUT is smaller than the decoded fp16 one
-
-
-def _dense(value):
-    return value.decompress() if isinstance(value, wp.CompressedTensor) else value
 
 
 # --------------------------------------------------------------------------------------- bad input

@@ -30,7 +30,6 @@ from coremltools.optimize.coreml import OptimizationConfig
 
 from ..errors import WeightpackError, describe
 from ..formats import (
-    CompressedTensor,
     PalettizedTensor,
     QuantizedTensor,
     SparsePalettizedTensor,
@@ -42,6 +41,7 @@ from .metadata import get_weights_metadata
 from .package import read_weights
 from .program import named_vars, program_target, replace_weight, to_model, to_program
 from .targets import SPEC_VERSIONS, at_least, parse_target, target_for_spec
+from .values import dense
 
 log = logging.getLogger("weightpack")
 
@@ -80,8 +80,7 @@ def decompress_weights(mlmodel):
     target = program_target(prog)
     for name, weight in weights.items():
         if weight.chain != ("const",):
-            value = weight.value.decompress() if isinstance(weight.value, CompressedTensor) else np.asarray(weight.value)
-            replace_weight(found[name], value, target)
+            replace_weight(found[name], dense(weight.value), target)
     return to_model(prog, mlmodel, spec_version)
 
 
@@ -189,7 +188,7 @@ class _Compression:
     def _value(self, op):
         if op.op_type == "const":
             return op.outputs[0].val
-        return _dense(self.weights[op.outputs[0].name].value)
+        return dense(self.weights[op.outputs[0].name].value)
 
     # --------------------------------------------------------------------------- compression
 
@@ -224,7 +223,7 @@ class _Compression:
         if op.op_type == "const":
             return op.outputs[0], op_configs.prune(self._float_weights(op), op_config), f"{op.name}_sparsified"
         existing = self.weights[op.outputs[0].name].value  # joint: a quantized or palettized weight
-        mask = op_configs.prune(_dense(existing), op_config).mask
+        mask = op_configs.prune(dense(existing), op_config).mask
         return op.outputs[0], _sparsify(existing, mask, op.name), f"{op.name}_sparsified"
 
     def _palettize(self, op, op_config, child):
@@ -255,7 +254,7 @@ class _Compression:
             return op.outputs[0], op_configs.quantize(self._float_weights(op), op_config, [0] * value.ndim), f"{op.name}_quantized"
         if child is not None:  # the nonzero values of a sparse weight
             existing = self.weights[child.outputs[0].name].value
-            block_sizes = ct_utils.infer_block_sizes(op, op_config, _dense(existing))
+            block_sizes = ct_utils.infer_block_sizes(op, op_config, dense(existing))
             if block_sizes is None:
                 return op.outputs[0], "coremltools cannot tell its channel axis", None
             return child.outputs[0], op_configs.quantize(existing, op_config, block_sizes), child.name
@@ -271,10 +270,6 @@ _JOINT_INPUTS = {
     "palettize": {"constexpr_sparse_to_dense": "nonzero_data", "constexpr_blockwise_shift_scale": "data"},
     "quantize": {"constexpr_lut_to_dense": "lut", "constexpr_lut_to_sparse": "lut", "constexpr_sparse_to_dense": "nonzero_data"},
 }
-
-
-def _dense(value) -> np.ndarray:
-    return value.decompress() if isinstance(value, CompressedTensor) else np.asarray(value)
 
 
 def _sparsify(existing, mask, name: str):

@@ -34,6 +34,8 @@ def describe(value) -> str:
         return f"sparse {_percent(value.sparsity)} + {lut}"
     if isinstance(value, SparseQuantizedTensor):
         return f"sparse {_percent(value.sparsity)} + {_quantized(value.nonzero_data.dtype_name, value.scale, value.offset, value.block_shape)}"
+    if hasattr(value, "palettized"):  # ScaledPalettizedTensor
+        return f"{describe(value.palettized)}, {dtype_name(value.scale.dtype)} scale per channel (axis 0)"
     return f"dense {dtype_name(np.asarray(value).dtype)}"
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import WeightpackError, describe
-from ..formats import CompressedTensor
 from .package import read_weights
+from .values import dense
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,7 @@ class WeightMetadata:
     @property
     def val(self) -> np.ndarray:
         if "val" not in self._cache:
-            t = self.tensor
-            self._cache["val"] = t.decompress() if isinstance(t, CompressedTensor) else np.asarray(t)
+            self._cache["val"] = dense(self.tensor)
         return self._cache["val"]
 
     @property

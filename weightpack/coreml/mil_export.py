@@ -13,6 +13,8 @@ QuantizedTensor                   ``constexpr_affine_dequantize`` (per tensor or
                                   scale and zero point, axis); ``constexpr_blockwise_shift_scale``
 SparsePalettizedTensor            iOS18: ``constexpr_lut_to_sparse`` -> ``constexpr_sparse_to_dense``
 SparseQuantizedTensor             iOS18: ``constexpr_sparse_blockwise_shift_scale`` -> ``constexpr_sparse_to_dense``
+ScaledPalettizedTensor            iOS18: ``constexpr_lut_to_dense`` -> ``constexpr_blockwise_shift_scale``
+                                  (float data, the per-channel scale, no offset)
 ================================  ==============================================================
 
 The arrays handed to coremltools are the tensor's own values (sub-byte arrays unpacked into
@@ -36,6 +38,7 @@ from ..formats import (
     SparseTensor,
 )
 from .targets import at_least, check_expressible, quantization_axis
+from .values import tensor_types
 
 
 def weight_var(value, target: str, name: str, before_op=None):
@@ -129,6 +132,9 @@ def _ios18_var(value, name: str, placement: dict):
             **placement,
         )
         return mb.constexpr_sparse_to_dense(nonzero_data=nonzero, mask=mask, name=name, **placement)
+    if isinstance(value, tensor_types()):  # ScaledPalettizedTensor
+        lut_output = _ios18_var(value.palettized, f"{name}_palettized", placement)
+        return mb.constexpr_blockwise_shift_scale(data=lut_output, scale=np.array(value.scale), name=name, **placement)
     raise WeightpackError(f"cannot export a {type(value).__name__}; expected a weightpack tensor or a numpy array")
 
 

@@ -18,6 +18,8 @@ ops (parameters: iOS16/17 attributes, iOS18 inputs)         weightpack value
 ``constexpr_lut_to_sparse`` -> ``constexpr_sparse_to_dense``  SparsePalettizedTensor
 ``constexpr_sparse_blockwise_shift_scale`` -> ``..._to_dense``  SparseQuantizedTensor
 ``constexpr_cast``                                          numpy array (fp16 -> fp32, a copy)
+``constexpr_lut_to_dense`` -> ``constexpr_blockwise_shift_scale``  ScaledPalettizedTensor (a scale per
+(the scale per output channel, no offset)                   output channel after the LUT)
 ==========================================================  ======================================
 
 Chains no single weightpack type holds are returned in the closest form that decodes to the same
@@ -484,11 +486,32 @@ def _sparse_shift_scale(params):
 
 
 def _shift_scale(reader, params, index):
+    scaled = _scaled_palettized(reader, params)
+    if scaled is not None:
+        return scaled
     data, scale = params.array("data"), params.array("scale")
     offset = params.array("offset", required=False)
     if isinstance(data, np.ndarray) and data.dtype.kind == "f":
         return float_shift_scale(data, np.asarray(scale), _plain(offset))  # e.g. a LUT scaled per channel
     return QuantizedTensor(_as_nbit(data, params.where), scale, offset)
+
+
+def _scaled_palettized(reader, params):
+    """A ScaledPalettizedTensor, if this shift-scale multiplies a LUT op's output by one scale per
+    output channel (no offset); else None."""
+    data = params.get("data")
+    if not isinstance(data, _Ref) or params.has("offset"):
+        return None
+    source = reader._producers.get(data.name, (None, None))[0]
+    if source is None or source.type != "constexpr_lut_to_dense":
+        return None
+    palettized, scale = reader.value(data.name), params.array("scale")
+    per_channel = (palettized.shape[0],) + (1,) * (palettized.ndim - 1)
+    if not isinstance(palettized, PalettizedTensor) or scale.shape != per_channel or scale.dtype != palettized.dtype:
+        return None
+    from ..calibration.scaled import ScaledPalettizedTensor
+
+    return ScaledPalettizedTensor(palettized, scale)
 
 
 def _affine_dequantize(reader, params, index):

@@ -33,10 +33,10 @@ import shutil
 import numpy as np
 
 from ..errors import FormatError, WeightpackError, describe
-from ..formats import CompressedTensor
 from ..formats.base import FLOAT_DTYPES, dtype_name
 from .blob import _fsync_directory
 from .targets import SPEC_VERSIONS, parse_target, target_for_spec
+from .values import is_weight
 
 PACKAGE_SUFFIX = ".mlpackage"
 
@@ -174,7 +174,7 @@ def check_replacement(name: str, var, value) -> None:
     """``value`` must be a weightpack tensor or numpy array of ``var``'s shape and dtype."""
     from coremltools.converters.mil.mil import types
 
-    if not isinstance(value, (CompressedTensor, np.ndarray)):
+    if not is_weight(value):
         raise WeightpackError(f"weights[{name!r}] must be a weightpack tensor or a numpy array, got {describe(value)}")
     want_shape = tuple(var.shape) if var.shape is not None else None
     want_dtype = np.dtype(types.nptype_from_builtin(var.dtype))
@@ -187,7 +187,7 @@ def check_replacement(name: str, var, value) -> None:
 
 def float_dtype(name: str, value) -> np.dtype:
     """The natural dtype of a weight, which must be fp16 or fp32."""
-    if not isinstance(value, (CompressedTensor, np.ndarray)):
+    if not is_weight(value):
         raise WeightpackError(f"weights[{name!r}] must be a weightpack tensor or a numpy array, got {describe(value)}")
     dtype = np.dtype(value.dtype)
     if dtype not in FLOAT_DTYPES:

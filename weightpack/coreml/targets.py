@@ -90,6 +90,8 @@ def minimum_target(tensor) -> tuple[str, str]:
         return ("iOS18", ", ".join(needs)) if needs else ("iOS16", "palettized")
     if isinstance(tensor, QuantizedTensor):
         return _quantized_minimum(tensor)
+    if not hasattr(tensor, "op"):  # ScaledPalettizedTensor: two chained ops
+        return "iOS18", "a per-channel scale after its LUT"
     return "iOS18", f"its op {tensor.op}"
 
 
