@@ -1,6 +1,6 @@
 """The encoders: float weights in, Core ML-shaped compressed tensors out.
 
-- :func:`prune`: magnitude pruning to an exact count -> SparseTensor;
+- :func:`prune`: magnitude, threshold, block and n:m pruning (optionally importance-scored) -> SparseTensor;
 - :func:`palettize`: optimal k-means (scalar or vector), uniform, unique or custom LUTs -> PalettizedTensor
   / SparsePalettizedTensor, or a :class:`ScaledLUTTensor` with an int8 LUT or a per-channel scale;
 - :func:`palettize_rd_curve`: the optimal error for every LUT size, from one run;
