@@ -95,13 +95,17 @@ def _one_line(exc) -> str:
 
 
 def _quiet_coremltools() -> None:
-    """coremltools logs import-time warnings and draws its own progress bars; a CLI wants neither.
+    """Import coremltools without its import-time warnings and progress bars (a CLI wants neither);
     weightpack's own warnings (a weight left uncompressed, and why) go to stderr."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     log = logging.getLogger("weightpack")
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         log.addHandler(_StderrHandler(logging.WARNING))
+    try:
+        import coremltools  # noqa: F401
+    except ImportError:
+        raise WeightpackError("this command needs coremltools: pip install 'weightpack[coreml]'") from None
 
 
 class _StderrHandler(logging.Handler):
