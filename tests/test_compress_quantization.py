@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import weightpack as wp
+from compress_oracle import assert_matches_coreml, sse, student_rows
 
 
 def coremltools_qparams(w, nbits, signed, mode, block_sizes):
@@ -221,3 +222,115 @@ def test_bad_arguments(kwargs, message):
 def test_bad_weights(w, message):
     with pytest.raises(wp.WeightpackError, match=message):
         wp.quantize(w)
+
+
+# ------------------------------------------------- compiled path, error minimisation, LUTs, memory
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("qtype, mode, granularity, axis, block_size", [
+    ("int8", "symmetric", "per_channel", 0, None),
+    ("uint8", "asymmetric", "per_tensor", 0, None),
+    ("int4", "symmetric", "per_block", 0, 32),
+    ("uint4", "symmetric", "per_channel", 1, None),
+    ("int8", "asymmetric", "per_block", 0, (4, 0)),
+])
+def test_compiled_path_equals_the_reference(dtype, qtype, mode, granularity, axis, block_size, monkeypatch):
+    from weightpack.compress import quantization
+
+    w = student_rows((256, 320), seed=5, dtype=dtype)
+    w[7] = 0  # an all-zero row
+    fast = wp.quantize(w, qtype, mode=mode, granularity=granularity, axis=axis, block_size=block_size)
+    monkeypatch.setattr(quantization, "REFERENCE_MAX", 10**9)
+    assert fast == wp.quantize(w, qtype, mode=mode, granularity=granularity, axis=axis, block_size=block_size)
+
+
+def _error(w, t, weights=None):
+    return sse(w, t.decompress(np.float32), weights)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("qtype, mode, granularity, block_size", [
+    ("int4", "symmetric", "per_channel", None),
+    ("int4", "asymmetric", "per_block", 32),
+    ("uint4", "symmetric", "per_block", 16),
+    ("int8", "symmetric", "per_channel", None),
+])
+def test_clip_search_and_refit_never_raise_the_error(dtype, qtype, mode, granularity, block_size):
+    w = student_rows((64, 256), seed=2, dtype=dtype)
+    kw = dict(mode=mode, granularity=granularity, block_size=block_size)
+    plain = _error(w, wp.quantize(w, qtype, **kw))
+    clipped = _error(w, wp.quantize(w, qtype, clip_search=True, **kw))
+    both = wp.quantize(w, qtype, clip_search=True, refit=True, **kw)
+    tol = 1.001 if dtype == np.float16 else 1 + 1e-9  # the search measures float64 errors; fp16 decoding rounds
+    assert clipped <= plain * tol and _error(w, both) <= clipped * tol
+    if qtype == "int4" and granularity == "per_channel":
+        assert 10 * np.log10(plain / _error(w, both)) > 1.0  # heavy tails: clipping pays (1.2 dB here)
+    data = both.data.values()
+    qmin, qmax = wp.bits.value_range(int(qtype[-1]), qtype.startswith("int"))
+    assert data.min() >= qmin + (mode == "symmetric" and qtype.startswith("int")) and data.max() <= qmax
+    assert both.scale.dtype == dtype and np.all(both.scale > 0)
+
+
+def test_importance_weighs_the_search():
+    w = student_rows((32, 128), seed=4, dtype=np.float32)
+    imp = np.ones((1, 128), np.float32)
+    imp[0, :16] = 1000.0
+    full = np.broadcast_to(imp, w.shape)
+    kw = dict(granularity="per_channel", clip_search=True, refit=True)
+    weighted = wp.quantize(w, "int4", importance=imp, **kw)
+    plain = wp.quantize(w, "int4", **kw)
+    assert _error(w, weighted, full) <= _error(w, plain, full)
+    with pytest.raises(wp.WeightpackError, match="importance weighs the error of clip_search and refit"):
+        wp.quantize(w, "int4", importance=imp)
+
+
+def test_sparse_search_ignores_the_pruned_zeros():
+    w = student_rows((16, 64), seed=8, dtype=np.float32)
+    s = wp.prune(w, 0.5)
+    t = wp.quantize(s, "int4", granularity="per_channel", clip_search=True, refit=True)
+    assert isinstance(t, wp.SparseQuantizedTensor)
+    assert_matches_coreml(t)
+    dense = s.decompress()
+    keep = dense != 0
+    plain = wp.quantize(s, "int4", granularity="per_channel")
+    assert sse(dense[keep], t.decompress()[keep]) <= sse(dense[keep], plain.decompress()[keep]) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("source", ["dense", "sparse", "scaled"])
+def test_quantizing_a_lut_is_core_mls_joint_palettize_quantize(source, backend):
+    w = student_rows((32, 64), seed=3)
+    x = wp.prune(w, 0.5) if source == "sparse" else w
+    p = wp.palettize(x, nbits=4, group_size=8, per_channel_scale=source == "scaled")
+    t = wp.quantize(p, "int8", granularity="per_tensor")
+    assert isinstance(t, wp.ScaledLUTTensor) and t.lut_scale.shape == (1, 1, 1, 1)
+    assert t.palettized.lut.dtype == np.int8
+    assert_matches_coreml(t, backend)
+    per_lut = wp.quantize(p, "uint8", granularity="per_block", block_size=(1, 1, 16, 1))
+    assert per_lut.lut_scale.shape == (4, 1, 1, 1) and per_lut.lut_offset.dtype_name == "uint8"
+    assert wp.snr_db(p.decompress(), t.decompress()) > 30
+
+
+@pytest.mark.parametrize("make, kwargs, message", [
+    (lambda w: wp.palettize(w, 2), dict(dtype="int4"), "a LUT can be quantized to int8 or uint8"),
+    (lambda w: wp.palettize(w, 2, lut_dtype="int8"), dict(dtype="int8"), "already quantized"),
+    (lambda w: wp.palettize(w, 2), dict(dtype="int8", clip_search=True, importance=np.ones((8, 8))), "importance is not used"),
+])
+def test_lut_quantization_errors(make, kwargs, message):
+    with pytest.raises(wp.WeightpackError, match=message):
+        wp.quantize(make(np.random.default_rng(0).random((8, 8)).astype(np.float32)), **kwargs)
+
+
+def test_extra_memory_stays_under_three_times_the_tensor():
+    import tracemalloc
+
+    w = student_rows((1024, 2048), seed=0, dtype=np.float16)
+    wp.quantize(w[:64], "int4", granularity="per_block", block_size=32)  # compile outside the measurement
+    for kwargs in (dict(dtype="int8"), dict(dtype="int4", granularity="per_block", block_size=32),
+                   dict(dtype="uint8", axis=1, mode="asymmetric")):
+        tracemalloc.start()
+        t = wp.quantize(w, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 3 * w.nbytes, (kwargs, peak / w.nbytes)
+        del t

@@ -4,7 +4,8 @@
 - :func:`palettize`: optimal k-means (scalar or vector), uniform, unique or custom LUTs -> PalettizedTensor
   / SparsePalettizedTensor, or a :class:`ScaledLUTTensor` with an int8 LUT or a per-channel scale;
 - :func:`palettize_rd_curve`: the optimal error for every LUT size, from one run;
-- :func:`quantize`: linear int8/uint8/int4/uint4 -> QuantizedTensor / SparseQuantizedTensor.
+- :func:`quantize`: linear int8/uint8/int4/uint4 -> QuantizedTensor / SparseQuantizedTensor, or the
+  LUT of a palettized tensor.
 
 Each module's docstring states its rounding and tie rules. The inputs are never modified.
 numba loads only when a compiled kernel runs.

@@ -28,6 +28,23 @@ than the exact quotient, its q differs from weightpack's by one; weightpack roun
 quotient. The symmetric scale is the same in both (one correctly rounded division); the
 asymmetric scale and offset can differ in the last bit because coremltools rounds ``hi - lo``.
 
+Optional error minimisation (error = ``sum importance * (w - scale * (q - offset))**2`` per block,
+float64, importance 1 by default; the pruned zeros of a SparseTensor weigh 0):
+
+- ``clip_search=True``: the block's range ``[lo, hi]`` is also tried shrunk to ``alpha * [lo, hi]``
+  for alpha = 0.98, 0.96, ..., 0.50 (scale and offset from the same formulas, rounded the same way);
+  the least error wins, ties to the larger alpha.
+- ``refit=True``: then up to 4 least-squares refits: the scale (and for asymmetric the offset,
+  rounded and clipped to the range) that minimise the error for the current q, rounded to the
+  scale dtype (float16 to nearest even); q is requantized; a refit that does not lower the error
+  ends the search.
+
+A PalettizedTensor (or SparsePalettizedTensor, or a ScaledLUTTensor with a float LUT) quantizes
+its LUT instead, to int8 or uint8 with blocks laid over the LUT array ``[G.., 2**n, V]`` (e.g.
+``granularity="per_tensor"``, or ``block_size=(1, .., 1, 2**n, V)`` for one scale per LUT); the
+indices are kept; the result is a ScaledLUTTensor (Core ML: ``constexpr_blockwise_shift_scale`` on
+the LUT, then the LUT op).
+
 Blocks: ``per_tensor`` is one block; ``per_channel`` one block per slice along ``axis``;
 ``per_block`` with an integer ``block_size`` b is coremltools' layout: blocks of 1 along ``axis``
 (the output channels), b along the input axis (1 when ``axis`` is 0, else 0) and the whole of
@@ -40,20 +57,42 @@ import numpy as np
 
 from ..bits import NBitArray, value_range
 from ..errors import WeightpackError, describe
-from ..formats import QuantizedTensor, SparseQuantizedTensor, SparseTensor
+from ..formats import (
+    PalettizedTensor,
+    QuantizedTensor,
+    SparsePalettizedTensor,
+    SparseQuantizedTensor,
+    SparseTensor,
+)
 from ..formats.base import parse_int_type
 from ..formats.quantized import QUANT_TYPES
-from ._common import check_axis, check_choice, float_weights, positive_int, sparse_values
+from ._common import (
+    check_axis,
+    check_bool,
+    check_choice,
+    dtype_name_of,
+    float_weights,
+    freeze,
+    importance_array,
+    positive_int,
+    sparse_values,
+)
 
 MODES = ("symmetric", "asymmetric")
 GRANULARITIES = ("per_tensor", "per_channel", "per_block")
+CLIP_ALPHAS = 1.0 - 0.02 * np.arange(1, 26)  # 0.98 ... 0.50
+REFITS = 4
+REFERENCE_MAX = 1 << 16  # plain quantization of up to this many elements runs the numpy reference
 
 
-def quantize(w, dtype="int8", *, mode="symmetric", granularity="per_channel", axis=0, block_size=None):
+def quantize(w, dtype="int8", *, mode="symmetric", granularity="per_channel", axis=0, block_size=None,
+             clip_search=False, refit=False, importance=None):
     """Quantize float weights to int8/uint8/int4/uint4 with a scale (and offset) per block.
 
     A SparseTensor input quantizes its nonzeros, with the blocks laid over its dense shape, into
-    a SparseQuantizedTensor.
+    a SparseQuantizedTensor; a palettized tensor quantizes its LUT (see the module docstring).
+    ``clip_search`` and ``refit`` lower the error (weighted by ``importance``, the weights' shape or
+    1 on some axes) per block.
 
     >>> import numpy as np
     >>> w = np.array([[0.5, -1.0, 0.25], [2.0, 0.0, -0.5]], np.float32)
@@ -67,6 +106,15 @@ def quantize(w, dtype="int8", *, mode="symmetric", granularity="per_channel", ax
     nbits, signed = parse_int_type(qtype)
     check_choice(mode, "mode", MODES)
     check_choice(granularity, "granularity", GRANULARITIES)
+    search = (check_bool(clip_search, "clip_search"), check_bool(refit, "refit"))
+    if importance is not None and not any(search):
+        raise WeightpackError("importance weighs the error of clip_search and refit; set one of them (or drop importance)")
+    from .scaled import ScaledLUTTensor
+
+    if isinstance(w, (PalettizedTensor, SparsePalettizedTensor, ScaledLUTTensor)):
+        if importance is not None:
+            raise WeightpackError("importance is not used when quantizing a LUT")
+        return _quantize_lut(w, qtype, mode, granularity, axis, block_size, search)
     sparse = isinstance(w, SparseTensor)
     if sparse:
         sparse_values(w)
@@ -75,7 +123,12 @@ def quantize(w, dtype="int8", *, mode="symmetric", granularity="per_channel", ax
         dense = float_weights(w)
     axis = check_axis(axis, dense.ndim)
     block = block_shape(dense.shape, granularity, axis, block_size)
-    q, scale, offset = quantize_blocks(dense, block, nbits, signed, mode)
+    if importance is not None:
+        importance = importance_array(importance, dense.shape)
+    if sparse and any(search):  # the pruned zeros are not stored: they weigh nothing
+        keep = w.mask.values().astype(bool)
+        importance = keep.astype(np.float32) if importance is None else importance * keep
+    q, scale, offset = quantize_array(dense, block, nbits, signed, mode, search, importance)
     if offset is not None:
         offset = offset.astype(q.dtype)
     if sparse:
@@ -84,17 +137,64 @@ def quantize(w, dtype="int8", *, mode="symmetric", granularity="per_channel", ax
     return QuantizedTensor(_packed(q, nbits, signed), scale, offset)
 
 
-def quantize_blocks(w: np.ndarray, block: tuple[int, ...], nbits: int, signed: bool, mode: str):
-    """(q int8/uint8 of w's shape, scale of w's dtype, offset float64 or None) for blocks ``block``."""
+def quantize_array(w: np.ndarray, block, nbits: int, signed: bool, mode: str, search=(False, False), importance=None):
+    """(q int8/uint8 of w's shape, stored scale, offset float64 or None): the reference for small
+    inputs without search, else the compiled kernels on a block-major view."""
+    if w.size <= REFERENCE_MAX and not any(search):
+        return quantize_blocks(w, block, nbits, signed, mode)
+    from . import quant_kernels as qk
+
+    qmin, qmax = _range(nbits, signed, mode)
+    x2, restore = _block_major(w.view(np.uint16) if w.dtype == np.float16 else w, block)
+    lo, hi = qk.minmax(x2)
+    stored, offset = block_params(lo, hi, qmin, qmax, signed, mode, w.dtype)
+    scale64 = stored.astype(np.float64)
+    zero64 = np.zeros(lo.shape) if offset is None else offset
+    if any(search):
+        imp2 = np.empty((0, 0), np.float32) if importance is None else _block_major(importance, block)[0]
+        kind = 0 if mode == "asymmetric" else (1 if signed else 2)
+        alphas = CLIP_ALPHAS if search[0] else CLIP_ALPHAS[:0]
+        refits = REFITS if search[1] else 0
+        smallest = float(np.finfo(w.dtype).smallest_subnormal)
+        scale64, zero64 = qk.search(x2, imp2, scale64, zero64, lo, hi, qmin, qmax, kind, alphas, refits,
+                                    w.dtype == np.float16, smallest)
+        stored = scale64.astype(w.dtype)
+        offset = None if offset is None else zero64
+    q2 = qk.quantize(x2, scale64, zero64, qmin, qmax, np.int8 if signed else np.uint8)
+    grid_scale = restore(None)
+    return restore(q2), stored.reshape(grid_scale), None if offset is None else offset.reshape(grid_scale)
+
+
+def _block_major(a: np.ndarray, block):
+    """(view [blocks, elements per block], restore): ``restore(x2)`` puts a block-major array back in
+    ``a``'s layout (``restore(None)`` gives the scale's shape). Copies only when the blocks are not
+    contiguous already."""
+    shape = a.shape
+    grid = [n for d, b in zip(shape, block) for n in (d // b, b)]
+    order = [2 * i for i in range(len(shape))] + [2 * i + 1 for i in range(len(shape))]
+    counts = [d // b for d, b in zip(shape, block)]
+    x2 = np.ascontiguousarray(a.reshape(grid).transpose(order)).reshape(int(np.prod(counts)), -1)
+    inverse = np.argsort(order)
+
+    def restore(y2):
+        if y2 is None:
+            return tuple(counts)
+        back = y2.reshape([grid[i] for i in order]).transpose(inverse)
+        return np.ascontiguousarray(back).reshape(shape)
+
+    return x2, restore
+
+
+def _range(nbits: int, signed: bool, mode: str) -> tuple[int, int]:
     qmin, qmax = value_range(nbits, signed)
     if mode == "symmetric":
         qmin += signed
         qmax -= not signed
-    grid_shape = [n for d, b in zip(w.shape, block) for n in (d // b, b)]
-    grid = w.astype(np.float64).reshape(grid_shape)
-    inner = tuple(range(1, grid.ndim, 2))
-    lo = grid.min(axis=inner, keepdims=True)
-    hi = grid.max(axis=inner, keepdims=True)
+    return qmin, qmax
+
+
+def block_params(lo, hi, qmin: int, qmax: int, signed: bool, mode: str, dtype):
+    """(stored scale of ``dtype``, offset float64 or None) per block from its float64 min and max."""
     if mode == "symmetric":
         span = 2.0 * np.maximum(-lo, hi)
         offset = None if signed else np.full(span.shape, float(qmax // 2))
@@ -103,15 +203,47 @@ def quantize_blocks(w: np.ndarray, block: tuple[int, ...], nbits: int, signed: b
         span = hi - lo
         safe = np.where(span > 0, span, 1.0)
         offset = np.where(span > 0, np.clip(np.round((qmin * hi - qmax * lo) / safe), qmin, qmax), 0.0)
-    stored = (span / (qmax - qmin)).astype(w.dtype)
-    stored[(stored == 0) & (span > 0)] = np.finfo(w.dtype).smallest_subnormal
+    stored = (span / (qmax - qmin)).astype(dtype)
+    stored[(stored == 0) & (span > 0)] = np.finfo(dtype).smallest_subnormal
     stored[span == 0] = 1
+    return stored, offset
+
+
+def quantize_blocks(w: np.ndarray, block: tuple[int, ...], nbits: int, signed: bool, mode: str):
+    """(q int8/uint8 of w's shape, scale of w's dtype, offset float64 or None) for blocks ``block``:
+    the numpy reference (float64 throughout)."""
+    qmin, qmax = _range(nbits, signed, mode)
+    grid_shape = [n for d, b in zip(w.shape, block) for n in (d // b, b)]
+    grid = w.astype(np.float64).reshape(grid_shape)
+    inner = tuple(range(1, grid.ndim, 2))
+    lo = grid.min(axis=inner, keepdims=True)
+    hi = grid.max(axis=inner, keepdims=True)
+    stored, offset = block_params(lo, hi, qmin, qmax, signed, mode, w.dtype)
     q = np.round(grid / stored.astype(np.float64))
     if offset is not None:
         q += offset
     q = np.clip(q, qmin, qmax).astype(np.int8 if signed else np.uint8).reshape(w.shape)
     scale_shape = grid.shape[::2]
     return q, stored.reshape(scale_shape), None if offset is None else offset.reshape(scale_shape)
+
+
+def _quantize_lut(t, qtype: str, mode: str, granularity: str, axis, block_size, search):
+    """Quantize the LUT of a palettized tensor to int8/uint8: a ScaledLUTTensor."""
+    from .scaled import ScaledLUTTensor, with_lut
+
+    base, scale = (t.palettized, t.scale) if isinstance(t, ScaledLUTTensor) else (t, None)
+    if isinstance(t, ScaledLUTTensor) and t.lut_scale is not None:
+        raise WeightpackError("w's LUT is already quantized (it has a lut_scale); quantize a float LUT")
+    if qtype not in ("int8", "uint8"):
+        raise WeightpackError(f"dtype={qtype!r}: a LUT can be quantized to int8 or uint8 (Core ML's integer LUTs)")
+    if base.lut.dtype.kind != "f":
+        raise WeightpackError(f"w has a {base.lut.dtype} LUT; only a float LUT can be quantized")
+    lut = base.lut
+    axis = check_axis(axis, lut.ndim)
+    block = block_shape(lut.shape, granularity, axis, block_size)
+    q, lut_scale, offset = quantize_array(lut, block, 8, qtype == "int8", mode, search)
+    offset = None if offset is None else offset.astype(q.dtype)
+    return ScaledLUTTensor(with_lut(base, q), lut_scale=lut_scale, lut_offset=offset, scale=scale)
 
 
 def block_shape(shape, granularity: str, axis: int, block_size) -> tuple[int, ...]:
@@ -149,16 +281,17 @@ def block_shape(shape, granularity: str, axis: int, block_size) -> tuple[int, ..
 
 
 def _quant_type(dtype) -> str:
-    name = dtype
-    if not isinstance(dtype, str):
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = None
+    name = dtype_name_of(dtype)
     if name not in QUANT_TYPES:
         raise WeightpackError(f"dtype={describe(dtype)} is unknown; allowed: {', '.join(QUANT_TYPES)} (or np.int8, np.uint8)")
     return name
 
 
-def _packed(q: np.ndarray, nbits: int, signed: bool):
-    return q if nbits == 8 else NBitArray.from_values(q, nbits, signed=signed)
+def _packed(q: np.ndarray, nbits: int, signed: bool) -> NBitArray:
+    """q (int8/uint8, in range) as an NBitArray, packed without the general packer's checks."""
+    if nbits == 8:
+        return NBitArray(freeze(np.ascontiguousarray(q).reshape(-1).view(np.uint8)), 8, q.shape, signed=signed)
+    from .packing import pack_codes
+
+    codes = (q.view(np.uint8) & 0x0F) if signed else q
+    return NBitArray(pack_codes(codes, nbits), nbits, q.shape, signed=signed)

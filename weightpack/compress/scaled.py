@@ -8,8 +8,9 @@ Core ML (iOS 18) expresses both with ``constexpr_blockwise_shift_scale``, chaine
 
 :class:`ScaledLUTTensor` holds exactly those arrays, Core ML-shaped: ``palettized`` (a
 PalettizedTensor or SparsePalettizedTensor; its ``lut`` is the int8/uint8 data when ``lut_scale``
-is given), ``lut_scale`` and ``lut_offset`` of shape ``[G0..G(K-1), 1, 1]`` (one per LUT: blocks of
-a whole table), and ``scale`` with the tensor's rank whose dimensions divide its shape, e.g.
+is given), ``lut_scale`` and ``lut_offset`` with the LUT's rank and dimensions dividing its shape (the
+encoder writes ``[G0..G(K-1), 1, 1]``: one per LUT; coremltools' joint compression one per
+tensor), and ``scale`` with the tensor's rank whose dimensions divide its shape, e.g.
 ``[1, C_in]`` for coremltools' ``enable_per_channel_scale`` on a linear weight (it is per *input*
 channel) or ``[C_out, 1]`` per output channel. Decoding follows Core ML's reference arithmetic:
 each shift-scale stage converts its data to the scale's dtype T, and rounds the difference and
@@ -54,13 +55,8 @@ class ScaledLUTTensor(CompressedTensor):
             raise WeightpackError("lut_offset is given without lut_scale")
         if lut_scale is None and scale is None:
             raise WeightpackError("ScaledLUTTensor needs lut_scale, scale or both (otherwise use the PalettizedTensor)")
-        if lut_scale is not None:
-            want = lut.shape[:-2] + (1, 1)
-            lut_as_data = QuantizedTensor(lut, lut_scale, lut_offset)  # validates dtypes and offset
-            if lut_as_data.scale.shape != want:
-                raise WeightpackError(
-                    f"lut_scale has shape {lut_as_data.scale.shape}; it must be {want} (one scale per LUT)"
-                )
+        if lut_scale is not None:  # blocks dividing the LUT array: validated as Core ML's shift-scale data
+            lut_as_data = QuantizedTensor(lut, lut_scale, lut_offset)
             lut_scale, lut_offset = lut_as_data.scale, lut_as_data.offset
         if scale is not None:
             scale = frozen_array(scale, "scale", FLOAT_DTYPES)
