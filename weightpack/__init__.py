@@ -29,6 +29,8 @@ _LAZY = {
     "palettize": ".compress",
     "quantize": ".compress",
     "palettize_rd_curve": ".compress",
+    "compress_all": ".compress",
+    "CompressionConfig": ".compress",
     "ScaledLUTTensor": ".compress",
     "snr_db": ".metrics",
     "matvec": ".ops",

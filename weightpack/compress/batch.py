@@ -1,0 +1,254 @@
+"""Compressing many tensors at once, on any ``concurrent.futures.Executor``.
+
+A :class:`CompressionConfig` says what to do to one tensor: up to three steps applied in the order
+prune -> palettize -> quantize (so prune + palettize gives sparse palettized nonzeros, palettize +
+quantize an int8 LUT), each the keyword arguments of that encoder. :func:`compress_all` runs one
+config for every tensor, or one per name, as one task per tensor on an executor: a process pool by
+default, or whatever the caller passes (a thread pool; Dask's or Ray's executors for models larger
+than one machine). Results travel back as plain arrays, so any executor that pickles works. At most
+two tasks per worker are in flight, so a model is never copied into the task queue all at once;
+each encoder keeps its extra memory under about three times the tensor's size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+
+import numpy as np
+
+from ..bits import NBitArray
+from ..errors import WeightpackError, describe
+from ..formats import (
+    CompressedTensor,
+    PalettizedTensor,
+    QuantizedTensor,
+    SparsePalettizedTensor,
+    SparseQuantizedTensor,
+    SparseTensor,
+)
+from . import _threads
+
+STEPS = ("prune", "palettize", "quantize")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionConfig:
+    """Steps for one tensor, each a dict of keyword arguments for that encoder (None: skip the step).
+
+    ``min_size``: tensors with at most this many elements are left as they are (coremltools'
+    ``weight_threshold``, default 0: compress everything).
+
+    >>> c = CompressionConfig(prune={"sparsity": 0.5}, palettize={"nbits": 4})
+    >>> c == CompressionConfig.from_dict({"prune": {"sparsity": 0.5}, "palettize": {"nbits": 4}})
+    True
+    """
+
+    prune: Mapping | None = None
+    palettize: Mapping | None = None
+    quantize: Mapping | None = None
+    min_size: int = 0
+
+    def __post_init__(self):
+        steps = [getattr(self, s) for s in STEPS]
+        if all(s is None for s in steps):
+            raise WeightpackError("a CompressionConfig needs at least one of prune, palettize, quantize")
+        for name, step in zip(STEPS, steps):
+            if step is not None and not (isinstance(step, Mapping) and all(isinstance(k, str) for k in step)):
+                raise WeightpackError(f"{name}={describe(step)} must be a dict of keyword arguments (or None)")
+        if isinstance(self.min_size, (bool, np.bool_)) or not isinstance(self.min_size, (int, np.integer)) or self.min_size < 0:
+            raise WeightpackError(f"min_size={describe(self.min_size)} must be a non-negative integer")
+
+    @classmethod
+    def from_dict(cls, config: Mapping) -> "CompressionConfig":
+        """From ``{"prune": {...}, "palettize": {...}, "quantize": {...}, "min_size": n}`` (any subset)."""
+        unknown = set(config) - set(STEPS) - {"min_size"}
+        if unknown:
+            raise WeightpackError(f"unknown config keys {sorted(unknown)}; allowed: {', '.join(STEPS)}, min_size")
+        return cls(**config)
+
+    def apply(self, w):
+        """Compress one array with these steps (or return it unchanged if it is too small)."""
+        from . import palettize, prune, quantize
+
+        if np.size(w) <= self.min_size:
+            return w
+        out = w
+        if self.prune is not None:
+            out = prune(out, **self.prune)
+        if self.palettize is not None:
+            out = palettize(out, **self.palettize)
+        if self.quantize is not None:
+            out = quantize(out, **self.quantize)
+        return out
+
+
+def compress_all(weights: Mapping, config, *, executor=None, progress=None) -> dict:
+    """Compress every array of ``weights`` (name -> array); returns name -> compressed tensor (or the
+    array itself where a config's ``min_size`` skips it, or its per-name config is None).
+
+    ``config``: a :class:`CompressionConfig` (or its dict form) for every tensor, or a mapping from
+    name to config (names it lacks are left as they are). ``executor``: a
+    ``concurrent.futures.Executor``; None runs a process pool on this machine's CPUs.
+    ``progress``: a bar on stderr; None shows it when stderr is a terminal.
+
+    >>> import numpy as np
+    >>> from concurrent.futures import ThreadPoolExecutor
+    >>> ws = {"a": np.ones((8, 8), np.float32), "b": np.arange(64, dtype=np.float32).reshape(8, 8)}
+    >>> with ThreadPoolExecutor(2) as pool:
+    ...     out = compress_all(ws, {"quantize": {"dtype": "int8"}}, executor=pool, progress=False)
+    >>> sorted(out), type(out["b"]).__name__
+    (['a', 'b'], 'QuantizedTensor')
+    """
+    if not isinstance(weights, Mapping):
+        raise WeightpackError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
+    configs = _configs(weights, config)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    own = executor is None
+    if own:
+        workers = max(1, min(_threads.thread_count(), len(weights)))
+        inner = max(1, _threads.thread_count() // workers)
+        executor = ProcessPoolExecutor(workers, initializer=_set_threads, initargs=(inner,))
+    transport = not isinstance(executor, ThreadPoolExecutor)
+    limit = 2 * max(1, getattr(executor, "_max_workers", 0) or _threads.thread_count())
+    bar = _Progress(len(weights), show)
+    results = {}
+    try:
+        pending = {}
+        todo = iter(weights.items())
+        while True:
+            while len(pending) < limit:
+                item = next(todo, None)
+                if item is None:
+                    break
+                name, w = item
+                if configs.get(name) is None:
+                    results[name] = w
+                    bar.step(np.asarray(w).nbytes if isinstance(w, np.ndarray) else 0, 0)
+                    continue
+                pending[executor.submit(_compress_one, name, w, configs[name], transport)] = (name, w)
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                name, w = pending.pop(future)
+                out = future.result()
+                out = _from_plain(out) if transport else out
+                results[name] = out
+                bar.step(getattr(w, "nbytes", 0), out.nbytes)
+    except BaseException:
+        for future in list(pending):
+            future.cancel()
+        raise
+    finally:
+        bar.close()
+        if own:
+            executor.shutdown()
+    return {name: results[name] for name in weights}
+
+
+def _configs(weights: Mapping, config) -> dict:
+    if isinstance(config, CompressionConfig):
+        return {name: config for name in weights}
+    if isinstance(config, Mapping) and config and set(config) <= set(STEPS) | {"min_size"}:
+        one = CompressionConfig.from_dict(config)
+        return {name: one for name in weights}
+    if not isinstance(config, Mapping):
+        raise WeightpackError(
+            f"config={describe(config)} must be a CompressionConfig, its dict form, or a mapping name -> config"
+        )
+    out = {}
+    for name, c in config.items():
+        if name not in weights:
+            raise WeightpackError(f"config names {name!r}, which is not among the weights")
+        if c is None or isinstance(c, CompressionConfig):
+            out[name] = c
+        elif isinstance(c, Mapping):
+            out[name] = CompressionConfig.from_dict(c)
+        else:
+            raise WeightpackError(f"config[{name!r}]={describe(c)} must be a CompressionConfig, a dict or None")
+    return out
+
+
+def _set_threads(count: int) -> None:
+    os.environ["WEIGHTPACK_THREADS"] = str(count)
+
+
+def _compress_one(name: str, w, config: CompressionConfig, transport: bool):
+    try:
+        out = config.apply(w)
+    except WeightpackError as exc:
+        raise WeightpackError(f"{name}: {exc}") from None
+    return _to_plain(out) if transport else out
+
+
+# --- plain-data transport (the compressed types are immutable and do not pickle themselves)
+
+_TYPES = {t.__name__: t for t in (SparseTensor, PalettizedTensor, QuantizedTensor, SparsePalettizedTensor, SparseQuantizedTensor)}
+
+
+def _to_plain(value):
+    from .scaled import ScaledLUTTensor
+
+    if isinstance(value, NBitArray):
+        return ("NBitArray", np.asarray(value.packed), value.nbits, value.shape, value.signed)
+    if isinstance(value, ScaledLUTTensor):
+        fields = {k: _to_plain(getattr(value, k)) for k in ("palettized", "lut_scale", "lut_offset", "scale")}
+        return ("ScaledLUTTensor", fields)
+    if isinstance(value, CompressedTensor):
+        fields = {k: _to_plain(v) for k, v in value.arrays().items()}
+        if hasattr(value, "vector_axis"):
+            fields["vector_axis"] = value.vector_axis
+        return (type(value).__name__, fields)
+    return value
+
+
+def _from_plain(value):
+    from .scaled import ScaledLUTTensor
+
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False  # ours (unpickled): lets the tensor keep it without a copy
+        return value
+    if not isinstance(value, tuple) or not value or not isinstance(value[0], str):
+        return value
+    kind = value[0]
+    if kind == "NBitArray":
+        _, packed, nbits, shape, signed = value
+        packed.flags.writeable = False
+        return NBitArray(packed, nbits, shape, signed=signed)
+    fields = {k: _from_plain(v) for k, v in value[1].items()}
+    if kind == "ScaledLUTTensor":
+        p = fields.pop("palettized")
+        return ScaledLUTTensor(p, **fields)
+    return _TYPES[kind](**fields)
+
+
+class _Progress:
+    """A one-line bar on stderr: tensors done, bytes in and out, elapsed time."""
+
+    def __init__(self, total: int, show: bool):
+        self.total, self.show = total, show
+        self.done = 0
+        self.before = self.after = 0
+        self.start = time.perf_counter()
+
+    def step(self, before: int, after: int) -> None:
+        self.done += 1
+        self.before += before
+        self.after += after
+        if self.show:
+            width = 30
+            fill = width * self.done // max(self.total, 1)
+            sys.stderr.write(
+                f"\rcompressing [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} tensors, "
+                f"{self.before / 1e6:.1f} MB -> {self.after / 1e6:.1f} MB, {time.perf_counter() - self.start:.1f} s"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.show and self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
