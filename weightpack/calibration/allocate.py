@@ -232,7 +232,7 @@ def _layer_options(name, w, stats, widths, group_sizes, factor) -> LayerPlan:
             continue  # this granularity does not apply to this layer
         curve = np.zeros(kmax)
         for start in range(0, rows, size):
-            x, weight = weighted_values(flat[start : start + size].reshape(-1), np.tile(d, size))
+            x, weight = weighted_values(flat[start : start + size], d)
             curve += kmeans.solve(x, weight, kmax)[1]
         for b in widths:
             nbytes = -(-w.size * b // 8) + (rows // size) * (1 << b) * w.dtype.itemsize

@@ -90,6 +90,8 @@ def initial_damping(h: np.ndarray, damp: float) -> float:
 def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndarray, float]:
     """(U upper-triangular with ``U^T U = (H + lambda I)^-1``, the lambda used) for a validated H.
 
+    U is a reversed view of a lower-triangular array (negative strides).
+
     >>> u, lam = inverse_cholesky(np.array([[4.0, 2.0], [2.0, 3.0]]), damp=1e-9)
     >>> np.allclose(u.T @ u, np.linalg.inv([[4.0, 2.0], [2.0, 3.0]])), np.allclose(u, np.triu(u))
     (True, True)
@@ -108,9 +110,9 @@ def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndar
         if np.diagonal(low).min() ** 2 < 0.5 * lam:
             lam *= 10.0
             continue
-        u = lower_inverse(low)[::-1, ::-1]
+        u = lower_inverse(low)[::-1, ::-1]  # a view: no copy
         if np.isfinite(u).all():
-            return np.ascontiguousarray(u), lam
+            return u, lam
         lam *= 10.0
     raise WeightpackError(
         f"H + lambda I is not positive definite even with lambda={lam / 10:.3g} "
@@ -119,7 +121,9 @@ def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndar
 
 
 def lower_inverse(low: np.ndarray) -> np.ndarray:
-    """Inverse of a lower-triangular matrix by recursive 2x2 blocking (``[[A, 0], [B, C]]``)."""
+    """Inverse of a lower-triangular matrix by recursive 2x2 blocking: for ``[[A, 0], [B, C]]`` it
+    is ``[[A^-1, 0], [-C^-1 B A^-1, C^-1]]``. (Products that skip the triangles' zeros halve the
+    flops but measured slower here: more, smaller BLAS calls.)"""
     n = low.shape[0]
     if n <= _BASE:
         return np.tril(np.linalg.inv(low))

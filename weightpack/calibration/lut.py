@@ -1,6 +1,7 @@
 """Importance-weighted optimal LUTs and the nearest-entry tables the column sweep uses.
 
-``fit_lut(values, importance, nbits, dtype)`` minimises ``sum importance * (v - lut[a(v)])**2``:
+``fit_lut(values, column_weights, row_weights, nbits, dtype)`` minimises
+``sum_rj row_weights[r] column_weights[j] (v_rj - lut[a(v_rj)])**2``:
 
 - constant (or no) importance on float16/float32 values: exactly the data-free encoder's LUT
   (:func:`weightpack.compress.palettization.kmeans_lut`), so calibration with H = identity gives
@@ -22,38 +23,64 @@ import numpy as np
 from ..compress.palettization import _fp16_order, _fp16_values  # value tables of all float16 patterns
 
 EXACT_LIMIT = 65536
+CHUNK = 1 << 20  # elements weighted at a time (bounds the temporary weight arrays)
 
 
-def fit_lut(values: np.ndarray, importance, nbits: int, dtype) -> np.ndarray:
-    """LUT [2**nbits] of ``dtype`` for 1-D ``values`` weighted by ``importance`` (None = uniform)."""
+def fit_lut(values: np.ndarray, column_weights, row_weights, nbits: int, dtype) -> np.ndarray:
+    """LUT [2**nbits] of ``dtype`` for the 2-D ``values`` (rows x columns), element ``(r, j)``
+    weighted by ``row_weights[r] * column_weights[j]`` (None: all ones)."""
     from ..compress import kmeans, palettization
 
     k = 1 << nbits
-    uniform = importance is None or np.ptp(importance) == 0
+    uniform = all(v is None or np.ptp(v) == 0 for v in (column_weights, row_weights))
     if uniform and values.dtype == dtype and values.dtype in (np.float16, np.float32):
-        return palettization.kmeans_lut(np.ascontiguousarray(values), nbits)[0]
-    x, w = weighted_values(values, np.ones(values.size) if importance is None else importance)
+        return palettization.kmeans_lut(np.ascontiguousarray(values).reshape(-1), nbits)[0]
+    x, w = weighted_values(values, column_weights, row_weights)
     starts, _ = kmeans.solve(x, w, k)
     lut = kmeans.cluster_means(x, w, starts).astype(dtype)
     return np.concatenate((lut, np.repeat(lut[-1:], k - lut.size)))
 
 
-def weighted_values(values: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values as float64, their summed positive weights) of 1-D ``values``.
+def weighted_values(values: np.ndarray, column_weights=None, row_weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values as float64, their summed positive weights) of the 2-D ``values``.
 
     float16: by bit-pattern histogram; others: sorted for up to ``EXACT_LIMIT`` elements, else
-    binned (see the module docstring). Zero-weight values are dropped.
+    binned (see the module docstring). Zero-weight values are dropped. Weights are formed
+    ``CHUNK`` elements at a time, never for the whole tensor.
     """
-    weights = np.asarray(weights, np.float64)
-    if values.dtype == np.float16:
-        x, w = _fp16_histogram(values, weights)
-    elif values.size <= EXACT_LIMIT:
-        order = np.argsort(values, kind="stable")
-        sorted_values = values[order].astype(np.float64)
+    rows, cols = values.shape
+    cw = np.ones(cols) if column_weights is None else np.asarray(column_weights, np.float64)
+    rw = np.ones(rows) if row_weights is None else np.asarray(row_weights, np.float64)
+    if values.dtype != np.float16 and values.size <= EXACT_LIMIT:
+        flat = values.reshape(-1)
+        order = np.argsort(flat, kind="stable")
+        sorted_values = flat[order].astype(np.float64)
         starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
-        x, w = sorted_values[starts], np.add.reduceat(weights[order], starts)
+        x, w = sorted_values[starts], np.add.reduceat(np.outer(rw, cw).reshape(-1)[order], starts)
     else:
-        x, w = _binned(values.astype(np.float64), weights)
+        fp16 = values.dtype == np.float16
+        shift = 0 if fp16 else 15 - np.frexp(np.abs(values).max())[1]
+        w = np.zeros(65536)
+        wx = None if fp16 else np.zeros(65536)
+        step = max(1, CHUNK // cols)
+        for r in range(0, rows, step):
+            block = values[r : r + step]
+            weight = (rw[r : r + step, None] * cw).reshape(-1)
+            if fp16:
+                keys = np.ascontiguousarray(block).view(np.uint16).reshape(-1)
+            else:  # bins: equal float16 rounding of the value times 2**shift
+                block = block.astype(np.float64).reshape(-1)
+                keys = (block * 2.0**shift).astype(np.float16).view(np.uint16)
+                wx += np.bincount(keys, weights=weight * block, minlength=65536)
+            w += np.bincount(keys, weights=weight, minlength=65536)
+        w[0] += w[0x8000]  # -0 bins with +0
+        order = _fp16_order()
+        w = w[order]
+        if fp16:
+            x = _fp16_values()[order]
+        else:
+            wx[0] += wx[0x8000]
+            x = wx[order] / np.where(w > 0, w, 1)
     keep = w > 0
     return x[keep], w[keep]
 
@@ -68,24 +95,3 @@ def nearest_tables(luts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     first = np.stack([np.searchsorted(e, e, side="left") for e in entries]).astype(np.int64)
     mids = (entries[:, :-1] + entries[:, 1:]) * 0.5
     return np.ascontiguousarray(mids), first, entries
-
-
-def _fp16_histogram(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct float16 values ascending as float64, summed weights); -0 counts as +0."""
-    hist = np.bincount(np.ascontiguousarray(values).view(np.uint16).ravel(), weights=weights, minlength=65536)
-    hist[0] += hist[0x8000]
-    order = _fp16_order()
-    return _fp16_values()[order], hist[order]
-
-
-def _binned(x: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(weighted bin means ascending, bin weights) over bins of equal float16 rounding of x * 2**s."""
-    exponent = np.frexp(np.abs(x).max())[1]
-    keys = (x * 2.0 ** (15 - exponent)).astype(np.float16).view(np.uint16)
-    keys = np.where(keys == 0x8000, 0, keys)
-    w = np.bincount(keys, weights=weights, minlength=65536)
-    wx = np.bincount(keys, weights=weights * x, minlength=65536)
-    order = _fp16_order()
-    w, wx = w[order], wx[order]
-    keep = w > 0
-    return wx[keep] / w[keep], w[keep]

@@ -69,13 +69,11 @@ def gptq_palettize(
         values = values / scale.astype(np.float64)[:, None]
         layer.W0 = layer.W0 / scale.astype(np.float64)[:, None]
     per_group = rows // groups
+    row_weights = None if scale is None else scale.astype(np.float64) ** 2
     luts = np.empty((groups, 1 << nbits), layer.dtype)
     for g in range(groups):
-        block = values[g * per_group : (g + 1) * per_group]
-        importance = np.broadcast_to(layer.importance, block.shape)
-        if scale is not None:
-            importance = importance * (scale[g * per_group : (g + 1) * per_group].astype(np.float64) ** 2)[:, None]
-        luts[g] = fit_lut(block.reshape(-1), importance.reshape(-1), nbits, layer.dtype)
+        part = slice(g * per_group, (g + 1) * per_group)
+        luts[g] = fit_lut(values[part], layer.importance, None if row_weights is None else row_weights[part], nbits, layer.dtype)
     mids, first, entries = nearest_tables(luts)
     lut_of_row = np.repeat(np.arange(groups), per_group)
     codes = np.empty((rows, layer.columns), np.uint8)

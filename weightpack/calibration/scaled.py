@@ -1,8 +1,9 @@
-"""A palettized tensor followed by a per-output-channel scale: Core ML's palettization with
-``enable_per_channel_scale``.
+"""A palettized tensor followed by a per-output-channel scale.
 
-Core ML (iOS 18) expresses it as two chained ops, which is also how coremltools' own
-``palettize_weights(..., enable_per_channel_scale=True)`` writes it::
+Core ML (iOS 18) expresses it as two chained ops, the chain coremltools' own
+``palettize_weights(..., enable_per_channel_scale=True)`` writes (coremltools takes the max over
+the output axis, so its scale is ``[1, C_in, ...]``; here it is one per output channel, i.e. per
+row of the weight matrix, in the same op)::
 
     lut_out = constexpr_lut_to_dense(indices, lut)                   # PalettizedTensor
     weight  = constexpr_blockwise_shift_scale(data=lut_out, scale)  # scale [C_out, 1, ...], no offset

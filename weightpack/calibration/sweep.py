@@ -45,7 +45,7 @@ def column_sweep(W0: np.ndarray, U: np.ndarray, run, block_size: int = DEFAULT_B
     rows, n = W0.shape
     wide = np.float32 if rows * n > FLOAT32_ABOVE else np.float64
     E = np.empty((rows, n), wide)
-    U_wide = U.astype(wide, copy=False)
+    U_wide = np.ascontiguousarray(U, dtype=wide)
     total = 0.0
     for i1 in range(0, n, block_size):
         i2 = min(i1 + block_size, n)
