@@ -17,14 +17,17 @@ from weightpack.coreml.values import dense
 THRESHOLD = 100  # weight_threshold for the tests' models: their weights have 8,192 elements, biases 64-128
 
 
-def linear_model(target="iOS18", dtype=np.float16, seed=0):
-    """An ML program of three linear layers (64x128, 128x64, 64x128) with a relu, converted by coremltools."""
+def linear_model(target="iOS18", dtype=np.float16, seed=0, levels=None):
+    """An ML program of three linear layers (64x128, 128x64, 64x128) with a relu, converted by
+    coremltools; ``levels``: round every weight to that many steps per unit (few distinct values)."""
     rng = np.random.default_rng(seed)
     weights = [
         (rng.standard_t(4, (64, 128)) * 0.05).astype(np.float32),
         (rng.standard_t(4, (128, 64)) * 0.05).astype(np.float32),
         (rng.standard_normal((64, 128)) * np.exp(rng.normal(0, 0.3, (64, 1)))).astype(np.float32),
     ]
+    if levels is not None:
+        weights = [np.round(w * levels) / levels for w in weights]
     opset = getattr(ct.target, target)
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 128))], opset_version=opset)

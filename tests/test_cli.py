@@ -135,6 +135,18 @@ def test_compress_with_a_yaml_config(capsys, tmp_path, dense16):
     assert "l1_weight_0_to_fp16" in weights  # left dense by its op_name config
 
 
+def test_compress_n_m_and_threshold(capsys, tmp_path, dense18):
+    output = tmp_path / "out.mlpackage"
+    assert run(capsys, "compress", dense18, output, "--prune", "0.5", "--n-m", "2:4", "--weight-threshold", THRESHOLD)[0] == 0
+    original = load(dense18)["l0_weight_0_to_fp16"]
+    assert load(output)["l0_weight_0_to_fp16_sparsified"] == wp.prune(original, n_m_ratio=(2, 4), dim=1)
+    config = tmp_path / "threshold.yaml"
+    config.write_text("config_type: OpThresholdPrunerConfig\nglobal_config:\n  threshold: 0.05\n  weight_threshold: 100\n")
+    status, out, err = run(capsys, "compress", dense18, output, "--config", config)
+    assert status == 0 and "sparse" in out
+    assert "left l2_weight_0_to_fp16 uncompressed: its sparsity" in err  # below minimum_sparsity_percentile 0.5
+
+
 def test_compress_to_a_newer_target(capsys, tmp_path, dense16):
     output = tmp_path / "out.mlpackage"
     argv = ["compress", dense16, output, "--palettize", "3", "--group-size", "16", "--weight-threshold", THRESHOLD]
@@ -191,7 +203,6 @@ def test_not_an_ml_program(capsys, tmp_path, palettized):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--prune", "0.5", "--n-m", "2:4"], "n_m_ratio=(2, 4) (n:m pruning) is not supported by weightpack's encoders yet"),
         (["--prune", "0.5", "--n-m", "1:4"], "--n-m 1:4 must have 0 < N <= M and N/M equal to --prune 0.5"),
         (["--prune", "0.5", "--n-m", "two:four"], "--n-m 'two:four' must be N:M"),
         (["--prune", "1.5"], "--prune 1.5 must be a fraction in [0, 1]"),
@@ -218,17 +229,17 @@ def test_bad_options_exit_2(capsys, tmp_path, dense16, extra, message):
     [
         ("config_type: OpPalettizerConfig\nglobal_config:\n  nbits: 5\n", "not a coremltools OptimizationConfig"),
         ("global_config: [unbalanced\n", "not a coremltools OptimizationConfig"),
-        ("config_type: OpPalettizerConfig\nglobal_config:\n  nbits: 4\n  cluster_dim: 4\n", "cluster_dim=4 (vector palettization) is not supported"),
-        ("config_type: OpThresholdPrunerConfig\nglobal_config:\n  threshold: 0.01\n", "OpThresholdPrunerConfig (threshold pruning) is not supported"),
+        ("config_type: OpPalettizerConfig\nglobal_config:\n  mode: unique\n", "more than 256 distinct values"),
+        ("config_type: OpPalettizerConfig\nglobal_config:\n  nbits: 4\n  cluster_dim: 4\n", "vector palettization needs target iOS18"),
     ],
 )
-def test_bad_config_files_exit_2(capsys, tmp_path, dense18, text, message):
+def test_bad_config_files_exit_2(capsys, tmp_path, dense16, text, message):
     config = tmp_path / "config.yaml"
     config.write_text(text)
     output = str(tmp_path / "out.mlpackage")
-    assert_bad_input(capsys, ["compress", dense18, output, "--config", config], message, output)
-    assert_bad_input(capsys, ["compress", dense18, output, "--config", config, "--prune", "0.5"], "--config replaces", output)
-    assert_bad_input(capsys, ["compress", dense18, output, "--config", tmp_path / "none.yaml"], "none.yaml: no such file", output)
+    assert_bad_input(capsys, ["compress", dense16, output, "--config", config], message, output)
+    assert_bad_input(capsys, ["compress", dense16, output, "--config", config, "--prune", "0.5"], "--config replaces", output)
+    assert_bad_input(capsys, ["compress", dense16, output, "--config", tmp_path / "none.yaml"], "none.yaml: no such file", output)
 
 
 def test_bad_paths_exit_2(capsys, tmp_path, dense18):

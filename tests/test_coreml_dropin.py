@@ -2,8 +2,8 @@
 
 For each config: the model has the constexpr op types coremltools' own function produces, in the
 same order; coremltools' decompress_weights decodes it exactly as weightpack does; and the
-arrays are exactly what weightpack's encoders make of the original weights. Options weightpack
-cannot honour raise; coremltools' gating (weight_threshold, op name/type configs) is followed.
+arrays are exactly what weightpack's encoders make of the original weights. coremltools' gating
+(weight_threshold, op name/type configs, skips) is followed; what cannot be done raises.
 """
 import coremltools.optimize.coreml as cto
 import numpy as np
@@ -118,8 +118,10 @@ def test_joint_quantization_of_luts(models):
     assert constexpr_ops(mine)[:2] == ["constexpr_blockwise_shift_scale", "constexpr_lut_to_dense"]
     assert_decompresses_like_coremltools(mine, load(mine))
     for name, tensor in compressed(mine).items():
-        lut = wp.palettize(originals(model)[name], 4).lut
-        assert_same_bits(tensor.lut, wp.quantize(lut, "int8", granularity="per_tensor").decompress())
+        assert isinstance(tensor, wp.ScaledLUTTensor) and tensor.palettized.lut.dtype == np.int8  # stored as int8 + scale
+        quantized = wp.quantize(wp.palettize(originals(model)[name], 4).lut, "int8", granularity="per_tensor")
+        assert_same_bits(tensor.palettized.lut, quantized.data.values())
+        assert_same_bits(tensor.lut_scale, quantized.scale)
 
 
 @pytest.mark.parametrize("first", [QUANT, PAL])
@@ -160,22 +162,63 @@ def test_weight_threshold_is_strict_and_rank_one_is_skipped(models):
     assert constexpr_ops(everything) == ["constexpr_lut_to_dense"] * 3  # the biases (rank 1) stay dense
 
 
-@pytest.mark.parametrize(
-    "function, op_config, message",
-    [
-        (PRUNE, cto.OpThresholdPrunerConfig(threshold=0.01), "OpThresholdPrunerConfig"),
-        (PRUNE, cto.OpMagnitudePrunerConfig(n_m_ratio=(2, 4)), r"n_m_ratio=\(2, 4\)"),
-        (PRUNE, cto.OpMagnitudePrunerConfig(target_sparsity=0.5, block_size=2), "block_size=2"),
-        (PAL, cto.OpPalettizerConfig(mode="unique"), "mode='unique'"),
-        (PAL, cto.OpPalettizerConfig(mode="custom", lut_function=lambda w: (w, w)), "mode='custom'"),
-        (PAL, cto.OpPalettizerConfig(nbits=4, cluster_dim=2), "cluster_dim=2"),
-        (PAL, cto.OpPalettizerConfig(nbits=4, enable_per_channel_scale=True), "enable_per_channel_scale"),
-    ],
-)
-def test_options_weightpack_cannot_honour_raise(models, function, op_config, message):
-    for config in (C(global_config=op_config), C(op_name_configs={"l0_weight_0_to_fp16": op_config})):
-        with pytest.raises(WeightpackError, match=f"{message}.* not supported by weightpack's encoders yet"):
-            getattr(wp.coreml, function)(models["iOS18"], config)
+def uniform2(values):
+    """A custom LUT function: 4 evenly spaced values (coremltools calls it once per group)."""
+    lut = np.linspace(values.min(), values.max(), 4).astype(values.dtype)
+    return lut, np.abs(values.reshape(-1, 1) - lut).argmin(axis=1).astype(np.uint8).reshape(values.shape)
+
+
+STRUCTURED = {
+    "threshold": (PRUNE, cto.OpThresholdPrunerConfig(threshold=0.02, minimum_sparsity_percentile=0.2, weight_threshold=THRESHOLD),
+                  lambda w: wp.prune(w, threshold=0.02)),
+    "2:4 along the input channels": (PRUNE, cto.OpMagnitudePrunerConfig(n_m_ratio=(2, 4), weight_threshold=THRESHOLD),
+                                     lambda w: wp.prune(w, n_m_ratio=(2, 4), dim=1)),
+    "blocks of 4 output channels": (PRUNE, cto.OpMagnitudePrunerConfig(target_sparsity=0.5, block_size=4, weight_threshold=THRESHOLD),
+                                    lambda w: wp.prune(w, 0.5, block_size=4, dim=0)),
+    "vectors of 2": (PAL, cto.OpPalettizerConfig(nbits=2, cluster_dim=2, weight_threshold=THRESHOLD),
+                     lambda w: wp.palettize(w, 2, cluster_dim=2, axis=0)),
+    "custom LUT per 16 channels": (PAL, cto.OpPalettizerConfig(mode="custom", lut_function=uniform2, granularity="per_grouped_channel",
+                                                               group_size=16, weight_threshold=THRESHOLD),
+                                   lambda w: wp.palettize(w, mode="custom", lut_function=uniform2, group_size=16)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(STRUCTURED))
+def test_structured_options(models, case):
+    function, op_config, encode = STRUCTURED[case]
+    model = models["iOS18"]
+    expected = {name: encode(w) for name, w in originals(model).items()}
+    skipped = isinstance(op_config, cto.OpThresholdPrunerConfig)  # l2's weights are too large to reach 20%
+    if skipped:
+        expected = {k: v for k, v in expected.items() if v.sparsity >= 0.2}
+        assert len(expected) == 2
+    mine = getattr(wp.coreml, function)(model, C(global_config=op_config))
+    assert constexpr_ops(mine) == constexpr_ops(getattr(cto, function)(model, C(global_config=op_config)))
+    assert_decompresses_like_coremltools(mine, load(mine))
+    found = {k: v for k, v in load(mine).items() if not isinstance(v, np.ndarray)}
+    assert {next(w for w in WEIGHTS if k.startswith(w)): v for k, v in found.items()} == expected
+
+
+def test_unique_mode(models):
+    model = linear_model("iOS18", levels=20)
+    config = C(global_config=cto.OpPalettizerConfig(mode="unique", weight_threshold=THRESHOLD))
+    expected = {name: wp.palettize(w, mode="unique") for name, w in originals(model).items()}
+    check_against_coremltools(PAL, model, config, expected)
+    with pytest.raises(WeightpackError, match="more than 256 distinct values"):
+        palettize_weights(models["iOS18"], config)  # coremltools would leave these weights dense
+
+
+def test_per_channel_scale(models):
+    model = models["iOS18"]
+    config = C(global_config=cto.OpPalettizerConfig(nbits=4, enable_per_channel_scale=True, weight_threshold=THRESHOLD))
+    mine = palettize_weights(model, config)
+    # coremltools' default passes fold the scale into one LUT per input channel, as its own API does
+    assert constexpr_ops(mine) == constexpr_ops(cto.palettize_weights(model, config))
+    assert_decompresses_like_coremltools(mine, load(mine))
+    for name, tensor in compressed(mine).items():
+        expected = wp.palettize(originals(model)[name], 4, per_channel_scale=True)
+        assert expected.scale.shape == (1, expected.shape[1])  # per input channel, as coremltools
+        assert_same_bits(tensor.decompress(), expected.decompress())
 
 
 @pytest.mark.parametrize(
@@ -187,6 +230,9 @@ def test_options_weightpack_cannot_honour_raise(models, function, op_config, mes
         (QUANT, cto.OpLinearQuantizerConfig(dtype="int4", weight_threshold=THRESHOLD), False, "4-bit quantization needs target iOS18"),
         (QUANT, cto.OpLinearQuantizerConfig(granularity="per_block", weight_threshold=THRESHOLD), False, "per_block quantization needs target iOS18"),
         (QUANT, cto.OpLinearQuantizerConfig(weight_threshold=THRESHOLD), True, "joint_compression needs target iOS18"),
+        (PAL, cto.OpPalettizerConfig(nbits=2, cluster_dim=2, weight_threshold=THRESHOLD), False, "vector palettization needs target iOS18"),
+        (PAL, cto.OpPalettizerConfig(nbits=2, enable_per_channel_scale=True, weight_threshold=THRESHOLD), False,
+         "palettization with a per-channel scale needs target iOS18"),
     ],
 )  # fmt: skip
 def test_what_ios16_cannot_express_names_ios18(models, function, op_config, joint, message):

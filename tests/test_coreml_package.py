@@ -101,17 +101,25 @@ def test_ios16_export_uses_packed_bytes_and_shapes(tmp_path):
     assert loaded["s"].mask.packed.tobytes() == tensors["s"].mask.packed.tobytes()
 
 
-def test_scaled_palettized_tensor_round_trip(tmp_path):
+def test_scaled_lut_tensors_round_trip(tmp_path):
     from weightpack.calibration import ScaledPalettizedTensor
 
     rng = np.random.default_rng(5)
     w = rng.standard_normal((24, 40)).astype(np.float16)
-    scaled = ScaledPalettizedTensor(wp.palettize(w, nbits=3, group_size=8), (rng.random((24, 1)) + 0.5).astype(np.float16))
-    loaded = assert_round_trip(tmp_path, {"w": scaled, "d": w}, "iOS18")
-    assert isinstance(loaded["w"], ScaledPalettizedTensor)
-    assert describe(loaded["w"]) == "palettized 3-bit, fp16 LUTs: 3 along axis 0 (blocks of 8), fp16 scale per channel (axis 0)"
-    with pytest.raises(WeightpackError, match="a per-channel scale after its LUT needs target iOS18"):
-        save_weights(tmp_path / "old.mlpackage", {"w": scaled}, target="iOS17")
+    tensors = {
+        "int8_lut_scaled": wp.palettize(w, nbits=4, lut_dtype="int8", per_channel_scale=True),  # scale [1, 40]
+        "uint8_luts": wp.palettize(wp.prune(w, 0.5), nbits=2, group_size=8, lut_dtype="uint8"),
+        "per_row": ScaledPalettizedTensor(wp.palettize(w, nbits=3, group_size=8), (rng.random((24, 1)) + 0.5).astype(np.float16)),
+    }
+    loaded = assert_round_trip(tmp_path, tensors, "iOS18", same_arrays=False)
+    assert loaded["int8_lut_scaled"] == tensors["int8_lut_scaled"] and loaded["uint8_luts"] == tensors["uint8_luts"]
+    per_row = tensors["per_row"]
+    assert loaded["per_row"] == wp.ScaledLUTTensor(per_row.palettized, scale=per_row.scale)  # the same two ops
+    assert describe(loaded["per_row"]) == "palettized 3-bit, fp16 LUTs: 3 along axis 0 (blocks of 8), fp16 scale per channel (axis 0)"
+    assert describe(loaded["int8_lut_scaled"]) == "palettized 4-bit, int8 (quantized) LUT, fp16 scale per channel (axis 1)"
+    for tensor in tensors.values():
+        with pytest.raises(WeightpackError, match="needs target iOS18"):
+            save_weights(tmp_path / "old.mlpackage", {"w": tensor}, target="iOS17")
 
 
 @pytest.mark.parametrize(
@@ -205,9 +213,10 @@ IOS18_ROUND_TRIPS = {
 }  # fmt: skip
 EXPECTED_TYPE = {
     "palettize": wp.PalettizedTensor, "prune": wp.SparseTensor, "threshold": wp.SparseTensor, "int": wp.QuantizedTensor,
-    "uint": wp.QuantizedTensor, "quantize + palettize": wp.PalettizedTensor, "prune + palettize": wp.SparsePalettizedTensor,
+    "uint": wp.QuantizedTensor, "prune + palettize": wp.SparsePalettizedTensor,
     "prune + quantize": wp.SparseQuantizedTensor, "quantize + prune": wp.SparseQuantizedTensor,
-    "palettize + prune": wp.SparsePalettizedTensor, "palettize + quantize": wp.PalettizedTensor,
+    "palettize + prune": wp.SparsePalettizedTensor, "palettize + quantize": wp.ScaledLUTTensor,
+    "quantize + palettize": wp.ScaledLUTTensor, "prune + palettize + quantize": wp.ScaledLUTTensor,
 }  # fmt: skip
 
 CASES_ROUND_TRIP = [(t, name) for t in ("iOS16", "iOS18") for name in ROUND_TRIPS] + [("iOS18", n) for n in IOS18_ROUND_TRIPS]
@@ -256,7 +265,9 @@ def test_stored_bytes_of_a_quantized_lut(tmp_path):
     assert weights[name].chain == ("constexpr_blockwise_shift_scale", "constexpr_lut_to_dense")
     stored = {(e[2], e[3]) for e in weights[name].stored}
     assert ("data", "int8") in stored and ("indices", "uint4") in stored
-    assert weights[name].nbytes < weights[name].value.nbytes  # the int8 LUT is smaller than the decoded fp16 one
+    value = weights[name].value
+    assert isinstance(value, wp.ScaledLUTTensor) and value.palettized.lut.dtype == np.int8  # as stored: int8 + scale
+    assert weights[name].nbytes == value.nbytes
 
 
 # --------------------------------------------------------------------------------------- bad input

@@ -3,9 +3,8 @@
 :func:`prune_weights`, :func:`palettize_weights` and :func:`linear_quantize_weights` take an
 MLModel and coremltools' own ``OptimizationConfig`` and return an MLModel with the op types
 coremltools would produce (iOS16/17 or iOS18 forms, joint-compression chains), but every number
-comes from weightpack's encoders. Options weightpack cannot honour raise
-:class:`WeightpackError` (the table: :mod:`.op_configs`); nothing silently falls back to
-coremltools' numerics.
+comes from weightpack's encoders. How each option maps to an encoder
+argument: :mod:`.op_configs`; nothing falls back to coremltools' numerics.
 
 How: the model goes to a pymil Program and back, as in coremltools' own API, with coremltools'
 default MIL passes afterwards. coremltools decides *which* consts are compressed and with which
@@ -28,6 +27,7 @@ from coremltools.converters.mil.backend.mil.load import should_use_weight_file
 from coremltools.optimize import _utils as ct_utils
 from coremltools.optimize.coreml import OptimizationConfig
 
+from ..compress.scaled import ScaledLUTTensor
 from ..errors import WeightpackError, describe
 from ..formats import (
     PalettizedTensor,
@@ -119,7 +119,6 @@ class _Compression:
                 raise WeightpackError(
                     f"{where} is a {type(op_config).__name__}; {self.kind} takes {' or '.join(c.__name__ for c in allowed)}"
                 )
-            op_configs.check_supported(op_config, where)
 
     def run(self):
         prog = to_program(self.mlmodel, self.spec_version)
@@ -220,27 +219,34 @@ class _Compression:
         return value
 
     def _prune(self, op, op_config, child):
+        name = f"{op.name}_sparsified"
         if op.op_type == "const":
-            return op.outputs[0], op_configs.prune(self._float_weights(op), op_config), f"{op.name}_sparsified"
+            if op_configs.is_structured(op_config) and not op_config._check_const_op_is_valid(op):
+                if op.name not in self.config.op_name_configs:  # coremltools' rule: conv/linear weights only
+                    return op.outputs[0], "block and n:m pruning apply to conv and linear weights", None
+            return op.outputs[0], op_configs.prune(self._float_weights(op), op_config), name
+        if op_configs.is_structured(op_config):
+            raise WeightpackError(f"{op.name!r}: block or n:m pruning of a compressed weight is not supported (nor by coremltools)")
         existing = self.weights[op.outputs[0].name].value  # joint: a quantized or palettized weight
-        mask = op_configs.prune(dense(existing), op_config).mask
-        return op.outputs[0], _sparsify(existing, mask, op.name), f"{op.name}_sparsified"
+        sparse = op_configs.prune(dense(existing), op_config)
+        return op.outputs[0], sparse if isinstance(sparse, str) else _sparsify(existing, sparse.mask, op.name), name
 
     def _palettize(self, op, op_config, child):
-        if child is not None:
+        if child is not None:  # joint: the nonzero values of a sparse weight
             existing = self.weights[child.outputs[0].name].value
             if child.op_type == "constexpr_blockwise_shift_scale" or not isinstance(existing, SparseTensor):
                 raise WeightpackError(
                     f"{op.name!r}: palettizing quantized integer data (an int8 LUT) is not supported by weightpack's encoders yet"
                 )
-            if op_config.granularity.name != "PER_TENSOR":
-                raise WeightpackError(f"{op.name!r}: palettizing sparse weights per group is not supported by weightpack's encoders yet")
-            return child.outputs[0], op_configs.palettize(existing, op_config, [0] * existing.ndim, None), child.name
-        weights = self._float_weights(op)
-        block_sizes, channel_axis = ct_utils.infer_block_sizes(op, op_config, weights, return_channel_axis=True)
+            var, weights, name = child.outputs[0], existing, child.name
+        else:
+            var, weights, name = op.outputs[0], self._float_weights(op), f"{op.name}_palettized"
+        block_sizes, channel_axis = ct_utils.infer_block_sizes(op, op_config, dense(weights), return_channel_axis=True)
         if block_sizes is None:
-            return op.outputs[0], "coremltools cannot tell its channel axis", None
-        return op.outputs[0], op_configs.palettize(weights, op_config, block_sizes, channel_axis), f"{op.name}_palettized"
+            return var, "coremltools cannot tell its channel axis", None
+        if op_config.cluster_dim > 1 and not ct_utils.is_cluster_dim_valid(op, op_config.cluster_dim, channel_axis):
+            return var, f"cluster_dim={op_config.cluster_dim} does not divide the channels of each conv group", None
+        return var, op_configs.palettize(weights, op_config, block_sizes, channel_axis), name
 
     def _quantize(self, op, op_config, child):
         value = op.outputs[0].val
@@ -279,6 +285,9 @@ def _sparsify(existing, mask, name: str):
         return SparseQuantizedTensor(mask, _subset(existing.data, keep), existing.scale, existing.offset)
     if isinstance(existing, PalettizedTensor) and existing.vector_axis is None:
         return SparsePalettizedTensor(mask, _subset(existing.indices, keep), existing.lut)
+    if isinstance(existing, ScaledLUTTensor) and existing.scale is None:  # an int8 LUT with its scale
+        sparse = _sparsify(existing.palettized, mask, name)
+        return ScaledLUTTensor(sparse, lut_scale=existing.lut_scale, lut_offset=existing.lut_offset)
     raise WeightpackError(f"{name!r}: pruning a {type(existing).__name__} jointly is not supported")
 
 

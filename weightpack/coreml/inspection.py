@@ -19,6 +19,7 @@ from ..formats import (
     SparseTensor,
 )
 from ..formats.base import dtype_name
+from .values import as_scaled_lut
 
 
 def describe(value) -> str:
@@ -34,8 +35,8 @@ def describe(value) -> str:
         return f"sparse {_percent(value.sparsity)} + {lut}"
     if isinstance(value, SparseQuantizedTensor):
         return f"sparse {_percent(value.sparsity)} + {_quantized(value.nonzero_data.dtype_name, value.scale, value.offset, value.block_shape)}"
-    if hasattr(value, "palettized"):  # ScaledPalettizedTensor
-        return f"{describe(value.palettized)}, {dtype_name(value.scale.dtype)} scale per channel (axis 0)"
+    if hasattr(value, "palettized"):  # ScaledLUTTensor, calibration's ScaledPalettizedTensor
+        return _scaled_lut(as_scaled_lut(value))
     return f"dense {dtype_name(np.asarray(value).dtype)}"
 
 
@@ -43,15 +44,12 @@ def row(name: str, value, stored=None) -> dict:
     """One weight as a JSON-ready dict: name, shape, dtype, type, storage, bytes and ratio to fp16.
 
     ``stored`` (a :class:`~weightpack.coreml.mil_import.Weight`'s ``stored``) gives the bytes as
-    the model holds them, where they differ from ``value``'s (a LUT quantized to int8).
+    the model holds them, where they differ from ``value``'s (a LUT computed from stored arrays).
     """
     shape = [int(d) for d in value.shape]
     size = int(np.prod(shape, dtype=np.int64))
     nbytes = int(value.nbytes) if not stored else sum(entry[-1] for entry in stored)
     storage = describe(value)
-    quantized_lut = [e for e in stored or () if e[1] == "constexpr_blockwise_shift_scale" and e[2] == "data"]
-    if quantized_lut and isinstance(value, (PalettizedTensor, SparsePalettizedTensor)):
-        storage = storage.replace(f"{dtype_name(value.dtype)} LUT", f"{quantized_lut[0][3]} (quantized) LUT", 1)
     return {
         "name": name,
         "shape": shape,
@@ -102,16 +100,28 @@ def _palettized(nbits: int, lut: np.ndarray, vector_axis, index_shape) -> str:
     return text
 
 
-def _quantized(data_type: str, scale: np.ndarray, offset, block) -> str:
-    shape = tuple(d * b for d, b in zip(scale.shape, block))
-    varying = [a for a, n in enumerate(scale.shape) if n > 1]
+def _scaled_lut(value) -> str:
+    text = describe(value.palettized)
+    if value.lut_scale is not None:
+        text = text.replace(" LUT", " (quantized) LUT", 1)
+    if value.scale is not None:
+        block = tuple(d // s for d, s in zip(value.shape, value.scale.shape))
+        text += f", {dtype_name(value.scale.dtype)} scale {_layout(value.scale.shape, block)}"
+    return text
+
+
+def _layout(scale_shape, block) -> str:
+    """'per tensor', 'per channel (axis a)' or 'per block AxB' for a scale of ``scale_shape``."""
+    varying = [a for a, n in enumerate(scale_shape) if n > 1]
     if not varying:
-        layout = "per tensor"
-    elif len(varying) == 1 and block[varying[0]] == 1 and all(b == d for a, (b, d) in enumerate(zip(block, shape)) if a != varying[0]):
-        layout = f"per channel (axis {varying[0]})"
-    else:
-        layout = f"per block {'x'.join(map(str, block))}"
-    text = f"quantized {data_type}, {dtype_name(scale.dtype)} scale {layout}"
+        return "per tensor"
+    if len(varying) == 1 and block[varying[0]] == 1 and all(scale_shape[a] == 1 for a in range(len(block)) if a != varying[0]):
+        return f"per channel (axis {varying[0]})"
+    return f"per block {'x'.join(map(str, block))}"
+
+
+def _quantized(data_type: str, scale: np.ndarray, offset, block) -> str:
+    text = f"quantized {data_type}, {dtype_name(scale.dtype)} scale {_layout(scale.shape, block)}"
     if offset is not None:
         text += f", {_type_name(offset)} offset"
     return text

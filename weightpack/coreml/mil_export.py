@@ -13,8 +13,10 @@ QuantizedTensor                   ``constexpr_affine_dequantize`` (per tensor or
                                   scale and zero point, axis); ``constexpr_blockwise_shift_scale``
 SparsePalettizedTensor            iOS18: ``constexpr_lut_to_sparse`` -> ``constexpr_sparse_to_dense``
 SparseQuantizedTensor             iOS18: ``constexpr_sparse_blockwise_shift_scale`` -> ``constexpr_sparse_to_dense``
-ScaledPalettizedTensor            iOS18: ``constexpr_lut_to_dense`` -> ``constexpr_blockwise_shift_scale``
-                                  (float data, the per-channel scale, no offset)
+ScaledLUTTensor                   iOS18: an int8/uint8 LUT through ``constexpr_blockwise_shift_scale``
+                                  into the LUT op(s) above, and/or ``constexpr_blockwise_shift_scale``
+                                  of their output by ``scale`` (float data, no offset)
+ScaledPalettizedTensor            iOS18: as the ScaledLUTTensor with its per-row ``scale``
 ================================  ==============================================================
 
 The arrays handed to coremltools are the tensor's own values (sub-byte arrays unpacked into
@@ -38,7 +40,7 @@ from ..formats import (
     SparseTensor,
 )
 from .targets import at_least, check_expressible, quantization_axis
-from .values import tensor_types
+from .values import as_scaled_lut
 
 
 def weight_var(value, target: str, name: str, before_op=None):
@@ -104,24 +106,12 @@ def _ios18_var(value, name: str, placement: dict):
         return mb.constexpr_sparse_to_dense(
             nonzero_data=mil_array(value.nonzero_data), mask=mil_array(value.mask), name=name, **placement
         )
-    if isinstance(value, PalettizedTensor):
-        return mb.constexpr_lut_to_dense(
-            indices=mil_array(value.indices), lut=np.array(value.lut), vector_axis=_vector_axis(value), name=name, **placement
-        )
+    if isinstance(value, (PalettizedTensor, SparsePalettizedTensor)):
+        return _palettized_var(value, np.array(value.lut), name, placement)
     if isinstance(value, QuantizedTensor):
         return mb.constexpr_blockwise_shift_scale(
             data=mil_array(value.data), scale=np.array(value.scale), offset=_optional(value.offset), name=name, **placement
         )
-    if isinstance(value, SparsePalettizedTensor):
-        mask, nonzero = mb.constexpr_lut_to_sparse(
-            indices_mask=mil_array(value.indices_mask),
-            indices_nonzero_data=mil_array(value.indices_nonzero_data),
-            lut=np.array(value.lut),
-            vector_axis=_vector_axis(value),
-            name=f"{name}_lut_to_sparse",
-            **placement,
-        )
-        return mb.constexpr_sparse_to_dense(nonzero_data=nonzero, mask=mask, name=name, **placement)
     if isinstance(value, SparseQuantizedTensor):
         mask, nonzero = mb.constexpr_sparse_blockwise_shift_scale(
             data_mask=mil_array(value.data_mask),
@@ -132,10 +122,42 @@ def _ios18_var(value, name: str, placement: dict):
             **placement,
         )
         return mb.constexpr_sparse_to_dense(nonzero_data=nonzero, mask=mask, name=name, **placement)
-    if isinstance(value, tensor_types()):  # ScaledPalettizedTensor
-        lut_output = _ios18_var(value.palettized, f"{name}_palettized", placement)
-        return mb.constexpr_blockwise_shift_scale(data=lut_output, scale=np.array(value.scale), name=name, **placement)
+    if hasattr(value, "palettized"):  # a ScaledLUTTensor, or calibration's ScaledPalettizedTensor
+        return _scaled_lut_var(as_scaled_lut(value), name, placement)
     raise WeightpackError(f"cannot export a {type(value).__name__}; expected a weightpack tensor or a numpy array")
+
+
+def _palettized_var(value, lut, name: str, placement: dict):
+    """``constexpr_lut_to_dense``, or ``constexpr_lut_to_sparse`` + ``constexpr_sparse_to_dense``,
+    looking up ``lut`` (an array, or the Var of a LUT computed by another op)."""
+    if isinstance(value, PalettizedTensor):
+        return mb.constexpr_lut_to_dense(
+            indices=mil_array(value.indices), lut=lut, vector_axis=_vector_axis(value), name=name, **placement
+        )
+    mask, nonzero = mb.constexpr_lut_to_sparse(
+        indices_mask=mil_array(value.indices_mask),
+        indices_nonzero_data=mil_array(value.indices_nonzero_data),
+        lut=lut,
+        vector_axis=_vector_axis(value),
+        name=f"{name}_lut_to_sparse",
+        **placement,
+    )
+    return mb.constexpr_sparse_to_dense(nonzero_data=nonzero, mask=mask, name=name, **placement)
+
+
+def _scaled_lut_var(value, name: str, placement: dict):
+    """An integer LUT dequantized by a shift-scale op before the lookup, and/or a shift-scale op
+    multiplying the looked-up values by ``scale``."""
+    p = value.palettized
+    lut = np.array(p.lut)
+    if value.lut_scale is not None:
+        lut = mb.constexpr_blockwise_shift_scale(
+            data=lut, scale=np.array(value.lut_scale), offset=_optional(value.lut_offset), name=f"{name}_lut", **placement
+        )
+    if value.scale is None:
+        return _palettized_var(p, lut, name, placement)
+    looked_up = _palettized_var(p, lut, f"{name}_palettized", placement)
+    return mb.constexpr_blockwise_shift_scale(data=looked_up, scale=np.array(value.scale), name=name, **placement)
 
 
 def mil_array(array) -> np.ndarray:

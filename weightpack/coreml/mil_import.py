@@ -18,24 +18,26 @@ ops (parameters: iOS16/17 attributes, iOS18 inputs)         weightpack value
 ``constexpr_lut_to_sparse`` -> ``constexpr_sparse_to_dense``  SparsePalettizedTensor
 ``constexpr_sparse_blockwise_shift_scale`` -> ``..._to_dense``  SparseQuantizedTensor
 ``constexpr_cast``                                          numpy array (fp16 -> fp32, a copy)
-``constexpr_lut_to_dense`` -> ``constexpr_blockwise_shift_scale``  ScaledPalettizedTensor (a scale per
-(the scale per output channel, no offset)                   output channel after the LUT)
+shift-scale -> LUT op(s) -> shift-scale (either optional)      ScaledLUTTensor (see below)
 ==========================================================  ======================================
 
-Chains no single weightpack type holds are returned in the closest form that decodes to the same
-bits, and the derived part is computed (small, not zero-copy):
+Coremltools' chains around a LUT become a :class:`~weightpack.ScaledLUTTensor` holding the arrays as
+stored:
 
-- a LUT that is itself the output of a constexpr op (coremltools' joint palettize + quantize:
-  ``blockwise_shift_scale(int8 LUT)`` -> ``lut_to_dense`` / ``lut_to_sparse``) becomes the
-  dequantized LUT of a PalettizedTensor / SparsePalettizedTensor;
-- quantized data that is the output of a constexpr op (joint quantize + palettize writes
-  ``lut_to_dense(int8 LUT)`` -> ``blockwise_shift_scale``) becomes a QuantizedTensor over the
-  decoded integers (as large as the int8 tensor).
+- an int8/uint8 LUT dequantized by ``constexpr_blockwise_shift_scale`` (one scale per LUT) before
+  ``lut_to_dense`` / ``lut_to_sparse`` (joint palettize + quantize, and quantize + palettize);
+- ``constexpr_blockwise_shift_scale`` of a LUT op's output (no offset, any block layout): the
+  output ``scale`` (weightpack's own per-channel-scale export, iOS26-style chains).
 
-- a shift-scale of float data (coremltools' per-channel-scaled LUT, ``blockwise_shift_scale(fp16
-  LUT)`` -> ``lut_to_dense``, or an iOS26-style ``lut_to_dense`` -> ``blockwise_shift_scale``) is
-  evaluated as Core ML's reference does (:func:`float_shift_scale`); as a LUT it becomes the LUT
-  of the PalettizedTensor, as a weight it is returned dense.
+Chains no single weightpack type holds come back in the closest form that decodes to the same
+bits, the derived part computed (small, not zero-copy):
+
+- a LUT computed otherwise (coremltools' canonical per-channel-scale pattern: a shift-scale of a
+  float LUT repeated per input channel) becomes the computed LUT of a PalettizedTensor;
+- quantized data that is the output of a constexpr op becomes a QuantizedTensor over the decoded
+  integers (as large as the int8 tensor);
+- a shift-scale of other float data is evaluated as Core ML's reference does
+  (:func:`float_shift_scale`) and returned dense.
 
 Anything else (a sparse half-chain consumed directly, an unknown op) raises
 :class:`WeightpackError`. A malformed file raises :class:`FormatError`.
@@ -51,6 +53,7 @@ import numpy as np
 from coremltools.proto import MIL_pb2
 
 from ..bits import NBitArray
+from ..compress.scaled import ScaledLUTTensor
 from ..errors import FormatError, WeightpackError
 from ..formats import (
     CompressedTensor,
@@ -431,9 +434,10 @@ def _sparse_to_dense(reader, params, index):
 
 def output_mask(joint) -> NBitArray:
     """The mask a joint op outputs: its mask, repeated V times along the vector axis for vector LUTs."""
-    if isinstance(joint, SparseQuantizedTensor) or joint.vector_axis is None:
-        return joint.mask
-    return NBitArray.from_values(np.repeat(joint.mask.values(), joint.vector_size, axis=joint.vector_axis), 1)
+    sparse = joint.palettized if isinstance(joint, ScaledLUTTensor) else joint
+    if isinstance(sparse, SparseQuantizedTensor) or sparse.vector_axis is None:
+        return sparse.mask
+    return NBitArray.from_values(np.repeat(sparse.mask.values(), sparse.vector_size, axis=sparse.vector_axis), 1)
 
 
 def _sparse_pair(reader, params, index):
@@ -457,7 +461,29 @@ def _lut_to_dense(reader, params, index):
     if isinstance(indices, _Ref):
         indices = params.array("indices")
     indices = indices if isinstance(indices, NBitArray) else _as_nbit(indices, params.where)
-    return PalettizedTensor(indices, lut, params.integer("vector_axis"))
+    lut, lut_parts = _lut(reader, params)
+    return _with_lut_scale(PalettizedTensor(indices, lut, params.integer("vector_axis")), lut_parts)
+
+
+def _lut(reader, params) -> tuple:
+    """(the LUT array, {lut_scale, lut_offset} or {}): an int8/uint8 LUT as stored when a shift-scale
+    op with one scale per LUT dequantizes it (coremltools' joint palettize + quantize), else the
+    LUT's values (computed if an op produces them)."""
+    lut = params.get("lut")
+    if isinstance(lut, _Ref) and lut.name in reader._producers:
+        source, _ = reader._producers[lut.name]
+        if source.type == "constexpr_blockwise_shift_scale":
+            stage = _Params(reader, source, f"{reader.source}: op {_op_name(source)!r} ({source.type})")
+            data = stage.get("data")
+            if not isinstance(data, _Ref):
+                data, scale = np.asarray(_plain(data)), stage.array("scale")
+                if data.dtype in (np.int8, np.uint8) and data.ndim >= 3 and scale.shape == data.shape[:-2] + (1, 1):
+                    return data, {"lut_scale": scale, "lut_offset": stage.array("offset", required=False)}
+    return params.array("lut"), {}
+
+
+def _with_lut_scale(palettized, lut_parts: dict):
+    return ScaledLUTTensor(palettized, **lut_parts) if lut_parts else palettized
 
 
 def _joint(params):
@@ -468,12 +494,11 @@ def _joint(params):
 
 
 def _lut_to_sparse(params):
-    return SparsePalettizedTensor(
-        params.array("indices_mask"),
-        params.array("indices_nonzero_data"),
-        params.array("lut"),
-        params.integer("vector_axis"),
+    lut, lut_parts = _lut(params.reader, params)
+    palettized = SparsePalettizedTensor(
+        params.array("indices_mask"), params.array("indices_nonzero_data"), lut, params.integer("vector_axis")
     )
+    return _with_lut_scale(palettized, lut_parts)
 
 
 def _sparse_shift_scale(params):
@@ -486,7 +511,7 @@ def _sparse_shift_scale(params):
 
 
 def _shift_scale(reader, params, index):
-    scaled = _scaled_palettized(reader, params)
+    scaled = _scaled_lut_output(reader, params)
     if scaled is not None:
         return scaled
     data, scale = params.array("data"), params.array("scale")
@@ -496,22 +521,24 @@ def _shift_scale(reader, params, index):
     return QuantizedTensor(_as_nbit(data, params.where), scale, offset)
 
 
-def _scaled_palettized(reader, params):
-    """A ScaledPalettizedTensor, if this shift-scale multiplies a LUT op's output by one scale per
-    output channel (no offset); else None."""
+def _scaled_lut_output(reader, params):
+    """A ScaledLUTTensor when this shift-scale multiplies (no offset) what a LUT chain looked up;
+    else None."""
     data = params.get("data")
-    if not isinstance(data, _Ref) or params.has("offset"):
+    if not isinstance(data, _Ref) or params.has("offset") or data.name not in reader._producers:
         return None
-    source = reader._producers.get(data.name, (None, None))[0]
-    if source is None or source.type != "constexpr_lut_to_dense":
+    if reader._producers[data.name][0].type not in ("constexpr_lut_to_dense", "constexpr_sparse_to_dense"):
         return None
-    palettized, scale = reader.value(data.name), params.array("scale")
-    per_channel = (palettized.shape[0],) + (1,) * (palettized.ndim - 1)
-    if not isinstance(palettized, PalettizedTensor) or scale.shape != per_channel or scale.dtype != palettized.dtype:
+    inner = reader.value(data.name)
+    lut_parts = {}
+    if isinstance(inner, ScaledLUTTensor) and inner.scale is None:
+        inner, lut_parts = inner.palettized, {"lut_scale": inner.lut_scale, "lut_offset": inner.lut_offset}
+    if not isinstance(inner, (PalettizedTensor, SparsePalettizedTensor)):
         return None
-    from ..calibration.scaled import ScaledPalettizedTensor
-
-    return ScaledPalettizedTensor(palettized, scale)
+    try:
+        return ScaledLUTTensor(inner, scale=params.array("scale"), **lut_parts)
+    except WeightpackError:  # a scale of another layout or dtype: decoded densely instead
+        return None
 
 
 def _affine_dequantize(reader, params, index):

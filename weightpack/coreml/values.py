@@ -1,8 +1,9 @@
 """What a weight can be in a Core ML model: a weightpack tensor or a numpy array.
 
-The tensors are the five :class:`~weightpack.CompressedTensor` types and
-:class:`~weightpack.calibration.ScaledPalettizedTensor` (a LUT followed by a per-channel scale,
-two chained Core ML ops). No coremltools import here.
+The tensors are the :class:`~weightpack.CompressedTensor` types (the five Core ML op types and
+:class:`~weightpack.ScaledLUTTensor`, a LUT op with shift-scale ops around it) and
+:class:`~weightpack.calibration.ScaledPalettizedTensor` (a LUT followed by a per-row scale).
+No coremltools import here.
 
 >>> import numpy as np
 >>> dense(np.ones(2, np.float16)).tolist(), is_weight([1.0])
@@ -25,6 +26,14 @@ def tensor_types() -> tuple:
 def is_weight(value) -> bool:
     """Whether ``value`` is a weightpack tensor or a numpy array."""
     return isinstance(value, np.ndarray) or isinstance(value, tensor_types())
+
+
+def as_scaled_lut(value):
+    """A ScaledLUTTensor as it is; calibration's ScaledPalettizedTensor (a per-row scale) as the
+    ScaledLUTTensor it equals."""
+    from ..compress import ScaledLUTTensor
+
+    return value if isinstance(value, ScaledLUTTensor) else ScaledLUTTensor(value.palettized, scale=value.scale)
 
 
 def dense(value) -> np.ndarray:
