@@ -74,20 +74,22 @@ static void run_rows(wp_rows_fn fn, const void *args, long long rows)
     }
 }
 
-/* Walk row r's codes in order, calling BODY with j (column) and k (stream element) set. */
+/* Walk row r's codes in order, calling BODY with j (column), k (stream element) and t (table,
+   fixed per block of col_block columns) set. */
 #define FOR_EACH_CODE(c, r, BODY)                                                   \
     do {                                                                            \
-        if ((c)->mask) {                                                            \
-            long long k = (c)->row_start[r], k_end = (c)->row_start[(r) + 1];       \
-            const long long e0 = (r) * (c)->cols;                                   \
-            for (long long j = 0; j < (c)->cols && k < k_end; j++) {                \
-                if (!wp_mask_bit((c)->mask, e0 + j)) continue;                      \
+        long long k = (c)->mask ? (c)->row_start[r] : (r) * (c)->cols;             \
+        const long long k_end = (c)->mask ? (c)->row_start[(r) + 1] : k + (c)->cols; \
+        const long long e0 = (r) * (c)->cols;                                       \
+        for (long long j0 = 0; j0 < (c)->cols; j0 += (c)->col_block) {              \
+            const long long t = ((c)->row_table ? (c)->row_table[r] : 0) + j0 / (c)->col_block; \
+            const long long j1 = j0 + (c)->col_block < (c)->cols ? j0 + (c)->col_block : (c)->cols; \
+            (void)t;                                                                \
+            for (long long j = j0; j < j1 && k < k_end; j++) {                      \
+                if ((c)->mask && !wp_mask_bit((c)->mask, e0 + j)) continue;         \
                 BODY;                                                               \
                 k++;                                                                \
             }                                                                       \
-        } else {                                                                    \
-            long long k = (r) * (c)->cols;                                          \
-            for (long long j = 0; j < (c)->cols; j++, k++) { BODY; }                \
         }                                                                           \
     } while (0)
 
@@ -114,7 +116,7 @@ static void lut_rows_scalar(const void *args, long long r0, long long r1)
     const wp_lut_mv *a = args;
     const wp_mv_common *c = &a->c;
     const long long entries = 1LL << c->nbits;
-    ROW_LOOP(c, r0, r1, a->lut[(c->row_table[r] + j / c->col_block) * entries + wp_read_bits(c->codes, k, c->nbits)])
+    ROW_LOOP(c, r0, r1, a->lut[t * entries + wp_read_bits(c->codes, k, c->nbits)])
 }
 
 static void quant_rows_scalar(const void *args, long long r0, long long r1)
@@ -123,7 +125,7 @@ static void quant_rows_scalar(const void *args, long long r0, long long r1)
     const wp_mv_common *c = &a->c;
     ROW_LOOP(c, r0, r1,
              wp_shift_scale((float)wp_code_value(wp_read_bits(c->codes, k, c->nbits), c->nbits, a->is_signed),
-                            a->scale, a->offset, c->row_table[r] + j / c->col_block, a->half_math))
+                            a->scale, a->offset, t, a->half_math))
 }
 
 static void sparse_rows_scalar(const void *args, long long r0, long long r1)
