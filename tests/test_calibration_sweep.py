@@ -234,6 +234,25 @@ def test_zero_h_is_data_free():
     assert gptq_palettize(w, np.zeros((12, 12)), nbits=2) == wp.palettize(w, nbits=2)
 
 
+def test_float32_factorisation_and_its_float64_fallback():
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((64, 64))
+    h = a @ a.T / 64
+    u32, lam32 = inverse_cholesky(h, dtype=np.float32)
+    u64, lam64 = inverse_cholesky(h)
+    assert u32.dtype == np.float32 and lam32 == lam64
+    np.testing.assert_allclose(u32, u64, rtol=0, atol=1e-4 * np.abs(u64).max())
+    b = rng.standard_normal((64, 8)) * 1e3  # rank 8: float32 rounding swamps a 1e-9 damping
+    u, lam = inverse_cholesky(b @ b.T, damp=1e-9, dtype=np.float32)
+    assert u.dtype == np.float64 and lam == pytest.approx(1e-9 * np.mean(np.diag(b @ b.T)))
+
+
+def test_wide_layers_use_float32_and_stay_exact_for_identity():
+    w = np.random.default_rng(9).standard_normal((4, 1100)).astype(np.float16)
+    assert gptq_palettize(w, np.eye(1100), nbits=3) == wp.palettize(w, nbits=3)
+    assert gptq_quantize(w, 2 * np.eye(1100), "int4") == wp.quantize(w, "int4")
+
+
 def test_damping_escalates_until_the_factorisation_succeeds():
     h = np.ones((12, 12)) * 2 - np.eye(12)  # eigenvalues 23 and -1: needs lambda > 1
     u, lam = inverse_cholesky(h)

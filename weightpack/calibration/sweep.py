@@ -14,10 +14,10 @@ error of the result is ``sum(E**2)`` (returned).
 Blocked, left-looking: a block of B columns first receives every earlier block's errors at once,
 ``W0[:, i1:i2] - E[:, :i1] @ U[:i1, i1:i2]`` (one BLAS product into a contiguous rows x B
 buffer), then a compiled kernel sweeps the block's columns with the updates confined to the
-block (rows in parallel, float64). For layers of more than ``FLOAT32_ABOVE`` weights the
-product runs in float32 (E and a float32 copy of U; its rounding is about 1e-7 of the
-correction, far below any rounding step), halving its memory and cutting its time 2-3x; smaller
-layers use float64 throughout. Memory: E, U (and its float32 copy) and one block buffer.
+block (float64). The product runs in U's precision: float32 for layers of more than
+``FLOAT32_ABOVE`` input columns (H factored in float32 too, as GPTQ does; the rounding is about
+1e-7 of the correction, far below any rounding step), halving memory and cutting the time 2-3x;
+smaller layers use float64 throughout. Memory: E, U (and a contiguous copy) and one block buffer.
 
 The caller says how to round: ``begin(i1, i2, W1, U1, current)`` (optional) may look at the
 block's current values first (SparseGPT's mask, GPTQ's per-block scales; ``current(j1, j2)``
@@ -34,7 +34,7 @@ from ..errors import WeightpackError
 from . import hessian
 
 DEFAULT_BLOCK = 128
-FLOAT32_ABOVE = 1 << 22  # weights; larger layers apply earlier blocks' errors in float32
+FLOAT32_ABOVE = 1024  # input columns; wider layers factor H and apply earlier blocks' errors in float32
 
 
 def column_sweep(W0: np.ndarray, U: np.ndarray, run, block_size: int = DEFAULT_BLOCK, begin=None, out=None) -> float:
@@ -43,16 +43,15 @@ def column_sweep(W0: np.ndarray, U: np.ndarray, run, block_size: int = DEFAULT_B
     ``out`` (rows x n float64), when given, receives the rounded values.
     """
     rows, n = W0.shape
-    wide = np.float32 if rows * n > FLOAT32_ABOVE else np.float64
-    E = np.empty((rows, n), wide)
-    U_wide = np.ascontiguousarray(U, dtype=wide)
+    E = np.empty((rows, n), U.dtype)
+    U_wide = np.ascontiguousarray(U)
     total = 0.0
     for i1 in range(0, n, block_size):
         i2 = min(i1 + block_size, n)
         W1 = np.array(W0[:, i1:i2], np.float64, order="C")
         if i1:
             W1 -= E[:, :i1] @ U_wide[:i1, i1:i2]
-        U1 = np.ascontiguousarray(U[i1:i2, i1:i2])
+        U1 = np.array(U[i1:i2, i1:i2], np.float64, order="C")
         if begin is not None:
             begin(i1, i2, W1, U1, lambda j1, j2, i1=i1: W0[:, j1:j2] - E[:, :i1] @ U_wide[:i1, j1:j2])
         e = np.empty((rows, i2 - i1))
@@ -85,7 +84,8 @@ class Layer:
         if self.perm is not None:
             gram = gram[np.ix_(self.perm, self.perm)]
         diag = np.diagonal(gram).copy()
-        self.U, self.damping = hessian.inverse_cholesky(gram, damp)
+        precision = np.float32 if n > FLOAT32_ABOVE else np.float64
+        self.U, self.damping = hessian.inverse_cholesky(gram, damp, precision)
         del gram
         diag += self.damping
         self.importance = diag if self.perm is None else diag[np.argsort(self.perm)]  # original order
