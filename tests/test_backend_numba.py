@@ -15,7 +15,7 @@ from weightpack import kernels
 from weightpack.errors import WeightpackError
 from weightpack.ops import error_bound, matrix_shape
 
-from strategies import CASES, assert_same_bits, generators, streams
+from strategies import CASES, assert_same_bits, generators, int_range, streams
 
 nb = kernels.load("numba")
 TYPES = list(CASES)
@@ -124,6 +124,66 @@ def test_decompress_is_bit_identical_to_numpy(cls):
     check()
 
 
+@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
+def test_decompress_is_bit_identical_at_every_simd_level(cls, simd):
+    @given(CASES[cls]())
+    def check(case):
+        tensor = case.build()
+        for dtype in (None, np.float32):
+            assert_same_bits(tensor.decompress(dtype, backend="numba"), tensor.decompress(dtype, backend="numpy"))
+
+    check()
+
+
+# Rows longer than a decompression task (8192 columns), rows that end inside a 64-step, and
+# tables that change inside a task.
+LONG_SHAPES = [(2, 8192 + 136), (1, 2 * 8192 + 72), (6, 320)]
+
+
+def _assert_decompress_same(tensor):
+    for dtype in (None, np.float16, np.float32):
+        assert_same_bits(tensor.decompress(dtype, backend="numba"), tensor.decompress(dtype, backend="numpy"))
+
+
+@pytest.mark.parametrize("shape", LONG_SHAPES)
+@pytest.mark.parametrize("nbits", [1, 2, 3, 4, 6, 8])
+def test_long_rows_decompress_palettized(shape, nbits, simd):
+    rng = np.random.default_rng(nbits)
+    indices = rng.integers(0, 1 << nbits, shape)
+    mask = rng.random(shape) < 0.6
+    for groups, dtype in [((1, 1), np.float16), ((shape[0], 1), np.float32), ((1, 2), np.int8)]:
+        lut = (rng.standard_normal((*groups, 1 << nbits, 1)) * 20).astype(dtype)
+        _assert_decompress_same(wp.PalettizedTensor(indices, lut))
+        _assert_decompress_same(wp.SparsePalettizedTensor(mask, indices[mask], lut))
+
+
+@pytest.mark.parametrize("shape", LONG_SHAPES)
+@pytest.mark.parametrize("data_type", ["int8", "uint8", "int4", "uint4"])
+def test_long_rows_decompress_quantized(shape, data_type, simd):
+    rng = np.random.default_rng(len(data_type))
+    nbits, signed, lo, hi = _code_type(data_type)
+    values = rng.integers(lo, hi + 1, shape)
+    mask = rng.random(shape) < 0.5
+    stored = wp.NBitArray.from_values(values[mask], nbits, signed=signed)
+    dense = wp.NBitArray.from_values(values, nbits, signed=signed)
+    for scale_shape, dtype in [((shape[0], 1), np.float16), ((shape[0], shape[1] // 8), np.float16),
+                               ((1, 2), np.float32)]:
+        scale = (rng.random(scale_shape) * 0.02).astype(dtype)
+        offset = rng.integers(lo, hi + 1, scale_shape).astype(np.int8 if signed else np.uint8)
+        for off in (None, offset, rng.uniform(lo, hi, scale_shape).astype(dtype)):
+            _assert_decompress_same(wp.QuantizedTensor(dense, scale, off))
+            _assert_decompress_same(wp.SparseQuantizedTensor(mask, stored, scale, off))
+
+
+@pytest.mark.parametrize("shape", LONG_SHAPES)
+@pytest.mark.parametrize("value_dtype", [np.float16, np.float32, np.int8])
+def test_long_rows_decompress_sparse(shape, value_dtype, simd):
+    rng = np.random.default_rng(3)
+    for density in (0.0, 0.4, 1.0):
+        mask = rng.random(shape) < density
+        _assert_decompress_same(wp.SparseTensor(mask, (rng.standard_normal(int(mask.sum())) * 20).astype(value_dtype)))
+
+
 # ---- fused products ----------------------------------------------------------------------------
 
 
@@ -153,6 +213,11 @@ def test_matmul_is_within_the_bound(cls):  # at the best SIMD level; the tests b
     check()
 
 
+def _code_type(data_type):
+    """(bits, signed, lowest, highest) of a Core ML integer type."""
+    return (int(data_type[-1]), data_type.startswith("int"), *int_range(data_type))
+
+
 def _lut(rng, groups, nbits, dtype=np.float32):
     return rng.standard_normal((*groups, 1 << nbits, 1)).astype(dtype)
 
@@ -179,8 +244,7 @@ def test_palettized_fast_paths(shape, nbits, simd):
 @pytest.mark.parametrize("data_type", ["int8", "uint8", "int4", "uint4"])
 def test_quantized_fast_paths(shape, data_type, simd):
     rng = np.random.default_rng(len(data_type))
-    nbits, signed = int(data_type[-1]), data_type.startswith("int")
-    lo, hi = (-(1 << (nbits - 1)), (1 << (nbits - 1)) - 1) if signed else (0, (1 << nbits) - 1)
+    nbits, signed, lo, hi = _code_type(data_type)
     data = wp.NBitArray.from_values(rng.integers(lo, hi + 1, shape), nbits, signed=signed)
     carrier = np.int8 if signed else np.uint8
     for scale_shape in [(shape[0], *(1,) * (len(shape) - 1)), (*shape[:-1], 1), (*(1,) * (len(shape) - 1), 2)]:

@@ -256,6 +256,687 @@ def _quant_code(codes, k, nbits, signed):
     return _code_float((np.int64(codes[np.uint64(k >> 1)]) >> ((k & 1) * 4)) & 15, 4, signed)
 
 
+# ---- AVX-512 building blocks: LLVM IR emitted by small Python helpers ------------------------
+#
+# Intrinsics below are whole loops: numba has no vector types, so everything between loading
+# codes and storing (or summing) results stays inside one intrinsic. They are compiled only when
+# the CPU has AVX-512 (VBMI for byte permutes), through kernels that only that level calls.
+
+_F32, _I64 = ir.FloatType(), ir.IntType(64)
+_I1, _I8, _I16, _I32 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32)
+_HALF = ir.HalfType()
+_V16F, _V16I, _V16H = ir.VectorType(_F32, 16), ir.VectorType(_I32, 16), ir.VectorType(_HALF, 16)
+_V64B, _V32W = ir.VectorType(_I8, 64), ir.VectorType(_I16, 32)
+
+
+def _int64_args(context, builder, sig, args):
+    """Arguments as (array structs, int64 values), in order."""
+    out = []
+    for ty, value in zip(sig.args, args):
+        if isinstance(ty, types.Array):
+            out.append(context.make_array(ty)(context, builder, value))
+        else:
+            out.append(context.cast(builder, value, ty, types.int64))
+    return out
+
+
+def _i64(value):
+    return ir.Constant(_I64, value)
+
+
+def _ptr(builder, array, index, vtype):
+    """A pointer to ``vtype`` at element ``index`` of ``array``."""
+    return builder.bitcast(builder.gep(array.data, [index]), vtype.as_pointer())
+
+
+def _load(builder, array, index, vtype):
+    """An unaligned load of ``vtype`` from element ``index`` of ``array``."""
+    return builder.load(_ptr(builder, array, index, vtype), align=1)
+
+
+def _store(builder, value, array, index):
+    """An unaligned store of vector ``value`` at element ``index`` of ``array``."""
+    builder.store(value, _ptr(builder, array, index, value.type), align=1)
+
+
+def _splat(vtype, value):
+    return ir.Constant(vtype, [value] * vtype.count)
+
+
+def _splat_value(builder, value, count):
+    """A vector of ``count`` copies of the runtime scalar ``value``."""
+    vtype = ir.VectorType(value.type, count)
+    one = builder.insert_element(ir.Constant(vtype, None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vtype, None), ir.Constant(ir.VectorType(_I32, count), [0] * count))
+
+
+def _call(builder, name, ret, *args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+def _lanes(builder, vector, first, count):
+    """Lanes [first, first + count) of ``vector``."""
+    idx = ir.Constant(ir.VectorType(_I32, count), list(range(first, first + count)))
+    return builder.shuffle_vector(vector, ir.Constant(vector.type, None), idx)
+
+
+def _bits_to_lanes(builder, bits, count):
+    """The low ``count`` bits of integer ``bits`` as a vector of i1."""
+    if bits.type.width != count:
+        bits = builder.trunc(bits, ir.IntType(count))
+    return builder.bitcast(bits, ir.VectorType(_I1, count))
+
+
+def _first_lanes(builder, count, lanes):
+    """A mask of ``lanes`` i1 whose first ``count`` (0 <= count <= lanes) are set."""
+    ones = builder.sub(builder.shl(_i64(1), builder.and_(count, _i64(63))), _i64(1))
+    bits = builder.select(builder.icmp_signed(">=", count, _i64(64)), _i64(-1), ones)
+    return _bits_to_lanes(builder, bits, lanes)
+
+
+def _type_suffix(vtype):
+    elem = vtype.element
+    name = "f32" if isinstance(elem, ir.FloatType) else "f16" if isinstance(elem, ir.HalfType) else f"i{elem.width}"
+    return f"v{vtype.count}{name}"
+
+
+def _masked_load(builder, ptr, vtype, lanes_mask):
+    """The lanes of ``lanes_mask`` loaded from ``ptr`` (a pointer to ``vtype``), zero elsewhere;
+    the other lanes' memory is never read."""
+    return _call(builder, f"llvm.masked.load.{_type_suffix(vtype)}.p0", vtype, ptr, ir.Constant(_I32, 1),
+                 lanes_mask, ir.Constant(vtype, None))
+
+
+def _expand(builder, vector, lanes_mask):
+    """Consecutive lanes of ``vector`` moved to the set lanes of ``lanes_mask``, zero elsewhere
+    (vpexpandb/w/d, vexpandps)."""
+    vtype = vector.type
+    return _call(builder, f"llvm.x86.avx512.mask.expand.{_type_suffix(vtype)}", vtype, vector,
+                 ir.Constant(vtype, None), lanes_mask)
+
+
+def _popcount(builder, bits):
+    return builder.zext(_call(builder, f"llvm.ctpop.i{bits.type.width}", bits.type, bits), _I64)
+
+
+def _round_half(builder, v):
+    """Each float32 lane rounded to binary16 and back (vcvtps2ph + vcvtph2ps, round to nearest even)."""
+    return builder.fpext(builder.fptrunc(v, _V16H), _V16F)
+
+
+def _fma(builder, a, b, c):
+    return _call(builder, "llvm.fma.v16f32", _V16F, a, b, c)
+
+
+def _sum_lanes(builder, vectors):
+    """The float sum of every lane of ``vectors`` (added lane-wise first)."""
+    total = vectors[0]
+    for vec in vectors[1:]:
+        total = builder.fadd(total, vec)
+    result = ir.Constant(_F32, 0.0)
+    for lane in range(16):
+        result = builder.fadd(result, builder.extract_element(total, ir.Constant(_I32, lane)))
+    return result
+
+
+def _if_value(builder, cond, value, then):
+    """``then(value)`` where the i1 ``cond`` holds, else ``value``: a branch, so the work is
+    skipped (for loop-invariant flags the branch always goes the same way)."""
+    return _choose(builder, cond, lambda: then(value), lambda: value)
+
+
+def _choose(builder, cond, if_true, if_false):
+    """``if_true()`` where the i1 ``cond`` holds, else ``if_false()``, on separate branches."""
+    with builder.if_else(cond) as (then, otherwise):
+        with then:
+            a = if_true()
+            block_a = builder.block
+        with otherwise:
+            b = if_false()
+            block_b = builder.block
+    phi = builder.phi(a.type)
+    phi.add_incoming(a, block_a)
+    phi.add_incoming(b, block_b)
+    return phi
+
+
+def _loop(builder, count, body, state):
+    """Run ``state = body(index, state)`` ``count`` times (state: a list of IR values kept in
+    stack slots, which LLVM promotes to registers); returns the final state."""
+    slots = [cgutils.alloca_once_value(builder, value) for value in state]
+    with cgutils.for_range(builder, count) as loop:
+        new = body(loop.index, [builder.load(slot) for slot in slots])
+        for slot, value in zip(slots, new):
+            builder.store(value, slot)
+    return [builder.load(slot) for slot in slots]
+
+
+class _Codes:
+    """Reads 64 consecutive n-bit codes (``nbits`` a runtime value, 1..8) one per byte: the
+    n * 8 bytes behind them are spread one qword per 8 codes (vpermb) and each code is cut out
+    at its bit offset (vpmultishiftqb), as csrc/avx512_common.h does."""
+
+    def __init__(self, builder, codes, nbits):
+        self.codes, self.nbits = codes, nbits
+        n8 = builder.trunc(nbits, _I8)
+        qwords = ir.Constant(_V64B, [q for q in range(8) for _ in range(8)])
+        within = ir.Constant(_V64B, [i for _ in range(8) for i in range(8)])
+        self.spread = builder.add(builder.mul(qwords, _splat_value(builder, n8, 64)), within)
+        low = builder.trunc(builder.sub(builder.shl(_i64(1), nbits), _i64(1)), _I8)
+        self.low = _splat_value(builder, low, 64)
+        self.shifts = builder.mul(nbits, _i64(0x0706050403020100))
+
+    def load(self, builder, k):
+        """Codes k .. k + 63 (bytes past the stream's end read as zero codes)."""
+        bit = builder.mul(k, self.nbits)
+        byte, s = builder.ashr(bit, _i64(3)), builder.and_(bit, _i64(7))
+        need = builder.ashr(builder.add(builder.add(s, builder.mul(self.nbits, _i64(64))), _i64(7)), _i64(3))
+        have = builder.sub(self.codes.nitems, byte)
+        count = builder.select(builder.icmp_signed("<", have, need), have, need)
+        count = builder.select(builder.icmp_signed("<", count, _i64(0)), _i64(0), count)
+        raw = _masked_load(builder, _ptr(builder, self.codes, byte, _V64B), _V64B, _first_lanes(builder, count, 64))
+        spread = _call(builder, "llvm.x86.avx512.permvar.qi.512", _V64B, raw, self.spread)
+        control = builder.add(builder.mul(s, _i64(0x0101010101010101)), self.shifts)
+        control = builder.bitcast(_splat_value(builder, control, 8), _V64B)
+        cut = _call(builder, "llvm.x86.avx512.pmultishift.qb.512", _V64B, control, spread)
+        return builder.and_(cut, self.low)
+
+
+def _mask_bits(builder, mask, e, width):
+    """``width`` (16 or 64) mask bits from element ``e`` on (``e`` a multiple of 8)."""
+    return builder.load(_ptr(builder, mask, builder.ashr(e, _i64(3)), ir.IntType(width)), align=1)
+
+
+def _quarter_indices(builder, codes, q):
+    """Codes 16q .. 16q + 15 of 64 byte codes as int32 lanes."""
+    return builder.zext(_lanes(builder, codes, 16 * q, 16), _V16I)
+
+
+class _FloatTable:
+    """A float32 table of up to 64 entries (``tables[start:start + 64]``) in four registers,
+    looked up 16 indices at a time: vpermps for <= 16 entries, two vpermi2ps and a blend for
+    more (``wide``)."""
+
+    def __init__(self, builder, tables, start):
+        self.regs = [_load(builder, tables, builder.add(start, _i64(16 * i)), _V16F) for i in range(4)]
+
+    def lookup(self, builder, idx, wide):
+        if not wide:
+            return _call(builder, "llvm.x86.avx512.permvar.sf.512", _V16F, self.regs[0], idx)
+        r = self.regs
+        low = _call(builder, "llvm.x86.avx512.vpermi2var.ps.512", _V16F, r[0], idx, r[1])
+        high = _call(builder, "llvm.x86.avx512.vpermi2var.ps.512", _V16F, r[2], idx, r[3])
+        upper = builder.icmp_unsigned("!=", builder.and_(idx, _splat(_V16I, 32)), _splat(_V16I, 0))
+        return builder.select(upper, high, low)
+
+
+class _Planes:
+    """A table of up to 256 two-byte values as low-byte and high-byte planes (256 bytes each), looked
+    up 64 byte codes at a time: vpermb for <= 64 entries, vpermi2b pairs and a blend for more."""
+
+    INTERLEAVE = [[i // 2 + 64 * (i % 2) + 32 * h for i in range(64)] for h in range(2)]
+
+    def __init__(self, builder, lo, hi, start):
+        self.lo = [_load(builder, lo, builder.add(start, _i64(64 * i)), _V64B) for i in range(4)]
+        self.hi = [_load(builder, hi, builder.add(start, _i64(64 * i)), _V64B) for i in range(4)]
+
+    @staticmethod
+    def _plane(builder, regs, codes, wide):
+        if not wide:
+            return _call(builder, "llvm.x86.avx512.permvar.qi.512", _V64B, regs[0], codes)
+        low = _call(builder, "llvm.x86.avx512.vpermi2var.qi.512", _V64B, regs[0], codes, regs[1])
+        high = _call(builder, "llvm.x86.avx512.vpermi2var.qi.512", _V64B, regs[2], codes, regs[3])
+        return builder.select(builder.icmp_signed("<", codes, _splat(_V64B, 0)), high, low)
+
+    def lookup(self, builder, codes, wide, keep=None):
+        """(low bytes, high bytes) of 64 codes' values; lanes outside ``keep`` (<64 x i1>) zero."""
+        planes = [self._plane(builder, regs, codes, wide) for regs in (self.lo, self.hi)]
+        if keep is not None:
+            planes = [builder.select(keep, plane, _splat(_V64B, 0)) for plane in planes]
+        return planes
+
+    @classmethod
+    def words(cls, builder, lo, hi):
+        """Two registers of 32 two-byte values each, in order, from the planes."""
+        order = [ir.Constant(ir.VectorType(_I32, 64), cls.INTERLEAVE[h]) for h in range(2)]
+        return [builder.shuffle_vector(lo, hi, o) for o in order]
+
+    @classmethod
+    def floats(cls, builder, lo, hi):
+        """Four registers of 16 float32 from binary16 planes (vcvtph2ps, exact)."""
+        out = []
+        for word in cls.words(builder, lo, hi):
+            halves = builder.bitcast(word, ir.VectorType(_HALF, 32))
+            out += [builder.fpext(_lanes(builder, halves, 16 * i, 16), _V16F) for i in range(2)]
+        return out
+
+
+def _shift_scale16(builder, q, sc, of, half_math, round_difference):
+    """Core ML's shift-scale of 16 integer codes (int32 lanes) with broadcast scale and offset
+    (float32 vectors; the offset zero without one): each step rounded to binary16 when the i1
+    flags say so, as ``_dequantize``."""
+    v = builder.fsub(builder.sitofp(q, _V16F), of)
+    v = _if_value(builder, round_difference, v, lambda v: _round_half(builder, v))
+    v = builder.fmul(sc, v)
+    return _if_value(builder, half_math, v, lambda v: _round_half(builder, v))
+
+
+def _signed_codes(builder, q, nbits, signed):
+    """n-bit codes (int32 lanes) read as two's complement when the i1 ``signed`` holds."""
+    top = _splat_value(builder, builder.trunc(builder.shl(_i64(1), builder.sub(nbits, _i64(1))), _I32), 16)
+    return builder.select(_splat_value(builder, signed, 16), builder.sub(builder.xor(q, top), top), q)
+
+
+def _truth(builder, value):
+    return builder.icmp_signed("!=", value, _i64(0))
+
+
+# ---- decompression: AVX-512 steps of 64 elements ---------------------------------------------
+
+
+def _step_mask(builder, masked, mask, e):
+    """(the 64 mask bits at element ``e`` or all ones, how many stream elements they take)."""
+    if not masked:
+        return _i64(-1), _i64(64)
+    bits = _mask_bits(builder, mask, e, 64)
+    return bits, _popcount(builder, bits)
+
+
+def _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, state=()):
+    """Run ``state = step(at, bits, codes64, state)`` over ``count`` steps of 64 elements from
+    element ``e`` (stream element ``k`` on): ``at`` is the step's first element past ``e``,
+    ``bits`` its mask bits (all ones when dense), ``codes64`` its codes in element order (zero
+    where the mask is clear). Returns the next stream element."""
+    reader = _Codes(builder, codes, nbits)
+
+    def body(i, state):
+        k, rest = state[0], state[1:]
+        at = builder.mul(i, _i64(64))
+        bits, taken = _step_mask(builder, masked, mask, builder.add(e, at))
+        codes64 = reader.load(builder, k)
+        if masked:
+            codes64 = _expand(builder, codes64, _bits_to_lanes(builder, bits, 64))
+        return [builder.add(k, taken), *step(at, bits, codes64, rest)]
+
+    return _loop(builder, count, body, [k, *state])[0]
+
+
+def _keep16(builder, masked, bits, q, w):
+    """``w`` (16 float32 of quarter ``q`` of a step) zeroed where the mask bits are clear."""
+    if not masked:
+        return w
+    keep = _bits_to_lanes(builder, builder.lshr(bits, _i64(16 * q)), 16)
+    return builder.select(keep, w, _splat(_V16F, 0.0))
+
+
+def _make_lut_steps(masked: bool):
+    """Intrinsic ``steps(codes, nbits, mask, e, steps, k, lo, hi, t, es, out, o) -> k``: decode
+    ``steps`` x 64 elements from element ``e`` (stream element ``k`` on; under the mask bits
+    from ``e`` when ``masked``) into ``out`` (bytes) from element ``o``, as ``es``-byte values
+    (1, 2, or 4 = float32 from binary16) of the table whose byte planes start at ``lo[t]`` and
+    ``hi[t]`` (256 bytes each); returns the next stream element."""
+
+    @intrinsic
+    def steps(typingctx, codes, nbits, mask, e, count, k, lo, hi, t, es, out, o):
+        sig = types.int64(codes, nbits, mask, e, count, k, lo, hi, t, es, out, o)
+
+        def codegen(context, builder, sig, args):
+            codes, nbits, mask, e, count, k, lo, hi, t, es, out, o = _int64_args(context, builder, sig, args)
+            table = _Planes(builder, lo, hi, t)
+            is_wide = builder.icmp_signed(">", nbits, _i64(6))
+
+            def step(at, bits, codes64, state):
+                oo = builder.add(o, at)
+                keep = _bits_to_lanes(builder, bits, 64) if masked else None
+                both = _choose(builder, is_wide, lambda: _pack2(builder, table.lookup(builder, codes64, True, keep)),
+                               lambda: _pack2(builder, table.lookup(builder, codes64, False, keep)))
+                lo_v, hi_v = _lanes(builder, both, 0, 64), _lanes(builder, both, 64, 64)
+                with builder.if_else(builder.icmp_signed("==", es, _i64(1))) as (one, more):
+                    with one:
+                        _store(builder, lo_v, out, oo)
+                    with more:
+                        words = _Planes.words(builder, lo_v, hi_v)
+                        with builder.if_else(builder.icmp_signed("==", es, _i64(2))) as (two, four):
+                            with two:
+                                base = builder.mul(oo, _i64(2))
+                                _store(builder, words[0], out, base)
+                                _store(builder, words[1], out, builder.add(base, _i64(64)))
+                            with four:
+                                base = builder.mul(oo, _i64(4))
+                                for q, w in enumerate(_Planes.floats(builder, lo_v, hi_v)):
+                                    _store(builder, w, out, builder.add(base, _i64(64 * q)))
+                return state
+
+            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step)
+
+        return sig, codegen
+
+    return steps
+
+
+def _pack2(builder, pair):
+    """Two <64 x i8> as one <128 x i8> (to carry both through one phi)."""
+    lo, hi = pair
+    return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 128), list(range(128))))
+
+
+def _make_lut_f32_steps(masked: bool):
+    """Intrinsic ``steps(codes, nbits, mask, e, steps, k, tables, t, out, o) -> k``: as the plane
+    steps, for float32 output from a float32 table of <= 64 entries at ``tables[t]``."""
+
+    @intrinsic
+    def steps(typingctx, codes, nbits, mask, e, count, k, tables, t, out, o):
+        sig = types.int64(codes, nbits, mask, e, count, k, tables, t, out, o)
+
+        def codegen(context, builder, sig, args):
+            codes, nbits, mask, e, count, k, tables, t, out, o = _int64_args(context, builder, sig, args)
+            table = _FloatTable(builder, tables, t)
+            is_wide = builder.icmp_signed(">", nbits, _i64(4))
+
+            def step(at, bits, codes64, state):
+                base = builder.mul(builder.add(o, at), _i64(4))
+                for q in range(4):
+                    idx = _quarter_indices(builder, codes64, q)
+                    w = _choose(builder, is_wide, lambda: table.lookup(builder, idx, True),
+                                lambda: table.lookup(builder, idx, False))
+                    _store(builder, _keep16(builder, masked, bits, q, w), out, builder.add(base, _i64(64 * q)))
+                return state
+
+            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step)
+
+        return sig, codegen
+
+    return steps
+
+
+def _make_quant_steps(masked: bool):
+    """Intrinsic ``steps(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
+    half_math, round_difference, out_half, out, o) -> k``: Core ML's shift-scale of ``steps``
+    x 64 elements of a row, from column ``j`` (whose table is ``t``; the table advances every
+    ``col_block`` columns, a multiple of 16), written as float32 or binary16 (``out_half``)."""
+
+    @intrinsic
+    def steps(typingctx, codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+              half_math, round_difference, out_half, out, o):
+        sig = types.int64(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+                          half_math, round_difference, out_half, out, o)
+
+        def codegen(context, builder, sig, args):
+            (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+             half_math, round_difference, out_half, out, o) = _int64_args(context, builder, sig, args)
+            signed, half_math = _truth(builder, signed), _truth(builder, half_math)
+            round_difference, out_half = _truth(builder, round_difference), _truth(builder, out_half)
+            block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
+
+            def step(at, bits, codes64, state):
+                t, block_end = state
+                for q in range(4):
+                    col = builder.add(j, builder.add(at, _i64(16 * q)))
+                    advance = builder.zext(builder.icmp_signed(">=", col, block_end), _I64)
+                    t = builder.add(t, advance)
+                    block_end = builder.add(block_end, builder.mul(advance, col_block))
+                    sc = _splat_value(builder, builder.load(builder.gep(scale.data, [t])), 16)
+                    of = _splat_value(builder, builder.load(builder.gep(offset.data, [t])), 16)
+                    q32 = _signed_codes(builder, _quarter_indices(builder, codes64, q), nbits, signed)
+                    w = _keep16(builder, masked, bits, q, _shift_scale16(builder, q32, sc, of, half_math,
+                                                                        round_difference))
+                    first = builder.add(o, builder.add(at, _i64(16 * q)))
+                    with builder.if_else(out_half) as (half, single):
+                        with half:
+                            _store(builder, builder.bitcast(builder.fptrunc(w, _V16H), ir.VectorType(_I16, 16)),
+                                   out, builder.mul(first, _i64(2)))
+                        with single:
+                            _store(builder, w, out, builder.mul(first, _i64(4)))
+                return [t, block_end]
+
+            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, [t, block_end])
+
+        return sig, codegen
+
+    return steps
+
+
+@intrinsic
+def _sparse_steps(typingctx, mask, e, count, k, values, es, widen, out, o):
+    """``steps(mask, e, steps, k, values, es, widen, out, o) -> k``: ``steps`` x 64 elements from
+    element ``e``: the stored values (``es`` bytes each, from value ``k`` on) at the set mask
+    bits, zero elsewhere, written to ``out`` (bytes) from element ``o``; binary16 values widen
+    to float32 when ``widen`` (vcvtph2ps, exact)."""
+    sig = types.int64(mask, e, count, k, values, es, widen, out, o)
+
+    def codegen(context, builder, sig, args):
+        mask, e, count, k, values, es, widen, out, o = _int64_args(context, builder, sig, args)
+        widen = _truth(builder, widen)
+
+        def part(k, bits, lanes, elem, store):
+            """Expand ``lanes`` values of type ``elem`` under ``bits``; ``store(vector)``."""
+            vtype = ir.VectorType(elem, lanes)
+            take = _popcount(builder, bits)
+            start = builder.mul(k, es)
+            first = _first_lanes(builder, take, lanes)
+            loaded = _masked_load(builder, _ptr(builder, values, start, vtype), vtype, first)
+            store(_expand(builder, loaded, _bits_to_lanes(builder, bits, lanes)))
+            return builder.add(k, take)
+
+        def body(i, state):
+            (k,) = state
+            ee, oo = builder.add(e, builder.mul(i, _i64(64))), builder.add(o, builder.mul(i, _i64(64)))
+            bits = _mask_bits(builder, mask, ee, 64)
+            slot = cgutils.alloca_once_value(builder, k)
+            with builder.if_else(builder.icmp_signed("==", es, _i64(1))) as (one, more):
+                with one:
+                    builder.store(part(k, bits, 64, _I8, lambda v: _store(builder, v, out, oo)), slot)
+                with more:
+                    with builder.if_else(builder.icmp_signed("==", es, _i64(2))) as (two, four):
+                        with two:
+                            kk = k
+                            for h in range(2):
+                                half_bits = builder.and_(builder.lshr(bits, _i64(32 * h)), _i64(0xFFFFFFFF))
+                                first = builder.add(oo, _i64(32 * h))
+
+                                def store_words(v, first=first):
+                                    with builder.if_else(widen) as (wide, plain):
+                                        with wide:
+                                            halves = builder.bitcast(v, ir.VectorType(_HALF, 32))
+                                            for g in range(2):
+                                                w = builder.fpext(_lanes(builder, halves, 16 * g, 16), _V16F)
+                                                at = builder.mul(builder.add(first, _i64(16 * g)), _i64(4))
+                                                _store(builder, w, out, at)
+                                        with plain:
+                                            _store(builder, v, out, builder.mul(first, _i64(2)))
+
+                                kk = part(kk, half_bits, 32, _I16, store_words)
+                            builder.store(kk, slot)
+                        with four:
+                            kk = k
+                            for q in range(4):
+                                q_bits = builder.and_(builder.lshr(bits, _i64(16 * q)), _i64(0xFFFF))
+                                first = builder.mul(builder.add(oo, _i64(16 * q)), _i64(4))
+                                kk = part(kk, q_bits, 16, _I32, lambda v, first=first: _store(builder, v, out, first))
+                            builder.store(kk, slot)
+            return [builder.load(slot)]
+
+        return _loop(builder, count, body, [k])[0]
+
+    return sig, codegen
+
+
+_lut_steps, _lut_steps_masked = _make_lut_steps(False), _make_lut_steps(True)
+_lut_f32_steps, _lut_f32_steps_masked = _make_lut_f32_steps(False), _make_lut_f32_steps(True)
+_quant_steps, _quant_steps_masked = _make_quant_steps(False), _make_quant_steps(True)
+
+
+# ---- decompression: chunked runners ----------------------------------------------------------
+
+DECODE_CHUNK = 8192  # columns of a row per parallel task (a multiple of 64)
+
+
+@intrinsic
+def _mask_word(typingctx, mask, byte):
+    """Eight bytes of ``mask`` from ``byte`` on, as a little-endian uint64 (portable IR)."""
+    sig = types.uint64(mask, byte)
+
+    def codegen(context, builder, sig, args):
+        mask, byte = _int64_args(context, builder, sig, args)
+        return builder.load(_ptr(builder, mask, byte, _I64), align=1)
+
+    return sig, codegen
+
+
+@intrinsic
+def _popcount64(typingctx, word):
+    sig = types.int64(types.uint64)
+
+    def codegen(context, builder, sig, args):
+        return _popcount(builder, args[0])
+
+    return sig, codegen
+
+
+@_jit
+def _set_bits(mask, e0, e1):
+    """Set bits of ``mask`` in [e0, e1): a word at a time between the byte-aligned edges."""
+    n, e = 0, e0
+    while e < e1 and e & 7:
+        n += mask_bit(mask, e)
+        e += 1
+    while e + 64 <= e1:
+        n += _popcount64(_mask_word(mask, e >> 3))
+        e += 64
+    while e < e1:
+        n += mask_bit(mask, e)
+        e += 1
+    return n
+
+
+@_jit
+def _chunk_starts(mask, rows, cols, chunk):
+    """The first stream element of every task (rows x chunks of ``chunk`` columns), and the total:
+    every element's with an empty ``mask``, else the set bits before the task's first element."""
+    per_row = (cols + chunk - 1) // chunk
+    starts = np.empty(rows * per_row + 1, np.int64)
+    starts[0] = 0
+    for task in range(rows * per_row):
+        e = task // per_row * cols + task % per_row * chunk
+        end = e + min(chunk, cols - task % per_row * chunk)
+        starts[task + 1] = starts[task] + (_set_bits(mask, e, end) if mask.size else end - e)
+    return starts
+
+
+@_jit
+def _lut_scalar(codes, nbits, mask, e, count, k, table, first, out, o):
+    """Elements [e, e + count) of a scalar-LUT tensor one by one, into ``out[o:]``; returns the
+    next stream element."""
+    for i in range(count):
+        if mask.size and not mask_bit(mask, e + i):
+            out[o + i] = 0
+        else:
+            out[o + i] = table[first + read_bits(codes, k, nbits)]
+            k += 1
+    return k
+
+
+@_parallel
+def _lut_decode_avx512(codes, nbits, mask, rows, cols, row_table, col_block, lo, hi, tables, use_tables, es,
+                       table, row_out, out, out_bytes):
+    """A scalar-LUT tensor (rows start on whole mask bytes) in chunks of a row over threads: whole
+    64-element steps inside one table through byte planes (or float32 ``tables`` of 64 entries
+    when ``use_tables``), the rest one by one."""
+    per_row = (cols + DECODE_CHUNK - 1) // DECODE_CHUNK
+    starts = _chunk_starts(mask, rows, cols, DECODE_CHUNK)
+    entries = 1 << nbits
+    for task in prange(rows * per_row):
+        r = task // per_row
+        j = task % per_row * DECODE_CHUNK
+        j1 = min(cols, j + DECODE_CHUNK)
+        k = starts[task]
+        while j < j1:
+            block = j // col_block
+            end = min(j1, (block + 1) * col_block)
+            t = row_table[r] + block
+            if mask.size and (r * cols + j) & 7:  # masked steps start on a mask byte
+                lead = min(end - j, 8 - ((r * cols + j) & 7))
+                k = _lut_scalar(codes, nbits, mask, r * cols + j, lead, k, table, t * entries, out, row_out[r] + j)
+                j += lead
+            e, o, steps = r * cols + j, row_out[r] + j, (end - j) >> 6
+            if steps and use_tables:
+                if mask.size:
+                    k = _lut_f32_steps_masked(codes, nbits, mask, e, steps, k, tables, t * 64, out_bytes, o)
+                else:
+                    k = _lut_f32_steps(codes, nbits, mask, e, steps, k, tables, t * 64, out_bytes, o)
+            elif steps:
+                if mask.size:
+                    k = _lut_steps_masked(codes, nbits, mask, e, steps, k, lo, hi, t * 256, es, out_bytes, o)
+                else:
+                    k = _lut_steps(codes, nbits, mask, e, steps, k, lo, hi, t * 256, es, out_bytes, o)
+            j += steps * 64
+            k = _lut_scalar(codes, nbits, mask, r * cols + j, end - j, k, table, t * entries, out, row_out[r] + j)
+            j = end
+
+
+@_jit
+def _quant_scalar(codes, nbits, signed, mask, e, count, k, scale, offset, t0, j, col_block, half_math,
+                  round_difference, out):
+    """Elements [e, e + count) of a row of shift-scale codes one by one (column ``j`` first; the
+    row's first table ``t0``); returns the next stream element."""
+    for i in range(count):
+        w = np.float32(0)
+        if not mask.size or mask_bit(mask, e + i):
+            t = t0 + (j + i) // col_block
+            q = _quant_code(codes, k, nbits, signed)
+            w = _dequantize(q, scale[t], offset[t], half_math, round_difference)
+            k += 1
+        _put(out, e + i, w)
+    return k
+
+
+@_parallel
+def _quant_decode_avx512(codes, nbits, signed, mask, rows, cols, row_table, col_block, scale, offset, half_math,
+                         round_difference, out_half, out, out_bytes):
+    """Core ML's shift-scale of every code (``col_block`` a multiple of 16; rows start on whole
+    mask bytes) in chunks of a row over threads, 64 elements per step, the rest one by one."""
+    per_row = (cols + DECODE_CHUNK - 1) // DECODE_CHUNK
+    starts = _chunk_starts(mask, rows, cols, DECODE_CHUNK)
+    for task in prange(rows * per_row):
+        r = task // per_row
+        j = task % per_row * DECODE_CHUNK
+        j1 = min(cols, j + DECODE_CHUNK)
+        k = starts[task]
+        e, steps, t = r * cols + j, (j1 - j) >> 6, row_table[r] + j // col_block
+        if steps and mask.size:
+            k = _quant_steps_masked(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
+                                    half_math, round_difference, out_half, out_bytes, e)
+        elif steps:
+            k = _quant_steps(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
+                             half_math, round_difference, out_half, out_bytes, e)
+        j += steps * 64
+        _quant_scalar(codes, nbits, signed, mask, r * cols + j, j1 - j, k, scale, offset, row_table[r], j, col_block,
+                      half_math, round_difference, out)
+
+
+@_parallel
+def _sparse_decode_avx512(mask, count, values, value_bytes, es, widen, out, out_bytes):
+    """``values`` in order at the set bits of ``mask``, zero elsewhere, in chunks over threads:
+    64 elements per step by masked expands, the rest one by one (binary16 widened to float32
+    when ``widen``; otherwise bits are copied)."""
+    starts = _chunk_starts(mask, 1, count, DECODE_CHUNK)
+    for task in prange((count + DECODE_CHUNK - 1) // DECODE_CHUNK):
+        e = task * DECODE_CHUNK
+        end = min(count, e + DECODE_CHUNK)
+        steps = (end - e) >> 6
+        k = _sparse_steps(mask, e, steps, starts[task], value_bytes, es, widen, out_bytes, e)
+        for i in range(e + steps * 64, end):
+            if mask_bit(mask, i):
+                if widen:
+                    out[i] = half_to_float(values[k])
+                else:
+                    out[i] = values[k]
+                k += 1
+            else:
+                out[i] = 0
+
+
 # ---- decompression --------------------------------------------------------------------------
 
 
@@ -337,6 +1018,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 _NO_MASK = _readonly(np.zeros(0, np.uint8))
+_NO_TABLE = np.zeros(0, np.float32)
 _NO_OFFSET = np.zeros(0, np.float32)
 
 
@@ -363,26 +1045,83 @@ def _converted(values: np.ndarray, dtype) -> np.ndarray:
         return np.ascontiguousarray(values.astype(dtype, copy=False))
 
 
-def _lut_decompress(indices: NBitArray, mask, shape, lut, vector_axis, vector_size, out) -> None:
-    plan = row_plan(shape, lut.shape[:-2], vector_axis, vector_size)
+def _byte_view(out: np.ndarray) -> np.ndarray:
+    return out.reshape(-1).view(np.uint8)
+
+
+def _lut_tables64(t) -> np.ndarray:
+    """Every (scalar) LUT as float32, padded to 64 entries."""
+    def pad():
+        tables = _lut_f32(t).reshape(-1, t.lut.shape[-2])
+        padded = np.zeros((tables.shape[0], 64), np.float32)
+        padded[:, : tables.shape[1]] = tables
+        return padded.reshape(-1)
+    return t.derived("numba_lut64", pad)
+
+
+def _lut_planes(t, dtype):
+    """Every (scalar) LUT converted to ``dtype`` as low-byte and high-byte planes of 256 entries,
+    float32 as binary16 (None when some value is not exactly a binary16)."""
+    dtype = np.dtype(dtype)
+
+    def build():
+        entries = t.lut.shape[-2]
+        values = _converted(t.lut.reshape(-1, entries), dtype)
+        if dtype == np.float32:
+            half = values.astype(np.float16)
+            if not np.array_equal(half.astype(np.float32).view(np.uint32), values.view(np.uint32)):
+                return None
+            values = half
+        bits = values.view(f"u{values.itemsize}").astype(np.uint16)
+        planes = np.zeros((2, bits.shape[0], 256), np.uint8)
+        planes[0, :, :entries] = bits & 0xFF
+        planes[1, :, :entries] = bits >> 8
+        return _readonly(planes[0].reshape(-1)), _readonly(planes[1].reshape(-1))
+    return t.derived(f"numba_planes_{dtype.name}", build)
+
+
+_NO_BYTES = _readonly(np.zeros(0, np.uint8))
+
+
+def _lut_decompress(t, indices: NBitArray, mask, shape, out) -> None:
+    lut, vector_size = t.lut, t.vector_size
+    plan = row_plan(shape, lut.shape[:-2], t.vector_axis, vector_size)
+    table = _input_bits(_converted(lut, out.dtype))
+    if _simd == "avx512" and vector_size == 1 and (mask is None or plan.cols % 8 == 0):
+        use_tables = out.dtype.itemsize == 4 and indices.nbits <= 6
+        planes = (_NO_BYTES, _NO_BYTES) if use_tables else _lut_planes(t, out.dtype)
+        if planes is not None:
+            tables = _lut_tables64(t) if use_tables else _NO_TABLE
+            with _LAUNCH_LOCK:
+                _lut_decode_avx512(indices.packed, indices.nbits, _mask(mask), plan.rows, plan.cols, plan.row_table,
+                                   plan.col_block, *planes, tables, use_tables, out.dtype.itemsize, table,
+                                   plan.row_out, _bits_view(out), _byte_view(out))
+            return
     _lut_decode(
         indices.packed, indices.nbits, _mask(mask), plan.rows, plan.cols, plan.row_table, plan.col_block,
-        _input_bits(_converted(lut, out.dtype)), lut.shape[-2], vector_size,
-        plan.row_out, plan.col_stride, plan.v_stride, _bits_view(out),
+        table, lut.shape[-2], vector_size, plan.row_out, plan.col_stride, plan.v_stride, _bits_view(out),
     )
 
 
 def decompress_palettized(t, out: np.ndarray) -> None:
-    _lut_decompress(t.indices, None, t.indices.shape, t.lut, t.vector_axis, t.vector_size, out)
+    _lut_decompress(t, t.indices, None, t.indices.shape, out)
 
 
 def decompress_sparse_palettized(t, out: np.ndarray) -> None:
-    mask = t.indices_mask
-    _lut_decompress(t.indices_nonzero_data, mask, mask.shape, t.lut, t.vector_axis, t.vector_size, out)
+    _lut_decompress(t, t.indices_nonzero_data, t.indices_mask, t.indices_mask.shape, out)
 
 
 def decompress_sparse(t, out: np.ndarray) -> None:
-    _sparse_decode(t.mask.packed, _input_bits(_converted(_values(t.nonzero_data), out.dtype)), _bits_view(out))
+    data = _values(t.nonzero_data)
+    if _simd == "avx512":
+        widen = data.dtype == np.float16 and out.dtype == np.float32  # widened in the kernel
+        values = data if widen else _converted(data, out.dtype)
+        with _LAUNCH_LOCK:
+            _sparse_decode_avx512(t.mask.packed, out.size, _input_bits(values), _readonly(_byte_view(values)),
+                                  values.dtype.itemsize, widen, out.reshape(-1) if widen else _bits_view(out),
+                                  _byte_view(out))
+        return
+    _sparse_decode(t.mask.packed, _input_bits(_converted(data, out.dtype)), _bits_view(out))
 
 
 def _scale_offset(t):
@@ -408,6 +1147,14 @@ def _shift_scale_decompress(t, data: NBitArray, mask, out: np.ndarray) -> None:
     plan = row_plan(t.shape, t.scale.shape)
     scale, offset = _scale_offset(t)
     target = out.reshape(-1).view(np.uint16) if out.dtype == np.float16 else out.reshape(-1)
+    if _simd == "avx512" and plan.col_block % 16 == 0 and (mask is None or plan.cols % 8 == 0):
+        if not offset.size:
+            offset = t.derived("numba_zero_offset", lambda: np.zeros(scale.size, np.float32))
+        with _LAUNCH_LOCK:
+            _quant_decode_avx512(data.packed, data.nbits, data.signed, _mask(mask), plan.rows, plan.cols,
+                                 plan.row_table, plan.col_block, scale, offset, *_half_math(t), out.dtype == np.float16,
+                                 target, _byte_view(out))
+        return
     _shift_scale_decode(
         data.packed, data.nbits, data.signed, _mask(mask), plan.rows, plan.cols, plan.row_table, plan.col_block,
         scale, offset, *_half_math(t), target,
@@ -537,31 +1284,6 @@ def _quant_matmul_dense(codes, nbits, signed, rows, cols, row_table, col_block, 
 
 
 # ---- fused products: AVX-512 row loops as LLVM IR ---------------------------------------------
-
-_F32, _I64 = ir.FloatType(), ir.IntType(64)
-_V16F = ir.VectorType(_F32, 16)
-
-
-def _int64_args(context, builder, sig, args):
-    """Arguments as (array structs, int64 values), in order."""
-    out = []
-    for ty, value in zip(sig.args, args):
-        if isinstance(ty, types.Array):
-            out.append(context.make_array(ty)(context, builder, value))
-        else:
-            out.append(context.cast(builder, value, ty, types.int64))
-    return out
-
-
-def _load(builder, array, index, vtype):
-    """An unaligned load of ``vtype`` from element ``index`` of ``array``."""
-    ptr = builder.gep(array.data, [index])
-    return builder.load(builder.bitcast(ptr, vtype.as_pointer()), align=1)
-
-
-def _splat(vtype, value):
-    return ir.Constant(vtype, [value] * vtype.count)
-
 
 def _horizontal_sum(builder, vectors):
     """The float sum of every lane of ``vectors``, lane by lane in order."""
@@ -710,7 +1432,6 @@ def _sparse_matmul_avx512(mask, row_start, rows, cols, values, x, y):
 # ---- fused products: entry points ------------------------------------------------------------
 
 _NO_STARTS = np.zeros(0, np.int64)
-_NO_TABLE = np.zeros(0, np.float32)
 _NO_VALUES = _readonly(np.zeros(0, np.float32))
 
 
