@@ -64,6 +64,27 @@ def test_sse_per_k_is_non_increasing(seed, k):
     assert sse[-1] >= 0
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.sampled_from([2, 3, 5, 16, 17, 64, 256]), m=st.integers(1, 4000),
+       dist=st.sampled_from(["normal", "laplace", "integers", "clumps"]))
+def test_one_layer_penalized_dp_finds_the_k_layer_optimum(seed, k, m, dist):
+    """solve_k (Lagrangian penalty, one DP layer, galloping deque) against the k-layer DP."""
+    rng = np.random.default_rng(seed)
+    raw = {"normal": rng.standard_normal(m), "laplace": rng.laplace(size=m), "integers": rng.integers(0, 50, m) * 1.0,
+           "clumps": rng.choice([0.0, 1.0, 5.0], m) + rng.standard_normal(m) * 1e-3}[dist]
+    x = np.unique(raw)
+    w = rng.integers(1, 20, x.size).astype(np.float64)
+    starts, sse = kmeans.dp_solve(x, w, k)
+    fast = kmeans.solve_k(x, w, k)
+    assert fast.size == starts.size
+
+    def cost(s):
+        ends = np.append(s[1:], x.size)
+        return sum(np.sum(w[a:b] * (x[a:b] - np.average(x[a:b], weights=w[a:b])) ** 2) for a, b in zip(s, ends))
+
+    assert cost(fast) == pytest.approx(cost(starts), rel=1e-9, abs=1e-12)
+
+
 def test_fewer_values_than_clusters():
     r = optimal_kmeans_1d([1.0, 2.0, 4.0], [1, 2, 3], 8)
     assert r.centroids.tolist() == [1.0, 2.0, 4.0]

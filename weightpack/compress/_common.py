@@ -34,12 +34,21 @@ def check_values(arr: np.ndarray, name: str) -> None:
     """Rank >= 1, non-empty, finite."""
     if arr.ndim == 0 or arr.size == 0:
         raise WeightpackError(f"{name} has shape {arr.shape}; it must have rank >= 1 and at least one element")
-    finite = np.isfinite(arr)
-    if not finite.all():
+    bad = count_nonfinite(arr)
+    if bad:
         raise WeightpackError(
-            f"{name} contains NaN or infinity ({finite.size - np.count_nonzero(finite)} of {finite.size} values); "
-            "only finite weights can be compressed"
+            f"{name} contains NaN or infinity ({bad} of {arr.size} values); only finite weights can be compressed"
         )
+
+
+def count_nonfinite(arr: np.ndarray) -> int:
+    """How many NaNs and infinities ``arr`` holds; float16 through its bits (numpy emulates float16
+    arithmetic), in chunks so no temporary grows with the array."""
+    if arr.dtype != np.float16:
+        return int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint16)
+    step = 1 << 20
+    return sum(int(np.count_nonzero((flat[i:i + step] & 0x7C00) == 0x7C00)) for i in range(0, flat.size, step))
 
 
 def sparse_values(t: SparseTensor) -> np.ndarray:

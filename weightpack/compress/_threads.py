@@ -10,6 +10,7 @@ order, so the result never depends on how many threads ran: the same input gives
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 1 << 20  # elements per chunk of an elementwise pass
@@ -27,14 +28,30 @@ def thread_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_pool = {"pid": None, "size": 0, "executor": None}
+_worker = threading.local()
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    """The process's pool of ``size`` threads (made again after a fork or a size change)."""
+    if _pool["pid"] != os.getpid() or _pool["size"] != size:
+        _pool.update(pid=os.getpid(), size=size, executor=ThreadPoolExecutor(size, "weightpack", _mark_worker))
+    return _pool["executor"]
+
+
+def _mark_worker():
+    _worker.inside = True
+
+
 def run(fn, tasks) -> list:
-    """``[fn(t) for t in tasks]``, on up to :func:`thread_count` threads; results in task order."""
+    """``[fn(t) for t in tasks]``, on up to :func:`thread_count` threads; results in task order.
+
+    Called from one of the pool's own threads it runs serially (no pool waits on itself)."""
     tasks = list(tasks)
-    workers = min(thread_count(), len(tasks))
-    if workers <= 1:
+    size = thread_count()
+    if size <= 1 or len(tasks) <= 1 or getattr(_worker, "inside", False):
         return [fn(t) for t in tasks]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, tasks))
+    return list(_executor(size).map(fn, tasks))
 
 
 def chunks(n: int, align: int = 8) -> list[tuple[int, int]]:
@@ -53,12 +70,13 @@ def chunks(n: int, align: int = 8) -> list[tuple[int, int]]:
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
 
 
-def spans(count: int, parts: int | None = None) -> list[tuple[int, int]]:
-    """Split ``range(count)`` (e.g. groups) into at most ``parts`` contiguous, balanced spans.
+def spans(count: int, parts: int = 64) -> list[tuple[int, int]]:
+    """Split ``range(count)`` (e.g. groups) into at most ``parts`` contiguous, balanced spans; the
+    split depends only on ``count`` (work carried from group to group stays the same).
 
     >>> spans(10, 3)
     [(0, 3), (3, 6), (6, 10)]
     """
-    parts = max(1, min(count, parts if parts is not None else 4 * thread_count()))
+    parts = max(1, min(count, parts))
     bounds = [count * i // parts for i in range(parts + 1)]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]

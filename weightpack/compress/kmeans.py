@@ -14,6 +14,18 @@ layer is solved by divide and conquer on the monotone argmin within those bounds
 for m values. The leftmost minimum wins ties. ``D[j][m-1]`` is the optimal SSE with ``j + 1``
 clusters, returned for every ``j`` (a rate-distortion curve for free).
 
+When only the k-cluster partition is needed (not the whole curve), :func:`solve_k` finds it with
+one DP *layer* instead of k: the Lagrangian relaxation ``F_lam(i) = min_t F_lam(t-1) + cost(t, i) +
+lam`` (the cost of a partition plus lam per cluster) is solved row by row with a deque of candidate
+starts, each taking over from the first row where it is strictly better (found by galloping and
+bisection; the quadrangle inequality makes that row boundary monotone). A partition optimal for
+``F_lam`` with exactly k clusters is an optimal k-partition (any other k-partition has a larger
+cost at the same penalty). ``lam`` starts from a DP on 256 bins of the values and is updated from
+the cluster counts it gives (rescaled by ``(count / k)**3``, then by the slope between the
+penalized optima on either side of k) until the count is k; if that fails within 40 tries (k is
+not a vertex of the convex curve of optimal errors) the k-layer DP decides. O(m log) per try,
+a few tries: about 10 times less work than the k-layer DP at k = 16 and m = 15,000.
+
 Also here: Lloyd refinement on sorted values. This module imports numba; the rest of weightpack
 loads it only when a compiled kernel is needed.
 """
@@ -97,6 +109,138 @@ def dp_solve(x, w, k):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
+def _prefixes(x, w):
+    """Prefix sums of w, w (x - c), w (x - c)**2 (c: the weighted mean)."""
+    m = x.shape[0]
+    total = 0.0
+    centre = 0.0
+    for i in range(m):
+        total += w[i]
+        centre += w[i] * x[i]
+    centre /= total
+    p0 = np.zeros(m + 1)
+    p1 = np.zeros(m + 1)
+    p2 = np.zeros(m + 1)
+    for i in range(m):
+        d = x[i] - centre
+        p0[i + 1] = p0[i] + w[i]
+        p1[i + 1] = p1[i] + w[i] * d
+        p2[i + 1] = p2[i] + w[i] * d * d
+    return p0, p1, p2
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _penalized(p0, p1, p2, lam, F, arg, cnt, dq_t, dq_s):
+    """Least ``cost(partition) + lam * clusters`` of the values: F[i] for values 0..i, ``arg[i]`` the
+    start of the last cluster, ``cnt[i]`` the clusters. Returns (F[m-1], cnt[m-1])."""
+    m = F.shape[0]
+    head = 0
+    tail = 1
+    dq_t[0] = 0
+    dq_s[0] = 0
+    for i in range(m):
+        while head + 1 < tail and dq_s[head + 1] <= i:
+            head += 1
+        t = dq_t[head]
+        F[i] = (lam if t == 0 else F[t - 1] + lam) + _cost(p0, p1, p2, t, i)
+        arg[i] = t
+        cnt[i] = 1 if t == 0 else cnt[t - 1] + 1
+        tn = i + 1
+        if tn >= m:
+            break
+        gn = F[i] + lam
+        while tail > head:  # drop the candidates tn beats from their first row on
+            tb = dq_t[tail - 1]
+            row = max(dq_s[tail - 1], tn)
+            gb = lam if tb == 0 else F[tb - 1] + lam
+            if gn + _cost(p0, p1, p2, tn, row) < gb + _cost(p0, p1, p2, tb, row):
+                tail -= 1
+            else:
+                break
+        if tail == head:
+            dq_t[tail] = tn
+            dq_s[tail] = tn
+            tail += 1
+            continue
+        tb = dq_t[tail - 1]
+        gb = lam if tb == 0 else F[tb - 1] + lam
+        base = max(dq_s[tail - 1], tn)
+        lo = base + 1  # the first row where tn is strictly better lies in [lo, hi]; m: none
+        hi = m
+        step = 1
+        while base + step < m:
+            row = base + step
+            if gn + _cost(p0, p1, p2, tn, row) < gb + _cost(p0, p1, p2, tb, row):
+                hi = row
+                break
+            lo = row + 1
+            step *= 2
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if gn + _cost(p0, p1, p2, tn, mid) < gb + _cost(p0, p1, p2, tb, mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo < m:
+            dq_t[tail] = tn
+            dq_s[tail] = lo
+            tail += 1
+    return F[m - 1], cnt[m - 1]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def solve_k(x, w, k):
+    """First index of each of the min(k, m) clusters of the optimal k-partition (see the module
+    docstring: the penalized one-layer DP, the k-layer DP as the fallback)."""
+    m = x.shape[0]
+    if m <= k or k == 1 or m <= 4 * k:
+        return dp_solve(x, w, k)[0]
+    p0, p1, p2 = _prefixes(x, w)
+    bins = min(m, 256)  # a first penalty from the k+1-layer DP on bins of consecutive values
+    cx = np.empty(bins)
+    cw = np.empty(bins)
+    for b in range(bins):
+        lo, hi = b * m // bins, (b + 1) * m // bins
+        cw[b] = p0[hi] - p0[lo]
+        cx[b] = (p1[hi] - p1[lo]) / cw[b]
+    coarse = dp_solve(cx, cw, k + 1)[1]
+    lam = coarse[k - 2] - coarse[k - 1]
+    if not lam > 0.0:
+        return dp_solve(x, w, k)[0]
+    F = np.empty(m)
+    arg = np.empty(m, np.int64)
+    cnt = np.empty(m, np.int64)
+    dq_t = np.empty(m + 1, np.int64)
+    dq_s = np.empty(m + 1, np.int64)
+    more_c, more_d, more_lam = -1, 0.0, 0.0  # the penalized optimum with more clusters than k
+    fewer_c, fewer_d, fewer_lam = -1, 0.0, np.inf
+    for _ in range(40):
+        value, c = _penalized(p0, p1, p2, lam, F, arg, cnt, dq_t, dq_s)
+        if c == k:
+            starts = np.empty(k, np.int64)
+            i = m - 1
+            for j in range(k - 1, -1, -1):
+                starts[j] = arg[i]
+                i = arg[i] - 1
+            return starts
+        d = value - lam * c
+        if c > k:
+            more_c, more_d, more_lam = c, d, lam
+        else:
+            fewer_c, fewer_d, fewer_lam = c, d, lam
+        if more_c > 0 and fewer_c > 0:
+            nxt = (fewer_d - more_d) / (more_c - fewer_c)  # the slope between the two optima
+            if not (more_lam < nxt < fewer_lam) or nxt == lam:
+                nxt = 0.5 * (more_lam + fewer_lam)
+            if not (more_lam < nxt < fewer_lam):
+                break
+            lam = nxt
+        else:
+            lam *= (c / k) ** 3
+    return dp_solve(x, w, k)[0]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def dp_means(x, w, starts):
     """Weighted mean of each run ``x[starts[c]:starts[c+1]]`` (float64)."""
     k = starts.shape[0]
@@ -129,21 +273,7 @@ def _backtrack(splits, m):
 def _dp(x, w, k, splits, sse):
     """Fill ``splits[j, i]`` (first index of the last cluster of D[j][i]) and ``sse[j] = D[j][m-1]``."""
     m = x.shape[0]
-    total = 0.0
-    for i in range(m):
-        total += w[i]
-    centre = 0.0
-    for i in range(m):
-        centre += w[i] * x[i]
-    centre /= total
-    p0 = np.zeros(m + 1)
-    p1 = np.zeros(m + 1)
-    p2 = np.zeros(m + 1)
-    for i in range(m):
-        d = x[i] - centre
-        p0[i + 1] = p0[i] + w[i]
-        p1[i + 1] = p1[i] + w[i] * d
-        p2[i + 1] = p2[i] + w[i] * d * d
+    p0, p1, p2 = _prefixes(x, w)
     # prev[t] = D[j-1][t-1]: the cost of values 0..t-1 in j clusters (index 0 unused)
     prev = np.empty(m + 1)
     cur = np.empty(m + 1)

@@ -32,7 +32,7 @@ import numpy as np
 from . import _threads
 from ._jit import value
 from ._common import fp16_order, fp16_values
-from .kmeans import dp_means, dp_solve
+from .kmeans import dp_means, dp_solve, solve_k
 
 SMALL = 8192  # groups up to this many elements are sorted instead of histogrammed
 LLOYD_PASSES = 12
@@ -94,10 +94,22 @@ def key32(bits, delta):
     return code
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _rank(mids, v):
+    """#(mids < v) for sorted ``mids``: a branch-free count when short, else a binary search."""
+    n = mids.shape[0]
+    if n <= 32:
+        c = 0
+        for j in range(n):
+            c += mids[j] < v
+        return c
+    return np.searchsorted(mids, v)
+
+
 @numba.njit(nogil=True, cache=True)
 def _nearest(entries, first, mids, v):
     """Index of the nearest entry: first[#(mids < v)] (ties to the lower index)."""
-    return first[np.searchsorted(mids, v)]
+    return first[_rank(mids, v)]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -121,8 +133,9 @@ def hist16(bits3, imp3, sw, inner, g, l0, l1, counts):
     """Add each element's weight to ``counts[its bit pattern]`` (float64 [65536])."""
     if imp3.shape[0] == 0 and sw.shape[0] == 0:
         for o in range(bits3.shape[0]):
+            seg = bits3[o, g]
             for l in range(l0, l1):
-                counts[bits3[o, g, l]] += 1.0
+                counts[seg[l]] += 1.0
         return
     for o in range(bits3.shape[0]):
         r = l0 % inner
@@ -202,10 +215,13 @@ def hist32(x3, imp3, sw, inner, g, l0, l1, delta, keys3, rec, skip_zero):
     weighted = imp3.shape[0] > 0 or sw.shape[0] > 0
     for o in range(x3.shape[0]):
         r = l0 % inner
+        seg = x3[o, g]
+        useg = u3[o, g]
+        kseg = keys3[o, g]
         for l in range(l0, l1):
-            v = np.float64(x3[o, g, l])
-            key = key32(u3[o, g, l], delta)
-            keys3[o, g, l] = key
+            v = np.float64(seg[l])
+            key = key32(useg[l], delta)
+            kseg[l] = key
             w = 1.0
             if weighted:
                 w = _weight(imp3, sw, inner, o, g, l, r)
@@ -336,12 +352,13 @@ def classify_bins(cent, bkey, bw, bs1, bs2, blo, bhi, nb, cls, CW, CS1, CS2):
 def straddle_sums(x3, keys3, imp3, sw, inner, g, l0, l1, cls, mids, CW, CS1, CS2, skip_zero):
     """Add the elements of straddling bins to the cluster of their nearest centroid."""
     for o in range(x3.shape[0]):
+        kseg = keys3[o, g]
         for l in range(l0, l1):
-            if cls[keys3[o, g, l]] < 0:
+            if cls[kseg[l]] < 0:
                 v = np.float64(x3[o, g, l])
                 if skip_zero and v == 0.0:
                     continue
-                c = np.searchsorted(mids, v)
+                c = _rank(mids, v)
                 w = _weight(imp3, sw, inner, o, g, l, l % inner)
                 CW[c] += w
                 CS1[c] += w * v
@@ -366,6 +383,15 @@ def lloyd_step(CW, CS1, CS2, cent):
 
 
 @numba.njit(nogil=True, cache=True)
+def _partition(xs, ws, k, curve):
+    """(cluster starts, optimal SSE per number of clusters 1..k or zeros): the k-layer DP when the
+    curve is wanted, else the one-layer penalized DP."""
+    if curve:
+        return dp_solve(xs, ws, k)
+    return solve_k(xs, ws, k), np.zeros(k)
+
+
+@numba.njit(nogil=True, cache=True)
 def _store(cent_out, sse_out, g, means, sse):
     k = cent_out.shape[1]
     q = means.shape[0]
@@ -376,7 +402,7 @@ def _store(cent_out, sse_out, g, means, sse):
 
 
 @numba.njit(nogil=True, cache=True)
-def kmeans16_groups(bits3, imp3, sw, inner, k, g0, g1, values, order, cent_out, sse_out, skip_zero):
+def kmeans16_groups(bits3, imp3, sw, inner, k, g0, g1, values, order, cent_out, sse_out, skip_zero, curve):
     """Optimal k-means of the float16 groups g0..g1-1: centroids (float64, ascending, unused entries
     repeat the largest) and the optimal SSE with 1..k clusters."""
     n = bits3.shape[0] * bits3.shape[2]
@@ -392,7 +418,7 @@ def kmeans16_groups(bits3, imp3, sw, inner, k, g0, g1, values, order, cent_out, 
             xs[0] = 0.0
             ws[0] = 1.0
             m = 1
-        starts, sse = dp_solve(xs[:m], ws[:m], k)
+        starts, sse = _partition(xs[:m], ws[:m], k, curve)
         _store(cent_out, sse_out, g, dp_means(xs[:m], ws[:m], starts), sse)
 
 
@@ -405,7 +431,7 @@ def _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, skip_z
 
 
 @numba.njit(nogil=True, cache=True)
-def kmeans32_groups(x3, imp3, sw, inner, k, g0, g1, delta, order, keys3, cent_out, sse_out, passes, skip_zero):
+def kmeans32_groups(x3, imp3, sw, inner, k, g0, g1, delta, order, keys3, cent_out, sse_out, passes, skip_zero, curve):
     """As :func:`kmeans16_groups` for float32 groups (binned DP + Lloyd when large).
 
     ``sse_out`` holds the SSE of the optimal partition of the bins (exact when the bins are pure).
@@ -434,7 +460,7 @@ def kmeans32_groups(x3, imp3, sw, inner, k, g0, g1, delta, order, keys3, cent_ou
                 xs[0] = 0.0
                 ws[0] = 1.0
                 m = 1
-            starts, sse = dp_solve(xs[:m], ws[:m], k)
+            starts, sse = _partition(xs[:m], ws[:m], k, curve)
             _store(cent_out, sse_out, g, dp_means(xs[:m], ws[:m], starts), sse)
             passes[g] = 0
             continue
@@ -453,9 +479,9 @@ def kmeans32_groups(x3, imp3, sw, inner, k, g0, g1, delta, order, keys3, cent_ou
             _store(cent_out, sse_out, g, np.zeros(1), np.zeros(k))
             passes[g] = 0
             continue
-        starts, sse = dp_solve(xs[:m], ws[:m], k)
+        starts, sse = _partition(xs[:m], ws[:m], k, curve)
         cent = _bin_cluster_means(bw, bs1, nb, starts, xs[:m])
-        sse_out[g, :] = sse + _within(bw, bs1, bs2, nb)
+        sse_out[g, :] = sse + _within(bw, bs1, bs2, nb) if curve else sse
         passes[g] = 0
         if not pure:
             passes[g] = _lloyd_group(x3, keys3, use_imp, use_sw, inner, g, cent, bkey, bw, bs1, bs2, blo, bhi, nb, cls, skip_zero)
@@ -581,22 +607,26 @@ def assign16(bits3, g, l0, l1, entries, values, table, out3):
     (``table`` uint16 [65536], all 0xFFFF on entry)."""
     mids, first = _nearest_tables(entries)
     for o in range(bits3.shape[0]):
+        seg = bits3[o, g]
+        dst = out3[o, g]
         for l in range(l0, l1):
-            b = bits3[o, g, l]
+            b = seg[l]
             c = table[b]
             if c == 0xFFFF:
                 c = _nearest(entries, first, mids, values[b])
                 table[b] = c
-            out3[o, g, l] = c
+            dst[l] = c
 
 
 @numba.njit(nogil=True, cache=True)
 def assign_search(x3, table, g, l0, l1, entries, out3):
-    """Indices of the nearest entries by binary search on the midpoints."""
+    """Indices of the nearest entries by counting the midpoints below each value."""
     mids, first = _nearest_tables(entries)
     for o in range(x3.shape[0]):
+        seg = x3[o, g]
+        dst = out3[o, g]
         for l in range(l0, l1):
-            out3[o, g, l] = _nearest(entries, first, mids, value(x3[o, g, l], table))
+            dst[l] = first[_rank(mids, value(seg[l], table))]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -623,32 +653,34 @@ def assign_groups32(x3, g0, g1, luts, out3):
 # drivers: one group per task span, or chunks of one big group
 
 
-def kmeans(x3: np.ndarray, imp3: np.ndarray, sw: np.ndarray, inner: int, k: int, skip_zero: bool = False):
+def kmeans(x3: np.ndarray, imp3: np.ndarray, sw: np.ndarray, inner: int, k: int, skip_zero: bool = False,
+           curve: bool = False):
     """(centroids float64 [G, k], optimal SSE per number of clusters [G, k]) for every group.
 
-    For float32 groups above ``SMALL`` elements the SSE is that of the optimal partition of the bins
-    (exact when every bin holds one value). ``skip_zero`` leaves the value 0 out of the fit (the
-    pruned positions of a sparse tensor)."""
+    The SSE curve is computed only with ``curve`` (zeros otherwise: the k-partition alone is found
+    with less work). For float32 groups above ``SMALL`` elements it is the SSE of the optimal
+    partition of the bins (exact when every bin holds one value). ``skip_zero`` leaves the value 0
+    out of the fit (the pruned positions of a sparse tensor)."""
     G = x3.shape[1]
     cent = np.empty((G, k))
     sse = np.empty((G, k))
     if x3.dtype == np.uint16:
         if G == 1 and x3.size > 4 * SMALL:
-            return _kmeans16_chunked(x3, imp3, sw, inner, k, skip_zero)
+            return _kmeans16_chunked(x3, imp3, sw, inner, k, skip_zero, curve)
         values, order = fp16_values(), fp16_order()
         _threads.run(
-            lambda s: kmeans16_groups(x3, imp3, sw, inner, k, s[0], s[1], values, order, cent, sse, skip_zero),
+            lambda s: kmeans16_groups(x3, imp3, sw, inner, k, s[0], s[1], values, order, cent, sse, skip_zero, curve),
             _threads.spans(G),
         )
         return cent, sse
     delta = scale_delta(x3)
     keys3 = np.empty(x3.shape if x3.shape[0] * x3.shape[2] > SMALL else (0, 0, 0), np.uint16)
     if G == 1 and x3.size > 4 * SMALL:
-        return _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero)
+        return _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero, curve)
     passes = np.zeros(G, np.int64)
     order = key32_order()
     _threads.run(
-        lambda s: kmeans32_groups(x3, imp3, sw, inner, k, s[0], s[1], delta, order, keys3, cent, sse, passes, skip_zero),
+        lambda s: kmeans32_groups(x3, imp3, sw, inner, k, s[0], s[1], delta, order, keys3, cent, sse, passes, skip_zero, curve),
         _threads.spans(G),
     )
     return cent, sse
@@ -660,7 +692,7 @@ def scale_delta(x3: np.ndarray) -> int:
     return 15 - int(np.frexp(top)[1]) if top > 0 else 0
 
 
-def _kmeans16_chunked(bits3, imp3, sw, inner, k, skip_zero):
+def _kmeans16_chunked(bits3, imp3, sw, inner, k, skip_zero, curve):
     parts = _threads.chunks(bits3.shape[2])
     hists = _threads.run(lambda span: _hist16_part(bits3, imp3, sw, inner, span), parts)
     counts = hists[0]
@@ -671,11 +703,11 @@ def _kmeans16_chunked(bits3, imp3, sw, inner, k, skip_zero):
         live[[0, 0x8000]] = 0
     if not (live > 0).any():
         if imp3.size or sw.size:  # every weight is zero: plain k-means
-            return _kmeans16_chunked(bits3, NO_IMP, NO_SW, inner, k, skip_zero)
+            return _kmeans16_chunked(bits3, NO_IMP, NO_SW, inner, k, skip_zero, curve)
         return np.zeros((1, k)), np.zeros((1, k))  # nothing but pruned zeros
     cent = np.empty((1, k))
     sse = np.empty((1, k))
-    _solve_hist16(counts, fp16_order(), fp16_values(), k, cent, sse, skip_zero)
+    _solve_hist16(counts, fp16_order(), fp16_values(), k, cent, sse, skip_zero, curve)
     return cent, sse
 
 
@@ -686,15 +718,15 @@ def _hist16_part(bits3, imp3, sw, inner, span):
 
 
 @numba.njit(nogil=True, cache=True)
-def _solve_hist16(counts, order, values, k, cent_out, sse_out, skip_zero):
+def _solve_hist16(counts, order, values, k, cent_out, sse_out, skip_zero, curve):
     xs = np.empty(65536)
     ws = np.empty(65536)
     m = compact16(counts, order, values, xs, ws, skip_zero)
-    starts, sse = dp_solve(xs[:m], ws[:m], k)
+    starts, sse = _partition(xs[:m], ws[:m], k, curve)
     _store(cent_out, sse_out, 0, dp_means(xs[:m], ws[:m], starts), sse)
 
 
-def _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero):
+def _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero, curve):
     parts = _threads.chunks(x3.shape[2])
     order = key32_order()
 
@@ -714,11 +746,12 @@ def _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero):
     m, pure = _bins_points(bw, bs1, blo, bhi, nb, xs, ws)
     if m == 0:
         if imp3.size or sw.size:  # every weight is zero: plain k-means
-            return _kmeans32_chunked(x3, NO_IMP, NO_SW, inner, k, delta, keys3, skip_zero)
+            return _kmeans32_chunked(x3, NO_IMP, NO_SW, inner, k, delta, keys3, skip_zero, curve)
         return np.zeros((1, k)), np.zeros((1, k))  # nothing but pruned zeros
-    starts, sse = dp_solve(xs[:m], ws[:m], k)
+    starts, sse = _partition(xs[:m], ws[:m], k, curve)
     cent = _bin_cluster_means(bw, bs1, nb, starts, xs[:m])
-    sse = sse + _within(bw, bs1, bs2, nb)
+    if curve:
+        sse = sse + _within(bw, bs1, bs2, nb)
     if not pure:
         cent = _lloyd_chunked(x3, keys3, imp3, sw, inner, cent, (bkey, bw, bs1, bs2, blo, bhi), nb, parts, skip_zero)
     out = np.empty((1, k))

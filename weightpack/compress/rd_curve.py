@@ -53,7 +53,7 @@ def palettize_rd_curve(w, max_nbits=8, *, group_size=None, axis=0, importance=No
     job = Job.create(w, group_size=group_size, axis=axis, importance=importance, per_channel_scale=per_channel_scale)
     k = 1 << check_nbits(max_nbits)
     x3, imp3, sw, inner = job.layout()
-    sse = lut1d.kmeans(x3, imp3, sw, inner, k, skip_zero=job.sparse)[1]
+    sse = lut1d.kmeans(x3, imp3, sw, inner, k, skip_zero=job.sparse, curve=True)[1]
     values = job.dense.astype(np.float64)
     if job.scale is not None:
         values = values * job.scale.astype(np.float64)

@@ -56,9 +56,9 @@ def histogram_low(keys, lo, hi, bucket, counts):
             counts[k & 0xFFFF] += 1
 
 
-def kth_key(keys: np.ndarray, k: int) -> tuple[int, int]:
-    """(T, below): the k-th smallest key (1-based) and how many keys are below it."""
-    parts = _threads.chunks(keys.size)
+def kth_key(keys: np.ndarray, k: int, parts) -> tuple[int, np.ndarray, np.ndarray]:
+    """(T, below, ties): the k-th smallest key (1-based), and per part (chunk) of ``keys`` how many
+    keys are below T and equal to it, from per-part histograms (no pass to count them)."""
     wide = keys.dtype.itemsize == 4
     shift = 16 if wide else 0
 
@@ -67,55 +67,51 @@ def kth_key(keys: np.ndarray, k: int) -> tuple[int, int]:
         histogram_high(keys, span[0], span[1], shift, c)
         return c
 
-    counts = sum(_threads.run(high, parts))
-    cum = np.cumsum(counts)
+    hist = np.stack(_threads.run(high, parts))
+    cum = np.cumsum(hist.sum(axis=0))
     bucket = int(np.searchsorted(cum, k))  # first bucket where the running count reaches k
-    below = int(cum[bucket - 1]) if bucket else 0
+    below = hist[:, :bucket].sum(axis=1)
     if not wide:
-        return bucket, below
+        return bucket, below, hist[:, bucket]
 
     def low(span):
         c = np.zeros(65536, np.int64)
         histogram_low(keys, span[0], span[1], bucket, c)
         return c
 
-    cum = np.cumsum(sum(_threads.run(low, parts)))
-    sub = int(np.searchsorted(cum, k - below))
-    return (bucket << 16) | sub, below + (int(cum[sub - 1]) if sub else 0)
+    sub_hist = np.stack(_threads.run(low, parts))
+    sub = int(np.searchsorted(np.cumsum(sub_hist.sum(axis=0)), k - int(below.sum())))
+    return (bucket << 16) | sub, below + sub_hist[:, :sub].sum(axis=1), sub_hist[:, sub]
 
 
 @numba.njit(nogil=True, cache=True)
-def count_ties(keys, lo, hi, T):
-    n = 0
-    for i in range(lo, hi):
-        if _key(keys, i) == T:
-            n += 1
-    return n
-
-
-@numba.njit(nogil=True, cache=True)
-def write_sparse(keys, wbits, lo, hi, T, quota, prune_all, mask, values, offset):
+def write_sparse(keys, wbits, lo, hi, T, quota, prune_all, mask, values, offset, total):
     """Prune keys < T and the first ``quota`` keys == T of lo..hi-1 (all with ``prune_all``); keep the
-    rest unless zero. Sets mask bytes lo//8.. (lo a multiple of 8) and writes the kept ``wbits`` from
-    ``values[offset]`` on (pass ``values`` empty to count only). Returns the number kept."""
+    rest unless zero. Returns the number kept. With a non-empty ``mask``, also sets its bytes lo//8..
+    (lo a multiple of 8) and writes the ``total`` kept ``wbits`` to ``values[offset:offset + total]``
+    (the store is unconditional while inside that range: no unpredictable branch per element)."""
     kept = 0
-    byte = 0
-    for i in range(lo, hi):
-        k = _key(keys, i)
-        drop = prune_all or k < T
-        if not drop and k == T and quota > 0:
-            quota -= 1
-            drop = True
-        keep = not drop and _key(wbits, i) != 0
-        if keep:
-            byte |= 1 << ((i - lo) & 7)
-            if mask.shape[0] > 0:
+    write = mask.shape[0] > 0
+    for start in range(lo, hi, 8):
+        byte = 0
+        for j in range(min(8, hi - start)):
+            i = start + j
+            k = _key(keys, i)
+            nonzero = _key(wbits, i) != 0
+            bit = (k > T) & nonzero
+            if k == T:
+                if quota > 0:
+                    quota -= 1
+                else:
+                    bit = nonzero
+            if prune_all:
+                bit = False
+            byte |= np.uint8(bit) << j
+            if write and kept < total:
                 values[offset + kept] = wbits[i]
-            kept += 1
-        if (i - lo) & 7 == 7 or i == hi - 1:
-            if mask.shape[0] > 0:
-                mask[(i >> 3)] = byte
-            byte = 0
+            kept += bit
+        if write:
+            mask[start >> 3] = byte
     return kept
 
 
@@ -124,26 +120,31 @@ def prune_smallest(wbits: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndar
     and every zero; ``wbits`` are the weights' bits (uint16/uint32), ``keys`` their score keys."""
     n = wbits.size
     parts = _threads.chunks(n)
-    prune_all = k >= n
-    T, quotas = np.uint32(0), [0] * len(parts)
-    if 0 < k < n:
-        t, below = kth_key(keys, k)
-        T = np.uint32(t)
-        left = k - below
-        for j, ties in enumerate(_threads.run(lambda s: count_ties(keys, s[0], s[1], T), parts)):
-            quotas[j] = min(ties, left)
-            left -= quotas[j]
+    T, quotas, prune_all = np.uint32(0), [0] * len(parts), k >= n
     no_mask, no_values = np.empty(0, np.uint8), np.empty(0, wbits.dtype)
-
-    def count(j):
-        return write_sparse(keys, wbits, parts[j][0], parts[j][1], T, quotas[j], prune_all, no_mask, no_values, 0)
-
-    offsets = np.concatenate(([0], np.cumsum(_threads.run(count, range(len(parts))))))
+    if prune_all:
+        kept = [0] * len(parts)
+    elif k == 0:
+        kept = _threads.run(lambda s: write_sparse(keys, wbits, s[0], s[1], T, 0, False, no_mask, no_values, 0, 0), parts)
+    else:
+        t, below, ties = kth_key(keys, k, parts)
+        T = np.uint32(t)
+        left = k - int(below.sum())
+        for j in range(len(parts)):
+            quotas[j] = min(int(ties[j]), left)
+            left -= quotas[j]
+        sizes = [hi - lo for lo, hi in parts]
+        # above T every key is a nonzero weight; at T = 0 the ties may or may not be zeros: count them
+        kept = [size - int(b) - int(q) for size, b, q in zip(sizes, below, quotas)]
+        if t == 0:
+            kept = _threads.run(lambda j: write_sparse(keys, wbits, parts[j][0], parts[j][1], T, quotas[j], False,
+                                                       no_mask, no_values, 0, 0), range(len(parts)))
+    offsets = np.concatenate(([0], np.cumsum(kept))).astype(np.int64)
     mask = np.empty((n + 7) // 8, np.uint8)
     values = np.empty(int(offsets[-1]), wbits.dtype)
 
     def write(j):
-        write_sparse(keys, wbits, parts[j][0], parts[j][1], T, quotas[j], prune_all, mask, values, offsets[j])
+        write_sparse(keys, wbits, parts[j][0], parts[j][1], T, quotas[j], prune_all, mask, values, offsets[j], kept[j])
 
     _threads.run(write, range(len(parts)))
     return mask, values
