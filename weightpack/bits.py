@@ -63,7 +63,7 @@ def _checked_values(values, nbits: int, signed: bool, name: str) -> np.ndarray:
             kind = f"int{nbits}" if signed else f"uint{nbits}"
             raise WeightpackError(f"{name} holds {bad}, outside the {kind} range [{lo}, {hi}]")
     # in range, so the values fit a byte: two's complement of int8, then keep the low n bits
-    codes = flat.astype(np.int8 if signed else np.uint8, copy=False).view(np.uint8)
+    codes = np.ascontiguousarray(flat.astype(np.int8 if signed else np.uint8, copy=False)).view(np.uint8)
     return codes & np.uint8((1 << nbits) - 1) if signed and nbits < 8 else codes
 
 
