@@ -222,8 +222,9 @@ def _lut(rng, groups, nbits, dtype=np.float32):
     return rng.standard_normal((*groups, 1 << nbits, 1)).astype(dtype)
 
 
-# Shapes with long rows reach the vector loops and their tails (16 bytes per step).
-SHAPES = [(5, 96), (3, 520), (17, 8, 9), (2, 1000)]
+# Shapes with long rows reach the vector loops (64 columns, or 16 bytes of codes, per step) and
+# their tails; with two tables per row, 1088 columns change table inside a step of 64.
+SHAPES = [(5, 96), (3, 520), (17, 8, 9), (2, 1000), (3, 1088)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)

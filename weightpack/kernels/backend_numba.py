@@ -453,6 +453,14 @@ def _quarter_indices(builder, codes, q):
     return builder.zext(_lanes(builder, codes, 16 * q, 16), _V16I)
 
 
+def _keep16(builder, masked, bits, q, w):
+    """``w`` (16 float32 of quarter ``q`` of a step) zeroed where the mask bits are clear."""
+    if not masked:
+        return w
+    keep = _bits_to_lanes(builder, builder.lshr(bits, _i64(16 * q)), 16)
+    return builder.select(keep, w, _splat(_V16F, 0.0))
+
+
 class _FloatTable:
     """A float32 table of up to 64 entries (``tables[start:start + 64]``) in four registers,
     looked up 16 indices at a time: vpermps for <= 16 entries, two vpermi2ps and a blend for
@@ -469,6 +477,17 @@ class _FloatTable:
         high = _call(builder, "llvm.x86.avx512.vpermi2var.ps.512", _V16F, r[2], idx, r[3])
         upper = builder.icmp_unsigned("!=", builder.and_(idx, _splat(_V16I, 32)), _splat(_V16I, 0))
         return builder.select(upper, high, low)
+
+    def weights(self, builder, codes64, is_wide, masked, bits):
+        """Four registers of 16 float32 for 64 byte codes (zero where the mask bits are clear);
+        the i1 ``is_wide`` picks the lookup of more than 16 entries."""
+        out = []
+        for q in range(4):
+            idx = _quarter_indices(builder, codes64, q)
+            w = _choose(builder, is_wide, lambda: self.lookup(builder, idx, True),
+                        lambda: self.lookup(builder, idx, False))
+            out.append(_keep16(builder, masked, bits, q, w))
+        return out
 
 
 class _Planes:
@@ -532,6 +551,34 @@ def _truth(builder, value):
     return builder.icmp_signed("!=", value, _i64(0))
 
 
+class _ShiftScale:
+    """Core ML's shift-scale of 64 codes a step, the table (scale and offset) advancing every
+    ``col_block`` columns (a multiple of 16, so each 16 lanes share one). Flags are int64 IR
+    values; ``offset`` holds zeros without an offset."""
+
+    def __init__(self, nbits, signed, scale, offset, col_block, half_math, round_difference):
+        self.nbits, self.signed, self.scale, self.offset, self.col_block = nbits, signed, scale, offset, col_block
+        self.half_math, self.round_difference = half_math, round_difference
+
+    def weights(self, builder, codes64, col, state, masked, bits):
+        """(four registers of 16 float32 for the step from column ``col``, zero where the mask
+        bits are clear; the new state). ``state`` = [table of the last column seen, the column
+        where the next table starts]."""
+        t, block_end = state
+        flags = [_truth(builder, f) for f in (self.signed, self.half_math, self.round_difference)]
+        out = []
+        for q in range(4):
+            first = builder.add(col, _i64(16 * q))
+            advance = builder.zext(builder.icmp_signed(">=", first, block_end), _I64)
+            t = builder.add(t, advance)
+            block_end = builder.add(block_end, builder.mul(advance, self.col_block))
+            sc = _splat_value(builder, builder.load(builder.gep(self.scale.data, [t])), 16)
+            of = _splat_value(builder, builder.load(builder.gep(self.offset.data, [t])), 16)
+            q32 = _signed_codes(builder, _quarter_indices(builder, codes64, q), self.nbits, flags[0])
+            out.append(_keep16(builder, masked, bits, q, _shift_scale16(builder, q32, sc, of, *flags[1:])))
+        return out, [t, block_end]
+
+
 # ---- decompression: AVX-512 steps of 64 elements ---------------------------------------------
 
 
@@ -547,7 +594,7 @@ def _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, state=()
     """Run ``state = step(at, bits, codes64, state)`` over ``count`` steps of 64 elements from
     element ``e`` (stream element ``k`` on): ``at`` is the step's first element past ``e``,
     ``bits`` its mask bits (all ones when dense), ``codes64`` its codes in element order (zero
-    where the mask is clear). Returns the next stream element."""
+    where the mask is clear). Returns [the next stream element, *the final state]."""
     reader = _Codes(builder, codes, nbits)
 
     def body(i, state):
@@ -559,15 +606,7 @@ def _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, state=()
             codes64 = _expand(builder, codes64, _bits_to_lanes(builder, bits, 64))
         return [builder.add(k, taken), *step(at, bits, codes64, rest)]
 
-    return _loop(builder, count, body, [k, *state])[0]
-
-
-def _keep16(builder, masked, bits, q, w):
-    """``w`` (16 float32 of quarter ``q`` of a step) zeroed where the mask bits are clear."""
-    if not masked:
-        return w
-    keep = _bits_to_lanes(builder, builder.lshr(bits, _i64(16 * q)), 16)
-    return builder.select(keep, w, _splat(_V16F, 0.0))
+    return _loop(builder, count, body, [k, *state])
 
 
 def _make_lut_steps(masked: bool):
@@ -608,7 +647,7 @@ def _make_lut_steps(masked: bool):
                                     _store(builder, w, out, builder.add(base, _i64(64 * q)))
                 return state
 
-            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step)
+            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step)[0]
 
         return sig, codegen
 
@@ -636,14 +675,11 @@ def _make_lut_f32_steps(masked: bool):
 
             def step(at, bits, codes64, state):
                 base = builder.mul(builder.add(o, at), _i64(4))
-                for q in range(4):
-                    idx = _quarter_indices(builder, codes64, q)
-                    w = _choose(builder, is_wide, lambda: table.lookup(builder, idx, True),
-                                lambda: table.lookup(builder, idx, False))
-                    _store(builder, _keep16(builder, masked, bits, q, w), out, builder.add(base, _i64(64 * q)))
+                for q, w in enumerate(table.weights(builder, codes64, is_wide, masked, bits)):
+                    _store(builder, w, out, builder.add(base, _i64(64 * q)))
                 return state
 
-            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step)
+            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step)[0]
 
         return sig, codegen
 
@@ -665,22 +701,14 @@ def _make_quant_steps(masked: bool):
         def codegen(context, builder, sig, args):
             (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
              half_math, round_difference, out_half, out, o) = _int64_args(context, builder, sig, args)
-            signed, half_math = _truth(builder, signed), _truth(builder, half_math)
-            round_difference, out_half = _truth(builder, round_difference), _truth(builder, out_half)
+            out_half = _truth(builder, out_half)
             block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
 
+            arith = _ShiftScale(nbits, signed, scale, offset, col_block, half_math, round_difference)
+
             def step(at, bits, codes64, state):
-                t, block_end = state
-                for q in range(4):
-                    col = builder.add(j, builder.add(at, _i64(16 * q)))
-                    advance = builder.zext(builder.icmp_signed(">=", col, block_end), _I64)
-                    t = builder.add(t, advance)
-                    block_end = builder.add(block_end, builder.mul(advance, col_block))
-                    sc = _splat_value(builder, builder.load(builder.gep(scale.data, [t])), 16)
-                    of = _splat_value(builder, builder.load(builder.gep(offset.data, [t])), 16)
-                    q32 = _signed_codes(builder, _quarter_indices(builder, codes64, q), nbits, signed)
-                    w = _keep16(builder, masked, bits, q, _shift_scale16(builder, q32, sc, of, half_math,
-                                                                        round_difference))
+                weights, state = arith.weights(builder, codes64, builder.add(j, at), state, masked, bits)
+                for q, w in enumerate(weights):
                     first = builder.add(o, builder.add(at, _i64(16 * q)))
                     with builder.if_else(out_half) as (half, single):
                         with half:
@@ -688,9 +716,9 @@ def _make_quant_steps(masked: bool):
                                    out, builder.mul(first, _i64(2)))
                         with single:
                             _store(builder, w, out, builder.mul(first, _i64(4)))
-                return [t, block_end]
+                return state
 
-            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, [t, block_end])
+            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, [t, block_end])[0]
 
         return sig, codegen
 
@@ -1136,6 +1164,12 @@ def _scale_offset(t):
     return t.derived("numba_scale_offset_f32", convert)
 
 
+def _offsets(t) -> np.ndarray:
+    """The offsets as float32, zeros without (the SIMD kernels always subtract one)."""
+    scale, offset = _scale_offset(t)
+    return offset if offset.size else t.derived("numba_zero_offset", lambda: np.zeros(scale.size, np.float32))
+
+
 def _half_math(t) -> tuple[bool, bool]:
     """(fp16 arithmetic?, must ``q - offset`` be rounded?): the difference is exact without
     offset or with an integer one (at most 9 bits)."""
@@ -1148,12 +1182,10 @@ def _shift_scale_decompress(t, data: NBitArray, mask, out: np.ndarray) -> None:
     scale, offset = _scale_offset(t)
     target = out.reshape(-1).view(np.uint16) if out.dtype == np.float16 else out.reshape(-1)
     if _simd == "avx512" and plan.col_block % 16 == 0 and (mask is None or plan.cols % 8 == 0):
-        if not offset.size:
-            offset = t.derived("numba_zero_offset", lambda: np.zeros(scale.size, np.float32))
         with _LAUNCH_LOCK:
             _quant_decode_avx512(data.packed, data.nbits, data.signed, _mask(mask), plan.rows, plan.cols,
-                                 plan.row_table, plan.col_block, scale, offset, *_half_math(t), out.dtype == np.float16,
-                                 target, _byte_view(out))
+                                 plan.row_table, plan.col_block, scale, _offsets(t), *_half_math(t),
+                                 out.dtype == np.float16, target, _byte_view(out))
         return
     _shift_scale_decode(
         data.packed, data.nbits, data.signed, _mask(mask), plan.rows, plan.cols, plan.row_table, plan.col_block,
@@ -1284,147 +1316,281 @@ def _quant_matmul_dense(codes, nbits, signed, rows, cols, row_table, col_block, 
 
 
 # ---- fused products: AVX-512 row loops as LLVM IR ---------------------------------------------
+#
+# Each intrinsic walks a stretch of one weight row against one activation row, keeping four (or
+# one per phase) float32x16 accumulators in registers, and returns (their sum, the next stream
+# element). Weights come from the same decoding as decompression; lanes outside the mask are zero.
 
-def _horizontal_sum(builder, vectors):
-    """The float sum of every lane of ``vectors``, lane by lane in order."""
-    total = ir.Constant(_F32, 0.0)
-    for vec in vectors:
-        for lane in range(vec.type.count):
-            total = builder.fadd(total, builder.extract_element(vec, ir.Constant(ir.IntType(32), lane)))
-    return total
-
-
-def _vector_loop(builder, count, n_acc, body):
-    """Run ``body(index, accumulators) -> new accumulators`` ``count`` times over ``n_acc``
-    float32x16 accumulators starting at zero; return the sum of their lanes."""
-    slots = [cgutils.alloca_once_value(builder, ir.Constant(_V16F, None)) for _ in range(n_acc)]
-    with cgutils.for_range(builder, count) as loop:
-        accs = body(loop.index, [builder.load(slot) for slot in slots])
-        for slot, acc in zip(slots, accs):
-            builder.store(acc, slot)
-    return _horizontal_sum(builder, [builder.load(slot) for slot in slots])
+_DOT = types.Tuple((types.float32, types.int64))
+_ZERO16 = ir.Constant(_V16F, None)
 
 
-def _make_lut_dot(nbits: int):
-    """Intrinsic ``dot(codes, c0, chunks, xs, x0, x_stride, tables, t0) -> float32``: the dot
-    product of ``chunks`` x 16 bytes of ``nbits``-bit codes from byte ``c0`` with activations
-    split by phase (code p of byte m meets ``xs[x0 + p * x_stride + m]``), the weights looked up
-    in the 16 floats ``tables[t0:t0 + 16]`` (a LUT of 2**nbits entries repeated) by vpermps."""
-    per = 8 // nbits
-    v16i = ir.VectorType(ir.IntType(32), 16)
+def _accumulate(builder, accs, weights, x, start):
+    """``accs[q] + weights[q] * x[start + 16 q ...]`` (fused multiply-add)."""
+    return [_fma(builder, w, _load(builder, x, builder.add(start, _i64(16 * q)), _V16F), acc)
+            for q, (w, acc) in enumerate(zip(weights, accs))]
+
+
+def _dot_result(context, builder, sig, state):
+    """(the sum of the accumulators ``state[1:]``, the next stream element ``state[0]``)."""
+    return context.make_tuple(builder, sig.return_type, [_sum_lanes(builder, state[1:]), state[0]])
+
+
+def _make_lut_dot(masked: bool, planes: bool):
+    """Intrinsic ``dot(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t) -> (sum, k)``:
+    ``steps`` x 64 weights from element ``e`` (stream element ``k`` on) times ``x[x0 ...]``, the
+    codes looked up in the float32 table ``tables[t:t + 64]`` (<= 6 bits), or with ``planes`` in
+    the binary16 byte planes ``lo[t:t + 256]``, ``hi[t:t + 256]`` (8 bits)."""
 
     @intrinsic
-    def dot(typingctx, codes, c0, chunks, xs, x0, x_stride, tables, t0):
-        sig = types.float32(codes, c0, chunks, xs, x0, x_stride, tables, t0)
+    def dot(typingctx, codes, nbits, mask, e, count, k, x, x0, tables, lo, hi, t):
+        sig = _DOT(codes, nbits, mask, e, count, k, x, x0, tables, lo, hi, t)
 
         def codegen(context, builder, sig, args):
-            codes, c0, chunks, xs, x0, x_stride, tables, t0 = _int64_args(context, builder, sig, args)
-            table = _load(builder, tables, t0, _V16F)
-            permute = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V16F, [_V16F, v16i]), "llvm.x86.avx512.permvar.sf.512"
-            )
+            codes, nbits, mask, e, count, k, x, x0, tables, lo, hi, t = _int64_args(context, builder, sig, args)
+            table = _Planes(builder, lo, hi, t) if planes else _FloatTable(builder, tables, t)
+            is_wide = builder.icmp_signed(">", nbits, _i64(4))
 
-            def body(i, accs):
-                m = builder.mul(i, ir.Constant(_I64, 16))
-                raw = builder.zext(_load(builder, codes, builder.add(c0, m), ir.VectorType(ir.IntType(8), 16)), v16i)
-                out = []
-                for p, acc in enumerate(accs):  # vpermps reads the low 4 bits: no masking needed
-                    w = builder.call(permute, [table, builder.lshr(raw, _splat(v16i, p * nbits)) if p else raw])
-                    start = builder.add(builder.add(x0, builder.mul(x_stride, ir.Constant(_I64, p))), m)
-                    out.append(builder.fadd(acc, builder.fmul(w, _load(builder, xs, start, _V16F))))
-                return out
+            def step(at, bits, codes64, accs):
+                if planes:
+                    keep = _bits_to_lanes(builder, bits, 64) if masked else None
+                    weights = _Planes.floats(builder, *table.lookup(builder, codes64, True, keep))
+                else:
+                    weights = table.weights(builder, codes64, is_wide, masked, bits)
+                return _accumulate(builder, accs, weights, x, builder.add(x0, at))
 
-            return _vector_loop(builder, chunks, per, body)
+            state = _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, [_ZERO16] * 4)
+            return _dot_result(context, builder, sig, state)
 
         return sig, codegen
 
     return dot
 
 
-_lut_dot1, _lut_dot2, _lut_dot4 = (_make_lut_dot(n) for n in (1, 2, 4))
+def _make_quant_dot(masked: bool):
+    """Intrinsic ``dot(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
+    half_math, round_difference, x, x0) -> (sum, k)``: as the LUT dot, the weights Core ML's
+    shift-scale of the codes (columns from ``j``, whose table is ``t``)."""
+
+    @intrinsic
+    def dot(typingctx, codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+            half_math, round_difference, x, x0):
+        sig = _DOT(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+                   half_math, round_difference, x, x0)
+
+        def codegen(context, builder, sig, args):
+            (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+             half_math, round_difference, x, x0) = _int64_args(context, builder, sig, args)
+            arith = _ShiftScale(nbits, signed, scale, offset, col_block, half_math, round_difference)
+            block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
+
+            def step(at, bits, codes64, state):
+                weights, tables = arith.weights(builder, codes64, builder.add(j, at), state[:2], masked, bits)
+                return [*tables, *_accumulate(builder, state[2:], weights, x, builder.add(x0, at))]
+
+            state = _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, [t, block_end, *[_ZERO16] * 4])
+            return _dot_result(context, builder, sig, [state[0], *state[3:]])
+
+        return sig, codegen
+
+    return dot
+
+
+def _make_phase_dot(nbits: int):
+    """Intrinsic ``dot(codes, c0, blocks, block_bytes, xs, x0, x_stride, tables, t0, quant, scale,
+    offset, signed, half_math, round_difference) -> float32``: a dense row of ``nbits``-bit codes
+    (1, 2 or 4) from byte ``c0``, ``blocks`` tables of ``block_bytes`` bytes each (a multiple of
+    16), against activations split by phase (code p of byte m meets ``xs[x0 + p * x_stride + m]``).
+    Table ``t0 + s`` is 16 floats ``tables[16 (t0 + s) ...]`` (a LUT repeated), or with ``quant``
+    the 16 values of Core ML's shift-scale of 4-bit codes; vpermps reads each index's low 4 bits."""
+    per = 8 // nbits
+
+    @intrinsic
+    def dot(typingctx, codes, c0, blocks, block_bytes, xs, x0, x_stride, tables, t0, quant, scale, offset, signed,
+            half_math, round_difference):
+        sig = types.float32(codes, c0, blocks, block_bytes, xs, x0, x_stride, tables, t0, quant, scale, offset,
+                            signed, half_math, round_difference)
+
+        def codegen(context, builder, sig, args):
+            (codes, c0, blocks, block_bytes, xs, x0, x_stride, tables, t0, quant, scale, offset, signed,
+             half_math, round_difference) = _int64_args(context, builder, sig, args)
+            quant, signed = _truth(builder, quant), _truth(builder, signed)
+            half_math, round_difference = _truth(builder, half_math), _truth(builder, round_difference)
+            iota = ir.Constant(_V16I, list(range(16)))
+
+            def quant_table(t):
+                sc = _splat_value(builder, builder.load(builder.gep(scale.data, [t])), 16)
+                of = _splat_value(builder, builder.load(builder.gep(offset.data, [t])), 16)
+                return _shift_scale16(builder, _signed_codes(builder, iota, _i64(4), signed), sc, of, half_math,
+                                      round_difference)
+
+            def block(s, accs):
+                t = builder.add(t0, s)
+                table = _choose(builder, quant, lambda: quant_table(t),
+                                lambda: _load(builder, tables, builder.mul(t, _i64(16)), _V16F))
+                base = builder.mul(s, block_bytes)
+
+                def chunk(m, accs):
+                    at = builder.add(base, builder.mul(m, _i64(16)))
+                    raw = builder.zext(_load(builder, codes, builder.add(c0, at), ir.VectorType(_I8, 16)), _V16I)
+                    out = []
+                    for p, acc in enumerate(accs):
+                        idx = builder.lshr(raw, _splat(_V16I, p * nbits)) if p else raw
+                        w = _call(builder, "llvm.x86.avx512.permvar.sf.512", _V16F, table, idx)
+                        start = builder.add(builder.add(x0, builder.mul(x_stride, _i64(p))), at)
+                        out.append(_fma(builder, w, _load(builder, xs, start, _V16F), acc))
+                    return out
+
+                return _loop(builder, builder.ashr(block_bytes, _i64(4)), chunk, accs)
+
+            return _sum_lanes(builder, _loop(builder, blocks, block, [_ZERO16] * per))
+
+        return sig, codegen
+
+    return dot
 
 
 @intrinsic
-def _sparse_dot(typingctx, mask, m0, chunks, values, k0, x, x0):
-    """``dot(mask, m0, chunks, values, k0, x, x0) -> float32``: ``chunks`` x 16 mask bits from
-    byte ``m0`` expand the values from ``values[k0]`` on (float32, or fp16 bits widened exactly
-    by vcvtph2ps) to 16 weights each, multiplied by ``x[x0 + 16 i ...]``."""
+def _values_dot(typingctx, mask, e, count, k, values, x, x0):
+    """``dot(mask, e, steps, k, values, x, x0) -> (sum, k)``: ``steps`` x 64 columns of a sparse
+    row from element ``e``: the values from ``values[k]`` on (float32, or binary16 bits widened
+    exactly by vcvtph2ps) expanded 16 at a time under their mask bits (vexpandps), times
+    ``x[x0 ...]``."""
     half = values.dtype == types.uint16
-    elem = ir.IntType(16) if half else _F32
-    vtype = ir.VectorType(elem, 16)
-    sig = types.float32(mask, m0, chunks, values, k0, x, x0)
+    vtype = ir.VectorType(_I16 if half else _F32, 16)
+    sig = _DOT(mask, e, count, k, values, x, x0)
 
     def codegen(context, builder, sig, args):
-        mask, m0, chunks, values, k0, x, x0 = _int64_args(context, builder, sig, args)
-        i16, v16b = ir.IntType(16), ir.VectorType(ir.IntType(1), 16)
-        expand = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vtype, [elem.as_pointer(), v16b, vtype]),
-            f"llvm.masked.expandload.v16{'i16' if half else 'f32'}",
-        )
-        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i16, [i16]), "llvm.ctpop.i16")
-        k = cgutils.alloca_once_value(builder, k0)
+        mask, e, count, k, values, x, x0 = _int64_args(context, builder, sig, args)
 
-        def body(i, accs):
-            bits = builder.load(builder.bitcast(builder.gep(mask.data, [builder.add(m0, builder.add(i, i))]),
-                                                i16.as_pointer()), align=1)
-            kk = builder.load(k)
-            nonzeros = builder.gep(values.data, [kk])
-            w = builder.call(expand, [nonzeros, builder.bitcast(bits, v16b), ir.Constant(vtype, None)])
-            if half:
-                w = builder.fpext(builder.bitcast(w, ir.VectorType(ir.HalfType(), 16)), _V16F)
-            builder.store(builder.add(kk, builder.zext(builder.call(popcount, [bits]), _I64)), k)
-            xv = _load(builder, x, builder.add(x0, builder.mul(i, ir.Constant(_I64, 16))), _V16F)
-            return [builder.fadd(accs[0], builder.fmul(w, xv))]
+        def body(i, state):
+            k, accs = state[0], state[1:]
+            at = builder.mul(i, _i64(64))
+            bits = _mask_bits(builder, mask, builder.add(e, at), 64)
+            weights = []
+            for q in range(4):
+                part = builder.and_(builder.lshr(bits, _i64(16 * q)), _i64(0xFFFF))
+                take = _popcount(builder, part)
+                w = _masked_load(builder, _ptr(builder, values, k, vtype), vtype, _first_lanes(builder, take, 16))
+                if half:
+                    w = builder.fpext(builder.bitcast(w, _V16H), _V16F)
+                weights.append(_expand(builder, w, _bits_to_lanes(builder, part, 16)))
+                k = builder.add(k, take)
+            return [k, *_accumulate(builder, accs, weights, x, builder.add(x0, at))]
 
-        return _vector_loop(builder, chunks, 1, body)
+        return _dot_result(context, builder, sig, _loop(builder, count, body, [k, *[_ZERO16] * 4]))
 
     return sig, codegen
 
 
+_lut_dot, _lut_dot_masked = _make_lut_dot(False, False), _make_lut_dot(True, False)
+_planes_dot, _planes_dot_masked = _make_lut_dot(False, True), _make_lut_dot(True, True)
+_quant_dot, _quant_dot_masked = _make_quant_dot(False), _make_quant_dot(True)
+_phase_dot1, _phase_dot2, _phase_dot4 = (_make_phase_dot(n) for n in (1, 2, 4))
+
+
+@_jit
+def _lut_tail(codes, nbits, mask, e, count, k, lut, first, x, x0):
+    """(sum of ``count`` LUT weights from element ``e`` one by one times ``x[x0 ...]``, next k)."""
+    total = np.float32(0)
+    for i in range(count):
+        if mask.size and not mask_bit(mask, e + i):
+            continue
+        total += lut[first + read_bits(codes, k, nbits)] * x[x0 + i]
+        k += 1
+    return total, k
+
+
 @_parallel
-def _lut_matmul_avx512(codes, nbits, rows, cols, row_table, col_block, tables, xs, y):
-    """``y = x @ W.T`` for dense 1/2/4-bit codes and tables of 16 floats; ``xs`` holds each
-    activation row split by phase: ``xs[b * cols + p * (cols / per) + m] = x[b, m * per + p]``.
-    Needs ``col_block`` to be a multiple of the codes per byte."""
-    per = 8 // nbits
-    batch = y.shape[0]
-    row_bytes, seg_bytes = cols // per, col_block // per
-    chunks = seg_bytes // 16
+def _lut_rows_avx512(codes, nbits, mask, row_start, rows, cols, row_table, col_block, tables, lo, hi, planes, lut,
+                     x, y):
+    """``y = x @ W.T`` for LUT codes (``x`` flat): per table block, whole 64-steps through float32
+    tables (<= 6 bits) or binary16 planes (``planes``, 8 bits), the rest one by one. Masked rows
+    and blocks start on whole mask bytes."""
+    batch, entries, steps = y.shape[0], 1 << nbits, col_block >> 6
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
             for b in range(batch):
+                k = row_start[r] if mask.size else r * cols
                 total = np.float32(0)
                 for s in range(cols // col_block):
-                    t, c0, x0 = row_table[r] + s, r * row_bytes + s * seg_bytes, b * cols + s * seg_bytes
-                    if nbits == 4:
-                        total += _lut_dot4(codes, c0, chunks, xs, x0, row_bytes, tables, t * 16)
-                    elif nbits == 2:
-                        total += _lut_dot2(codes, c0, chunks, xs, x0, row_bytes, tables, t * 16)
+                    t, j = row_table[r] + s, s * col_block
+                    e, x0 = r * cols + j, b * cols + j
+                    if planes and mask.size:
+                        part, k = _planes_dot_masked(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t * 256)
+                    elif planes:
+                        part, k = _planes_dot(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t * 256)
+                    elif mask.size:
+                        part, k = _lut_dot_masked(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t * 64)
                     else:
-                        total += _lut_dot1(codes, c0, chunks, xs, x0, row_bytes, tables, t * 16)
-                    for m in range(chunks * 16, seg_bytes):
-                        byte = np.int64(codes[c0 + m])
-                        for p in range(per):
-                            total += tables[t * 16 + ((byte >> (p * nbits)) & 15)] * xs[x0 + p * row_bytes + m]
+                        part, k = _lut_dot(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t * 64)
+                    tail, k = _lut_tail(codes, nbits, mask, e + steps * 64, col_block - steps * 64, k, lut,
+                                        t * entries, x, x0 + steps * 64)
+                    total += part + tail
                 y[b, r] = total
 
 
 @_parallel
-def _sparse_matmul_avx512(mask, row_start, rows, cols, values, x, y):
-    """``y = x @ W.T`` for a sparse W whose rows start on a byte of the mask (cols % 8 == 0)."""
-    batch = y.shape[0]
-    chunks = cols // 16
+def _quant_rows_avx512(codes, nbits, signed, mask, row_start, rows, cols, row_table, col_block, scale, offset,
+                       half_math, round_difference, x, y):
+    """``y = x @ W.T`` for shift-scale codes (``x`` flat; ``col_block`` a multiple of 16; masked
+    rows start on whole mask bytes): whole 64-steps of a row by Core ML's arithmetic 16 lanes at a
+    time, the rest one by one."""
+    batch, steps = y.shape[0], cols >> 6
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            m0 = r * cols // 8
             for b in range(batch):
-                total = _sparse_dot(mask, m0, chunks, values, row_start[r], x, b * cols)
-                k = row_start[r + 1]
-                for j in range(chunks * 16, cols):  # the tail's values end the row's
-                    k -= mask_bit(mask, r * cols + j)
-                for j in range(chunks * 16, cols):
+                k = row_start[r] if mask.size else r * cols
+                e, t = r * cols, row_table[r]
+                if mask.size:
+                    total, k = _quant_dot_masked(codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0,
+                                                 col_block, half_math, round_difference, x, b * cols)
+                else:
+                    total, k = _quant_dot(codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0, col_block,
+                                          half_math, round_difference, x, b * cols)
+                for j in range(steps * 64, cols):
+                    if mask.size and not mask_bit(mask, e + j):
+                        continue
+                    tj = t + j // col_block
+                    w = _dequantize(_quant_code(codes, k, nbits, signed), scale[tj], offset[tj], half_math,
+                                    round_difference)
+                    total += w * x[b * cols + j]
+                    k += 1
+                y[b, r] = total
+
+
+@_parallel
+def _phase_rows_avx512(codes, nbits, rows, cols, row_table, col_block, tables, quant, scale, offset, signed,
+                       half_math, round_difference, xs, y):
+    """``y = x @ W.T`` for dense 1-, 2- and 4-bit codes, ``xs`` holding each activation row split
+    by phase (``xs[b * cols + p * (cols / per) + m] = x[b, m * per + p]``); ``col_block`` a
+    multiple of 16 bytes of codes. Tables: 16 floats each, or (``quant``) 4-bit shift-scale."""
+    per = 8 // nbits
+    batch, row_bytes, block_bytes = y.shape[0], cols // per, col_block // per
+    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            for b in range(batch):
+                args = (codes, r * row_bytes, cols // col_block, block_bytes, xs, b * cols, row_bytes, tables,
+                        row_table[r], quant, scale, offset, signed, half_math, round_difference)
+                if nbits == 4:
+                    y[b, r] = _phase_dot4(*args)
+                elif nbits == 2:
+                    y[b, r] = _phase_dot2(*args)
+                else:
+                    y[b, r] = _phase_dot1(*args)
+
+
+@_parallel
+def _sparse_rows_avx512(mask, row_start, rows, cols, values, x, y):
+    """``y = x @ W.T`` for a sparse W whose rows start on a byte of the mask (``x`` flat)."""
+    batch, steps = y.shape[0], cols >> 6
+    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            for b in range(batch):
+                total, k = _values_dot(mask, r * cols, steps, row_start[r], values, x, b * cols)
+                for j in range(steps * 64, cols):
                     if mask_bit(mask, r * cols + j):
-                        total += _value(values, k) * x[b, j]
+                        total += _value(values, k) * x[b * cols + j]
                         k += 1
                 y[b, r] = total
 
@@ -1478,14 +1644,31 @@ def _lut_matmul(t, codes: NBitArray, mask, shape, x: np.ndarray, y: np.ndarray) 
     if plan is None or t.vector_size != 1:
         return _matmul_decompressed(t, x, y)
     nbits = codes.nbits
-    per = 8 // nbits
     with _LAUNCH_LOCK:
-        if _simd == "avx512" and mask is None and nbits in (1, 2, 4) and plan.col_block % per == 0:
-            _lut_matmul_avx512(codes.packed, nbits, plan.rows, plan.cols, plan.row_table, plan.col_block,
-                               _lut_tables16(t, nbits), _phase_split(x, per), y)
+        if _simd == "avx512" and _lut_matmul_avx512(t, codes, mask, plan, x, y):
             return
         _matmul_rows(codes.packed, nbits, False, _mask(mask), _row_starts(t, mask, plan), plan.rows, plan.cols,
                      plan.row_table, plan.col_block, _lut_f32(t), _NO_TABLE, _NO_TABLE, False, False, _NO_VALUES, x, y)
+
+
+def _lut_matmul_avx512(t, codes: NBitArray, mask, plan, x: np.ndarray, y: np.ndarray) -> bool:
+    """The AVX-512 product with LUT weights where it covers the layout; False where not."""
+    nbits = codes.nbits
+    if mask is None and nbits in (1, 2, 4) and plan.col_block % (16 * (8 // nbits)) == 0:
+        _phase_rows_avx512(codes.packed, nbits, plan.rows, plan.cols, plan.row_table, plan.col_block,
+                           _lut_tables16(t, nbits), False, _NO_TABLE, _NO_TABLE, False, False, False,
+                           _phase_split(x, 8 // nbits), y)
+        return True
+    if mask is not None and (plan.cols % 8 or plan.col_block % 8):  # steps start on whole mask bytes
+        return False
+    planes = nbits > 6
+    lo_hi = _lut_planes(t, np.float32) if planes else (_NO_BYTES, _NO_BYTES)
+    if lo_hi is None:  # 8-bit LUT values that are not binary16
+        return False
+    _lut_rows_avx512(codes.packed, nbits, _mask(mask), _row_starts(t, mask, plan), plan.rows, plan.cols,
+                     plan.row_table, plan.col_block, _NO_TABLE if planes else _lut_tables64(t), *lo_hi, planes,
+                     _lut_f32(t), x.reshape(-1), y)
+    return True
 
 
 def matmul_palettized(t, x: np.ndarray, y: np.ndarray) -> None:
@@ -1503,6 +1686,16 @@ def _quant_matmul(t, codes: NBitArray, mask, x: np.ndarray, y: np.ndarray) -> No
     scale, offset = _scale_offset(t)
     half_math, round_difference = _half_math(t)
     with _LAUNCH_LOCK:
+        if _simd == "avx512" and mask is None and codes.nbits == 4 and plan.col_block % 32 == 0:
+            _phase_rows_avx512(codes.packed, 4, plan.rows, plan.cols, plan.row_table, plan.col_block, _NO_TABLE,
+                               True, scale, _offsets(t), codes.signed, half_math, round_difference,
+                               _phase_split(x, 2), y)
+            return
+        if _simd == "avx512" and plan.col_block % 16 == 0 and (mask is None or plan.cols % 8 == 0):
+            _quant_rows_avx512(codes.packed, codes.nbits, codes.signed, _mask(mask), _row_starts(t, mask, plan),
+                               plan.rows, plan.cols, plan.row_table, plan.col_block, scale, _offsets(t),
+                               half_math, round_difference, x.reshape(-1), y)
+            return
         if mask is None and (codes.nbits == 8 or plan.col_block % 2 == 0):
             xs = x.reshape(-1) if codes.nbits == 8 else _phase_split(x, 2)
             _quant_matmul_dense(codes.packed, codes.nbits, codes.signed, plan.rows, plan.cols, plan.row_table,
@@ -1534,7 +1727,7 @@ def matmul_sparse(t, x: np.ndarray, y: np.ndarray) -> None:
     starts, values = _row_starts(t, t.mask, plan), _sparse_values(t)
     with _LAUNCH_LOCK:
         if _simd == "avx512" and plan.cols % 8 == 0:
-            _sparse_matmul_avx512(t.mask.packed, starts, plan.rows, plan.cols, values, x, y)
+            _sparse_rows_avx512(t.mask.packed, starts, plan.rows, plan.cols, values, x.reshape(-1), y)
             return
         _matmul_rows(_NO_MASK, 1, False, t.mask.packed, starts, plan.rows, plan.cols, plan.row_table, plan.col_block,
                      _NO_TABLE, _NO_TABLE, _NO_TABLE, False, False, values, x, y)
