@@ -91,9 +91,10 @@ def initial_damping(h: np.ndarray, damp: float) -> float:
     return damp * mean if mean > 0 else damp
 
 
-def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP, dtype=np.float64) -> tuple[np.ndarray, float]:
+def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP, dtype=np.float64, order=None) -> tuple[np.ndarray, float]:
     """(U upper-triangular with ``U^T U = (H + lambda I)^-1``, the lambda used) for a validated H.
 
+    ``order`` (a permutation) factors ``H[order][:, order]`` instead, without copying H first.
     U is a reversed view of a lower-triangular array (negative strides), computed in ``dtype``.
     float32 (GPTQ's precision, about twice as fast) falls back to float64 at the same lambda when
     its factorisation fails any check; only float64 failures escalate lambda.
@@ -103,12 +104,13 @@ def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP, dtype=np.float64
     (True, True)
     """
     lam = initial_damping(h, damp)
+    reverse = np.arange(h.shape[0])[::-1] if order is None else np.asarray(order)[::-1]
     if np.dtype(dtype) == np.float32:
-        u = _factor(h, lam, np.float32)
+        u = _factor(h, reverse, lam, np.float32)
         if u is not None:
             return u, lam
     for _ in range(MAX_ESCALATIONS + 1):
-        u = _factor(h, lam, np.float64)
+        u = _factor(h, reverse, lam, np.float64)
         if u is not None:
             return u, lam
         lam *= 10.0
@@ -118,10 +120,13 @@ def inverse_cholesky(h: np.ndarray, damp: float = DEFAULT_DAMP, dtype=np.float64
     )
 
 
-def _factor(h: np.ndarray, lam: float, dtype):
-    """``J L^-1 J`` for ``J (H + lam I) J = L L^T`` in ``dtype``, or None if any check fails."""
+def _factor(h: np.ndarray, reverse: np.ndarray, lam: float, dtype):
+    """``J L^-1 J`` for ``J (H + lam I) J = L L^T`` (J: the order ``reverse`` undoes) in ``dtype``,
+    or None if any check fails."""
     n = h.shape[0]
-    damped = h[::-1, ::-1].astype(dtype)  # J H J, a copy
+    damped = np.empty((n, n), dtype)
+    for i in range(0, n, 256):  # gathered in row bands: no full-size float64 temporary
+        damped[i : i + 256] = h[reverse[i : i + 256]][:, reverse]
     damped[np.diag_indices(n)] += lam
     try:
         low = np.linalg.cholesky(damped)
@@ -134,17 +139,20 @@ def _factor(h: np.ndarray, lam: float, dtype):
     return u if np.isfinite(u).all() else None
 
 
-def lower_inverse(low: np.ndarray) -> np.ndarray:
+def lower_inverse(low: np.ndarray, out=None) -> np.ndarray:
     """Inverse of a lower-triangular matrix by recursive 2x2 blocking: for ``[[A, 0], [B, C]]`` it
-    is ``[[A^-1, 0], [-C^-1 B A^-1, C^-1]]``. (Products that skip the triangles' zeros halve the
-    flops but measured slower here: more, smaller BLAS calls.)"""
+    is ``[[A^-1, 0], [-C^-1 B A^-1, C^-1]]``, written into ``out`` (a new array by default).
+    (Products that skip the triangles' zeros halve the flops but measured slower here: more,
+    smaller BLAS calls.)"""
     n = low.shape[0]
+    if out is None:
+        out = np.zeros_like(low)
     if n <= _BASE:
-        return np.tril(np.linalg.inv(low))
+        out[...] = np.tril(np.linalg.inv(low))
+        return out
     h = n // 2
-    out = np.zeros_like(low)
-    out[:h, :h] = a = lower_inverse(low[:h, :h])
-    out[h:, h:] = c = lower_inverse(low[h:, h:])
+    a = lower_inverse(low[:h, :h], out[:h, :h])
+    c = lower_inverse(low[h:, h:], out[h:, h:])
     out[h:, :h] = -(c @ (low[h:, :h] @ a))
     return out
 

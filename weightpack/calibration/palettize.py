@@ -61,19 +61,17 @@ def gptq_palettize(
         groups = rows // positive_int(group_size, "group_size")
         if rows % group_size:
             raise WeightpackError(f"group_size={group_size} does not divide w.shape[0]={rows} (w has shape {layer.shape})")
-    values = layer.original
     scale = None
     if per_row_scale:
-        magnitude = np.abs(values).max(axis=1)
+        magnitude = np.abs(layer.original).max(axis=1)
         scale = np.where(magnitude > 0, magnitude, 1).astype(layer.dtype)
-        values = values / scale.astype(np.float64)[:, None]
-        layer.W0 = layer.W0 / scale.astype(np.float64)[:, None]
+        layer.row_scale = scale.astype(np.float64)
     per_group = rows // groups
-    row_weights = None if scale is None else scale.astype(np.float64) ** 2
     luts = np.empty((groups, 1 << nbits), layer.dtype)
     for g in range(groups):
         part = slice(g * per_group, (g + 1) * per_group)
-        luts[g] = fit_lut(values[part], layer.importance, None if row_weights is None else row_weights[part], nbits, layer.dtype)
+        row_scale = None if scale is None else layer.row_scale[part]
+        luts[g] = fit_lut(layer.original[part], layer.importance, row_scale, nbits, layer.dtype)
     mids, first, entries = nearest_tables(luts)
     lut_of_row = np.repeat(np.arange(groups), per_group)
     codes = np.empty((rows, layer.columns), np.uint8)

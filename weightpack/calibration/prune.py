@@ -74,7 +74,7 @@ def sparsegpt_prune(w, h, sparsity=None, *, n_m=None, act_order=False, damp=hess
         _kernels.sweep_prune(W1, U1, block, nn, m, err)
         keep[:, i1:i2] = block
 
-    values = np.empty((rows, n))
+    values = np.empty((rows, n), layer.dtype)  # the final values, rounded to the weights' dtype
     layer.sweep(run, sweep_block, begin if nm is None else None, out=values)
     return _sparse(layer.unpermute(values), layer.unpermute(keep), layer.dtype)
 

@@ -80,17 +80,16 @@ def gptq_quantize(
         qmin += signed
         qmax -= not signed
     fit = Scales(mode, qmin, qmax, signed, layer.dtype, scale_method)
-    mse = scale_method == "mse"
     scale = np.empty((rows, blocks), layer.dtype)
     offset = np.zeros((rows, blocks))
     dynamic = granularity == "per_block" and not act_order
+    grid = layer.original.reshape(rows, blocks, cols_per_block)  # the weights' dtype, no copy
+    importance = layer.importance.reshape(blocks, cols_per_block)
     if granularity == "per_tensor":
-        s, o = fit(layer.original.reshape(1, -1).astype(np.float64), np.tile(layer.importance, rows) if mse else None)
-        scale[:], offset[:] = s[0], o[0]
+        s, o = fit(grid, importance, whole=True)
+        scale[:], offset[:] = s, o
     elif not dynamic:
-        grid = layer.original.astype(np.float64).reshape(rows * blocks, cols_per_block)
-        s, o = fit(grid, np.tile(layer.importance.reshape(blocks, cols_per_block), (rows, 1)) if mse else None)
-        scale[:], offset[:] = s.reshape(rows, blocks), o.reshape(rows, blocks)
+        scale[:], offset[:] = fit(grid, importance)
     if dynamic:
         sweep_block = _aligned(sweep_block, cols_per_block)
     block_of_col = np.arange(n) // cols_per_block
@@ -103,9 +102,9 @@ def gptq_quantize(
         for b in range(-(-i1 // cols_per_block), -(-i2 // cols_per_block)):
             j1, j2 = b * cols_per_block, (b + 1) * cols_per_block
             values = W1[:, j1 - i1 : j2 - i1] if j2 <= i2 else current(j1, j2)
-            s, o = fit(values, layer.importance[j1:j2][None, :])
-            scale[:, b], offset[:, b] = s, o
-            scale64[:, b] = s.astype(np.float64)
+            s, o = fit(values[:, None, :], importance[b : b + 1])
+            scale[:, b], offset[:, b] = s[:, 0], o[:, 0]
+            scale64[:, b] = s[:, 0].astype(np.float64)
 
     def run(i1, i2, W1, U1, err):
         from . import _kernels
@@ -127,30 +126,39 @@ def gptq_quantize(
 
 
 class Scales:
-    """Stored scale (weights' dtype) and offset (float64) per row of a (blocks, elements) grid."""
+    """Stored scales (weights' dtype) and offsets (float64) of blocks of weights."""
+
+    BAND = 1 << 16  # elements converted to float64 at a time by the "mse" search
 
     def __init__(self, mode, qmin, qmax, signed, dtype, method):
         self.mode, self.qmin, self.qmax, self.signed = mode, qmin, qmax, signed
         self.dtype, self.method = np.dtype(dtype), method
 
-    def __call__(self, grid: np.ndarray, importance):
-        """``importance`` broadcasts to ``grid`` (unused by "minmax")."""
-        lo = grid.min(axis=1)
-        hi = grid.max(axis=1)
+    def __call__(self, values: np.ndarray, importance: np.ndarray, whole: bool = False):
+        """(scale, offset) of shape (R, B) for ``values`` (R, B, K) in any float dtype: R rows of B
+        blocks of K elements, element (r, b, k) weighted by ``importance[b, k]`` in the "mse"
+        search; with ``whole`` all of ``values`` is one block (shape (1, 1))."""
+        lo = values.min(axis=2).astype(np.float64)
+        hi = values.max(axis=2).astype(np.float64)
+        if whole:
+            lo, hi = lo.min(keepdims=True), hi.max(keepdims=True)
         if self.method == "minmax":
             return self.rule(lo, hi)
-        best_err = np.full(grid.shape[0], np.inf)
-        best_s, best_o = self.rule(lo, hi)
-        for alpha in CLIP_GRID:
-            s, o = self.rule(alpha * lo, alpha * hi)
-            s64 = s.astype(np.float64)[:, None]
-            q = np.clip(np.round(grid / s64) + o[:, None], self.qmin, self.qmax)
-            err = np.einsum("ij,ij->i", (grid - s64 * (q - o[:, None])) ** 2, np.broadcast_to(importance, grid.shape))
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_s = np.where(better, s, best_s)
-            best_o = np.where(better, o, best_o)
-        return best_s, best_o
+        alphas = CLIP_GRID.reshape(-1, 1, 1)
+        scales, offsets = self.rule(alphas * lo, alphas * hi)  # (alphas, R or 1, B or 1)
+        s64 = scales.astype(np.float64)
+        err = np.zeros((len(CLIP_GRID),) + values.shape[:2])
+        band = max(1, self.BAND // (values.shape[1] * values.shape[2]))
+        for r in range(0, values.shape[0], band):
+            v = values[r : r + band].astype(np.float64)[None]  # (1, band, B, K)
+            s = (s64 if whole else s64[:, r : r + band])[..., None]
+            o = (offsets if whole else offsets[:, r : r + band])[..., None]
+            q = np.clip(np.round(v / s) + o, self.qmin, self.qmax)
+            err[:, r : r + band] = np.einsum("arbk,bk->arb", (v - s * (q - o)) ** 2, importance)
+        if whole:
+            err = err.sum(axis=(1, 2), keepdims=True)
+        best = np.argmin(err, axis=0)[None]  # the first (largest) alpha among equal errors
+        return np.take_along_axis(scales, best, 0)[0], np.take_along_axis(offsets, best, 0)[0]
 
     def rule(self, lo: np.ndarray, hi: np.ndarray):
         """The data-free formulas of :func:`weightpack.compress.quantization.quantize_blocks`."""

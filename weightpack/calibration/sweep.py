@@ -17,7 +17,8 @@ buffer), then a compiled kernel sweeps the block's columns with the updates conf
 block (float64). The product runs in U's precision: float32 for layers of more than
 ``FLOAT32_ABOVE`` input columns (H factored in float32 too, as GPTQ does; the rounding is about
 1e-7 of the correction, far below any rounding step), halving memory and cutting the time 2-3x;
-smaller layers use float64 throughout. Memory: E, U (and a contiguous copy) and one block buffer.
+smaller layers use float64 throughout. Memory: E, U and one block buffer (U is read through a
+reversed view and the weight through a per-block gather; each product copies only its slice).
 
 The caller says how to round: ``begin(i1, i2, W1, U1, current)`` (optional) may look at the
 block's current values first (SparseGPT's mask, GPTQ's per-block scales; ``current(j1, j2)``
@@ -37,23 +38,20 @@ DEFAULT_BLOCK = 128
 FLOAT32_ABOVE = 1024  # input columns; wider layers factor H and apply earlier blocks' errors in float32
 
 
-def column_sweep(W0: np.ndarray, U: np.ndarray, run, block_size: int = DEFAULT_BLOCK, begin=None, out=None) -> float:
-    """Round the columns of ``W0`` (rows x n, any float dtype, read only); return sum(E**2).
-
-    ``out`` (rows x n float64), when given, receives the rounded values.
-    """
-    rows, n = W0.shape
+def column_sweep(columns, rows: int, n: int, U: np.ndarray, run, block_size: int = DEFAULT_BLOCK, begin=None, out=None) -> float:
+    """Round the ``n`` columns that ``columns(j1, j2)`` returns (float64, rows x (j2 - j1), the
+    original values in sweep order); return sum(E**2). ``out`` (rows x n), when given, receives
+    the rounded values (cast to its dtype)."""
     E = np.empty((rows, n), U.dtype)
-    U_wide = np.ascontiguousarray(U)
     total = 0.0
     for i1 in range(0, n, block_size):
         i2 = min(i1 + block_size, n)
-        W1 = np.array(W0[:, i1:i2], np.float64, order="C")
+        W1 = np.ascontiguousarray(columns(i1, i2), np.float64)
         if i1:
-            W1 -= E[:, :i1] @ U_wide[:i1, i1:i2]
+            W1 -= E[:, :i1] @ U[:i1, i1:i2]
         U1 = np.array(U[i1:i2, i1:i2], np.float64, order="C")
         if begin is not None:
-            begin(i1, i2, W1, U1, lambda j1, j2, i1=i1: W0[:, j1:j2] - E[:, :i1] @ U_wide[:i1, j1:j2])
+            begin(i1, i2, W1, U1, lambda j1, j2, i1=i1: columns(j1, j2) - E[:, :i1] @ U[:i1, j1:j2])
         e = np.empty((rows, i2 - i1))
         run(i1, i2, W1, U1, e)
         E[:, i1:i2] = e
@@ -81,15 +79,11 @@ class Layer:
         damp = hessian.check_damp(damp)
         gram = hessian.gram_matrix(h, n)
         self.perm = hessian.activation_order(gram) if act_order else None
-        if self.perm is not None:
-            gram = gram[np.ix_(self.perm, self.perm)]
-        diag = np.diagonal(gram).copy()
         precision = np.float32 if n > FLOAT32_ABOVE else np.float64
-        self.U, self.damping = hessian.inverse_cholesky(gram, damp, precision)
+        self.U, self.damping = hessian.inverse_cholesky(gram, damp, precision, self.perm)
+        self.importance = np.diagonal(gram) + self.damping  # original column order
         del gram
-        diag += self.damping
-        self.importance = diag if self.perm is None else diag[np.argsort(self.perm)]  # original order
-        self.W0 = self.original if self.perm is None else self.original[:, self.perm]
+        self.row_scale = None  # float64 [rows]: the sweep works on the rows divided by it
 
     @property
     def rows(self) -> int:
@@ -99,8 +93,16 @@ class Layer:
     def columns(self) -> int:
         return self.original.shape[1]
 
+    def block(self, j1: int, j2: int) -> np.ndarray:
+        """Columns ``j1..j2-1`` of the sweep order as float64 (gathered and scaled per call)."""
+        cols = slice(j1, j2) if self.perm is None else self.perm[j1:j2]
+        values = self.original[:, cols].astype(np.float64)
+        if self.row_scale is not None:
+            values /= self.row_scale[:, None]
+        return values
+
     def sweep(self, run, block_size: int, begin=None, out=None) -> float:
-        return column_sweep(self.W0, self.U, run, block_size, begin, out)
+        return column_sweep(self.block, self.rows, self.columns, self.U, run, block_size, begin, out)
 
     def unpermute(self, a: np.ndarray) -> np.ndarray:
         """A (rows, columns) array of the sweep's column order back in the weight's order, reshaped."""
