@@ -97,7 +97,8 @@ def _one_line(exc) -> str:
 def _quiet_coremltools() -> None:
     """Import coremltools without its import-time warnings and progress bars (a CLI wants neither);
     weightpack's own warnings (a weight left uncompressed, and why) go to stderr."""
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read only where tqdm is imported after this
+    _silence_tqdm()
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     log = logging.getLogger("weightpack")
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
@@ -106,6 +107,24 @@ def _quiet_coremltools() -> None:
         import coremltools  # noqa: F401
     except ImportError:
         raise WeightpackError("this command needs coremltools: pip install 'weightpack[coreml]'") from None
+
+
+def _silence_tqdm() -> None:
+    """Disable every tqdm bar in this process, also when tqdm was imported before us."""
+    try:
+        from tqdm import std
+    except ImportError:
+        return
+    if getattr(std.tqdm.__init__, "_weightpack_quiet", False):
+        return
+    original = std.tqdm.__init__
+
+    def quiet_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    quiet_init._weightpack_quiet = True
+    std.tqdm.__init__ = quiet_init
 
 
 class _StderrHandler(logging.Handler):
