@@ -6,16 +6,23 @@ float16, so fp16 travels as uint16 bit patterns converted by exact integer code 
 exactly, float to half round to nearest even, NaNs as numpy converts them), and Core ML's fp16
 shift-scale rounds each step to fp16 that way.
 
-Fused products split blocks of rows over threads with ``prange``. The threading layer is one that
-is safe to enter from several threads at once (TBB or OpenMP, which numba ships); if only the
-workqueue layer exists, product calls are serialized, since it is not. Dense quantized rows decode
-16 weights at a time into independent float32 lanes, which LLVM vectorizes. On CPUs with AVX-512,
-rows of 1-, 2- and 4-bit LUT indices decode in registers (one permute per 16 weights) and sparse
-rows expand their nonzeros with masked expand loads (fp16 widened by vcvtph2ps, exact too), through
-LLVM intrinsics; elsewhere, or after
-``set_simd("scalar")`` (``WEIGHTPACK_SIMD=scalar``), portable scalar kernels run. Layouts without
-a fused kernel (vector LUTs, tables across several trailing axes) are decompressed and multiplied,
-as in the C backend.
+Fused products split blocks of rows over threads with ``prange``; decompression splits rows
+into chunks of 8192 columns, each starting at its own stream element (popcounts of the mask
+before it). The threading layer is one that is safe to enter from several threads at once (TBB
+or OpenMP, which numba ships); if only the workqueue layer exists, calls are serialized, since
+it is not.
+
+On CPUs with AVX-512 (VBMI), the kernels of csrc/*_avx512.c are written as LLVM IR through
+numba intrinsics, each a whole loop (numba has no vector types): 64 codes of any width come to
+one byte each (vpermb + vpmultishiftqb), sparse steps expand them under 64 mask bits
+(vpexpandb), and tables are looked up in registers (vpermps / vpermi2ps on float32 tables,
+vpermb / vpermi2b on binary16 byte planes); Core ML's shift-scale runs 16 lanes at a time with
+vcvtps2ph rounding, which is the same correctly rounded conversion as the integer code. Dense
+1/2/4-bit products meet phase-split activations as the C kernels do. Elements outside whole
+steps, CPUs without AVX-512 and ``set_simd("scalar")`` (``WEIGHTPACK_SIMD=scalar``) use the
+portable kernels (dense quantized rows there decode 16 weights at a time into lanes LLVM
+vectorizes). Layouts without a fused kernel (vector LUTs, tables across several trailing axes)
+are decompressed and multiplied, as in the C backend.
 """
 from __future__ import annotations
 
@@ -53,7 +60,8 @@ def _threading_layer() -> bool:
 
 _SERIALIZE = _threading_layer()
 _LAUNCH_LOCK = threading.Lock() if _SERIALIZE else contextlib.nullcontext()
-_HOST_AVX512 = llvmlite.binding.get_host_cpu_features().get("avx512f", False)
+_AVX512_FEATURES = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vbmi", "avx512vbmi2")  # byte permutes, expands
+_HOST_AVX512 = all(llvmlite.binding.get_host_cpu_features().get(name, False) for name in _AVX512_FEATURES)
 _simd = "scalar"
 
 
@@ -453,10 +461,8 @@ def _quarter_indices(builder, codes, q):
     return builder.zext(_lanes(builder, codes, 16 * q, 16), _V16I)
 
 
-def _keep16(builder, masked, bits, q, w):
+def _keep16(builder, bits, q, w):
     """``w`` (16 float32 of quarter ``q`` of a step) zeroed where the mask bits are clear."""
-    if not masked:
-        return w
     keep = _bits_to_lanes(builder, builder.lshr(bits, _i64(16 * q)), 16)
     return builder.select(keep, w, _splat(_V16F, 0.0))
 
@@ -478,7 +484,7 @@ class _FloatTable:
         upper = builder.icmp_unsigned("!=", builder.and_(idx, _splat(_V16I, 32)), _splat(_V16I, 0))
         return builder.select(upper, high, low)
 
-    def weights(self, builder, codes64, is_wide, masked, bits):
+    def weights(self, builder, codes64, is_wide, bits):
         """Four registers of 16 float32 for 64 byte codes (zero where the mask bits are clear);
         the i1 ``is_wide`` picks the lookup of more than 16 entries."""
         out = []
@@ -486,7 +492,7 @@ class _FloatTable:
             idx = _quarter_indices(builder, codes64, q)
             w = _choose(builder, is_wide, lambda: self.lookup(builder, idx, True),
                         lambda: self.lookup(builder, idx, False))
-            out.append(_keep16(builder, masked, bits, q, w))
+            out.append(_keep16(builder, bits, q, w))
         return out
 
 
@@ -560,7 +566,7 @@ class _ShiftScale:
         self.nbits, self.signed, self.scale, self.offset, self.col_block = nbits, signed, scale, offset, col_block
         self.half_math, self.round_difference = half_math, round_difference
 
-    def weights(self, builder, codes64, col, state, masked, bits):
+    def weights(self, builder, codes64, col, state, bits):
         """(four registers of 16 float32 for the step from column ``col``, zero where the mask
         bits are clear; the new state). ``state`` = [table of the last column seen, the column
         where the next table starts]."""
@@ -575,7 +581,7 @@ class _ShiftScale:
             sc = _splat_value(builder, builder.load(builder.gep(self.scale.data, [t])), 16)
             of = _splat_value(builder, builder.load(builder.gep(self.offset.data, [t])), 16)
             q32 = _signed_codes(builder, _quarter_indices(builder, codes64, q), self.nbits, flags[0])
-            out.append(_keep16(builder, masked, bits, q, _shift_scale16(builder, q32, sc, of, *flags[1:])))
+            out.append(_keep16(builder, bits, q, _shift_scale16(builder, q32, sc, of, *flags[1:])))
         return out, [t, block_end]
 
 
@@ -583,75 +589,71 @@ class _ShiftScale:
 
 
 def _step_mask(builder, masked, mask, e):
-    """(the 64 mask bits at element ``e`` or all ones, how many stream elements they take)."""
-    if not masked:
-        return _i64(-1), _i64(64)
-    bits = _mask_bits(builder, mask, e, 64)
+    """(the 64 mask bits at element ``e``, all ones where the i1 ``masked`` is false; how many
+    stream elements they take)."""
+    bits = _choose(builder, masked, lambda: _mask_bits(builder, mask, e, 64), lambda: _i64(-1))
     return bits, _popcount(builder, bits)
 
 
-def _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, state=()):
+def _code_steps(builder, codes, nbits, mask, e, count, k, step, state=()):
     """Run ``state = step(at, bits, codes64, state)`` over ``count`` steps of 64 elements from
     element ``e`` (stream element ``k`` on): ``at`` is the step's first element past ``e``,
     ``bits`` its mask bits (all ones when dense), ``codes64`` its codes in element order (zero
-    where the mask is clear). Returns [the next stream element, *the final state]."""
+    where the mask is clear). An empty ``mask`` means dense. Returns [the next stream element,
+    *the final state]."""
     reader = _Codes(builder, codes, nbits)
+    masked = builder.icmp_signed("!=", mask.nitems, _i64(0))
 
     def body(i, state):
         k, rest = state[0], state[1:]
         at = builder.mul(i, _i64(64))
         bits, taken = _step_mask(builder, masked, mask, builder.add(e, at))
-        codes64 = reader.load(builder, k)
-        if masked:
-            codes64 = _expand(builder, codes64, _bits_to_lanes(builder, bits, 64))
+        codes64 = _if_value(builder, masked, reader.load(builder, k),
+                            lambda codes: _expand(builder, codes, _bits_to_lanes(builder, bits, 64)))
         return [builder.add(k, taken), *step(at, bits, codes64, rest)]
 
     return _loop(builder, count, body, [k, *state])
 
 
-def _make_lut_steps(masked: bool):
-    """Intrinsic ``steps(codes, nbits, mask, e, steps, k, lo, hi, t, es, out, o) -> k``: decode
-    ``steps`` x 64 elements from element ``e`` (stream element ``k`` on; under the mask bits
-    from ``e`` when ``masked``) into ``out`` (bytes) from element ``o``, as ``es``-byte values
+@intrinsic
+def _lut_steps(typingctx, codes, nbits, mask, e, count, k, lo, hi, t, es, out, o):
+    """``steps(codes, nbits, mask, e, steps, k, lo, hi, t, es, out, o) -> k``: decode ``steps`` x
+    64 elements from element ``e`` (stream element ``k`` on; under the mask bits from ``e``
+    unless ``mask`` is empty) into ``out`` (bytes) from element ``o``, as ``es``-byte values
     (1, 2, or 4 = float32 from binary16) of the table whose byte planes start at ``lo[t]`` and
     ``hi[t]`` (256 bytes each); returns the next stream element."""
+    sig = types.int64(codes, nbits, mask, e, count, k, lo, hi, t, es, out, o)
 
-    @intrinsic
-    def steps(typingctx, codes, nbits, mask, e, count, k, lo, hi, t, es, out, o):
-        sig = types.int64(codes, nbits, mask, e, count, k, lo, hi, t, es, out, o)
+    def codegen(context, builder, sig, args):
+        codes, nbits, mask, e, count, k, lo, hi, t, es, out, o = _int64_args(context, builder, sig, args)
+        table = _Planes(builder, lo, hi, t)
+        is_wide = builder.icmp_signed(">", nbits, _i64(6))
 
-        def codegen(context, builder, sig, args):
-            codes, nbits, mask, e, count, k, lo, hi, t, es, out, o = _int64_args(context, builder, sig, args)
-            table = _Planes(builder, lo, hi, t)
-            is_wide = builder.icmp_signed(">", nbits, _i64(6))
+        def step(at, bits, codes64, state):
+            oo = builder.add(o, at)
+            keep = _bits_to_lanes(builder, bits, 64)
+            both = _choose(builder, is_wide, lambda: _pack2(builder, table.lookup(builder, codes64, True, keep)),
+                           lambda: _pack2(builder, table.lookup(builder, codes64, False, keep)))
+            lo_v, hi_v = _lanes(builder, both, 0, 64), _lanes(builder, both, 64, 64)
+            with builder.if_else(builder.icmp_signed("==", es, _i64(1))) as (one, more):
+                with one:
+                    _store(builder, lo_v, out, oo)
+                with more:
+                    words = _Planes.words(builder, lo_v, hi_v)
+                    with builder.if_else(builder.icmp_signed("==", es, _i64(2))) as (two, four):
+                        with two:
+                            base = builder.mul(oo, _i64(2))
+                            _store(builder, words[0], out, base)
+                            _store(builder, words[1], out, builder.add(base, _i64(64)))
+                        with four:
+                            base = builder.mul(oo, _i64(4))
+                            for q, w in enumerate(_Planes.floats(builder, lo_v, hi_v)):
+                                _store(builder, w, out, builder.add(base, _i64(64 * q)))
+            return state
 
-            def step(at, bits, codes64, state):
-                oo = builder.add(o, at)
-                keep = _bits_to_lanes(builder, bits, 64) if masked else None
-                both = _choose(builder, is_wide, lambda: _pack2(builder, table.lookup(builder, codes64, True, keep)),
-                               lambda: _pack2(builder, table.lookup(builder, codes64, False, keep)))
-                lo_v, hi_v = _lanes(builder, both, 0, 64), _lanes(builder, both, 64, 64)
-                with builder.if_else(builder.icmp_signed("==", es, _i64(1))) as (one, more):
-                    with one:
-                        _store(builder, lo_v, out, oo)
-                    with more:
-                        words = _Planes.words(builder, lo_v, hi_v)
-                        with builder.if_else(builder.icmp_signed("==", es, _i64(2))) as (two, four):
-                            with two:
-                                base = builder.mul(oo, _i64(2))
-                                _store(builder, words[0], out, base)
-                                _store(builder, words[1], out, builder.add(base, _i64(64)))
-                            with four:
-                                base = builder.mul(oo, _i64(4))
-                                for q, w in enumerate(_Planes.floats(builder, lo_v, hi_v)):
-                                    _store(builder, w, out, builder.add(base, _i64(64 * q)))
-                return state
+        return _code_steps(builder, codes, nbits, mask, e, count, k, step)[0]
 
-            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step)[0]
-
-        return sig, codegen
-
-    return steps
+    return sig, codegen
 
 
 def _pack2(builder, pair):
@@ -660,69 +662,61 @@ def _pack2(builder, pair):
     return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 128), list(range(128))))
 
 
-def _make_lut_f32_steps(masked: bool):
-    """Intrinsic ``steps(codes, nbits, mask, e, steps, k, tables, t, out, o) -> k``: as the plane
-    steps, for float32 output from a float32 table of <= 64 entries at ``tables[t]``."""
+@intrinsic
+def _lut_f32_steps(typingctx, codes, nbits, mask, e, count, k, tables, t, out, o):
+    """``steps(codes, nbits, mask, e, steps, k, tables, t, out, o) -> k``: as the plane steps,
+    for float32 output from a float32 table of <= 64 entries at ``tables[t]``."""
+    sig = types.int64(codes, nbits, mask, e, count, k, tables, t, out, o)
 
-    @intrinsic
-    def steps(typingctx, codes, nbits, mask, e, count, k, tables, t, out, o):
-        sig = types.int64(codes, nbits, mask, e, count, k, tables, t, out, o)
+    def codegen(context, builder, sig, args):
+        codes, nbits, mask, e, count, k, tables, t, out, o = _int64_args(context, builder, sig, args)
+        table = _FloatTable(builder, tables, t)
+        is_wide = builder.icmp_signed(">", nbits, _i64(4))
 
-        def codegen(context, builder, sig, args):
-            codes, nbits, mask, e, count, k, tables, t, out, o = _int64_args(context, builder, sig, args)
-            table = _FloatTable(builder, tables, t)
-            is_wide = builder.icmp_signed(">", nbits, _i64(4))
+        def step(at, bits, codes64, state):
+            base = builder.mul(builder.add(o, at), _i64(4))
+            for q, w in enumerate(table.weights(builder, codes64, is_wide, bits)):
+                _store(builder, w, out, builder.add(base, _i64(64 * q)))
+            return state
 
-            def step(at, bits, codes64, state):
-                base = builder.mul(builder.add(o, at), _i64(4))
-                for q, w in enumerate(table.weights(builder, codes64, is_wide, masked, bits)):
-                    _store(builder, w, out, builder.add(base, _i64(64 * q)))
-                return state
+        return _code_steps(builder, codes, nbits, mask, e, count, k, step)[0]
 
-            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step)[0]
-
-        return sig, codegen
-
-    return steps
+    return sig, codegen
 
 
-def _make_quant_steps(masked: bool):
-    """Intrinsic ``steps(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
+@intrinsic
+def _quant_steps(typingctx, codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block, half_math,
+                 round_difference, out_half, out, o):
+    """``steps(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
     half_math, round_difference, out_half, out, o) -> k``: Core ML's shift-scale of ``steps``
     x 64 elements of a row, from column ``j`` (whose table is ``t``; the table advances every
     ``col_block`` columns, a multiple of 16), written as float32 or binary16 (``out_half``)."""
+    sig = types.int64(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+                      half_math, round_difference, out_half, out, o)
 
-    @intrinsic
-    def steps(typingctx, codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-              half_math, round_difference, out_half, out, o):
-        sig = types.int64(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-                          half_math, round_difference, out_half, out, o)
+    def codegen(context, builder, sig, args):
+        (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+         half_math, round_difference, out_half, out, o) = _int64_args(context, builder, sig, args)
+        out_half = _truth(builder, out_half)
+        block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
 
-        def codegen(context, builder, sig, args):
-            (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-             half_math, round_difference, out_half, out, o) = _int64_args(context, builder, sig, args)
-            out_half = _truth(builder, out_half)
-            block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
+        arith = _ShiftScale(nbits, signed, scale, offset, col_block, half_math, round_difference)
 
-            arith = _ShiftScale(nbits, signed, scale, offset, col_block, half_math, round_difference)
+        def step(at, bits, codes64, state):
+            weights, state = arith.weights(builder, codes64, builder.add(j, at), state, bits)
+            for q, w in enumerate(weights):
+                first = builder.add(o, builder.add(at, _i64(16 * q)))
+                with builder.if_else(out_half) as (half, single):
+                    with half:
+                        _store(builder, builder.bitcast(builder.fptrunc(w, _V16H), ir.VectorType(_I16, 16)),
+                               out, builder.mul(first, _i64(2)))
+                    with single:
+                        _store(builder, w, out, builder.mul(first, _i64(4)))
+            return state
 
-            def step(at, bits, codes64, state):
-                weights, state = arith.weights(builder, codes64, builder.add(j, at), state, masked, bits)
-                for q, w in enumerate(weights):
-                    first = builder.add(o, builder.add(at, _i64(16 * q)))
-                    with builder.if_else(out_half) as (half, single):
-                        with half:
-                            _store(builder, builder.bitcast(builder.fptrunc(w, _V16H), ir.VectorType(_I16, 16)),
-                                   out, builder.mul(first, _i64(2)))
-                        with single:
-                            _store(builder, w, out, builder.mul(first, _i64(4)))
-                return state
+        return _code_steps(builder, codes, nbits, mask, e, count, k, step, [t, block_end])[0]
 
-            return _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, [t, block_end])[0]
-
-        return sig, codegen
-
-    return steps
+    return sig, codegen
 
 
 @intrinsic
@@ -790,9 +784,6 @@ def _sparse_steps(typingctx, mask, e, count, k, values, es, widen, out, o):
     return sig, codegen
 
 
-_lut_steps, _lut_steps_masked = _make_lut_steps(False), _make_lut_steps(True)
-_lut_f32_steps, _lut_f32_steps_masked = _make_lut_f32_steps(False), _make_lut_f32_steps(True)
-_quant_steps, _quant_steps_masked = _make_quant_steps(False), _make_quant_steps(True)
 
 
 # ---- decompression: chunked runners ----------------------------------------------------------
@@ -889,15 +880,9 @@ def _lut_decode_avx512(codes, nbits, mask, rows, cols, row_table, col_block, lo,
                 j += lead
             e, o, steps = r * cols + j, row_out[r] + j, (end - j) >> 6
             if steps and use_tables:
-                if mask.size:
-                    k = _lut_f32_steps_masked(codes, nbits, mask, e, steps, k, tables, t * 64, out_bytes, o)
-                else:
-                    k = _lut_f32_steps(codes, nbits, mask, e, steps, k, tables, t * 64, out_bytes, o)
+                k = _lut_f32_steps(codes, nbits, mask, e, steps, k, tables, t * 64, out_bytes, o)
             elif steps:
-                if mask.size:
-                    k = _lut_steps_masked(codes, nbits, mask, e, steps, k, lo, hi, t * 256, es, out_bytes, o)
-                else:
-                    k = _lut_steps(codes, nbits, mask, e, steps, k, lo, hi, t * 256, es, out_bytes, o)
+                k = _lut_steps(codes, nbits, mask, e, steps, k, lo, hi, t * 256, es, out_bytes, o)
             j += steps * 64
             k = _lut_scalar(codes, nbits, mask, r * cols + j, end - j, k, table, t * entries, out, row_out[r] + j)
             j = end
@@ -932,10 +917,7 @@ def _quant_decode_avx512(codes, nbits, signed, mask, rows, cols, row_table, col_
         j1 = min(cols, j + DECODE_CHUNK)
         k = starts[task]
         e, steps, t = r * cols + j, (j1 - j) >> 6, row_table[r] + j // col_block
-        if steps and mask.size:
-            k = _quant_steps_masked(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
-                                    half_math, round_difference, out_half, out_bytes, e)
-        elif steps:
+        if steps:
             k = _quant_steps(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
                              half_math, round_difference, out_half, out_bytes, e)
         j += steps * 64
@@ -1317,103 +1299,127 @@ def _quant_matmul_dense(codes, nbits, signed, rows, cols, row_table, col_block, 
 
 # ---- fused products: AVX-512 row loops as LLVM IR ---------------------------------------------
 #
-# Each intrinsic walks a stretch of one weight row against one activation row, keeping four (or
-# one per phase) float32x16 accumulators in registers, and returns (their sum, the next stream
-# element). Weights come from the same decoding as decompression; lanes outside the mask are zero.
+# Each intrinsic walks a stretch of one weight row against ``tile`` activation rows (1, or 4 as
+# the C kernels' batch tile: each weight decoded once meets four rows), keeping float32x16
+# accumulators in registers (four per row for one row, else one per row), adds each row's total
+# to ``sums[b]`` and returns the next stream element. Weights come from the decoding of
+# decompression; lanes outside the mask are zero.
 
-_DOT = types.Tuple((types.float32, types.int64))
+BATCH_TILE_SIMD = 4
 _ZERO16 = ir.Constant(_V16F, None)
 
 
-def _accumulate(builder, accs, weights, x, start):
-    """``accs[q] + weights[q] * x[start + 16 q ...]`` (fused multiply-add)."""
-    return [_fma(builder, w, _load(builder, x, builder.add(start, _i64(16 * q)), _V16F), acc)
-            for q, (w, acc) in enumerate(zip(weights, accs))]
+def _accumulators(tile: int) -> list:
+    return [_ZERO16] * (4 if tile == 1 else tile)
 
 
-def _dot_result(context, builder, sig, state):
-    """(the sum of the accumulators ``state[1:]``, the next stream element ``state[0]``)."""
-    return context.make_tuple(builder, sig.return_type, [_sum_lanes(builder, state[1:]), state[0]])
+def _accumulate(builder, accs, weights, x, start, stride, tile: int):
+    """Accumulators plus ``weights[q] * x[start + b * stride + 16 q ...]`` (fused multiply-adds):
+    for one row quarter q goes to ``accs[q]``, for a tile row b's four quarters to ``accs[b]``."""
+    def xv(b, q):
+        return _load(builder, x, builder.add(builder.add(start, builder.mul(stride, _i64(b))), _i64(16 * q)), _V16F)
+
+    if tile == 1:
+        return [_fma(builder, w, xv(0, q), acc) for q, (w, acc) in enumerate(zip(weights, accs))]
+    out = []
+    for b, acc in enumerate(accs):
+        for q, w in enumerate(weights):
+            acc = _fma(builder, w, xv(b, q), acc)
+        out.append(acc)
+    return out
 
 
-def _make_lut_dot(masked: bool, planes: bool):
-    """Intrinsic ``dot(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t) -> (sum, k)``:
-    ``steps`` x 64 weights from element ``e`` (stream element ``k`` on) times ``x[x0 ...]``, the
-    codes looked up in the float32 table ``tables[t:t + 64]`` (<= 6 bits), or with ``planes`` in
-    the binary16 byte planes ``lo[t:t + 256]``, ``hi[t:t + 256]`` (8 bits)."""
+def _add_sums(builder, sums, accs, tile: int):
+    """``sums[b] +=`` the lanes of tile row b's accumulators."""
+    for b, group in enumerate([accs] if tile == 1 else [[acc] for acc in accs]):
+        ptr = builder.gep(sums.data, [_i64(b)])
+        builder.store(builder.fadd(builder.load(ptr), _sum_lanes(builder, group)), ptr)
+
+
+def _make_lut_dot(planes: bool, tile: int):
+    """Intrinsic ``dot(codes, nbits, mask, e, steps, k, x, x0, x_stride, tables, lo, hi, t, sums)
+    -> k``: ``steps`` x 64 weights from element ``e`` (stream element ``k`` on) times each of
+    ``tile`` activation rows ``x[x0 + b * x_stride ...]``, the codes looked up in the float32
+    table ``tables[t:t + 64]`` (<= 6 bits), or with ``planes`` in the binary16 byte planes
+    ``lo[t:t + 256]``, ``hi[t:t + 256]`` (8 bits). An empty ``mask`` means dense."""
 
     @intrinsic
-    def dot(typingctx, codes, nbits, mask, e, count, k, x, x0, tables, lo, hi, t):
-        sig = _DOT(codes, nbits, mask, e, count, k, x, x0, tables, lo, hi, t)
+    def dot(typingctx, codes, nbits, mask, e, count, k, x, x0, x_stride, tables, lo, hi, t, sums):
+        sig = types.int64(codes, nbits, mask, e, count, k, x, x0, x_stride, tables, lo, hi, t, sums)
 
         def codegen(context, builder, sig, args):
-            codes, nbits, mask, e, count, k, x, x0, tables, lo, hi, t = _int64_args(context, builder, sig, args)
+            (codes, nbits, mask, e, count, k, x, x0, x_stride, tables, lo, hi, t,
+             sums) = _int64_args(context, builder, sig, args)
             table = _Planes(builder, lo, hi, t) if planes else _FloatTable(builder, tables, t)
             is_wide = builder.icmp_signed(">", nbits, _i64(4))
 
             def step(at, bits, codes64, accs):
                 if planes:
-                    keep = _bits_to_lanes(builder, bits, 64) if masked else None
+                    keep = _bits_to_lanes(builder, bits, 64)
                     weights = _Planes.floats(builder, *table.lookup(builder, codes64, True, keep))
                 else:
-                    weights = table.weights(builder, codes64, is_wide, masked, bits)
-                return _accumulate(builder, accs, weights, x, builder.add(x0, at))
+                    weights = table.weights(builder, codes64, is_wide, bits)
+                return _accumulate(builder, accs, weights, x, builder.add(x0, at), x_stride, tile)
 
-            state = _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, [_ZERO16] * 4)
-            return _dot_result(context, builder, sig, state)
+            state = _code_steps(builder, codes, nbits, mask, e, count, k, step, _accumulators(tile))
+            _add_sums(builder, sums, state[1:], tile)
+            return state[0]
 
         return sig, codegen
 
     return dot
 
 
-def _make_quant_dot(masked: bool):
+def _make_quant_dot(tile: int):
     """Intrinsic ``dot(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
-    half_math, round_difference, x, x0) -> (sum, k)``: as the LUT dot, the weights Core ML's
-    shift-scale of the codes (columns from ``j``, whose table is ``t``)."""
+    half_math, round_difference, x, x0, x_stride, sums) -> k``: as the LUT dot, the weights Core
+    ML's shift-scale of the codes (columns from ``j``, whose table is ``t``)."""
 
     @intrinsic
     def dot(typingctx, codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-            half_math, round_difference, x, x0):
-        sig = _DOT(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-                   half_math, round_difference, x, x0)
+            half_math, round_difference, x, x0, x_stride, sums):
+        sig = types.int64(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+                          half_math, round_difference, x, x0, x_stride, sums)
 
         def codegen(context, builder, sig, args):
             (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-             half_math, round_difference, x, x0) = _int64_args(context, builder, sig, args)
+             half_math, round_difference, x, x0, x_stride, sums) = _int64_args(context, builder, sig, args)
             arith = _ShiftScale(nbits, signed, scale, offset, col_block, half_math, round_difference)
             block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
 
             def step(at, bits, codes64, state):
-                weights, tables = arith.weights(builder, codes64, builder.add(j, at), state[:2], masked, bits)
-                return [*tables, *_accumulate(builder, state[2:], weights, x, builder.add(x0, at))]
+                weights, tables = arith.weights(builder, codes64, builder.add(j, at), state[:2], bits)
+                return [*tables, *_accumulate(builder, state[2:], weights, x, builder.add(x0, at), x_stride, tile)]
 
-            state = _code_steps(builder, codes, nbits, masked, mask, e, count, k, step, [t, block_end, *[_ZERO16] * 4])
-            return _dot_result(context, builder, sig, [state[0], *state[3:]])
+            state = _code_steps(builder, codes, nbits, mask, e, count, k, step,
+                                [t, block_end, *_accumulators(tile)])
+            _add_sums(builder, sums, state[3:], tile)
+            return state[0]
 
         return sig, codegen
 
     return dot
 
 
-def _make_phase_dot(nbits: int):
-    """Intrinsic ``dot(codes, c0, blocks, block_bytes, xs, x0, x_stride, tables, t0, quant, scale,
-    offset, signed, half_math, round_difference) -> float32``: a dense row of ``nbits``-bit codes
-    (1, 2 or 4) from byte ``c0``, ``blocks`` tables of ``block_bytes`` bytes each (a multiple of
-    16), against activations split by phase (code p of byte m meets ``xs[x0 + p * x_stride + m]``).
-    Table ``t0 + s`` is 16 floats ``tables[16 (t0 + s) ...]`` (a LUT repeated), or with ``quant``
-    the 16 values of Core ML's shift-scale of 4-bit codes; vpermps reads each index's low 4 bits."""
+def _make_phase_dot(nbits: int, tile: int):
+    """Intrinsic ``dot(codes, c0, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, t0,
+    quant, scale, offset, signed, half_math, round_difference, sums)``: a dense row of
+    ``nbits``-bit codes (1, 2 or 4) from byte ``c0``, ``blocks`` tables of ``block_bytes`` bytes
+    each (a multiple of 16), against ``tile`` activation rows split by phase (code p of byte m
+    meets ``xs[x0 + b * b_stride + p * x_stride + m]``). Table ``t0 + s`` is 16 floats
+    ``tables[16 (t0 + s) ...]`` (a LUT repeated), or with ``quant`` the 16 values of Core ML's
+    shift-scale of 4-bit codes; vpermps reads each index's low 4 bits."""
     per = 8 // nbits
 
     @intrinsic
-    def dot(typingctx, codes, c0, blocks, block_bytes, xs, x0, x_stride, tables, t0, quant, scale, offset, signed,
-            half_math, round_difference):
-        sig = types.float32(codes, c0, blocks, block_bytes, xs, x0, x_stride, tables, t0, quant, scale, offset,
-                            signed, half_math, round_difference)
+    def dot(typingctx, codes, c0, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, t0, quant, scale, offset,
+            signed, half_math, round_difference, sums):
+        sig = types.none(codes, c0, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, t0, quant, scale,
+                         offset, signed, half_math, round_difference, sums)
 
         def codegen(context, builder, sig, args):
-            (codes, c0, blocks, block_bytes, xs, x0, x_stride, tables, t0, quant, scale, offset, signed,
-             half_math, round_difference) = _int64_args(context, builder, sig, args)
+            (codes, c0, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, t0, quant, scale, offset, signed,
+             half_math, round_difference, sums) = _int64_args(context, builder, sig, args)
             quant, signed = _truth(builder, quant), _truth(builder, signed)
             half_math, round_difference = _truth(builder, half_math), _truth(builder, round_difference)
             iota = ir.Constant(_V16I, list(range(16)))
@@ -1433,72 +1439,137 @@ def _make_phase_dot(nbits: int):
                 def chunk(m, accs):
                     at = builder.add(base, builder.mul(m, _i64(16)))
                     raw = builder.zext(_load(builder, codes, builder.add(c0, at), ir.VectorType(_I8, 16)), _V16I)
-                    out = []
-                    for p, acc in enumerate(accs):
+                    accs = list(accs)
+                    for p in range(per):
                         idx = builder.lshr(raw, _splat(_V16I, p * nbits)) if p else raw
                         w = _call(builder, "llvm.x86.avx512.permvar.sf.512", _V16F, table, idx)
                         start = builder.add(builder.add(x0, builder.mul(x_stride, _i64(p))), at)
-                        out.append(_fma(builder, w, _load(builder, xs, start, _V16F), acc))
-                    return out
+                        for b in range(tile):  # one row: an accumulator per phase; a tile: one per row
+                            row = builder.add(start, builder.mul(b_stride, _i64(b)))
+                            a = p if tile == 1 else b
+                            accs[a] = _fma(builder, w, _load(builder, xs, row, _V16F), accs[a])
+                    return accs
 
                 return _loop(builder, builder.ashr(block_bytes, _i64(4)), chunk, accs)
 
-            return _sum_lanes(builder, _loop(builder, blocks, block, [_ZERO16] * per))
+            accs = _loop(builder, blocks, block, [_ZERO16] * (per if tile == 1 else tile))
+            _add_sums(builder, sums, accs, tile)
+            return context.get_dummy_value()
 
         return sig, codegen
 
     return dot
 
 
-@intrinsic
-def _values_dot(typingctx, mask, e, count, k, values, x, x0):
-    """``dot(mask, e, steps, k, values, x, x0) -> (sum, k)``: ``steps`` x 64 columns of a sparse
-    row from element ``e``: the values from ``values[k]`` on (float32, or binary16 bits widened
-    exactly by vcvtph2ps) expanded 16 at a time under their mask bits (vexpandps), times
-    ``x[x0 ...]``."""
-    half = values.dtype == types.uint16
-    vtype = ir.VectorType(_I16 if half else _F32, 16)
-    sig = _DOT(mask, e, count, k, values, x, x0)
+def _make_values_dot(tile: int):
+    """Intrinsic ``dot(mask, e, steps, k, values, x, x0, x_stride, sums) -> k``: ``steps`` x 64
+    columns of a sparse row from element ``e``: the values from ``values[k]`` on (float32, or
+    binary16 bits widened exactly by vcvtph2ps) expanded 16 at a time under their mask bits
+    (vexpandps), times ``tile`` activation rows."""
 
-    def codegen(context, builder, sig, args):
-        mask, e, count, k, values, x, x0 = _int64_args(context, builder, sig, args)
+    @intrinsic
+    def dot(typingctx, mask, e, count, k, values, x, x0, x_stride, sums):
+        half = values.dtype == types.uint16
+        vtype = ir.VectorType(_I16 if half else _F32, 16)
+        sig = types.int64(mask, e, count, k, values, x, x0, x_stride, sums)
 
-        def body(i, state):
-            k, accs = state[0], state[1:]
-            at = builder.mul(i, _i64(64))
-            bits = _mask_bits(builder, mask, builder.add(e, at), 64)
-            weights = []
-            for q in range(4):
-                part = builder.and_(builder.lshr(bits, _i64(16 * q)), _i64(0xFFFF))
-                take = _popcount(builder, part)
-                w = _masked_load(builder, _ptr(builder, values, k, vtype), vtype, _first_lanes(builder, take, 16))
-                if half:
-                    w = builder.fpext(builder.bitcast(w, _V16H), _V16F)
-                weights.append(_expand(builder, w, _bits_to_lanes(builder, part, 16)))
-                k = builder.add(k, take)
-            return [k, *_accumulate(builder, accs, weights, x, builder.add(x0, at))]
+        def codegen(context, builder, sig, args):
+            mask, e, count, k, values, x, x0, x_stride, sums = _int64_args(context, builder, sig, args)
 
-        return _dot_result(context, builder, sig, _loop(builder, count, body, [k, *[_ZERO16] * 4]))
+            def body(i, state):
+                k, accs = state[0], state[1:]
+                at = builder.mul(i, _i64(64))
+                bits = _mask_bits(builder, mask, builder.add(e, at), 64)
+                weights = []
+                for q in range(4):
+                    part = builder.and_(builder.lshr(bits, _i64(16 * q)), _i64(0xFFFF))
+                    take = _popcount(builder, part)
+                    w = _masked_load(builder, _ptr(builder, values, k, vtype), vtype, _first_lanes(builder, take, 16))
+                    if half:
+                        w = builder.fpext(builder.bitcast(w, _V16H), _V16F)
+                    weights.append(_expand(builder, w, _bits_to_lanes(builder, part, 16)))
+                    k = builder.add(k, take)
+                return [k, *_accumulate(builder, accs, weights, x, builder.add(x0, at), x_stride, tile)]
 
-    return sig, codegen
+            state = _loop(builder, count, body, [k, *_accumulators(tile)])
+            _add_sums(builder, sums, state[1:], tile)
+            return state[0]
+
+        return sig, codegen
+
+    return dot
 
 
-_lut_dot, _lut_dot_masked = _make_lut_dot(False, False), _make_lut_dot(True, False)
-_planes_dot, _planes_dot_masked = _make_lut_dot(False, True), _make_lut_dot(True, True)
-_quant_dot, _quant_dot_masked = _make_quant_dot(False), _make_quant_dot(True)
-_phase_dot1, _phase_dot2, _phase_dot4 = (_make_phase_dot(n) for n in (1, 2, 4))
+_TILES = (1, BATCH_TILE_SIMD)  # numba calls intrinsics by global name: one name per variant
+_lut_dot1, _lut_dot4 = (_make_lut_dot(False, tile) for tile in _TILES)
+_planes_dot1, _planes_dot4 = (_make_lut_dot(True, tile) for tile in _TILES)
+_quant_dot1, _quant_dot4 = (_make_quant_dot(tile) for tile in _TILES)
+_phase_dot1_1, _phase_dot1_4 = (_make_phase_dot(1, tile) for tile in _TILES)
+_phase_dot2_1, _phase_dot2_4 = (_make_phase_dot(2, tile) for tile in _TILES)
+_phase_dot4_1, _phase_dot4_4 = (_make_phase_dot(4, tile) for tile in _TILES)
+_values_dot1, _values_dot4 = (_make_values_dot(tile) for tile in _TILES)
 
 
 @_jit
-def _lut_tail(codes, nbits, mask, e, count, k, lut, first, x, x0):
-    """(sum of ``count`` LUT weights from element ``e`` one by one times ``x[x0 ...]``, next k)."""
-    total = np.float32(0)
+def _lut_tail(codes, nbits, mask, e, count, k, lut, first, x, x0, x_stride, tile, sums):
+    """``sums[b] +=`` ``count`` LUT weights from element ``e`` one by one times activation row
+    ``x[x0 + b * x_stride ...]`` for b < ``tile``; returns the next stream element."""
     for i in range(count):
         if mask.size and not mask_bit(mask, e + i):
             continue
-        total += lut[first + read_bits(codes, k, nbits)] * x[x0 + i]
+        w = lut[first + read_bits(codes, k, nbits)]
+        for b in range(tile):
+            sums[b] += w * x[x0 + b * x_stride + i]
         k += 1
-    return total, k
+    return k
+
+
+@_jit
+def _quant_tail(codes, nbits, signed, mask, e, count, k, scale, offset, t0, j, col_block, half_math,
+                round_difference, x, x0, x_stride, tile, sums):
+    """As ``_lut_tail`` for shift-scale codes (columns from ``j``; the row's first table ``t0``)."""
+    for i in range(count):
+        if mask.size and not mask_bit(mask, e + i):
+            continue
+        t = t0 + (j + i) // col_block
+        w = _dequantize(_quant_code(codes, k, nbits, signed), scale[t], offset[t], half_math, round_difference)
+        for b in range(tile):
+            sums[b] += w * x[x0 + b * x_stride + i]
+        k += 1
+    return k
+
+
+@_jit
+def _values_tail(mask, e, count, k, values, x, x0, x_stride, tile, sums):
+    """As ``_lut_tail`` for stored float values (fp16 as bits)."""
+    for i in range(count):
+        if not mask_bit(mask, e + i):
+            continue
+        w = _value(values, k)
+        for b in range(tile):
+            sums[b] += w * x[x0 + b * x_stride + i]
+        k += 1
+    return k
+
+
+@_jit
+def _tiles(batch):
+    """How many activation-row tiles a batch makes: of four rows while they last, then of one."""
+    return batch // BATCH_TILE_SIMD + batch % BATCH_TILE_SIMD
+
+
+@_jit
+def _tile(batch, i):
+    """(first row, rows) of tile ``i`` of a batch."""
+    full = batch // BATCH_TILE_SIMD
+    return (i * BATCH_TILE_SIMD, BATCH_TILE_SIMD) if i < full else (full * BATCH_TILE_SIMD + i - full, 1)
+
+
+@_jit
+def _store_tile(sums, y, b0, tile, r):
+    for b in range(tile):
+        y[b0 + b, r] = sums[b]
+        sums[b] = 0
 
 
 @_parallel
@@ -1509,25 +1580,25 @@ def _lut_rows_avx512(codes, nbits, mask, row_start, rows, cols, row_table, col_b
     and blocks start on whole mask bytes."""
     batch, entries, steps = y.shape[0], 1 << nbits, col_block >> 6
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        sums = np.zeros(BATCH_TILE_SIMD, np.float32)
         for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for b in range(batch):
+            for i in range(_tiles(batch)):
+                b0, tile = _tile(batch, i)
                 k = row_start[r] if mask.size else r * cols
-                total = np.float32(0)
                 for s in range(cols // col_block):
                     t, j = row_table[r] + s, s * col_block
-                    e, x0 = r * cols + j, b * cols + j
-                    if planes and mask.size:
-                        part, k = _planes_dot_masked(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t * 256)
+                    e, x0 = r * cols + j, b0 * cols + j
+                    if planes and tile > 1:
+                        k = _planes_dot4(codes, nbits, mask, e, steps, k, x, x0, cols, tables, lo, hi, t * 256, sums)
                     elif planes:
-                        part, k = _planes_dot(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t * 256)
-                    elif mask.size:
-                        part, k = _lut_dot_masked(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t * 64)
+                        k = _planes_dot1(codes, nbits, mask, e, steps, k, x, x0, cols, tables, lo, hi, t * 256, sums)
+                    elif tile > 1:
+                        k = _lut_dot4(codes, nbits, mask, e, steps, k, x, x0, cols, tables, lo, hi, t * 64, sums)
                     else:
-                        part, k = _lut_dot(codes, nbits, mask, e, steps, k, x, x0, tables, lo, hi, t * 64)
-                    tail, k = _lut_tail(codes, nbits, mask, e + steps * 64, col_block - steps * 64, k, lut,
-                                        t * entries, x, x0 + steps * 64)
-                    total += part + tail
-                y[b, r] = total
+                        k = _lut_dot1(codes, nbits, mask, e, steps, k, x, x0, cols, tables, lo, hi, t * 64, sums)
+                    k = _lut_tail(codes, nbits, mask, e + steps * 64, col_block - steps * 64, k, lut, t * entries, x,
+                                  x0 + steps * 64, cols, tile, sums)
+                _store_tile(sums, y, b0, tile, r)
 
 
 @_parallel
@@ -1538,25 +1609,21 @@ def _quant_rows_avx512(codes, nbits, signed, mask, row_start, rows, cols, row_ta
     time, the rest one by one."""
     batch, steps = y.shape[0], cols >> 6
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        sums = np.zeros(BATCH_TILE_SIMD, np.float32)
         for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for b in range(batch):
+            for i in range(_tiles(batch)):
+                b0, tile = _tile(batch, i)
                 k = row_start[r] if mask.size else r * cols
-                e, t = r * cols, row_table[r]
-                if mask.size:
-                    total, k = _quant_dot_masked(codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0,
-                                                 col_block, half_math, round_difference, x, b * cols)
+                e, t, x0 = r * cols, row_table[r], b0 * cols
+                if tile > 1:
+                    k = _quant_dot4(codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0, col_block,
+                                    half_math, round_difference, x, x0, cols, sums)
                 else:
-                    total, k = _quant_dot(codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0, col_block,
-                                          half_math, round_difference, x, b * cols)
-                for j in range(steps * 64, cols):
-                    if mask.size and not mask_bit(mask, e + j):
-                        continue
-                    tj = t + j // col_block
-                    w = _dequantize(_quant_code(codes, k, nbits, signed), scale[tj], offset[tj], half_math,
-                                    round_difference)
-                    total += w * x[b * cols + j]
-                    k += 1
-                y[b, r] = total
+                    k = _quant_dot1(codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0, col_block,
+                                    half_math, round_difference, x, x0, cols, sums)
+                _quant_tail(codes, nbits, signed, mask, e + steps * 64, cols - steps * 64, k, scale, offset, t,
+                            steps * 64, col_block, half_math, round_difference, x, x0 + steps * 64, cols, tile, sums)
+                _store_tile(sums, y, b0, tile, r)
 
 
 @_parallel
@@ -1568,16 +1635,19 @@ def _phase_rows_avx512(codes, nbits, rows, cols, row_table, col_block, tables, q
     per = 8 // nbits
     batch, row_bytes, block_bytes = y.shape[0], cols // per, col_block // per
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        sums = np.zeros(BATCH_TILE_SIMD, np.float32)
         for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for b in range(batch):
-                args = (codes, r * row_bytes, cols // col_block, block_bytes, xs, b * cols, row_bytes, tables,
-                        row_table[r], quant, scale, offset, signed, half_math, round_difference)
+            for i in range(_tiles(batch)):
+                b0, tile = _tile(batch, i)
+                args = (codes, r * row_bytes, cols // col_block, block_bytes, xs, b0 * cols, row_bytes, cols, tables,
+                        row_table[r], quant, scale, offset, signed, half_math, round_difference, sums)
                 if nbits == 4:
-                    y[b, r] = _phase_dot4(*args)
+                    _phase_dot4_4(*args) if tile > 1 else _phase_dot4_1(*args)
                 elif nbits == 2:
-                    y[b, r] = _phase_dot2(*args)
+                    _phase_dot2_4(*args) if tile > 1 else _phase_dot2_1(*args)
                 else:
-                    y[b, r] = _phase_dot1(*args)
+                    _phase_dot1_4(*args) if tile > 1 else _phase_dot1_1(*args)
+                _store_tile(sums, y, b0, tile, r)
 
 
 @_parallel
@@ -1585,14 +1655,17 @@ def _sparse_rows_avx512(mask, row_start, rows, cols, values, x, y):
     """``y = x @ W.T`` for a sparse W whose rows start on a byte of the mask (``x`` flat)."""
     batch, steps = y.shape[0], cols >> 6
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        sums = np.zeros(BATCH_TILE_SIMD, np.float32)
         for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for b in range(batch):
-                total, k = _values_dot(mask, r * cols, steps, row_start[r], values, x, b * cols)
-                for j in range(steps * 64, cols):
-                    if mask_bit(mask, r * cols + j):
-                        total += _value(values, k) * x[b * cols + j]
-                        k += 1
-                y[b, r] = total
+            for i in range(_tiles(batch)):
+                b0, tile = _tile(batch, i)
+                e, x0 = r * cols, b0 * cols
+                if tile > 1:
+                    k = _values_dot4(mask, e, steps, row_start[r], values, x, x0, cols, sums)
+                else:
+                    k = _values_dot1(mask, e, steps, row_start[r], values, x, x0, cols, sums)
+                _values_tail(mask, e + steps * 64, cols - steps * 64, k, values, x, x0 + steps * 64, cols, tile, sums)
+                _store_tile(sums, y, b0, tile, r)
 
 
 # ---- fused products: entry points ------------------------------------------------------------
