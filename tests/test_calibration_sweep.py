@@ -234,6 +234,18 @@ def test_zero_h_is_data_free():
     assert gptq_palettize(w, np.zeros((12, 12)), nbits=2) == wp.palettize(w, nbits=2)
 
 
+@pytest.mark.parametrize("n", [1, 128, 129, 300, 700])
+def test_recursive_cholesky_inverse(n):
+    from weightpack.calibration.hessian import cholesky_inverse
+
+    a = np.random.default_rng(n).standard_normal((n, n + 5))
+    a = a @ a.T
+    inverse, pivot = cholesky_inverse(a)
+    np.testing.assert_array_equal(inverse, np.tril(inverse))
+    np.testing.assert_allclose(inverse @ a @ inverse.T, np.eye(n), atol=1e-9)
+    assert pivot == pytest.approx(np.diagonal(np.linalg.cholesky(a)).min())
+
+
 def test_float32_factorisation_and_its_float64_fallback():
     rng = np.random.default_rng(8)
     a = rng.standard_normal((64, 64))

@@ -21,8 +21,8 @@ matrix is at most ``1 + n / damp`` for a Gram matrix of size n, so the sweep nev
 
 ``inverse_cholesky`` returns the upper-triangular U with ``U^T U = (H + lambda I)^-1`` (GPTQ's
 ``Cholesky(H^-1, upper=True)``), computed without forming the inverse: with J the reversal
-permutation, ``J H J = L L^T`` gives ``U = J L^-1 J``. L^-1 is a blocked recursive triangular
-inverse built from matrix products, so the whole step is BLAS-bound (float64).
+permutation, ``J H J = L L^T`` gives ``U = J L^-1 J``. L^-1 comes straight from a recursive
+blocked Cholesky made of matrix products (:func:`cholesky_inverse`), so the step is BLAS-bound.
 """
 from __future__ import annotations
 
@@ -129,32 +129,38 @@ def _factor(h: np.ndarray, reverse: np.ndarray, lam: float, dtype):
         damped[i : i + 256] = h[reverse[i : i + 256]][:, reverse]
     damped[np.diag_indices(n)] += lam
     try:
-        low = np.linalg.cholesky(damped)
+        inverse, pivot = cholesky_inverse(damped)
     except np.linalg.LinAlgError:
         return None
-    del damped
-    if np.diagonal(low).min() ** 2 < 0.5 * lam:
+    if pivot**2 < 0.5 * lam:
         return None
-    u = lower_inverse(low)[::-1, ::-1]  # a view: no copy
+    u = inverse[::-1, ::-1]  # a view: no copy
     return u if np.isfinite(u).all() else None
 
 
-def lower_inverse(low: np.ndarray, out=None) -> np.ndarray:
-    """Inverse of a lower-triangular matrix by recursive 2x2 blocking: for ``[[A, 0], [B, C]]`` it
-    is ``[[A^-1, 0], [-C^-1 B A^-1, C^-1]]``, written into ``out`` (a new array by default).
-    (Products that skip the triangles' zeros halve the flops but measured slower here: more,
-    smaller BLAS calls.)"""
-    n = low.shape[0]
+def cholesky_inverse(a: np.ndarray, out=None) -> tuple[np.ndarray, float]:
+    """(``L^-1`` for ``a = L L^T``, the smallest pivot of L) by recursive 2x2 blocking on matrix
+    products: with ``a = [[A, B^T], [B, C]]``, ``L21 = B L11^-T``, ``S = C - L21 L21^T = L22 L22^T``
+    and ``L^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]]``. Blocks of up to ``_BASE`` use
+    LAPACK. L itself is never kept.
+
+    Measured on a shared 2-core machine (4096 x 4096, float32): 0.5-0.6 s against 0.9-1.7 s for
+    LAPACK's Cholesky plus a blocked inverse, whose many small steps stall when a core is busy;
+    results agree to 5e-5 (float32) and give the same layer-output SNR to 1e-4 dB.
+    """
+    n = a.shape[0]
     if out is None:
-        out = np.zeros_like(low)
+        out = np.zeros_like(a)
     if n <= _BASE:
+        low = np.linalg.cholesky(a)
         out[...] = np.tril(np.linalg.inv(low))
-        return out
+        return out, float(np.diagonal(low).min())
     h = n // 2
-    a = lower_inverse(low[:h, :h], out[:h, :h])
-    c = lower_inverse(low[h:, h:], out[h:, h:])
-    out[h:, :h] = -(c @ (low[h:, :h] @ a))
-    return out
+    top, p1 = cholesky_inverse(a[:h, :h], out[:h, :h])
+    l21 = a[h:, :h] @ top.T
+    bottom, p2 = cholesky_inverse(a[h:, h:] - l21 @ l21.T, out[h:, h:])
+    out[h:, :h] = -(bottom @ (l21 @ top))
+    return out, min(p1, p2)
 
 
 def activation_order(h: np.ndarray) -> np.ndarray:

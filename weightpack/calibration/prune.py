@@ -117,7 +117,7 @@ def wanda_prune(w, second_moments, sparsity=None, *, n_m=None):
 
 
 def _sparse(values, keep, dtype, shape=None) -> SparseTensor:
-    stored = np.asarray(values).astype(dtype)
+    stored = np.asarray(values).astype(dtype, copy=False)
     if shape is not None:
         stored, keep = stored.reshape(shape), keep.reshape(shape)
     mask = keep & (stored != 0)
