@@ -60,7 +60,8 @@ def _threading_layer() -> bool:
 
 _SERIALIZE = _threading_layer()
 _LAUNCH_LOCK = threading.Lock() if _SERIALIZE else contextlib.nullcontext()
-_AVX512_FEATURES = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vbmi", "avx512vbmi2")  # byte permutes, expands
+# AVX-512 with byte permutes (VBMI) and byte/word expands (VBMI2), as the intrinsics below use
+_AVX512_FEATURES = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vbmi", "avx512vbmi2")
 _HOST_AVX512 = all(llvmlite.binding.get_host_cpu_features().get(name, False) for name in _AVX512_FEATURES)
 _simd = "scalar"
 
@@ -1330,7 +1331,7 @@ def _accumulate(builder, accs, weights, x, start, stride, tile: int):
 
 
 def _add_sums(builder, sums, accs, tile: int):
-    """``sums[b] +=`` the lanes of tile row b's accumulators."""
+    """``sums[a] +=`` the lanes of accumulator a (for one activation row, ``sums[0] +=`` all)."""
     for b, group in enumerate([accs] if tile == 1 else [[acc] for acc in accs]):
         ptr = builder.gep(sums.data, [_i64(b)])
         builder.store(builder.fadd(builder.load(ptr), _sum_lanes(builder, group)), ptr)
@@ -1402,27 +1403,36 @@ def _make_quant_dot(tile: int):
 
 
 def _make_phase_dot(nbits: int, tile: int):
-    """Intrinsic ``dot(codes, c0, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, t0,
-    quant, scale, offset, signed, half_math, round_difference, sums)``: a dense row of
-    ``nbits``-bit codes (1, 2 or 4) from byte ``c0``, ``blocks`` tables of ``block_bytes`` bytes
-    each (a multiple of 16), against ``tile`` activation rows split by phase (code p of byte m
-    meets ``xs[x0 + b * b_stride + p * x_stride + m]``). Table ``t0 + s`` is 16 floats
-    ``tables[16 (t0 + s) ...]`` (a LUT repeated), or with ``quant`` the 16 values of Core ML's
-    shift-scale of 4-bit codes; vpermps reads each index's low 4 bits."""
+    """Intrinsic ``dot(codes, c0, row_bytes, nrows, blocks, block_bytes, xs, x0, x_stride,
+    b_stride, tables, row_table, r0, quant, scale, offset, signed, half_math, round_difference,
+    sums)``: dense rows of ``nbits``-bit codes (1, 2 or 4), row r0 + i from byte
+    ``c0 + i * row_bytes``, each ``blocks`` tables of ``block_bytes`` bytes (a multiple of 16),
+    against ``tile`` activation rows split by phase (code p of byte m meets
+    ``xs[x0 + b * b_stride + p * x_stride + m]``). A tile of four activation rows meets four
+    weight rows (``nrows`` <= 4 of them real, as the C kernels' row tile: each activation load
+    serves four rows), one activation row one weight row; ``sums[i * tile + b] +=`` the product
+    of weight row i and activation row b. Table t is 16 floats ``tables[16 t ...]`` (a LUT
+    repeated), or with ``quant`` the 16 values of Core ML's shift-scale of 4-bit codes; vpermps
+    reads each index's low 4 bits."""
     per = 8 // nbits
+    weight_rows = 1 if tile == 1 else tile
 
     @intrinsic
-    def dot(typingctx, codes, c0, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, t0, quant, scale, offset,
-            signed, half_math, round_difference, sums):
-        sig = types.none(codes, c0, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, t0, quant, scale,
-                         offset, signed, half_math, round_difference, sums)
+    def dot(typingctx, codes, c0, row_bytes, nrows, blocks, block_bytes, xs, x0, x_stride, b_stride, tables,
+            row_table, r0, quant, scale, offset, signed, half_math, round_difference, sums):
+        sig = types.none(codes, c0, row_bytes, nrows, blocks, block_bytes, xs, x0, x_stride, b_stride, tables,
+                         row_table, r0, quant, scale, offset, signed, half_math, round_difference, sums)
 
         def codegen(context, builder, sig, args):
-            (codes, c0, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, t0, quant, scale, offset, signed,
-             half_math, round_difference, sums) = _int64_args(context, builder, sig, args)
+            (codes, c0, row_bytes, nrows, blocks, block_bytes, xs, x0, x_stride, b_stride, tables, row_table, r0,
+             quant, scale, offset, signed, half_math, round_difference, sums) = _int64_args(context, builder, sig, args)
             quant, signed = _truth(builder, quant), _truth(builder, signed)
             half_math, round_difference = _truth(builder, half_math), _truth(builder, round_difference)
             iota = ir.Constant(_V16I, list(range(16)))
+            last = builder.sub(nrows, _i64(1))
+            rows = [builder.select(builder.icmp_signed("<", _i64(i), nrows), _i64(i), last) for i in range(weight_rows)]
+            starts = [builder.add(c0, builder.mul(i, row_bytes)) for i in rows]
+            first_tables = [builder.load(builder.gep(row_table.data, [builder.add(r0, i)])) for i in rows]
 
             def quant_table(t):
                 sc = _splat_value(builder, builder.load(builder.gep(scale.data, [t])), 16)
@@ -1431,28 +1441,33 @@ def _make_phase_dot(nbits: int, tile: int):
                                       round_difference)
 
             def block(s, accs):
-                t = builder.add(t0, s)
-                table = _choose(builder, quant, lambda: quant_table(t),
-                                lambda: _load(builder, tables, builder.mul(t, _i64(16)), _V16F))
+                table = []
+                for t0 in first_tables:
+                    t = builder.add(t0, s)
+                    table.append(_choose(builder, quant, lambda: quant_table(t),
+                                         lambda: _load(builder, tables, builder.mul(t, _i64(16)), _V16F)))
                 base = builder.mul(s, block_bytes)
 
                 def chunk(m, accs):
                     at = builder.add(base, builder.mul(m, _i64(16)))
-                    raw = builder.zext(_load(builder, codes, builder.add(c0, at), ir.VectorType(_I8, 16)), _V16I)
+                    raw = [builder.zext(_load(builder, codes, builder.add(start, at), ir.VectorType(_I8, 16)), _V16I)
+                           for start in starts]
                     accs = list(accs)
                     for p in range(per):
-                        idx = builder.lshr(raw, _splat(_V16I, p * nbits)) if p else raw
-                        w = _call(builder, "llvm.x86.avx512.permvar.sf.512", _V16F, table, idx)
                         start = builder.add(builder.add(x0, builder.mul(x_stride, _i64(p))), at)
-                        for b in range(tile):  # one row: an accumulator per phase; a tile: one per row
-                            row = builder.add(start, builder.mul(b_stride, _i64(b)))
-                            a = p if tile == 1 else b
-                            accs[a] = _fma(builder, w, _load(builder, xs, row, _V16F), accs[a])
+                        xv = [_load(builder, xs, builder.add(start, builder.mul(b_stride, _i64(b))), _V16F)
+                              for b in range(tile)]
+                        for i in range(weight_rows):
+                            idx = builder.lshr(raw[i], _splat(_V16I, p * nbits)) if p else raw[i]
+                            w = _call(builder, "llvm.x86.avx512.permvar.sf.512", _V16F, table[i], idx)
+                            for b in range(tile):  # one row: an accumulator per phase; a tile: per row pair
+                                a = p if tile == 1 else i * tile + b
+                                accs[a] = _fma(builder, w, xv[b], accs[a])
                     return accs
 
                 return _loop(builder, builder.ashr(block_bytes, _i64(4)), chunk, accs)
 
-            accs = _loop(builder, blocks, block, [_ZERO16] * (per if tile == 1 else tile))
+            accs = _loop(builder, blocks, block, [_ZERO16] * (per if tile == 1 else weight_rows * tile))
             _add_sums(builder, sums, accs, tile)
             return context.get_dummy_value()
 
@@ -1566,10 +1581,12 @@ def _tile(batch, i):
 
 
 @_jit
-def _store_tile(sums, y, b0, tile, r):
-    for b in range(tile):
-        y[b0 + b, r] = sums[b]
-        sums[b] = 0
+def _store_tile(sums, y, b0, tile, r, nrows=1):
+    """``y[b0 + b, r + i] = sums[i * tile + b]`` for the tile's rows; the sums start again at zero."""
+    for i in range(nrows):
+        for b in range(tile):
+            y[b0 + b, r + i] = sums[i * tile + b]
+    sums[:] = 0
 
 
 @_parallel
@@ -1631,23 +1648,27 @@ def _phase_rows_avx512(codes, nbits, rows, cols, row_table, col_block, tables, q
                        half_math, round_difference, xs, y):
     """``y = x @ W.T`` for dense 1-, 2- and 4-bit codes, ``xs`` holding each activation row split
     by phase (``xs[b * cols + p * (cols / per) + m] = x[b, m * per + p]``); ``col_block`` a
-    multiple of 16 bytes of codes. Tables: 16 floats each, or (``quant``) 4-bit shift-scale."""
+    multiple of 16 bytes of codes. Tables: 16 floats each, or (``quant``) 4-bit shift-scale.
+    Tiles of four activation rows meet four weight rows at a time."""
     per = 8 // nbits
     batch, row_bytes, block_bytes = y.shape[0], cols // per, col_block // per
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        sums = np.zeros(BATCH_TILE_SIMD, np.float32)
-        for r in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for i in range(_tiles(batch)):
-                b0, tile = _tile(batch, i)
-                args = (codes, r * row_bytes, cols // col_block, block_bytes, xs, b0 * cols, row_bytes, cols, tables,
-                        row_table[r], quant, scale, offset, signed, half_math, round_difference, sums)
+        sums = np.zeros(BATCH_TILE_SIMD * BATCH_TILE_SIMD, np.float32)
+        first, end = block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)
+        for i in range(_tiles(batch)):
+            b0, tile = _tile(batch, i)
+            for r in range(first, end, tile):
+                nrows = min(tile, end - r)
+                args = (codes, r * row_bytes, row_bytes, nrows, cols // col_block, block_bytes, xs, b0 * cols,
+                        row_bytes, cols, tables, row_table, r, quant, scale, offset, signed, half_math,
+                        round_difference, sums)
                 if nbits == 4:
                     _phase_dot4_4(*args) if tile > 1 else _phase_dot4_1(*args)
                 elif nbits == 2:
                     _phase_dot2_4(*args) if tile > 1 else _phase_dot2_1(*args)
                 else:
                     _phase_dot1_4(*args) if tile > 1 else _phase_dot1_1(*args)
-                _store_tile(sums, y, b0, tile, r)
+                _store_tile(sums, y, b0, tile, r, nrows)
 
 
 @_parallel
