@@ -35,6 +35,13 @@ _LAZY = {
     "snr_db": ".metrics",
     "matvec": ".ops",
     "matmul": ".ops",
+    "ActivationStats": ".calibration",
+    "gptq_palettize": ".calibration",
+    "gptq_quantize": ".calibration",
+    "sparsegpt_prune": ".calibration",
+    "wanda_prune": ".calibration",
+    "allocate_bits": ".calibration",
+    "ScaledPalettizedTensor": ".calibration",
 }
 
 
