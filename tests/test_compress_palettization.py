@@ -342,6 +342,16 @@ def test_per_channel_scale_is_per_input_channel_and_keeps_the_lut_small():
     assert wp.snr_db(w, t.decompress()) > wp.snr_db(w, plain.decompress())
 
 
+def test_per_channel_scale_along_another_axis_and_for_conv_weights():
+    w = student_rows((8, 6, 3, 3), seed=10, dtype=np.float32)
+    t = wp.palettize(w, nbits=3, per_channel_scale=True, axis=1, group_size=2)
+    assert t.scale.shape == (8, 1, 3, 3) and t.palettized.lut.shape == (1, 3, 1, 1, 8, 1)
+    np.testing.assert_array_equal(t.scale, np.abs(w).max(axis=1, keepdims=True))
+    assert_matches_coreml(t)
+    conv = wp.palettize(w, nbits=3, per_channel_scale=True)
+    assert conv.scale.shape == (1, 6, 3, 3)  # coremltools' (1, C_in, kh, kw)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(cluster_dim=3), r"cluster_dim=3 does not divide w.shape\[0\]=8"),
     (dict(cluster_dim=4, group_size=2), "cluster_dim=4 does not divide group_size=2"),

@@ -112,21 +112,30 @@ def dp_solve(x, w, k):
 def _prefixes(x, w):
     """Prefix sums of w, w (x - c), w (x - c)**2 (c: the weighted mean)."""
     m = x.shape[0]
+    p0 = np.empty(m + 1)
+    p1 = np.empty(m + 1)
+    p2 = np.empty(m + 1)
+    _fill_prefixes(x, w, p0, p1, p2)
+    return p0, p1, p2
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _fill_prefixes(x, w, p0, p1, p2):
+    m = x.shape[0]
     total = 0.0
     centre = 0.0
     for i in range(m):
         total += w[i]
         centre += w[i] * x[i]
     centre /= total
-    p0 = np.zeros(m + 1)
-    p1 = np.zeros(m + 1)
-    p2 = np.zeros(m + 1)
+    p0[0] = 0.0
+    p1[0] = 0.0
+    p2[0] = 0.0
     for i in range(m):
         d = x[i] - centre
         p0[i + 1] = p0[i] + w[i]
         p1[i + 1] = p1[i] + w[i] * d
         p2[i + 1] = p2[i] + w[i] * d * d
-    return p0, p1, p2
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -192,10 +201,25 @@ def _penalized(p0, p1, p2, lam, F, arg, cnt, dq_t, dq_s):
 def solve_k(x, w, k):
     """First index of each of the min(k, m) clusters of the optimal k-partition (see the module
     docstring: the penalized one-layer DP, the k-layer DP as the fallback)."""
+    return solve_k_in(x, w, k, workspace(x.shape[0]))
+
+
+@numba.njit(nogil=True, cache=True)
+def workspace(m):
+    """Scratch arrays for :func:`solve_k_in` with up to ``m`` values (reused across groups)."""
+    return (np.empty(m + 1), np.empty(m + 1), np.empty(m + 1), np.empty(m), np.empty(m, np.int64),
+            np.empty(m, np.int64), np.empty(m + 1, np.int64), np.empty(m + 1, np.int64))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def solve_k_in(x, w, k, ws):
+    """:func:`solve_k` with the scratch arrays ``ws`` of :func:`workspace`."""
     m = x.shape[0]
     if m <= k or k == 1 or m <= 4 * k:
         return dp_solve(x, w, k)[0]
-    p0, p1, p2 = _prefixes(x, w)
+    p0, p1, p2 = ws[0][: m + 1], ws[1][: m + 1], ws[2][: m + 1]
+    F, arg, cnt, dq_t, dq_s = ws[3][:m], ws[4][:m], ws[5][:m], ws[6][: m + 1], ws[7][: m + 1]
+    _fill_prefixes(x, w, p0, p1, p2)
     bins = min(m, 256)  # a first penalty from the k+1-layer DP on bins of consecutive values
     cx = np.empty(bins)
     cw = np.empty(bins)
@@ -207,11 +231,6 @@ def solve_k(x, w, k):
     lam = coarse[k - 2] - coarse[k - 1]
     if not lam > 0.0:
         return dp_solve(x, w, k)[0]
-    F = np.empty(m)
-    arg = np.empty(m, np.int64)
-    cnt = np.empty(m, np.int64)
-    dq_t = np.empty(m + 1, np.int64)
-    dq_s = np.empty(m + 1, np.int64)
     more_c, more_d, more_lam = -1, 0.0, 0.0  # the penalized optimum with more clusters than k
     fewer_c, fewer_d, fewer_lam = -1, 0.0, np.inf
     for _ in range(40):

@@ -13,30 +13,31 @@ k-means per group:
   on them. Groups of at most ``SMALL`` elements sort their values instead (same distinct values,
   same result).
 - float32: groups of at most ``SMALL`` elements are solved exactly on their sorted distinct values.
-  Larger groups are binned by their leading bits (``key32``: the value scaled by a power of two so
-  the largest magnitude is below 2**15, truncated to binary16 precision: 10 mantissa bits, uniform
+  Larger groups are binned (:func:`key32_bits`: the value scaled by a power of two so the largest
+  magnitude is below 2**15, truncated to binary16 precision: 10 mantissa bits, multiples of 2**-24
   below 2**-14); the DP runs on the bins (each at its exact mean), which is exact when every bin
-  holds one distinct value. Otherwise Lloyd passes over the raw values follow (only elements of
-  bins that straddle a decision boundary are looked at one by one) until the error stops falling.
+  holds one distinct value. Otherwise Lloyd passes over the raw values follow (only the elements
+  of bins that straddle a decision boundary are looked at one by one) until moving the centroids
+  gains less than ``LLOYD_GAIN`` of the error.
 
 Everything here is deterministic: sums are taken in a fixed order whatever the thread count.
 """
 from __future__ import annotations
 
 import functools
-import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from . import _threads
-from ._jit import value
 from ._common import fp16_order, fp16_values
-from .kmeans import dp_means, dp_solve, solve_k
+from ._jit import round_f16, value
+from .kmeans import dp_means, dp_solve, solve_k_in, workspace
 
 SMALL = 8192  # groups up to this many elements are sorted instead of histogrammed
 LLOYD_PASSES = 12
-LLOYD_GAIN = 1e-8  # Lloyd passes stop once one lowers the error by less than this fraction
+LLOYD_GAIN = 1e-7  # Lloyd passes stop once moving the centroids gains less than this fraction of the error
 NO_IMP = np.empty((0, 0, 0), np.float32)
 NO_SW = np.empty(0)
 NO_TABLE = np.empty(0)
@@ -44,17 +45,13 @@ NO_TABLE = np.empty(0)
 
 @functools.cache
 def key32_order() -> np.ndarray:
-    """The bins of :func:`key32` in increasing value order: as :func:`fp16_order`, with 0x8000
+    """The bins of :func:`key32_bits` in increasing value order: as :func:`fp16_order`, with 0x8000
     (small negative values) right before 0."""
     order = fp16_order()
     zero = int(np.flatnonzero(order == 0)[0])
     out = np.concatenate((order[:zero], [0x8000], order[zero:])).astype(np.int32)
     out.flags.writeable = False
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# element access shared by the float16 (bits + value table) and float32 kernels
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -66,32 +63,6 @@ def _weight(imp3, sw, inner, o, g, l, r):
     if sw.shape[0] > 0:
         w *= sw[o * inner + r]
     return w
-
-
-@numba.njit(nogil=True, cache=True)
-def key32(bits, delta):
-    """Bin of the float32 with bit pattern ``bits`` (see the module docstring): the value times
-    2**delta, truncated to binary16 precision (``delta = 15 - E`` with max |x| < 2**E)."""
-    ef = np.int64((bits >> 23) & 0xFF)
-    mant = np.int64(bits & 0x7FFFFF)
-    if ef == 0:  # float32 zero or subnormal: mant * 2**-149 (rare; exact in float64)
-        a = mant * 2.0 ** (delta - 149)
-        if a >= 2.0**-14:
-            m, e2 = math.frexp(a)
-            code = ((e2 + 14) << 10) | np.int64((m * 2.0 - 1.0) * 1024.0)
-        else:
-            code = np.int64(a * 2.0**24)
-    else:
-        e = ef - 127 + delta
-        if e >= -14:
-            code = ((e + 15) << 10) | (mant >> 13)
-        elif e >= -38:
-            code = (mant | 0x800000) >> (-e - 1)
-        else:
-            code = 0
-    if bits >> 31:
-        code |= 0x8000
-    return code
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -124,10 +95,6 @@ def _nearest_tables(entries):
     return mids, first
 
 
-# ---------------------------------------------------------------------------------------------
-# distinct values with weights
-
-
 @numba.njit(nogil=True, cache=True)
 def hist16(bits3, imp3, sw, inner, g, l0, l1, counts):
     """Add each element's weight to ``counts[its bit pattern]`` (float64 [65536])."""
@@ -147,11 +114,12 @@ def hist16(bits3, imp3, sw, inner, g, l0, l1, counts):
 
 
 @numba.njit(nogil=True, cache=True)
-def compact16(counts, order, values, xs, ws, skip_zero):
-    """Distinct values (increasing) with positive weight into xs/ws; resets ``counts``. Returns m.
-    With ``skip_zero`` the value 0 is left out."""
+def compact16(counts, order, values, xs, ws, ks, skip_zero):
+    """Distinct values (increasing) with positive weight into xs/ws (their bit patterns into ``ks``
+    when it is not empty); resets ``counts``. Returns m. With ``skip_zero`` the value 0 is left out."""
     counts[0] = 0.0 if skip_zero else counts[0] + counts[0x8000]
     counts[0x8000] = 0.0
+    keep_keys = ks.shape[0] > 0
     m = 0
     for i in range(order.shape[0]):
         key = order[i]
@@ -160,6 +128,8 @@ def compact16(counts, order, values, xs, ws, skip_zero):
             if c > 0.0:
                 xs[m] = values[key]
                 ws[m] = c
+                if keep_keys:
+                    ks[m] = key
                 m += 1
             counts[key] = 0.0
     return m
@@ -203,25 +173,19 @@ def _sorted_distinct(x3, table, imp3, sw, inner, g, xs, ws, skip_zero):
     return kept
 
 
-# ---------------------------------------------------------------------------------------------
-# float32 bins
-
-
 @numba.njit(nogil=True, cache=True)
-def hist32(x3, imp3, sw, inner, g, l0, l1, delta, keys3, rec, skip_zero):
-    """Bin every element (``keys3`` gets its bin) and add to ``rec[bin]`` = (weight, weighted sum,
-    weighted sum of squares, first value: NaN while empty, +inf once a second value was seen)."""
-    u3 = x3.view(np.uint32)
+def hist32(x3, keys3, imp3, sw, inner, g, l0, l1, rec, skip_zero, squares):
+    """Add every element to ``rec[its bin]`` = (weight, weighted sum, and with ``squares`` the
+    weighted sum of squares and whether the bin holds one value: column 3 is the first value, NaN
+    while empty, +inf once a second value was seen; without ``squares`` it stays NaN)."""
     weighted = imp3.shape[0] > 0 or sw.shape[0] > 0
     for o in range(x3.shape[0]):
         r = l0 % inner
         seg = x3[o, g]
-        useg = u3[o, g]
         kseg = keys3[o, g]
         for l in range(l0, l1):
             v = np.float64(seg[l])
-            key = key32(useg[l], delta)
-            kseg[l] = key
+            key = kseg[l]
             w = 1.0
             if weighted:
                 w = _weight(imp3, sw, inner, o, g, l, r)
@@ -232,10 +196,11 @@ def hist32(x3, imp3, sw, inner, g, l0, l1, delta, keys3, rec, skip_zero):
                 continue
             rec[key, 0] += w
             rec[key, 1] += w * v
-            rec[key, 2] += w * v * v
-            f = rec[key, 3]
-            if f != v and f != np.inf:
-                rec[key, 3] = v if np.isnan(f) else np.inf
+            if squares:
+                rec[key, 2] += w * v * v
+                f = rec[key, 3]
+                if f != v and f != np.inf:
+                    rec[key, 3] = v if np.isnan(f) else np.inf
 
 
 @numba.njit(nogil=True, cache=True)
@@ -243,7 +208,7 @@ def merge_records(rec, part):
     """Add the histogram ``part`` into ``rec`` (same layout as :func:`hist32`)."""
     for key in range(rec.shape[0]):
         f = part[key, 3]
-        if np.isnan(f):
+        if np.isnan(f) and part[key, 0] == 0.0 and part[key, 1] == 0.0:
             continue
         rec[key, 0] += part[key, 0]
         rec[key, 1] += part[key, 1]
@@ -251,7 +216,7 @@ def merge_records(rec, part):
         r = rec[key, 3]
         if np.isnan(r):
             rec[key, 3] = f
-        elif r != f:
+        elif r != f and not np.isnan(f):
             rec[key, 3] = np.inf
 
 
@@ -263,7 +228,7 @@ def new_records() -> np.ndarray:
 
 @numba.njit(nogil=True, cache=True)
 def bin_bounds(key, delta):
-    """The closed value range [lo, hi] that bin ``key`` of :func:`key32` can hold."""
+    """The closed value range [lo, hi] that bin ``key`` of :func:`key32_bits` can hold."""
     code = key & 0x7FFF
     if code >= 1024:
         a = (1.0 + (code & 1023) / 1024.0) * 2.0 ** ((code >> 10) - 15)
@@ -279,18 +244,19 @@ def bin_bounds(key, delta):
 
 @numba.njit(nogil=True, cache=True)
 def compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi):
-    """Touched bins in value order into the b* arrays (a pure bin's range is its one value); resets
+    """Touched bins (positive weight) in value order into the b* arrays; a bin known to hold one
+    value has that value as its range, the others the range :func:`bin_bounds` allows. Resets
     ``rec``. Returns the count."""
     m = 0
     for i in range(order.shape[0]):
         key = order[i]
         f = rec[key, 3]
-        if not np.isnan(f):
+        if rec[key, 0] > 0.0:
             bkey[m] = key
             bw[m] = rec[key, 0]
             bs1[m] = rec[key, 1]
             bs2[m] = rec[key, 2]
-            if f == np.inf:
+            if np.isnan(f) or f == np.inf:
                 lo, hi = bin_bounds(key, delta)
                 blo[m] = lo
                 bhi[m] = hi
@@ -298,6 +264,7 @@ def compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi):
                 blo[m] = f
                 bhi[m] = f
             m += 1
+        if rec[key, 0] != 0.0 or rec[key, 1] != 0.0 or not np.isnan(f):
             rec[key, 0] = 0.0
             rec[key, 1] = 0.0
             rec[key, 2] = 0.0
@@ -325,31 +292,30 @@ def _bins_points(bw, bs1, blo, bhi, nb, xs, ws):
 
 
 @numba.njit(nogil=True, cache=True)
-def classify_bins(cent, bkey, bw, bs1, bs2, blo, bhi, nb, cls, CW, CS1, CS2):
+def classify_bins(cent, bkey, bw, bs1, blo, bhi, nb, cls, CW, CS1):
     """For Lloyd on raw values: bins wholly inside one cell add their sums to that cluster and get
-    ``cls[key]`` = cluster; bins across a boundary get -1 (their elements are looked at one by one)."""
+    ``cls[key]`` = cluster; bins across a boundary get -1 (their elements are looked at one by one).
+    Returns the midpoints."""
     k = cent.shape[0]
     mids = np.empty(max(k - 1, 0))
     for i in range(k - 1):
         mids[i] = (cent[i] + cent[i + 1]) * 0.5
     CW[:] = 0.0
     CS1[:] = 0.0
-    CS2[:] = 0.0
     for b in range(nb):
-        lo = np.searchsorted(mids, blo[b])
-        hi = np.searchsorted(mids, bhi[b])
+        lo = _rank(mids, blo[b])
+        hi = _rank(mids, bhi[b])
         if lo == hi:
             cls[bkey[b]] = lo
             CW[lo] += bw[b]
             CS1[lo] += bs1[b]
-            CS2[lo] += bs2[b]
         else:
             cls[bkey[b]] = -1
     return mids
 
 
 @numba.njit(nogil=True, cache=True)
-def straddle_sums(x3, keys3, imp3, sw, inner, g, l0, l1, cls, mids, CW, CS1, CS2, skip_zero):
+def straddle_sums(x3, keys3, imp3, sw, inner, g, l0, l1, cls, mids, CW, CS1, skip_zero):
     """Add the elements of straddling bins to the cluster of their nearest centroid."""
     for o in range(x3.shape[0]):
         kseg = keys3[o, g]
@@ -362,33 +328,45 @@ def straddle_sums(x3, keys3, imp3, sw, inner, g, l0, l1, cls, mids, CW, CS1, CS2
                 w = _weight(imp3, sw, inner, o, g, l, l % inner)
                 CW[c] += w
                 CS1[c] += w * v
-                CS2[c] += w * v * v
 
 
 @numba.njit(nogil=True, cache=True)
-def lloyd_step(CW, CS1, CS2, cent):
-    """New centroids from the cluster sums; returns the SSE, or -1 if a cluster is empty."""
-    sse = 0.0
+def lloyd_step(CW, CS1, cent):
+    """Move the centroids to their clusters' means; returns what that alone lowers the error by
+    (``sum CW * shift**2``), or -1 if a cluster is empty (the centroids are then left as they are)."""
     for c in range(cent.shape[0]):
         if not CW[c] > 0.0:
             return -1.0
-        sse += max(CS2[c] - CS1[c] * CS1[c] / CW[c], 0.0)
+    gain = 0.0
     for c in range(cent.shape[0]):
-        cent[c] = CS1[c] / CW[c]
-    return sse
-
-
-# ---------------------------------------------------------------------------------------------
-# k-means per group
+        new = CS1[c] / CW[c]
+        gain += CW[c] * (new - cent[c]) ** 2
+        cent[c] = new
+    return gain
 
 
 @numba.njit(nogil=True, cache=True)
-def _partition(xs, ws, k, curve):
+def bins_error(cent, xs, ws, m):
+    """The error of the points (xs, ws) at their nearest centroids: the scale Lloyd's gains are
+    compared with."""
+    k = cent.shape[0]
+    mids = np.empty(max(k - 1, 0))
+    for i in range(k - 1):
+        mids[i] = (cent[i] + cent[i + 1]) * 0.5
+    err = 0.0
+    for b in range(m):
+        d = xs[b] - cent[_rank(mids, xs[b])]
+        err += ws[b] * d * d
+    return err
+
+
+@numba.njit(nogil=True, cache=True)
+def _partition(xs, ws, k, curve, scratch):
     """(cluster starts, optimal SSE per number of clusters 1..k or zeros): the k-layer DP when the
-    curve is wanted, else the one-layer penalized DP."""
+    curve is wanted, else the one-layer penalized DP (``scratch``: :func:`.kmeans.workspace`)."""
     if curve:
         return dp_solve(xs, ws, k)
-    return solve_k(xs, ws, k), np.zeros(k)
+    return solve_k_in(xs, ws, k, scratch), np.zeros(k)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -402,40 +380,68 @@ def _store(cent_out, sse_out, g, means, sse):
 
 
 @numba.njit(nogil=True, cache=True)
-def kmeans16_groups(bits3, imp3, sw, inner, k, g0, g1, values, order, cent_out, sse_out, skip_zero, curve):
+def kmeans16_groups(bits3, imp3, sw, inner, k, g0, g1, values, order, cent_out, sse_out, skip_zero, curve, out3):
     """Optimal k-means of the float16 groups g0..g1-1: centroids (float64, ascending, unused entries
-    repeat the largest) and the optimal SSE with 1..k clusters."""
+    repeat the largest) and the optimal SSE with 1..k clusters. With a non-empty ``out3`` also the
+    indices for the float16-rounded centroids (the stored LUT), in the same pass."""
     n = bits3.shape[0] * bits3.shape[2]
     cap = min(n, 65536)
     xs = np.empty(cap)
     ws = np.empty(cap)
-    counts = np.zeros(65536) if n > SMALL else np.zeros(0)
+    big = n > SMALL
+    counts = np.zeros(65536) if big else np.zeros(0)
+    codes = out3.shape[0] > 0
+    ks = np.empty(cap if codes and big else 0, np.int32)
+    table = np.empty(65536 if codes and big else 0, np.uint16)
+    entries = np.empty(k)
+    scratch = workspace(cap)
     for g in range(g0, g1):
-        m = _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, skip_zero)
+        m = _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, ks, skip_zero)
         if m == 0:  # every weight is zero: plain k-means
-            m = _distinct16(bits3, imp3[:0, :0, :0], sw[:0], inner, g, values, order, counts, xs, ws, skip_zero)
+            m = _distinct16(bits3, imp3[:0, :0, :0], sw[:0], inner, g, values, order, counts, xs, ws, ks, skip_zero)
         if m == 0:  # nothing to fit (an all-zero group of a sparse tensor)
             xs[0] = 0.0
             ws[0] = 1.0
             m = 1
-        starts, sse = _partition(xs[:m], ws[:m], k, curve)
+        starts, sse = _partition(xs[:m], ws[:m], k, curve, scratch)
         _store(cent_out, sse_out, g, dp_means(xs[:m], ws[:m], starts), sse)
+        if not codes:
+            continue
+        for c in range(k):
+            entries[c] = round_f16(cent_out[g, c])
+        if big:
+            _codes_from_distinct(bits3, g, entries, values, xs, ks, m, table, out3)
+        else:
+            assign_search(bits3, values, g, 0, bits3.shape[2], entries, out3)
 
 
 @numba.njit(nogil=True, cache=True)
-def _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, skip_zero):
+def _codes_from_distinct(bits3, g, entries, values, xs, ks, m, table, out3):
+    """Indices of group g: the code of each distinct value (``xs``/``ks``, ascending) by one walk
+    along the midpoints, then one lookup per element (values left out of the fit are searched)."""
+    mids, first = _nearest_tables(entries)
+    table[:] = 0xFFFF
+    p = 0
+    for i in range(m):
+        while p < mids.shape[0] and mids[p] < xs[i]:
+            p += 1
+        table[ks[i]] = first[p]
+    assign16(bits3, g, 0, bits3.shape[2], entries, values, table, out3)
+
+
+@numba.njit(nogil=True, cache=True)
+def _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, ks, skip_zero):
     if counts.shape[0] == 0:
         return _sorted_distinct(bits3, values, imp3, sw, inner, g, xs, ws, skip_zero)
     hist16(bits3, imp3, sw, inner, g, 0, bits3.shape[2], counts)
-    return compact16(counts, order, values, xs, ws, skip_zero)
+    return compact16(counts, order, values, xs, ws, ks, skip_zero)
 
 
 @numba.njit(nogil=True, cache=True)
-def kmeans32_groups(x3, imp3, sw, inner, k, g0, g1, delta, order, keys3, cent_out, sse_out, passes, skip_zero, curve):
-    """As :func:`kmeans16_groups` for float32 groups (binned DP + Lloyd when large).
-
-    ``sse_out`` holds the SSE of the optimal partition of the bins (exact when the bins are pure).
-    ``passes[g]`` gets the number of Lloyd passes that lowered the error."""
+def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, order, cent_out, sse_out, skip_zero, curve):
+    """As :func:`kmeans16_groups` for float32 groups (binned DP + Lloyd when large; ``keys3``: the
+    bins of :func:`keys32`). The SSE curve is that of the optimal partition of the bins (exact when
+    the bins are pure)."""
     n = x3.shape[0] * x3.shape[2]
     cap = min(n, 65536)
     xs = np.empty(cap)
@@ -444,13 +450,9 @@ def kmeans32_groups(x3, imp3, sw, inner, k, g0, g1, delta, order, keys3, cent_ou
     nh = 65536 if big else 0
     rec = np.zeros((nh, 4))
     rec[:, 3] = np.nan
-    bkey = np.empty(cap, np.int32)
-    bw = np.empty(cap)
-    bs1 = np.empty(cap)
-    bs2 = np.empty(cap)
-    blo = np.empty(cap)
-    bhi = np.empty(cap)
+    bins = (np.empty(cap, np.int32), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap))
     cls = np.empty(nh, np.int32)
+    scratch = workspace(cap)
     for g in range(g0, g1):
         if not big:
             m = _sorted_distinct(x3, xs[:0], imp3, sw, inner, g, xs, ws, skip_zero)
@@ -460,32 +462,30 @@ def kmeans32_groups(x3, imp3, sw, inner, k, g0, g1, delta, order, keys3, cent_ou
                 xs[0] = 0.0
                 ws[0] = 1.0
                 m = 1
-            starts, sse = _partition(xs[:m], ws[:m], k, curve)
+            starts, sse = _partition(xs[:m], ws[:m], k, curve, scratch)
             _store(cent_out, sse_out, g, dp_means(xs[:m], ws[:m], starts), sse)
-            passes[g] = 0
             continue
-        hist32(x3, imp3, sw, inner, g, 0, x3.shape[2], delta, keys3, rec, skip_zero)
-        nb = compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi)
-        m, pure = _bins_points(bw, bs1, blo, bhi, nb, xs, ws)
         use_imp = imp3
         use_sw = sw
+        hist32(x3, keys3, use_imp, use_sw, inner, g, 0, x3.shape[2], rec, skip_zero, curve)
+        nb = compact32(rec, order, delta, *bins)
+        m, pure = _bins_points(bins[1], bins[2], bins[4], bins[5], nb, xs, ws)
         if m == 0:  # every weight is zero: plain k-means
             use_imp = imp3[:0, :0, :0]
             use_sw = sw[:0]
-            hist32(x3, use_imp, use_sw, inner, g, 0, x3.shape[2], delta, keys3, rec, skip_zero)
-            nb = compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi)
-            m, pure = _bins_points(bw, bs1, blo, bhi, nb, xs, ws)
+            hist32(x3, keys3, use_imp, use_sw, inner, g, 0, x3.shape[2], rec, skip_zero, curve)
+            nb = compact32(rec, order, delta, *bins)
+            m, pure = _bins_points(bins[1], bins[2], bins[4], bins[5], nb, xs, ws)
         if m == 0:  # nothing to fit (an all-zero group of a sparse tensor)
             _store(cent_out, sse_out, g, np.zeros(1), np.zeros(k))
-            passes[g] = 0
             continue
-        starts, sse = _partition(xs[:m], ws[:m], k, curve)
-        cent = _bin_cluster_means(bw, bs1, nb, starts, xs[:m])
-        sse_out[g, :] = sse + _within(bw, bs1, bs2, nb) if curve else sse
-        passes[g] = 0
-        if not pure:
-            passes[g] = _lloyd_group(x3, keys3, use_imp, use_sw, inner, g, cent, bkey, bw, bs1, bs2, blo, bhi, nb, cls, skip_zero)
-        _store(cent_out, sse_out, g, cent, sse_out[g])
+        starts, sse = _partition(xs[:m], ws[:m], k, curve, scratch)
+        cent = _bin_cluster_means(bins[1], bins[2], nb, starts, xs[:m])
+        if curve:
+            sse += _within(bins[1], bins[2], bins[3], nb)
+        elif not pure:
+            _lloyd_group(x3, keys3, use_imp, use_sw, inner, g, cent, bins, nb, cls, skip_zero, bins_error(cent, xs, ws, m))
+        _store(cent_out, sse_out, g, cent, sse)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -521,31 +521,17 @@ def _bin_cluster_means(bw, bs1, nb, starts, xs):
 
 
 @numba.njit(nogil=True, cache=True)
-def _lloyd_group(x3, keys3, imp3, sw, inner, g, cent, bkey, bw, bs1, bs2, blo, bhi, nb, cls, skip_zero):
+def _lloyd_group(x3, keys3, imp3, sw, inner, g, cent, bins, nb, cls, skip_zero, scale):
+    """Lloyd passes on group g's raw values; stops once a pass gains less than LLOYD_GAIN * scale."""
     k = cent.shape[0]
     CW = np.zeros(k)
     CS1 = np.zeros(k)
-    CS2 = np.zeros(k)
-    trial = cent.copy()
-    best = np.inf
-    done = 0
     for _ in range(LLOYD_PASSES):
-        mids = classify_bins(trial, bkey, bw, bs1, bs2, blo, bhi, nb, cls, CW, CS1, CS2)
-        straddle_sums(x3, keys3, imp3, sw, inner, g, 0, x3.shape[2], cls, mids, CW, CS1, CS2, skip_zero)
-        sse = lloyd_step(CW, CS1, CS2, trial)
-        if sse < 0.0 or not sse < best:
+        mids = classify_bins(cent, bins[0], bins[1], bins[2], bins[4], bins[5], nb, cls, CW, CS1)
+        straddle_sums(x3, keys3, imp3, sw, inner, g, 0, x3.shape[2], cls, mids, CW, CS1, skip_zero)
+        gain = lloyd_step(CW, CS1, cent)
+        if not gain >= LLOYD_GAIN * scale:
             break
-        gain = best - sse
-        best = sse
-        cent[:] = trial
-        done += 1
-        if gain < LLOYD_GAIN * sse:
-            break
-    return done
-
-
-# ---------------------------------------------------------------------------------------------
-# uniform and unique
 
 
 @numba.njit(nogil=True, cache=True)
@@ -597,10 +583,6 @@ def distinct_groups(x3, table, g0, g1, limit, out, counts, skip_zero):
             out[g, q] = buf[q]
 
 
-# ---------------------------------------------------------------------------------------------
-# nearest-entry indices
-
-
 @numba.njit(nogil=True, cache=True)
 def assign16(bits3, g, l0, l1, entries, values, table, out3):
     """Indices of the nearest entries for float16 elements through a lazily filled table of codes
@@ -630,6 +612,29 @@ def assign_search(x3, table, g, l0, l1, entries, out3):
 
 
 @numba.njit(nogil=True, cache=True)
+def assign_binned(x3, keys3, g, l0, l1, entries, delta, table, out3):
+    """Indices of the nearest entries for float32 elements: a bin wholly on one side of every
+    midpoint takes its index from ``table`` (filled lazily; int16 [65536], all -2 on entry, -1 marks
+    a bin that straddles a midpoint), the others are counted one by one."""
+    mids, first = _nearest_tables(entries)
+    for o in range(x3.shape[0]):
+        seg = x3[o, g]
+        kseg = keys3[o, g]
+        dst = out3[o, g]
+        for l in range(l0, l1):
+            key = kseg[l]
+            c = table[key]
+            if c == -2:
+                lo, hi = bin_bounds(key, delta)
+                a = _rank(mids, lo)
+                c = first[a] if a == _rank(mids, hi) else -1
+                table[key] = c
+            if c < 0:
+                c = first[_rank(mids, np.float64(seg[l]))]
+            dst[l] = c
+
+
+@numba.njit(nogil=True, cache=True)
 def assign_groups16(bits3, values, g0, g1, luts, out3):
     """Nearest-entry indices of float16 groups g0..g1-1, each against its sorted LUT ``luts[g]``."""
     lazy = bits3.shape[0] * bits3.shape[2] >= 4096
@@ -643,53 +648,90 @@ def assign_groups16(bits3, values, g0, g1, luts, out3):
 
 
 @numba.njit(nogil=True, cache=True)
-def assign_groups32(x3, g0, g1, luts, out3):
-    """Nearest-entry indices of float32 groups g0..g1-1, each against its sorted LUT ``luts[g]``."""
+def assign_groups32(x3, keys3, delta, g0, g1, luts, out3):
+    """Nearest-entry indices of float32 groups g0..g1-1, each against its sorted LUT ``luts[g]``
+    (through the bins when ``keys3`` holds them)."""
+    binned = keys3.shape[0] > 0
+    table = np.empty(65536 if binned else 0, np.int16)
     for g in range(g0, g1):
-        assign_search(x3, luts[:0, 0], g, 0, x3.shape[2], luts[g], out3)
+        if binned:
+            table[:] = -2
+            assign_binned(x3, keys3, g, 0, x3.shape[2], luts[g], delta, table, out3)
+        else:
+            assign_search(x3, luts[:0, 0], g, 0, x3.shape[2], luts[g], out3)
 
 
-# ---------------------------------------------------------------------------------------------
-# drivers: one group per task span, or chunks of one big group
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def key32_bits(bits, lo, hi, delta, out):
+    """Bins of float32 values (``bits[lo:hi]``): the value times 2**delta truncated to binary16
+    precision (10 mantissa bits; multiples of 2**-24 below 2**-14), as a binary16-like pattern whose
+    sign bit is the value's. Branch-free uint32 arithmetic (vectorized); ``delta <= 112`` keeps
+    float32 subnormals exact."""
+    src = bits[lo:hi]
+    dst = out[lo:hi]
+    sub_shift = np.uint32(max(125 - delta, 0))
+    bias = np.int32(delta - 127 + 15)
+    for i in range(src.shape[0]):
+        b = src[i]
+        ef = np.int32((b >> np.uint32(23)) & np.uint32(0xFF))
+        mant = b & np.uint32(0x7FFFFF)
+        e15 = ef + bias  # the binary16 exponent field the scaled value would have
+        normal = np.uint32((e15 << 10)) | (mant >> np.uint32(13))
+        shift = np.uint32(min(max(-e15 + 14, 0), 31))
+        tiny = (mant | np.uint32(0x800000)) >> shift
+        sub = mant >> sub_shift
+        code = normal if e15 >= 1 else (tiny if ef > 0 else sub)
+        dst[i] = np.uint16(code | ((b >> np.uint32(16)) & np.uint32(0x8000)))
+
+
+class Fit(NamedTuple):
+    """What :func:`kmeans` returns: centroids and SSE curves, and the float32 bins (for :func:`assign`)."""
+
+    centroids: np.ndarray  # float64 [G, k]
+    sse: np.ndarray  # float64 [G, k] (zeros unless the curve was asked for)
+    keys3: np.ndarray | None = None  # uint16 bins of float32 elements, or None
+    delta: int = 0
+    codes3: np.ndarray | None = None  # uint8 indices for the float16-rounded centroids, or None
 
 
 def kmeans(x3: np.ndarray, imp3: np.ndarray, sw: np.ndarray, inner: int, k: int, skip_zero: bool = False,
-           curve: bool = False):
+           curve: bool = False, codes: bool = False) -> Fit:
     """(centroids float64 [G, k], optimal SSE per number of clusters [G, k]) for every group.
 
     The SSE curve is computed only with ``curve`` (zeros otherwise: the k-partition alone is found
     with less work). For float32 groups above ``SMALL`` elements it is the SSE of the optimal
     partition of the bins (exact when every bin holds one value). ``skip_zero`` leaves the value 0
-    out of the fit (the pruned positions of a sparse tensor)."""
+    out of the fit (the pruned positions of a sparse tensor). With ``codes``, float16 groups also get
+    the indices for their float16-rounded centroids in the same pass (``Fit.codes3``, when possible)."""
     G = x3.shape[1]
     cent = np.empty((G, k))
     sse = np.empty((G, k))
     if x3.dtype == np.uint16:
         if G == 1 and x3.size > 4 * SMALL:
-            return _kmeans16_chunked(x3, imp3, sw, inner, k, skip_zero, curve)
+            return Fit(*_kmeans16_chunked(x3, imp3, sw, inner, k, skip_zero, curve))
         values, order = fp16_values(), fp16_order()
+        out3 = np.empty(x3.shape if codes else (0, 0, 0), np.uint8)
         _threads.run(
-            lambda s: kmeans16_groups(x3, imp3, sw, inner, k, s[0], s[1], values, order, cent, sse, skip_zero, curve),
+            lambda s: kmeans16_groups(x3, imp3, sw, inner, k, s[0], s[1], values, order, cent, sse, skip_zero, curve, out3),
             _threads.spans(G),
         )
-        return cent, sse
+        return Fit(cent, sse, codes3=out3 if codes else None)
     delta = scale_delta(x3)
-    keys3 = np.empty(x3.shape if x3.shape[0] * x3.shape[2] > SMALL else (0, 0, 0), np.uint16)
+    keys3 = keys32(x3, delta) if x3.shape[0] * x3.shape[2] > SMALL else np.empty((0, 0, 0), np.uint16)
     if G == 1 and x3.size > 4 * SMALL:
-        return _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero, curve)
-    passes = np.zeros(G, np.int64)
+        return Fit(*_kmeans32_chunked(x3, keys3, imp3, sw, inner, k, delta, skip_zero, curve), keys3, delta)
     order = key32_order()
     _threads.run(
-        lambda s: kmeans32_groups(x3, imp3, sw, inner, k, s[0], s[1], delta, order, keys3, cent, sse, passes, skip_zero, curve),
+        lambda s: kmeans32_groups(x3, keys3, imp3, sw, inner, k, s[0], s[1], delta, order, cent, sse, skip_zero, curve),
         _threads.spans(G),
     )
-    return cent, sse
+    return Fit(cent, sse, keys3 if keys3.size else None, delta)
 
 
 def scale_delta(x3: np.ndarray) -> int:
-    """15 - E where 2**E is above every magnitude in ``x3`` (float32)."""
+    """15 - E where 2**E is above every magnitude in ``x3`` (float32), at most 112."""
     top = max(abs(float(x3.max())), abs(float(x3.min()))) if x3.size else 0.0
-    return 15 - int(np.frexp(top)[1]) if top > 0 else 0
+    return min(15 - int(np.frexp(top)[1]), 112) if top > 0 else 0
 
 
 def _kmeans16_chunked(bits3, imp3, sw, inner, k, skip_zero, curve):
@@ -721,96 +763,100 @@ def _hist16_part(bits3, imp3, sw, inner, span):
 def _solve_hist16(counts, order, values, k, cent_out, sse_out, skip_zero, curve):
     xs = np.empty(65536)
     ws = np.empty(65536)
-    m = compact16(counts, order, values, xs, ws, skip_zero)
-    starts, sse = _partition(xs[:m], ws[:m], k, curve)
+    m = compact16(counts, order, values, xs, ws, np.empty(0, np.int32), skip_zero)
+    starts, sse = _partition(xs[:m], ws[:m], k, curve, workspace(m))
     _store(cent_out, sse_out, 0, dp_means(xs[:m], ws[:m], starts), sse)
 
 
-def _kmeans32_chunked(x3, imp3, sw, inner, k, delta, keys3, skip_zero, curve):
+def _kmeans32_chunked(x3, keys3, imp3, sw, inner, k, delta, skip_zero, curve):
     parts = _threads.chunks(x3.shape[2])
-    order = key32_order()
 
     def histogram(span):
         rec = new_records()
-        hist32(x3, imp3, sw, inner, 0, span[0], span[1], delta, keys3, rec, skip_zero)
+        hist32(x3, keys3, imp3, sw, inner, 0, span[0], span[1], rec, skip_zero, curve)
         return rec
 
     hists = _threads.run(histogram, parts)
     rec = hists[0]
     for part in hists[1:]:
         merge_records(rec, part)
-    b = [np.empty(65536, np.int32)] + [np.empty(65536) for _ in range(5)]
-    nb = compact32(rec, order, delta, *b)
-    bkey, bw, bs1, bs2, blo, bhi = b
+    bins = (np.empty(65536, np.int32),) + tuple(np.empty(65536) for _ in range(5))
+    nb = compact32(rec, key32_order(), delta, *bins)
     xs, ws = np.empty(nb), np.empty(nb)
-    m, pure = _bins_points(bw, bs1, blo, bhi, nb, xs, ws)
+    m, pure = _bins_points(bins[1], bins[2], bins[4], bins[5], nb, xs, ws)
     if m == 0:
         if imp3.size or sw.size:  # every weight is zero: plain k-means
-            return _kmeans32_chunked(x3, NO_IMP, NO_SW, inner, k, delta, keys3, skip_zero, curve)
+            return _kmeans32_chunked(x3, keys3, NO_IMP, NO_SW, inner, k, delta, skip_zero, curve)
         return np.zeros((1, k)), np.zeros((1, k))  # nothing but pruned zeros
-    starts, sse = _partition(xs[:m], ws[:m], k, curve)
-    cent = _bin_cluster_means(bw, bs1, nb, starts, xs[:m])
+    starts, sse = _partition(xs[:m], ws[:m], k, curve, workspace(m))
+    cent = _bin_cluster_means(bins[1], bins[2], nb, starts, xs[:m])
     if curve:
-        sse = sse + _within(bw, bs1, bs2, nb)
-    if not pure:
-        cent = _lloyd_chunked(x3, keys3, imp3, sw, inner, cent, (bkey, bw, bs1, bs2, blo, bhi), nb, parts, skip_zero)
+        sse = sse + _within(bins[1], bins[2], bins[3], nb)
+    elif not pure:
+        _lloyd_chunked(x3, keys3, imp3, sw, inner, cent, bins, nb, parts, skip_zero, bins_error(cent, xs, ws, m))
     out = np.empty((1, k))
     out_sse = np.empty((1, k))
     _store(out, out_sse, 0, cent, sse)
     return out, out_sse
 
 
-def _lloyd_chunked(x3, keys3, imp3, sw, inner, cent, bins, nb, parts, skip_zero):
+def _lloyd_chunked(x3, keys3, imp3, sw, inner, cent, bins, nb, parts, skip_zero, scale):
     """Lloyd passes on the raw values of one big group, the straddling elements counted in parallel."""
     cls = np.empty(65536, np.int32)
-    best = np.inf
-    trial = cent.copy()
     q = cent.size
     for _ in range(LLOYD_PASSES):
-        CW, CS1, CS2 = np.zeros(q), np.zeros(q), np.zeros(q)
-        mids = classify_bins(trial, *bins, nb, cls, CW, CS1, CS2)
+        CW, CS1 = np.zeros(q), np.zeros(q)
+        mids = classify_bins(cent, bins[0], bins[1], bins[2], bins[4], bins[5], nb, cls, CW, CS1)
 
         def straddlers(span, mids=mids):
-            part = np.zeros((3, q))
-            straddle_sums(x3, keys3, imp3, sw, inner, 0, span[0], span[1], cls, mids, part[0], part[1], part[2], skip_zero)
+            part = np.zeros((2, q))
+            straddle_sums(x3, keys3, imp3, sw, inner, 0, span[0], span[1], cls, mids, part[0], part[1], skip_zero)
             return part
 
         for part in _threads.run(straddlers, parts):
             CW += part[0]
             CS1 += part[1]
-            CS2 += part[2]
-        err = lloyd_step(CW, CS1, CS2, trial)
-        if err < 0.0 or not err < best:
+        gain = lloyd_step(CW, CS1, cent)
+        if not gain >= LLOYD_GAIN * scale:
             break
-        gain = best - err
-        best = err
-        cent = trial.copy()
-        if gain < LLOYD_GAIN * err:
-            break
-    return cent
 
 
-def assign(x3: np.ndarray, luts: np.ndarray) -> np.ndarray:
+def keys32(x3: np.ndarray, delta: int) -> np.ndarray:
+    """The bin of every float32 element (:func:`key32_bits`), in parallel chunks."""
+    flat = x3.reshape(-1).view(np.uint32)
+    out = np.empty(flat.shape, np.uint16)
+    _threads.run(lambda span: key32_bits(flat, span[0], span[1], delta, out), _threads.chunks(flat.size))
+    return out.reshape(x3.shape)
+
+
+def assign(x3: np.ndarray, luts: np.ndarray, fit: Fit | None = None) -> np.ndarray:
     """uint8 codes (the view's shape): each element's nearest entry in its group's LUT ``luts[g]``
-    (float64, ascending); ties go to the lower index."""
+    (float64, ascending); ties go to the lower index. ``fit`` (from :func:`kmeans`) lends its
+    float32 bins, which make the search cheaper."""
     out3 = np.empty(x3.shape, np.uint8)
-    table = fp16_values() if x3.dtype == np.uint16 else NO_TABLE
     luts = np.ascontiguousarray(luts, np.float64)
     G = x3.shape[1]
+    values = fp16_values()
+    keys3 = fit.keys3 if fit is not None and fit.keys3 is not None else None
+    delta = fit.delta if keys3 is not None else 0
     if G == 1 and x3.size > 4 * SMALL:
-        lazy = x3.dtype == np.uint16
 
         def part(span):
-            if lazy:
-                assign16(x3, 0, span[0], span[1], luts[0], table, np.full(65536, 0xFFFF, np.uint16), out3)
+            lo, hi = span
+            if x3.dtype == np.uint16:
+                assign16(x3, 0, lo, hi, luts[0], values, np.full(65536, 0xFFFF, np.uint16), out3)
+            elif keys3 is not None:
+                assign_binned(x3, keys3, 0, lo, hi, luts[0], delta, np.full(65536, -2, np.int16), out3)
             else:
-                assign_search(x3, table, 0, span[0], span[1], luts[0], out3)
+                assign_search(x3, NO_TABLE, 0, lo, hi, luts[0], out3)
 
         _threads.run(part, _threads.chunks(x3.shape[2]))
     elif x3.dtype == np.uint16:
-        _threads.run(lambda s: assign_groups16(x3, table, s[0], s[1], luts, out3), _threads.spans(G))
+        _threads.run(lambda s: assign_groups16(x3, values, s[0], s[1], luts, out3), _threads.spans(G))
     else:
-        _threads.run(lambda s: assign_groups32(x3, s[0], s[1], luts, out3), _threads.spans(G))
+        no_keys = np.empty((0, 0, 0), np.uint16)
+        _threads.run(lambda s: assign_groups32(x3, no_keys if keys3 is None else keys3, delta, s[0], s[1], luts, out3),
+                     _threads.spans(G))
     return out3
 
 

@@ -5,13 +5,11 @@ computed in float64, so results do not depend on how a compiler rounds float16.
 """
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
 from . import _threads
-from ._jit import value
+from ._jit import round_f16, value
 from ._common import fp16_values
 
 
@@ -152,23 +150,12 @@ def _round_scale(s, f16, smallest):
     """``s`` rounded to the stored dtype: float16 when ``f16`` (a flag) is set, else float32; a
     positive value that rounds to 0 becomes ``smallest``."""
     if f16:
-        r = _to_f16(s)
+        r = round_f16(s)
     else:
         r = np.float64(np.float32(s))
     if r == 0.0 and s > 0.0:
         return smallest
     return r
-
-
-@numba.njit(nogil=True, cache=True)
-def _to_f16(x):
-    """``x`` rounded to the nearest float16 value (ties to even), as float64; x finite, >= 0."""
-    if x == 0.0:
-        return 0.0
-    e = math.frexp(x)[1]  # x in [2**(e-1), 2**e)
-    step = 2.0 ** (11 - e) if e >= -13 else 2.0**24  # 11 significant bits; subnormals: multiples of 2**-24
-    r = np.rint(x * step) / step
-    return r if r <= 65504.0 else np.inf
 
 
 def table_of(x2: np.ndarray) -> np.ndarray:

@@ -54,10 +54,24 @@ def palettize_rd_curve(w, max_nbits=8, *, group_size=None, axis=0, importance=No
     k = 1 << check_nbits(max_nbits)
     x3, imp3, sw, inner = job.layout()
     sse = lut1d.kmeans(x3, imp3, sw, inner, k, skip_zero=job.sparse, curve=True)[1]
-    values = job.dense.astype(np.float64)
-    if job.scale is not None:
-        values = values * job.scale.astype(np.float64)
-    power = np.square(values) if job.importance is None else np.square(values) * job.importance
-    moved = np.moveaxis(power, job.axis, 0)
-    energy = moved.reshape(job.groups, -1).sum(axis=1)
-    return RDCurve(sse, energy)
+    return RDCurve(sse, _energy(job))
+
+
+def _energy(job: Job) -> np.ndarray:
+    """sum importance * w**2 per group (w: the weights before the per-channel scale), in float64,
+    about a million elements at a time."""
+    axis, shape = job.axis, job.dense.shape
+    span = shape[axis] // job.groups
+    step = max(1, min(span, (1 << 20) * shape[axis] // job.dense.size))
+    energy = np.zeros(job.groups)
+    for g in range(job.groups):
+        for lo in range(g * span, (g + 1) * span, step):
+            rows = np.arange(lo, min(lo + step, (g + 1) * span))
+            values = np.take(job.dense, rows, axis=axis).astype(np.float64)
+            if job.scale is not None:
+                values *= job.scale
+            power = np.square(values)
+            if job.importance is not None:
+                power *= np.take(job.importance, rows, axis=axis)
+            energy[g] += power.sum()
+    return energy

@@ -115,12 +115,35 @@ def write_sparse(keys, wbits, lo, hi, T, quota, prune_all, mask, values, offset,
     return kept
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def write_kept_from(keys, wbits, lo, hi, T, mask, values, offset, total):
+    """:func:`write_sparse` for the common case without a tie quota: keep every key >= T whose
+    weight is nonzero (branch-free but for the store guard). Returns the number kept."""
+    ks = keys[lo:hi]
+    ws = wbits[lo:hi]
+    dst = values[offset:offset + total]
+    out = mask[lo >> 3:(hi + 7) >> 3]
+    kept = 0
+    n = hi - lo
+    for blk in range((n + 7) >> 3):
+        byte = 0
+        base = blk << 3
+        for j in range(min(8, n - base)):
+            bit = (_key(ks, base + j) >= T) & (_key(ws, base + j) != 0)
+            byte |= np.int64(bit) << j
+            if kept < total:
+                dst[kept] = ws[base + j]
+            kept += bit
+        out[blk] = byte
+    return kept
+
+
 def prune_smallest(wbits: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(packed uint1 mask, kept value bits): prune the k smallest keys (ties: lower flat index first)
     and every zero; ``wbits`` are the weights' bits (uint16/uint32), ``keys`` their score keys."""
     n = wbits.size
     parts = _threads.chunks(n)
-    T, quotas, prune_all = np.uint32(0), [0] * len(parts), k >= n
+    T, quotas, prune_all, ties = np.uint32(0), [0] * len(parts), k >= n, None
     no_mask, no_values = np.empty(0, np.uint8), np.empty(0, wbits.dtype)
     if prune_all:
         kept = [0] * len(parts)
@@ -143,8 +166,16 @@ def prune_smallest(wbits: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndar
     mask = np.empty((n + 7) // 8, np.uint8)
     values = np.empty(int(offsets[-1]), wbits.dtype)
 
+    ties = ties if 0 < k < n else [0] * len(parts)
+
     def write(j):
-        write_sparse(keys, wbits, parts[j][0], parts[j][1], T, quotas[j], prune_all, mask, values, offsets[j], kept[j])
+        lo, hi = parts[j]
+        if prune_all:
+            mask[lo >> 3:(hi + 7) >> 3] = 0
+        elif quotas[j] in (0, ties[j]):  # no tie, or every tie of this chunk, is pruned: a plain threshold
+            write_kept_from(keys, wbits, lo, hi, T + np.uint32(quotas[j] > 0), mask, values, offsets[j], kept[j])
+        else:
+            write_sparse(keys, wbits, lo, hi, T, quotas[j], prune_all, mask, values, offsets[j], kept[j])
 
     _threads.run(write, range(len(parts)))
     return mask, values
