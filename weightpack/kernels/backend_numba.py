@@ -40,6 +40,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..bits import NBitArray
+from . import backend_numpy
 from ..errors import WeightpackError, describe
 from .plan import matrix_plan, row_plan, row_starts
 
@@ -498,14 +499,18 @@ class _FloatTable:
 
 
 class _Planes:
-    """A table of up to 256 two-byte values as low-byte and high-byte planes (256 bytes each), looked
-    up 64 byte codes at a time: vpermb for <= 64 entries, vpermi2b pairs and a blend for more."""
+    """A table of up to 256 two-byte values (``words[start:start + 256]``) as low-byte and
+    high-byte planes cut in registers, looked up 64 byte codes at a time: vpermb for <= 64
+    entries, vpermi2b pairs and a blend for more."""
 
     INTERLEAVE = [[i // 2 + 64 * (i % 2) + 32 * h for i in range(64)] for h in range(2)]
 
-    def __init__(self, builder, lo, hi, start):
-        self.lo = [_load(builder, lo, builder.add(start, _i64(64 * i)), _V64B) for i in range(4)]
-        self.hi = [_load(builder, hi, builder.add(start, _i64(64 * i)), _V64B) for i in range(4)]
+    def __init__(self, builder, words, start):
+        self.lo, self.hi = [], []
+        for i in range(4):
+            w = _load(builder, words, builder.add(start, _i64(64 * i)), ir.VectorType(_I16, 64))
+            self.lo.append(builder.trunc(w, _V64B))
+            self.hi.append(builder.trunc(builder.lshr(w, _splat(w.type, 8)), _V64B))
 
     @staticmethod
     def _plane(builder, regs, codes, wide):
@@ -541,10 +546,15 @@ class _Planes:
 def _shift_scale16(builder, q, sc, of, half_math, round_difference):
     """Core ML's shift-scale of 16 integer codes (int32 lanes) with broadcast scale and offset
     (float32 vectors; the offset zero without one): each step rounded to binary16 when the i1
-    flags say so, as ``_dequantize``."""
+    flags say so, as ``_dequantize``. ``half_math`` may instead be a Python bool, known when
+    compiling: then no branch is emitted (``round_difference`` only matters with it)."""
     v = builder.fsub(builder.sitofp(q, _V16F), of)
+    if half_math is False:
+        return builder.fmul(sc, v)
     v = _if_value(builder, round_difference, v, lambda v: _round_half(builder, v))
     v = builder.fmul(sc, v)
+    if half_math is True:
+        return _round_half(builder, v)
     return _if_value(builder, half_math, v, lambda v: _round_half(builder, v))
 
 
@@ -560,8 +570,9 @@ def _truth(builder, value):
 
 class _ShiftScale:
     """Core ML's shift-scale of 64 codes a step, the table (scale and offset) advancing every
-    ``col_block`` columns (a multiple of 16, so each 16 lanes share one). Flags are int64 IR
-    values; ``offset`` holds zeros without an offset."""
+    ``col_block`` columns (a multiple of 16, so each 16 lanes share one). ``half_math`` is a
+    Python bool (a kernel per arithmetic), the other flags int64 IR values; ``offset`` holds
+    zeros without an offset."""
 
     def __init__(self, nbits, signed, scale, offset, col_block, half_math, round_difference):
         self.nbits, self.signed, self.scale, self.offset, self.col_block = nbits, signed, scale, offset, col_block
@@ -572,7 +583,7 @@ class _ShiftScale:
         bits are clear; the new state). ``state`` = [table of the last column seen, the column
         where the next table starts]."""
         t, block_end = state
-        flags = [_truth(builder, f) for f in (self.signed, self.half_math, self.round_difference)]
+        flags = [_truth(builder, self.signed), self.half_math, _truth(builder, self.round_difference)]
         out = []
         for q in range(4):
             first = builder.add(col, _i64(16 * q))
@@ -617,17 +628,17 @@ def _code_steps(builder, codes, nbits, mask, e, count, k, step, state=()):
 
 
 @intrinsic
-def _lut_steps(typingctx, codes, nbits, mask, e, count, k, lo, hi, t, es, out, o):
-    """``steps(codes, nbits, mask, e, steps, k, lo, hi, t, es, out, o) -> k``: decode ``steps`` x
+def _lut_steps(typingctx, codes, nbits, mask, e, count, k, words, t, es, out, o):
+    """``steps(codes, nbits, mask, e, steps, k, words, t, es, out, o) -> k``: decode ``steps`` x
     64 elements from element ``e`` (stream element ``k`` on; under the mask bits from ``e``
     unless ``mask`` is empty) into ``out`` (bytes) from element ``o``, as ``es``-byte values
-    (1, 2, or 4 = float32 from binary16) of the table whose byte planes start at ``lo[t]`` and
-    ``hi[t]`` (256 bytes each); returns the next stream element."""
-    sig = types.int64(codes, nbits, mask, e, count, k, lo, hi, t, es, out, o)
+    (1, 2, or 4 = float32 from binary16) of the table ``words[t:t + 256]`` (two-byte values);
+    returns the next stream element."""
+    sig = types.int64(codes, nbits, mask, e, count, k, words, t, es, out, o)
 
     def codegen(context, builder, sig, args):
-        codes, nbits, mask, e, count, k, lo, hi, t, es, out, o = _int64_args(context, builder, sig, args)
-        table = _Planes(builder, lo, hi, t)
+        codes, nbits, mask, e, count, k, words, t, es, out, o = _int64_args(context, builder, sig, args)
+        table = _Planes(builder, words, t)
         is_wide = builder.icmp_signed(">", nbits, _i64(6))
 
         def step(at, bits, codes64, state):
@@ -685,39 +696,43 @@ def _lut_f32_steps(typingctx, codes, nbits, mask, e, count, k, tables, t, out, o
     return sig, codegen
 
 
-@intrinsic
-def _quant_steps(typingctx, codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block, half_math,
-                 round_difference, out_half, out, o):
-    """``steps(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
-    half_math, round_difference, out_half, out, o) -> k``: Core ML's shift-scale of ``steps``
-    x 64 elements of a row, from column ``j`` (whose table is ``t``; the table advances every
-    ``col_block`` columns, a multiple of 16), written as float32 or binary16 (``out_half``)."""
-    sig = types.int64(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-                      half_math, round_difference, out_half, out, o)
+def _make_quant_steps(half: bool):
+    """Intrinsic ``steps(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
+    round_difference, out_half, out, o) -> k``: Core ML's shift-scale of ``steps`` x 64
+    elements of a row, from column ``j`` (whose table is ``t``; the table advances every
+    ``col_block`` columns, a multiple of 16), in binary16 arithmetic when ``half``, written as
+    float32 or binary16 (``out_half``)."""
 
-    def codegen(context, builder, sig, args):
-        (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-         half_math, round_difference, out_half, out, o) = _int64_args(context, builder, sig, args)
-        out_half = _truth(builder, out_half)
-        block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
+    @intrinsic
+    def steps(typingctx, codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block, round_difference,
+              out_half, out, o):
+        sig = types.int64(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+                          round_difference, out_half, out, o)
 
-        arith = _ShiftScale(nbits, signed, scale, offset, col_block, half_math, round_difference)
+        def codegen(context, builder, sig, args):
+            (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
+             round_difference, out_half, out, o) = _int64_args(context, builder, sig, args)
+            out_half = _truth(builder, out_half)
+            block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
+            arith = _ShiftScale(nbits, signed, scale, offset, col_block, half, round_difference)
 
-        def step(at, bits, codes64, state):
-            weights, state = arith.weights(builder, codes64, builder.add(j, at), state, bits)
-            for q, w in enumerate(weights):
-                first = builder.add(o, builder.add(at, _i64(16 * q)))
-                with builder.if_else(out_half) as (half, single):
-                    with half:
-                        _store(builder, builder.bitcast(builder.fptrunc(w, _V16H), ir.VectorType(_I16, 16)),
-                               out, builder.mul(first, _i64(2)))
-                    with single:
-                        _store(builder, w, out, builder.mul(first, _i64(4)))
-            return state
+            def step(at, bits, codes64, state):
+                weights, state = arith.weights(builder, codes64, builder.add(j, at), state, bits)
+                for q, w in enumerate(weights):
+                    first = builder.add(o, builder.add(at, _i64(16 * q)))
+                    with builder.if_else(out_half) as (to_half, to_single):
+                        with to_half:
+                            _store(builder, builder.bitcast(builder.fptrunc(w, _V16H), ir.VectorType(_I16, 16)),
+                                   out, builder.mul(first, _i64(2)))
+                        with to_single:
+                            _store(builder, w, out, builder.mul(first, _i64(4)))
+                return state
 
-        return _code_steps(builder, codes, nbits, mask, e, count, k, step, [t, block_end])[0]
+            return _code_steps(builder, codes, nbits, mask, e, count, k, step, [t, block_end])[0]
 
-    return sig, codegen
+        return sig, codegen
+
+    return steps
 
 
 @intrinsic
@@ -858,11 +873,11 @@ def _lut_scalar(codes, nbits, mask, e, count, k, table, first, out, o):
 
 
 @_parallel
-def _lut_decode_avx512(codes, nbits, mask, rows, cols, row_table, col_block, lo, hi, tables, use_tables, es,
+def _lut_decode_avx512(codes, nbits, mask, rows, cols, row_table, col_block, words, tables, use_tables, es,
                        table, row_out, out, out_bytes):
     """A scalar-LUT tensor (rows start on whole mask bytes) in chunks of a row over threads: whole
-    64-element steps inside one table through byte planes (or float32 ``tables`` of 64 entries
-    when ``use_tables``), the rest one by one."""
+    64-element steps inside one table through byte planes of ``words`` (or float32 ``tables`` of
+    64 entries when ``use_tables``), the rest one by one from ``table``."""
     per_row = (cols + DECODE_CHUNK - 1) // DECODE_CHUNK
     starts = _chunk_starts(mask, rows, cols, DECODE_CHUNK)
     entries = 1 << nbits
@@ -883,7 +898,7 @@ def _lut_decode_avx512(codes, nbits, mask, rows, cols, row_table, col_block, lo,
             if steps and use_tables:
                 k = _lut_f32_steps(codes, nbits, mask, e, steps, k, tables, t * 64, out_bytes, o)
             elif steps:
-                k = _lut_steps(codes, nbits, mask, e, steps, k, lo, hi, t * 256, es, out_bytes, o)
+                k = _lut_steps(codes, nbits, mask, e, steps, k, words, t * 256, es, out_bytes, o)
             j += steps * 64
             k = _lut_scalar(codes, nbits, mask, r * cols + j, end - j, k, table, t * entries, out, row_out[r] + j)
             j = end
@@ -905,6 +920,9 @@ def _quant_scalar(codes, nbits, signed, mask, e, count, k, scale, offset, t0, j,
     return k
 
 
+_quant_steps, _quant_steps_half = _make_quant_steps(False), _make_quant_steps(True)
+
+
 @_parallel
 def _quant_decode_avx512(codes, nbits, signed, mask, rows, cols, row_table, col_block, scale, offset, half_math,
                          round_difference, out_half, out, out_bytes):
@@ -918,9 +936,12 @@ def _quant_decode_avx512(codes, nbits, signed, mask, rows, cols, row_table, col_
         j1 = min(cols, j + DECODE_CHUNK)
         k = starts[task]
         e, steps, t = r * cols + j, (j1 - j) >> 6, row_table[r] + j // col_block
-        if steps:
+        if steps and half_math:
+            k = _quant_steps_half(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
+                                  round_difference, out_half, out_bytes, e)
+        elif steps:
             k = _quant_steps(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
-                             half_math, round_difference, out_half, out_bytes, e)
+                             round_difference, out_half, out_bytes, e)
         j += steps * 64
         _quant_scalar(codes, nbits, signed, mask, r * cols + j, j1 - j, k, scale, offset, row_table[r], j, col_block,
                       half_math, round_difference, out)
@@ -1070,28 +1091,49 @@ def _lut_tables64(t) -> np.ndarray:
     return t.derived("numba_lut64", pad)
 
 
-def _lut_planes(t, dtype):
-    """Every (scalar) LUT converted to ``dtype`` as low-byte and high-byte planes of 256 entries,
-    float32 as binary16 (None when some value is not exactly a binary16)."""
+def _table_words(values: np.ndarray) -> np.ndarray:
+    """Tables (one per row of ``values``, 1- or 2-byte values) as their bits in 256 uint16 words each."""
+    words = np.zeros((values.shape[0], 256), np.uint16)
+    words[:, : values.shape[1]] = values.view(f"u{values.itemsize}")
+    return _readonly(words.reshape(-1))
+
+
+def _lut_words(t, dtype):
+    """Every (scalar) LUT converted to ``dtype`` as 256 words of its bits, float32 as binary16
+    (None when some value is not exactly a binary16)."""
     dtype = np.dtype(dtype)
 
     def build():
-        entries = t.lut.shape[-2]
-        values = _converted(t.lut.reshape(-1, entries), dtype)
+        values = _converted(t.lut.reshape(-1, t.lut.shape[-2]), dtype)
         if dtype == np.float32:
             half = values.astype(np.float16)
             if not np.array_equal(half.astype(np.float32).view(np.uint32), values.view(np.uint32)):
                 return None
             values = half
-        bits = values.view(f"u{values.itemsize}").astype(np.uint16)
-        planes = np.zeros((2, bits.shape[0], 256), np.uint8)
-        planes[0, :, :entries] = bits & 0xFF
-        planes[1, :, :entries] = bits >> 8
-        return _readonly(planes[0].reshape(-1)), _readonly(planes[1].reshape(-1))
-    return t.derived(f"numba_planes_{dtype.name}", build)
+        return _table_words(values)
+    return t.derived(f"numba_words_{dtype.name}", build)
 
 
-_NO_BYTES = _readonly(np.zeros(0, np.uint8))
+def _quant_words(t, data: NBitArray) -> np.ndarray:
+    """For 8-bit codes with binary16 arithmetic: every block's 256 decoded values (computed by
+    the numpy reference) as binary16 words, so the codes decode as an 8-bit LUT."""
+    def build():
+        blocks = t.scale.size
+        codes = np.arange(256, dtype=np.uint8)
+        codes = np.broadcast_to(codes.view(np.int8) if data.signed else codes, (blocks, 256))
+        offset = None if t.offset is None else _values(t.offset).reshape(blocks, 1)
+        with np.errstate(over="ignore"):
+            return _table_words(backend_numpy.shift_scale(codes, t.scale.reshape(blocks, 1), offset))
+    return t.derived("numba_quant_words", build)
+
+
+def _quant_as_lut(t, data: NBitArray, plan) -> bool:
+    """Whether 8-bit codes decode through a table of every code's value: binary16 arithmetic
+    (two roundings per weight) over blocks long enough to repay 256 values (as the C backend)."""
+    return data.nbits == 8 and t.scale.dtype == np.float16 and plan.col_block >= 1024
+
+
+_NO_WORDS = _readonly(np.zeros(0, np.uint16))
 
 
 def _lut_decompress(t, indices: NBitArray, mask, shape, out) -> None:
@@ -1100,12 +1142,12 @@ def _lut_decompress(t, indices: NBitArray, mask, shape, out) -> None:
     table = _input_bits(_converted(lut, out.dtype))
     if _simd == "avx512" and vector_size == 1 and (mask is None or plan.cols % 8 == 0):
         use_tables = out.dtype.itemsize == 4 and indices.nbits <= 6
-        planes = (_NO_BYTES, _NO_BYTES) if use_tables else _lut_planes(t, out.dtype)
-        if planes is not None:
+        words = _NO_WORDS if use_tables else _lut_words(t, out.dtype)
+        if words is not None:
             tables = _lut_tables64(t) if use_tables else _NO_TABLE
             with _LAUNCH_LOCK:
                 _lut_decode_avx512(indices.packed, indices.nbits, _mask(mask), plan.rows, plan.cols, plan.row_table,
-                                   plan.col_block, *planes, tables, use_tables, out.dtype.itemsize, table,
+                                   plan.col_block, words, tables, use_tables, out.dtype.itemsize, table,
                                    plan.row_out, _bits_view(out), _byte_view(out))
             return
     _lut_decode(
@@ -1164,6 +1206,13 @@ def _shift_scale_decompress(t, data: NBitArray, mask, out: np.ndarray) -> None:
     plan = row_plan(t.shape, t.scale.shape)
     scale, offset = _scale_offset(t)
     target = out.reshape(-1).view(np.uint16) if out.dtype == np.float16 else out.reshape(-1)
+    if _simd == "avx512" and out.dtype == np.float16 and _quant_as_lut(t, data, plan) and (
+            mask is None or plan.cols % 8 == 0):
+        words = _quant_words(t, data)
+        with _LAUNCH_LOCK:
+            _lut_decode_avx512(data.packed, 8, _mask(mask), plan.rows, plan.cols, plan.row_table, plan.col_block,
+                               words, _NO_TABLE, False, 2, words, plan.row_out, target, _byte_view(out))
+        return
     if _simd == "avx512" and plan.col_block % 16 == 0 and (mask is None or plan.cols % 8 == 0):
         with _LAUNCH_LOCK:
             _quant_decode_avx512(data.packed, data.nbits, data.signed, _mask(mask), plan.rows, plan.cols,
@@ -1338,20 +1387,20 @@ def _add_sums(builder, sums, accs, tile: int):
 
 
 def _make_lut_dot(planes: bool, tile: int):
-    """Intrinsic ``dot(codes, nbits, mask, e, steps, k, x, x0, x_stride, tables, lo, hi, t, sums)
+    """Intrinsic ``dot(codes, nbits, mask, e, steps, k, x, x0, x_stride, tables, words, t, sums)
     -> k``: ``steps`` x 64 weights from element ``e`` (stream element ``k`` on) times each of
     ``tile`` activation rows ``x[x0 + b * x_stride ...]``, the codes looked up in the float32
-    table ``tables[t:t + 64]`` (<= 6 bits), or with ``planes`` in the binary16 byte planes
-    ``lo[t:t + 256]``, ``hi[t:t + 256]`` (8 bits). An empty ``mask`` means dense."""
+    table ``tables[t:t + 64]`` (<= 6 bits), or with ``planes`` in the binary16 table
+    ``words[t:t + 256]`` through byte planes (8 bits). An empty ``mask`` means dense."""
 
     @intrinsic
-    def dot(typingctx, codes, nbits, mask, e, count, k, x, x0, x_stride, tables, lo, hi, t, sums):
-        sig = types.int64(codes, nbits, mask, e, count, k, x, x0, x_stride, tables, lo, hi, t, sums)
+    def dot(typingctx, codes, nbits, mask, e, count, k, x, x0, x_stride, tables, words, t, sums):
+        sig = types.int64(codes, nbits, mask, e, count, k, x, x0, x_stride, tables, words, t, sums)
 
         def codegen(context, builder, sig, args):
-            (codes, nbits, mask, e, count, k, x, x0, x_stride, tables, lo, hi, t,
+            (codes, nbits, mask, e, count, k, x, x0, x_stride, tables, words, t,
              sums) = _int64_args(context, builder, sig, args)
-            table = _Planes(builder, lo, hi, t) if planes else _FloatTable(builder, tables, t)
+            table = _Planes(builder, words, t) if planes else _FloatTable(builder, tables, t)
             is_wide = builder.icmp_signed(">", nbits, _i64(4))
 
             def step(at, bits, codes64, accs):
@@ -1371,21 +1420,22 @@ def _make_lut_dot(planes: bool, tile: int):
     return dot
 
 
-def _make_quant_dot(tile: int):
+def _make_quant_dot(tile: int, half: bool):
     """Intrinsic ``dot(codes, nbits, signed, mask, e, steps, k, scale, offset, t, j, col_block,
-    half_math, round_difference, x, x0, x_stride, sums) -> k``: as the LUT dot, the weights Core
-    ML's shift-scale of the codes (columns from ``j``, whose table is ``t``)."""
+    round_difference, x, x0, x_stride, sums) -> k``: as the LUT dot, the weights Core ML's
+    shift-scale of the codes (columns from ``j``, whose table is ``t``), in binary16 arithmetic
+    when ``half``."""
 
     @intrinsic
     def dot(typingctx, codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-            half_math, round_difference, x, x0, x_stride, sums):
+            round_difference, x, x0, x_stride, sums):
         sig = types.int64(codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-                          half_math, round_difference, x, x0, x_stride, sums)
+                          round_difference, x, x0, x_stride, sums)
 
         def codegen(context, builder, sig, args):
             (codes, nbits, signed, mask, e, count, k, scale, offset, t, j, col_block,
-             half_math, round_difference, x, x0, x_stride, sums) = _int64_args(context, builder, sig, args)
-            arith = _ShiftScale(nbits, signed, scale, offset, col_block, half_math, round_difference)
+             round_difference, x, x0, x_stride, sums) = _int64_args(context, builder, sig, args)
+            arith = _ShiftScale(nbits, signed, scale, offset, col_block, half, round_difference)
             block_end = builder.mul(builder.add(builder.sdiv(j, col_block), _i64(1)), col_block)
 
             def step(at, bits, codes64, state):
@@ -1518,7 +1568,8 @@ def _make_values_dot(tile: int):
 _TILES = (1, BATCH_TILE_SIMD)  # numba calls intrinsics by global name: one name per variant
 _lut_dot1, _lut_dot4 = (_make_lut_dot(False, tile) for tile in _TILES)
 _planes_dot1, _planes_dot4 = (_make_lut_dot(True, tile) for tile in _TILES)
-_quant_dot1, _quant_dot4 = (_make_quant_dot(tile) for tile in _TILES)
+_quant_dot1, _quant_dot4 = (_make_quant_dot(tile, False) for tile in _TILES)
+_quant_dot1_half, _quant_dot4_half = (_make_quant_dot(tile, True) for tile in _TILES)
 _phase_dot1_1, _phase_dot1_4 = (_make_phase_dot(1, tile) for tile in _TILES)
 _phase_dot2_1, _phase_dot2_4 = (_make_phase_dot(2, tile) for tile in _TILES)
 _phase_dot4_1, _phase_dot4_4 = (_make_phase_dot(4, tile) for tile in _TILES)
@@ -1532,7 +1583,7 @@ def _lut_tail(codes, nbits, mask, e, count, k, lut, first, x, x0, x_stride, tile
     for i in range(count):
         if mask.size and not mask_bit(mask, e + i):
             continue
-        w = lut[first + read_bits(codes, k, nbits)]
+        w = _value(lut, first + read_bits(codes, k, nbits))
         for b in range(tile):
             sums[b] += w * x[x0 + b * x_stride + i]
         k += 1
@@ -1590,11 +1641,11 @@ def _store_tile(sums, y, b0, tile, r, nrows=1):
 
 
 @_parallel
-def _lut_rows_avx512(codes, nbits, mask, row_start, rows, cols, row_table, col_block, tables, lo, hi, planes, lut,
+def _lut_rows_avx512(codes, nbits, mask, row_start, rows, cols, row_table, col_block, tables, words, planes, lut,
                      x, y):
     """``y = x @ W.T`` for LUT codes (``x`` flat): per table block, whole 64-steps through float32
-    tables (<= 6 bits) or binary16 planes (``planes``, 8 bits), the rest one by one. Masked rows
-    and blocks start on whole mask bytes."""
+    tables (<= 6 bits) or binary16 words (``planes``, 8 bits), the rest one by one from ``lut``
+    (float32, or binary16 words). Masked rows and blocks start on whole mask bytes."""
     batch, entries, steps = y.shape[0], 1 << nbits, col_block >> 6
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
         sums = np.zeros(BATCH_TILE_SIMD, np.float32)
@@ -1606,13 +1657,13 @@ def _lut_rows_avx512(codes, nbits, mask, row_start, rows, cols, row_table, col_b
                     t, j = row_table[r] + s, s * col_block
                     e, x0 = r * cols + j, b0 * cols + j
                     if planes and tile > 1:
-                        k = _planes_dot4(codes, nbits, mask, e, steps, k, x, x0, cols, tables, lo, hi, t * 256, sums)
+                        k = _planes_dot4(codes, nbits, mask, e, steps, k, x, x0, cols, tables, words, t * 256, sums)
                     elif planes:
-                        k = _planes_dot1(codes, nbits, mask, e, steps, k, x, x0, cols, tables, lo, hi, t * 256, sums)
+                        k = _planes_dot1(codes, nbits, mask, e, steps, k, x, x0, cols, tables, words, t * 256, sums)
                     elif tile > 1:
-                        k = _lut_dot4(codes, nbits, mask, e, steps, k, x, x0, cols, tables, lo, hi, t * 64, sums)
+                        k = _lut_dot4(codes, nbits, mask, e, steps, k, x, x0, cols, tables, words, t * 64, sums)
                     else:
-                        k = _lut_dot1(codes, nbits, mask, e, steps, k, x, x0, cols, tables, lo, hi, t * 64, sums)
+                        k = _lut_dot1(codes, nbits, mask, e, steps, k, x, x0, cols, tables, words, t * 64, sums)
                     k = _lut_tail(codes, nbits, mask, e + steps * 64, col_block - steps * 64, k, lut, t * entries, x,
                                   x0 + steps * 64, cols, tile, sums)
                 _store_tile(sums, y, b0, tile, r)
@@ -1632,12 +1683,12 @@ def _quant_rows_avx512(codes, nbits, signed, mask, row_start, rows, cols, row_ta
                 b0, tile = _tile(batch, i)
                 k = row_start[r] if mask.size else r * cols
                 e, t, x0 = r * cols, row_table[r], b0 * cols
-                if tile > 1:
-                    k = _quant_dot4(codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0, col_block,
-                                    half_math, round_difference, x, x0, cols, sums)
+                args = (codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0, col_block, round_difference,
+                        x, x0, cols, sums)
+                if half_math:
+                    k = _quant_dot4_half(*args) if tile > 1 else _quant_dot1_half(*args)
                 else:
-                    k = _quant_dot1(codes, nbits, signed, mask, e, steps, k, scale, offset, t, 0, col_block,
-                                    half_math, round_difference, x, x0, cols, sums)
+                    k = _quant_dot4(*args) if tile > 1 else _quant_dot1(*args)
                 _quant_tail(codes, nbits, signed, mask, e + steps * 64, cols - steps * 64, k, scale, offset, t,
                             steps * 64, col_block, half_math, round_difference, x, x0 + steps * 64, cols, tile, sums)
                 _store_tile(sums, y, b0, tile, r)
@@ -1756,11 +1807,11 @@ def _lut_matmul_avx512(t, codes: NBitArray, mask, plan, x: np.ndarray, y: np.nda
     if mask is not None and (plan.cols % 8 or plan.col_block % 8):  # steps start on whole mask bytes
         return False
     planes = nbits > 6
-    lo_hi = _lut_planes(t, np.float32) if planes else (_NO_BYTES, _NO_BYTES)
-    if lo_hi is None:  # 8-bit LUT values that are not binary16
+    words = _lut_words(t, np.float32) if planes else _NO_WORDS
+    if words is None:  # 8-bit LUT values that are not binary16
         return False
     _lut_rows_avx512(codes.packed, nbits, _mask(mask), _row_starts(t, mask, plan), plan.rows, plan.cols,
-                     plan.row_table, plan.col_block, _NO_TABLE if planes else _lut_tables64(t), *lo_hi, planes,
+                     plan.row_table, plan.col_block, _NO_TABLE if planes else _lut_tables64(t), words, planes,
                      _lut_f32(t), x.reshape(-1), y)
     return True
 
@@ -1784,6 +1835,12 @@ def _quant_matmul(t, codes: NBitArray, mask, x: np.ndarray, y: np.ndarray) -> No
             _phase_rows_avx512(codes.packed, 4, plan.rows, plan.cols, plan.row_table, plan.col_block, _NO_TABLE,
                                True, scale, _offsets(t), codes.signed, half_math, round_difference,
                                _phase_split(x, 2), y)
+            return
+        steps_fit = mask is None or (plan.cols % 8 == 0 and plan.col_block % 8 == 0)  # masks: whole bytes
+        if _simd == "avx512" and steps_fit and _quant_as_lut(t, codes, plan):
+            words = _quant_words(t, codes)
+            _lut_rows_avx512(codes.packed, 8, _mask(mask), _row_starts(t, mask, plan), plan.rows, plan.cols,
+                             plan.row_table, plan.col_block, _NO_TABLE, words, True, words, x.reshape(-1), y)
             return
         if _simd == "avx512" and plan.col_block % 16 == 0 and (mask is None or plan.cols % 8 == 0):
             _quant_rows_avx512(codes.packed, codes.nbits, codes.signed, _mask(mask), _row_starts(t, mask, plan),
