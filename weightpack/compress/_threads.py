@@ -14,6 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 1 << 20  # elements per chunk of an elementwise pass
+HIST_CHUNK = 1 << 22  # elements per chunk of a pass that fills a private histogram (fewer to merge)
 MAX_CHUNKS = 64
 
 
@@ -54,17 +55,17 @@ def run(fn, tasks) -> list:
     return list(_executor(size).map(fn, tasks))
 
 
-def chunks(n: int, align: int = 8) -> list[tuple[int, int]]:
-    """Split ``range(n)`` into contiguous (start, stop) pieces; boundaries are multiples of ``align``.
-
-    The split depends only on ``n``, never on the thread count.
+def chunks(n: int, align: int = 8, size: int = CHUNK) -> list[tuple[int, int]]:
+    """Split ``range(n)`` into contiguous (start, stop) pieces of about ``size`` (at most
+    ``MAX_CHUNKS``); boundaries are multiples of ``align``. The split depends only on ``n`` and
+    ``size``, never on the thread count.
 
     >>> chunks(10, align=4)
     [(0, 10)]
     >>> len(chunks(5 * CHUNK)), chunks(5 * CHUNK)[1]
     (5, (1048576, 2097152))
     """
-    count = max(1, min(MAX_CHUNKS, n // CHUNK))
+    count = max(1, min(MAX_CHUNKS, n // size))
     step = -(-n // count)
     step = -(-step // align) * align
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]

@@ -175,9 +175,10 @@ def _sorted_distinct(x3, table, imp3, sw, inner, g, xs, ws, skip_zero):
 
 @numba.njit(nogil=True, cache=True)
 def hist32(x3, keys3, imp3, sw, inner, g, l0, l1, rec, skip_zero, squares):
-    """Add every element to ``rec[its bin]`` = (weight, weighted sum, and with ``squares`` the
-    weighted sum of squares and whether the bin holds one value: column 3 is the first value, NaN
-    while empty, +inf once a second value was seen; without ``squares`` it stays NaN)."""
+    """Add every element to ``rec[its bin]`` = (weight, weighted sum, and with ``squares`` (4
+    columns) the weighted sum of squares and whether the bin holds one value: column 3 is the first
+    value, NaN while empty, +inf once a second value was seen). Without squares ``rec`` has 2
+    columns: half the memory traffic."""
     weighted = imp3.shape[0] > 0 or sw.shape[0] > 0
     for o in range(x3.shape[0]):
         r = l0 % inner
@@ -206,58 +207,57 @@ def hist32(x3, keys3, imp3, sw, inner, g, l0, l1, rec, skip_zero, squares):
 @numba.njit(nogil=True, cache=True)
 def merge_records(rec, part):
     """Add the histogram ``part`` into ``rec`` (same layout as :func:`hist32`)."""
+    wide = rec.shape[1] == 4
     for key in range(rec.shape[0]):
-        f = part[key, 3]
-        if np.isnan(f) and part[key, 0] == 0.0 and part[key, 1] == 0.0:
-            continue
         rec[key, 0] += part[key, 0]
         rec[key, 1] += part[key, 1]
-        rec[key, 2] += part[key, 2]
-        r = rec[key, 3]
-        if np.isnan(r):
-            rec[key, 3] = f
-        elif r != f and not np.isnan(f):
-            rec[key, 3] = np.inf
+        if wide:
+            rec[key, 2] += part[key, 2]
+            f = part[key, 3]
+            r = rec[key, 3]
+            if np.isnan(r):
+                rec[key, 3] = f
+            elif r != f and not np.isnan(f):
+                rec[key, 3] = np.inf
 
 
-def new_records() -> np.ndarray:
-    rec = np.zeros((65536, 4))
-    rec[:, 3] = np.nan
+def new_records(squares: bool) -> np.ndarray:
+    rec = np.zeros((65536, 4 if squares else 2))
+    if squares:
+        rec[:, 3] = np.nan
     return rec
 
 
 @numba.njit(nogil=True, cache=True)
-def bin_bounds(key, delta):
-    """The closed value range [lo, hi] that bin ``key`` of :func:`key32_bits` can hold."""
+def bin_bounds(key, delta, values):
+    """The closed value range [lo, hi] that bin ``key`` of :func:`key32_bits` can hold: from its
+    binary16 value to the next one (``values``: :func:`fp16_values`), over 2**delta."""
     code = key & 0x7FFF
-    if code >= 1024:
-        a = (1.0 + (code & 1023) / 1024.0) * 2.0 ** ((code >> 10) - 15)
-        b = (1.0 + ((code & 1023) + 1) / 1024.0) * 2.0 ** ((code >> 10) - 15)
-    else:
-        a = code * 2.0**-24
-        b = (code + 1) * 2.0**-24
     scale = 2.0 ** (-delta)
+    a = values[code] * scale
+    b = values[code + 1] * scale
     if key & 0x8000:
-        return -b * scale, -a * scale
-    return a * scale, b * scale
+        return -b, -a
+    return a, b
 
 
 @numba.njit(nogil=True, cache=True)
-def compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi):
+def compact32(rec, order, delta, values, bkey, bw, bs1, bs2, blo, bhi):
     """Touched bins (positive weight) in value order into the b* arrays; a bin known to hold one
     value has that value as its range, the others the range :func:`bin_bounds` allows. Resets
     ``rec``. Returns the count."""
+    wide = rec.shape[1] == 4
     m = 0
     for i in range(order.shape[0]):
         key = order[i]
-        f = rec[key, 3]
+        f = rec[key, 3] if wide else np.nan
         if rec[key, 0] > 0.0:
             bkey[m] = key
             bw[m] = rec[key, 0]
             bs1[m] = rec[key, 1]
-            bs2[m] = rec[key, 2]
+            bs2[m] = rec[key, 2] if wide else 0.0
             if np.isnan(f) or f == np.inf:
-                lo, hi = bin_bounds(key, delta)
+                lo, hi = bin_bounds(key, delta, values)
                 blo[m] = lo
                 bhi[m] = hi
             else:
@@ -267,8 +267,9 @@ def compact32(rec, order, delta, bkey, bw, bs1, bs2, blo, bhi):
         if rec[key, 0] != 0.0 or rec[key, 1] != 0.0 or not np.isnan(f):
             rec[key, 0] = 0.0
             rec[key, 1] = 0.0
-            rec[key, 2] = 0.0
-            rec[key, 3] = np.nan
+            if wide:
+                rec[key, 2] = 0.0
+                rec[key, 3] = np.nan
     return m
 
 
@@ -438,7 +439,7 @@ def _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, ks, sk
 
 
 @numba.njit(nogil=True, cache=True)
-def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, order, cent_out, sse_out, skip_zero, curve):
+def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, values, order, cent_out, sse_out, skip_zero, curve):
     """As :func:`kmeans16_groups` for float32 groups (binned DP + Lloyd when large; ``keys3``: the
     bins of :func:`keys32`). The SSE curve is that of the optimal partition of the bins (exact when
     the bins are pure)."""
@@ -448,8 +449,9 @@ def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, order, cent_ou
     ws = np.empty(cap)
     big = n > SMALL
     nh = 65536 if big else 0
-    rec = np.zeros((nh, 4))
-    rec[:, 3] = np.nan
+    rec = np.zeros((nh, 4 if curve else 2))
+    if curve:
+        rec[:, 3] = np.nan
     bins = (np.empty(cap, np.int32), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap))
     cls = np.empty(nh, np.int32)
     scratch = workspace(cap)
@@ -468,13 +470,13 @@ def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, order, cent_ou
         use_imp = imp3
         use_sw = sw
         hist32(x3, keys3, use_imp, use_sw, inner, g, 0, x3.shape[2], rec, skip_zero, curve)
-        nb = compact32(rec, order, delta, *bins)
+        nb = compact32(rec, order, delta, values, *bins)
         m, pure = _bins_points(bins[1], bins[2], bins[4], bins[5], nb, xs, ws)
         if m == 0:  # every weight is zero: plain k-means
             use_imp = imp3[:0, :0, :0]
             use_sw = sw[:0]
             hist32(x3, keys3, use_imp, use_sw, inner, g, 0, x3.shape[2], rec, skip_zero, curve)
-            nb = compact32(rec, order, delta, *bins)
+            nb = compact32(rec, order, delta, values, *bins)
             m, pure = _bins_points(bins[1], bins[2], bins[4], bins[5], nb, xs, ws)
         if m == 0:  # nothing to fit (an all-zero group of a sparse tensor)
             _store(cent_out, sse_out, g, np.zeros(1), np.zeros(k))
@@ -612,10 +614,26 @@ def assign_search(x3, table, g, l0, l1, entries, out3):
 
 
 @numba.njit(nogil=True, cache=True)
-def assign_binned(x3, keys3, g, l0, l1, entries, delta, table, out3):
+def bin_code(key, delta, values, mids, first):
+    """The index every value of bin ``key`` takes, or -1 if the bin straddles a midpoint."""
+    lo, hi = bin_bounds(key, delta, values)
+    a = _rank(mids, lo)
+    return first[a] if a == _rank(mids, hi) else -1
+
+
+@numba.njit(nogil=True, cache=True)
+def bin_codes(entries, delta, values, table):
+    """:func:`bin_code` of every bin (``table`` int16 [65536])."""
+    mids, first = _nearest_tables(entries)
+    for key in range(65536):
+        table[key] = -1 if (key & 0x7FFF) >= 0x7C00 else bin_code(key, delta, values, mids, first)
+
+
+@numba.njit(nogil=True, cache=True)
+def assign_binned(x3, keys3, g, l0, l1, entries, delta, values, table, lazy, out3):
     """Indices of the nearest entries for float32 elements: a bin wholly on one side of every
-    midpoint takes its index from ``table`` (filled lazily; int16 [65536], all -2 on entry, -1 marks
-    a bin that straddles a midpoint), the others are counted one by one."""
+    midpoint takes its index from ``table`` (int16 [65536]: :func:`bin_codes`, or with ``lazy``
+    all -2 on entry and filled as bins are met), the others are counted one by one."""
     mids, first = _nearest_tables(entries)
     for o in range(x3.shape[0]):
         seg = x3[o, g]
@@ -624,10 +642,8 @@ def assign_binned(x3, keys3, g, l0, l1, entries, delta, table, out3):
         for l in range(l0, l1):
             key = kseg[l]
             c = table[key]
-            if c == -2:
-                lo, hi = bin_bounds(key, delta)
-                a = _rank(mids, lo)
-                c = first[a] if a == _rank(mids, hi) else -1
+            if lazy and c == -2:
+                c = bin_code(key, delta, values, mids, first)
                 table[key] = c
             if c < 0:
                 c = first[_rank(mids, np.float64(seg[l]))]
@@ -648,7 +664,7 @@ def assign_groups16(bits3, values, g0, g1, luts, out3):
 
 
 @numba.njit(nogil=True, cache=True)
-def assign_groups32(x3, keys3, delta, g0, g1, luts, out3):
+def assign_groups32(x3, keys3, delta, values, g0, g1, luts, out3):
     """Nearest-entry indices of float32 groups g0..g1-1, each against its sorted LUT ``luts[g]``
     (through the bins when ``keys3`` holds them)."""
     binned = keys3.shape[0] > 0
@@ -656,7 +672,7 @@ def assign_groups32(x3, keys3, delta, g0, g1, luts, out3):
     for g in range(g0, g1):
         if binned:
             table[:] = -2
-            assign_binned(x3, keys3, g, 0, x3.shape[2], luts[g], delta, table, out3)
+            assign_binned(x3, keys3, g, 0, x3.shape[2], luts[g], delta, values, table, True, out3)
         else:
             assign_search(x3, luts[:0, 0], g, 0, x3.shape[2], luts[g], out3)
 
@@ -720,9 +736,9 @@ def kmeans(x3: np.ndarray, imp3: np.ndarray, sw: np.ndarray, inner: int, k: int,
     keys3 = keys32(x3, delta) if x3.shape[0] * x3.shape[2] > SMALL else np.empty((0, 0, 0), np.uint16)
     if G == 1 and x3.size > 4 * SMALL:
         return Fit(*_kmeans32_chunked(x3, keys3, imp3, sw, inner, k, delta, skip_zero, curve), keys3, delta)
-    order = key32_order()
+    values, order = fp16_values(), key32_order()
     _threads.run(
-        lambda s: kmeans32_groups(x3, keys3, imp3, sw, inner, k, s[0], s[1], delta, order, cent, sse, skip_zero, curve),
+        lambda s: kmeans32_groups(x3, keys3, imp3, sw, inner, k, s[0], s[1], delta, values, order, cent, sse, skip_zero, curve),
         _threads.spans(G),
     )
     return Fit(cent, sse, keys3 if keys3.size else None, delta)
@@ -735,7 +751,7 @@ def scale_delta(x3: np.ndarray) -> int:
 
 
 def _kmeans16_chunked(bits3, imp3, sw, inner, k, skip_zero, curve):
-    parts = _threads.chunks(bits3.shape[2])
+    parts = _threads.chunks(bits3.shape[2], size=_threads.HIST_CHUNK)
     hists = _threads.run(lambda span: _hist16_part(bits3, imp3, sw, inner, span), parts)
     counts = hists[0]
     for h in hists[1:]:
@@ -769,10 +785,10 @@ def _solve_hist16(counts, order, values, k, cent_out, sse_out, skip_zero, curve)
 
 
 def _kmeans32_chunked(x3, keys3, imp3, sw, inner, k, delta, skip_zero, curve):
-    parts = _threads.chunks(x3.shape[2])
+    parts = _threads.chunks(x3.shape[2], size=_threads.HIST_CHUNK)
 
     def histogram(span):
-        rec = new_records()
+        rec = new_records(curve)
         hist32(x3, keys3, imp3, sw, inner, 0, span[0], span[1], rec, skip_zero, curve)
         return rec
 
@@ -781,7 +797,7 @@ def _kmeans32_chunked(x3, keys3, imp3, sw, inner, k, delta, skip_zero, curve):
     for part in hists[1:]:
         merge_records(rec, part)
     bins = (np.empty(65536, np.int32),) + tuple(np.empty(65536) for _ in range(5))
-    nb = compact32(rec, key32_order(), delta, *bins)
+    nb = compact32(rec, key32_order(), delta, fp16_values(), *bins)
     xs, ws = np.empty(nb), np.empty(nb)
     m, pure = _bins_points(bins[1], bins[2], bins[4], bins[5], nb, xs, ws)
     if m == 0:
@@ -840,13 +856,16 @@ def assign(x3: np.ndarray, luts: np.ndarray, fit: Fit | None = None) -> np.ndarr
     keys3 = fit.keys3 if fit is not None and fit.keys3 is not None else None
     delta = fit.delta if keys3 is not None else 0
     if G == 1 and x3.size > 4 * SMALL:
+        table = np.empty(65536, np.int16)
+        if keys3 is not None:
+            bin_codes(luts[0], delta, values, table)
 
         def part(span):
             lo, hi = span
             if x3.dtype == np.uint16:
                 assign16(x3, 0, lo, hi, luts[0], values, np.full(65536, 0xFFFF, np.uint16), out3)
             elif keys3 is not None:
-                assign_binned(x3, keys3, 0, lo, hi, luts[0], delta, np.full(65536, -2, np.int16), out3)
+                assign_binned(x3, keys3, 0, lo, hi, luts[0], delta, values, table, False, out3)
             else:
                 assign_search(x3, NO_TABLE, 0, lo, hi, luts[0], out3)
 
@@ -855,7 +874,7 @@ def assign(x3: np.ndarray, luts: np.ndarray, fit: Fit | None = None) -> np.ndarr
         _threads.run(lambda s: assign_groups16(x3, values, s[0], s[1], luts, out3), _threads.spans(G))
     else:
         no_keys = np.empty((0, 0, 0), np.uint16)
-        _threads.run(lambda s: assign_groups32(x3, no_keys if keys3 is None else keys3, delta, s[0], s[1], luts, out3),
+        _threads.run(lambda s: assign_groups32(x3, no_keys if keys3 is None else keys3, delta, values, s[0], s[1], luts, out3),
                      _threads.spans(G))
     return out3
 

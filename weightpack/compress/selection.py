@@ -142,7 +142,7 @@ def prune_smallest(wbits: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndar
     """(packed uint1 mask, kept value bits): prune the k smallest keys (ties: lower flat index first)
     and every zero; ``wbits`` are the weights' bits (uint16/uint32), ``keys`` their score keys."""
     n = wbits.size
-    parts = _threads.chunks(n)
+    parts = _threads.chunks(n, size=_threads.HIST_CHUNK)
     T, quotas, prune_all, ties = np.uint32(0), [0] * len(parts), k >= n, None
     no_mask, no_values = np.empty(0, np.uint8), np.empty(0, wbits.dtype)
     if prune_all:
