@@ -61,3 +61,32 @@ def pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
 def nbit_array(codes: np.ndarray, nbits: int) -> NBitArray:
     """An unsigned NBitArray of ``codes``' shape (codes are trusted: each < 2**nbits)."""
     return NBitArray(pack_codes(codes, nbits), nbits, codes.shape)
+
+
+@numba.njit(nogil=True, cache=True)
+def _select(codes, packed, out):
+    j = 0
+    for b in range(packed.shape[0]):
+        byte = packed[b]
+        while byte:
+            low = byte & -byte
+            out[j] = codes[8 * b + _bit_index(low)]
+            j += 1
+            byte ^= low
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _bit_index(low):
+    i = 0
+    while low > 1:
+        low >>= 1
+        i += 1
+    return i
+
+
+def select(codes: np.ndarray, mask: NBitArray, count: int) -> np.ndarray:
+    """The codes at the set bits of the 1-bit ``mask`` (row-major), without unpacking the mask;
+    ``count`` is its popcount."""
+    out = np.empty(count, codes.dtype)
+    _select(np.ascontiguousarray(codes).reshape(-1), mask.packed, out)
+    return out

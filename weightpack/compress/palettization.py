@@ -98,9 +98,7 @@ def palettize(w, nbits=None, *, mode="kmeans", group_size=None, axis=0, cluster_
     >>> palettize(w, mode="unique").nbits, palettize(w, nbits=2, cluster_dim=2).lut.shape
     (3, (1, 1, 4, 2))
     """
-    job = Job.create(w, mode=mode, group_size=group_size, axis=axis, cluster_dim=cluster_dim, lut_dtype=lut_dtype,
-                     per_channel_scale=per_channel_scale, importance=importance)
-    mode = job.mode
+    mode = check_choice(mode, "mode", MODES)
     if mode in ("kmeans", "uniform"):
         nbits = 4 if nbits is None else check_nbits(nbits)
     elif nbits is not None:
@@ -113,6 +111,8 @@ def palettize(w, nbits=None, *, mode="kmeans", group_size=None, axis=0, cluster_
         raise WeightpackError(f"lut_function={describe(lut_function)} must be callable: values -> (lut, indices)")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise WeightpackError(f"seed={describe(seed)} must be a non-negative integer")
+    job = Job.create(w, mode=mode, group_size=group_size, axis=axis, cluster_dim=cluster_dim, lut_dtype=lut_dtype,
+                     per_channel_scale=per_channel_scale, importance=importance)
     if job.V > 1:
         luts, codes = _vector(job, nbits, lut_function, int(seed))
     elif mode == "custom":
@@ -128,6 +128,7 @@ class Job:
 
     dense: np.ndarray  # the values to palettize (divided by the per-channel scale), float16/float32
     mask: object  # the SparseTensor's mask (NBitArray) or None
+    nonzeros: int  # how many values the SparseTensor stores (0 for dense input)
     mode: str
     axis: int
     groups: int
@@ -141,9 +142,9 @@ class Job:
     def create(cls, w, *, mode="kmeans", group_size=None, axis=0, cluster_dim=1, lut_dtype=None,
                per_channel_scale=False, importance=None) -> "Job":
         mode = check_choice(mode, "mode", MODES)
-        mask = None
+        mask, nonzeros = None, 0
         if isinstance(w, SparseTensor):
-            sparse_values(w)
+            nonzeros = sparse_values(w).shape[0]
             mask = w.mask
             dense = w.decompress()
         else:
@@ -174,7 +175,7 @@ class Job:
         scale = None
         if check_bool(per_channel_scale, "per_channel_scale"):
             scale, dense = _per_channel_scale(dense, axis)
-        return cls(dense, mask, mode, axis, groups, V, importance, scale, lut_float, lut_int)
+        return cls(dense, mask, nonzeros, mode, axis, groups, V, importance, scale, lut_float, lut_int)
 
     @property
     def sparse(self) -> bool:
@@ -217,12 +218,15 @@ class Job:
 
     def build(self, stored, codes: np.ndarray):
         """The tensor: ``stored`` = (LUT array, lut_scale, lut_offset); ``codes`` uint8 of the index shape."""
-        from .packing import nbit_array
+        from .packing import nbit_array, select
         from .scaled import ScaledLUTTensor
 
         lut, lut_scale, lut_offset, nbits = stored
         vector_axis = self.axis if self.V > 1 else None
-        if self.sparse:
+        if self.sparse and self.V == 1:  # the stored codes are those at the mask's set bits
+            kept = select(codes, self.mask, self.nonzeros)
+            t = SparsePalettizedTensor(self.mask, nbit_array(kept, nbits), lut, vector_axis)
+        elif self.sparse:
             keep = self.index_mask()
             t = SparsePalettizedTensor(keep, nbit_array(codes[keep], nbits), lut, vector_axis)
         else:
@@ -233,7 +237,7 @@ class Job:
 
     def index_mask(self) -> np.ndarray:
         """The mask over the index shape: the dense mask, with a vector kept if any element is."""
-        mask = self.mask.values().astype(bool)
+        mask = self.mask.values().view(bool)
         if self.V == 1:
             return mask
         moved = np.moveaxis(mask, self.axis, 0)
@@ -369,7 +373,8 @@ def _vector(job: Job, nbits, lut_function, seed: int):
 
     V = job.V
     k = 1 << nbits
-    X = _vectors(job.dense, job.axis, V, job.groups, np.float32)
+    bits = job.dense.view(np.uint16) if job.dense.dtype == np.float16 else job.dense
+    X = _vectors(bits, job.axis, V, job.groups, bits.dtype)  # float16 stays 2 bytes: kernels read it through a table
     wt = np.empty((0, 0, 0), np.float32)
     if job.importance is not None or job.scale is not None:
         full = np.ones(job.dense.shape, np.float32) if job.importance is None else job.importance

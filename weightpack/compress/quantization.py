@@ -126,13 +126,13 @@ def quantize(w, dtype="int8", *, mode="symmetric", granularity="per_channel", ax
     if importance is not None:
         importance = importance_array(importance, dense.shape)
     if sparse and any(search):  # the pruned zeros are not stored: they weigh nothing
-        keep = w.mask.values().astype(bool)
+        keep = w.mask.values().view(bool)
         importance = keep.astype(np.float32) if importance is None else importance * keep
     q, scale, offset = quantize_array(dense, block, nbits, signed, mode, search, importance)
     if offset is not None:
         offset = offset.astype(q.dtype)
     if sparse:
-        keep = w.mask.values().astype(bool)
+        keep = w.mask.values().view(bool)
         return SparseQuantizedTensor(w.mask, _packed(q[keep], nbits, signed), scale, offset)
     return QuantizedTensor(_packed(q, nbits, signed), scale, offset)
 

@@ -50,8 +50,8 @@ def palettize_rd_curve(w, max_nbits=8, *, group_size=None, axis=0, importance=No
     """
     from . import lut1d
 
+    k = 1 << check_nbits(max_nbits, name="max_nbits")
     job = Job.create(w, group_size=group_size, axis=axis, importance=importance, per_channel_scale=per_channel_scale)
-    k = 1 << check_nbits(max_nbits)
     x3, imp3, sw, inner = job.layout()
     sse = lut1d.kmeans(x3, imp3, sw, inner, k, skip_zero=job.sparse, curve=True)[1]
     return RDCurve(sse, _energy(job))

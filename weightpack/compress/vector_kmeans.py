@@ -18,6 +18,8 @@ import numba
 import numpy as np
 
 from . import _threads
+from ._common import fp16_values
+from ._jit import value
 
 SEED_SAMPLE = 1 << 17
 MAX_ITER = 100
@@ -25,16 +27,16 @@ TOL = 1e-7
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _dist(X, wt, i, centers, c):
+def _dist(X, table, wt, i, centers, c):
     d = 0.0
     V = X.shape[1]
     if wt.shape[0] > 0:
         for v in range(V):
-            e = X[i, v] - centers[c, v]
+            e = value(X[i, v], table) - centers[c, v]
             d += wt[i, v] * e * e
     else:
         for v in range(V):
-            e = X[i, v] - centers[c, v]
+            e = value(X[i, v], table) - centers[c, v]
             d += e * e
     return d
 
@@ -47,7 +49,7 @@ def _pick(cum, r):
 
 
 @numba.njit(nogil=True, cache=True)
-def seed_plus_plus(X, wt, k, uniforms):
+def seed_plus_plus(X, table, wt, k, uniforms):
     """Greedy k-means++ centres (float64 [q, V], q <= k distinct while the data allow)."""
     N, V = X.shape
     trials = 2 + int(math.log(k))
@@ -66,10 +68,10 @@ def seed_plus_plus(X, wt, k, uniforms):
     first = _pick(cum, uniforms[u] * cum[N - 1])
     u += 1
     for v in range(V):
-        centers[0, v] = X[first, v]
+        centers[0, v] = value(X[first, v], table)
     closest = np.empty(N)
     for i in range(N):
-        closest[i] = _dist(X, wt, i, centers, 0)
+        closest[i] = _dist(X, table, wt, i, centers, 0)
     trial_d = np.empty(N)
     best_d = np.empty(N)
     q = 1
@@ -84,10 +86,10 @@ def seed_plus_plus(X, wt, k, uniforms):
             cand = _pick(pot, uniforms[u] * total)
             u += 1
             for v in range(V):
-                centers[c, v] = X[cand, v]
+                centers[c, v] = value(X[cand, v], table)
             s = 0.0
             for i in range(N):
-                d = min(closest[i], _dist(X, wt, i, centers, c))
+                d = min(closest[i], _dist(X, table, wt, i, centers, c))
                 trial_d[i] = d
                 s += d
             if s < best_pot:
@@ -95,21 +97,21 @@ def seed_plus_plus(X, wt, k, uniforms):
                 best_i = cand
                 best_d[:] = trial_d
         for v in range(V):
-            centers[c, v] = X[best_i, v]
+            centers[c, v] = value(X[best_i, v], table)
         closest[:] = best_d
         q += 1
     return centers[:q].copy()
 
 
 @numba.njit(nogil=True, cache=True)
-def nearest(X, wt, centers, out):
+def nearest(X, table, wt, centers, out):
     """Index of each vector's nearest centre (ties to the lower index); returns the total error."""
     total = 0.0
     for i in range(X.shape[0]):
         best = np.inf
         arg = 0
         for c in range(centers.shape[0]):
-            d = _dist(X, wt, i, centers, c)
+            d = _dist(X, table, wt, i, centers, c)
             if d < best:
                 best = d
                 arg = c
@@ -119,7 +121,7 @@ def nearest(X, wt, centers, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def lloyd(X, wt, centers, max_iter, tol):
+def lloyd(X, table, wt, centers, max_iter, tol):
     """Lloyd iterations from ``centers`` (updated in place); returns the final error."""
     N, V = X.shape
     q = centers.shape[0]
@@ -130,7 +132,7 @@ def lloyd(X, wt, centers, max_iter, tol):
     count = np.empty(q, np.int64)
     err = np.inf
     for _ in range(max_iter):
-        new_err = nearest(X, wt, centers, fresh)
+        new_err = nearest(X, table, wt, centers, fresh)
         changed = 0
         for i in range(N):
             if fresh[i] != labels[i]:
@@ -148,19 +150,19 @@ def lloyd(X, wt, centers, max_iter, tol):
             count[c] += 1
             for v in range(V):
                 w = wt[i, v] if wt.shape[0] > 0 else 1.0
-                sums[c, v] += w * X[i, v]
+                sums[c, v] += w * value(X[i, v], table)
                 mass[c, v] += w
         for c in range(q):
             if count[c] == 0:  # an empty cluster takes the vector farthest from its centre
                 far = 0
                 far_d = -1.0
                 for i in range(N):
-                    d = _dist(X, wt, i, centers, labels[i])
+                    d = _dist(X, table, wt, i, centers, labels[i])
                     if d > far_d:
                         far_d = d
                         far = i
                 for v in range(V):
-                    centers[c, v] = X[far, v]
+                    centers[c, v] = value(X[far, v], table)
                 labels[far] = c
                 continue
             for v in range(V):
@@ -170,7 +172,9 @@ def lloyd(X, wt, centers, max_iter, tol):
 
 
 def fit(X: np.ndarray, wt: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Centres (float64 [q, V], q <= k, sorted lexicographically) of the vectors ``X`` [N, V]."""
+    """Centres (float64 [q, V], q <= k, sorted lexicographically) of the vectors ``X`` [N, V]
+    (float32, or float16 as its uint16 bits)."""
+    table = _table(X)
     rng = np.random.default_rng(seed)
     trials = 2 + int(math.log(k))
     sample, sample_wt = X, wt
@@ -179,25 +183,22 @@ def fit(X: np.ndarray, wt: np.ndarray, k: int, seed: int) -> np.ndarray:
         sample = X[pick]
         sample_wt = wt[pick] if wt.shape[0] else wt
     uniforms = rng.random(1 + k * trials)
-    centers = seed_plus_plus(sample, sample_wt, k, uniforms)
-    lloyd(X, wt, centers, MAX_ITER, TOL)
+    centers = seed_plus_plus(sample, table, sample_wt, k, uniforms)
+    lloyd(X, table, wt, centers, MAX_ITER, TOL)
     return centers[np.lexsort(centers.T[::-1])]
 
 
-def fit_groups(Xg: np.ndarray, wtg: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """:func:`fit` for every group of ``Xg`` [G, N, V] (weights ``wtg`` alike, or empty)."""
-    def one(g):
-        return fit(Xg[g], wtg[g] if wtg.size else wtg.reshape(0, 0), k, seed + g)
-
-    return _threads.run(one, range(Xg.shape[0]))
+def _table(X: np.ndarray) -> np.ndarray:
+    return fp16_values() if X.dtype == np.uint16 else np.empty(0)
 
 
 def assign_groups(Xg: np.ndarray, wtg: np.ndarray, entries: np.ndarray) -> np.ndarray:
     """uint8 codes [G, N]: the nearest entry of each group's table ``entries[g]`` [K, V]."""
     out = np.empty(Xg.shape[:2], np.int64)
+    table = _table(Xg)
 
     def one(g):
-        nearest(Xg[g], wtg[g] if wtg.size else wtg.reshape(0, 0), entries[g], out[g])
+        nearest(Xg[g], table, wtg[g] if wtg.size else wtg.reshape(0, 0), entries[g], out[g])
 
     _threads.run(one, range(Xg.shape[0]))
     return out.astype(np.uint8)
