@@ -71,6 +71,21 @@ def test_groups_are_independent_luts(axis, group_size):
                                       alone.indices.values())
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_big_groups_index_the_nearest_stored_entry(dtype, axis):
+    """Groups above 8,192 elements: histogram (fp16) or bins (fp32), indices from the group kernel."""
+    w = student_rows((64, 2048), seed=3, dtype=dtype)
+    imp = np.random.default_rng(1).random((1, 2048)).astype(np.float32)
+    for kwargs in (dict(), dict(importance=imp)):
+        p = wp.palettize(w, nbits=3, group_size=16 if axis == 0 else 512, axis=axis, **kwargs)
+        indices = p.indices.values()
+        for g in range(4):
+            part = slice(16 * g, 16 * g + 16) if axis == 0 else (slice(None), slice(512 * g, 512 * g + 512))
+            lut = np.take(p.lut, [g], axis=axis).ravel()
+            np.testing.assert_array_equal(indices[part], nearest_reference(lut, w[part]))
+
+
 def test_grouped_conv_weight_fp16():
     w = (np.random.default_rng(7).standard_normal((32, 16, 3, 3)) * 0.05).astype(np.float16)
     p = wp.palettize(w, nbits=3, group_size=8)

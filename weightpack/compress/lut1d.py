@@ -439,10 +439,11 @@ def _distinct16(bits3, imp3, sw, inner, g, values, order, counts, xs, ws, ks, sk
 
 
 @numba.njit(nogil=True, cache=True)
-def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, values, order, cent_out, sse_out, skip_zero, curve):
+def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, values, order, cent_out, sse_out, skip_zero, curve,
+                    out3):
     """As :func:`kmeans16_groups` for float32 groups (binned DP + Lloyd when large; ``keys3``: the
     bins of :func:`keys32`). The SSE curve is that of the optimal partition of the bins (exact when
-    the bins are pure)."""
+    the bins are pure). A non-empty ``out3`` gets the indices for the float32-rounded centroids."""
     n = x3.shape[0] * x3.shape[2]
     cap = min(n, 65536)
     xs = np.empty(cap)
@@ -455,6 +456,9 @@ def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, values, order,
     bins = (np.empty(cap, np.int32), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap), np.empty(cap))
     cls = np.empty(nh, np.int32)
     scratch = workspace(cap)
+    codes = out3.shape[0] > 0
+    table = np.empty(nh if codes else 0, np.int16)
+    entries = np.empty(k)
     for g in range(g0, g1):
         if not big:
             m = _sorted_distinct(x3, xs[:0], imp3, sw, inner, g, xs, ws, skip_zero)
@@ -466,6 +470,10 @@ def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, values, order,
                 m = 1
             starts, sse = _partition(xs[:m], ws[:m], k, curve, scratch)
             _store(cent_out, sse_out, g, dp_means(xs[:m], ws[:m], starts), sse)
+            if codes:
+                for c in range(k):
+                    entries[c] = np.float32(cent_out[g, c])
+                assign_search(x3, xs[:0], g, 0, x3.shape[2], entries, out3)
             continue
         use_imp = imp3
         use_sw = sw
@@ -488,6 +496,33 @@ def kmeans32_groups(x3, keys3, imp3, sw, inner, k, g0, g1, delta, values, order,
         elif not pure:
             _lloyd_group(x3, keys3, use_imp, use_sw, inner, g, cent, bins, nb, cls, skip_zero, bins_error(cent, xs, ws, m))
         _store(cent_out, sse_out, g, cent, sse)
+        if codes:
+            for c in range(k):
+                entries[c] = np.float32(cent_out[g, c])
+            _codes_from_bins(x3, keys3, g, entries, bins, nb, table, out3)
+
+
+@numba.njit(nogil=True, cache=True)
+def _codes_from_bins(x3, keys3, g, entries, bins, nb, table, out3):
+    """Indices of float32 group g: each bin's code by one walk along the midpoints (-1 where a
+    midpoint cuts the bin), then one lookup per element, or a search for the cut bins' elements."""
+    mids, first = _nearest_tables(entries)
+    table[:] = -1
+    p = 0
+    for b in range(nb):
+        while p < mids.shape[0] and mids[p] < bins[4][b]:
+            p += 1
+        q = p
+        while q < mids.shape[0] and mids[q] < bins[5][b]:
+            q += 1
+        table[bins[0][b]] = first[p] if p == q else -1
+    for o in range(x3.shape[0]):
+        seg = x3[o, g]
+        kseg = keys3[o, g]
+        dst = out3[o, g]
+        for l in range(x3.shape[2]):
+            c = table[kseg[l]]
+            dst[l] = c if c >= 0 else first[_rank(mids, np.float64(seg[l]))]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -707,7 +742,7 @@ class Fit(NamedTuple):
     sse: np.ndarray  # float64 [G, k] (zeros unless the curve was asked for)
     keys3: np.ndarray | None = None  # uint16 bins of float32 elements, or None
     delta: int = 0
-    codes3: np.ndarray | None = None  # uint8 indices for the float16-rounded centroids, or None
+    codes3: np.ndarray | None = None  # uint8 indices for the centroids rounded to the weights' dtype, or None
 
 
 def kmeans(x3: np.ndarray, imp3: np.ndarray, sw: np.ndarray, inner: int, k: int, skip_zero: bool = False,
@@ -717,8 +752,9 @@ def kmeans(x3: np.ndarray, imp3: np.ndarray, sw: np.ndarray, inner: int, k: int,
     The SSE curve is computed only with ``curve`` (zeros otherwise: the k-partition alone is found
     with less work). For float32 groups above ``SMALL`` elements it is the SSE of the optimal
     partition of the bins (exact when every bin holds one value). ``skip_zero`` leaves the value 0
-    out of the fit (the pruned positions of a sparse tensor). With ``codes``, float16 groups also get
-    the indices for their float16-rounded centroids in the same pass (``Fit.codes3``, when possible)."""
+    out of the fit (the pruned positions of a sparse tensor). With ``codes``, groups also get the
+    indices for their centroids rounded to the weights' dtype in the same pass (``Fit.codes3``; not
+    for one big group, which :func:`assign` indexes in parallel chunks)."""
     G = x3.shape[1]
     cent = np.empty((G, k))
     sse = np.empty((G, k))
@@ -737,11 +773,13 @@ def kmeans(x3: np.ndarray, imp3: np.ndarray, sw: np.ndarray, inner: int, k: int,
     if G == 1 and x3.size > 4 * SMALL:
         return Fit(*_kmeans32_chunked(x3, keys3, imp3, sw, inner, k, delta, skip_zero, curve), keys3, delta)
     values, order = fp16_values(), key32_order()
+    out3 = np.empty(x3.shape if codes else (0, 0, 0), np.uint8)
     _threads.run(
-        lambda s: kmeans32_groups(x3, keys3, imp3, sw, inner, k, s[0], s[1], delta, values, order, cent, sse, skip_zero, curve),
+        lambda s: kmeans32_groups(x3, keys3, imp3, sw, inner, k, s[0], s[1], delta, values, order, cent, sse, skip_zero,
+                                  curve, out3),
         _threads.spans(G),
     )
-    return Fit(cent, sse, keys3 if keys3.size else None, delta)
+    return Fit(cent, sse, keys3 if keys3.size else None, delta, out3 if codes else None)
 
 
 def scale_delta(x3: np.ndarray) -> int:

@@ -284,7 +284,7 @@ def _scalar(job: Job, nbits):
     fit = None
     if job.mode == "kmeans":
         k = 1 << nbits
-        fused = job.lut_int is None and job.lut_float == np.float16  # the kernel rounds and assigns itself
+        fused = job.lut_int is None and job.lut_float == job.dense.dtype  # the kernel rounds and assigns itself
         fit = lut1d.kmeans(x3, imp3, sw, inner, k, skip_zero=job.sparse, codes=fused)
         cent = fit.centroids
     elif job.mode == "uniform":
