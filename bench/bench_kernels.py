@@ -75,6 +75,7 @@ def make_weight(kind: str, rows: int, cols: int, rng) -> wp.CompressedTensor:
     raise ValueError(kind)
 
 
+FAST_KINDS = ("lut4", "lut4-g16", "lut2", "int8", "int4-b32")  # layouts fast mode covers
 PRODUCT_KINDS = ("lut4", "lut4-g16", "lut2", "lut6", "lut8", "int8", "int4-b32", "sparse50", "sparse75", "sparse50-lut4")
 
 
@@ -88,17 +89,20 @@ def bench_products(args, rng) -> list[dict]:
             for kind in args.kinds:
                 weights = [make_weight(kind, rows, cols, rng)]
                 weights += [make_weight(kind, rows, cols, rng) for _ in range(copies_for(weights[0].nbytes, args.llc) - 1)]
+                modes = [m for m in args.modes if m == "exact" or kind in FAST_KINDS]
                 for w in weights:  # derived data (sparse row starts, tables) is part of loading, not of the product
-                    wp.matmul(w, x[:1], backend="c")
-                baseline = median_seconds(lambda d: x @ d.T, dense, args.repeats)
-                seconds = median_seconds(lambda w: wp.matmul(w, x, backend="c"), weights, args.repeats)
-                baseline = min(baseline, median_seconds(lambda d: x @ d.T, dense, args.repeats))
-                row = dict(test="matmul", kind=kind, shape=f"{rows}x{cols}", batch=batch, seconds=seconds,
-                           numpy_fp32_seconds=baseline, speedup=baseline / seconds,
-                           bits_per_weight=8 * weights[0].nbytes / (rows * cols))
-                rows_out.append(row)
-                print(f"matmul {kind:14s} {rows}x{cols} batch {batch:2d}: {seconds * 1e3:8.3f} ms, numpy fp32 "
-                      f"{baseline * 1e3:8.3f} ms, speedup {baseline / seconds:5.2f}x", flush=True)
+                    for mode in modes:
+                        wp.matmul(w, x[:1], backend="c", mode=mode)
+                for mode in modes:
+                    baseline = median_seconds(lambda d: x @ d.T, dense, args.repeats)
+                    seconds = median_seconds(lambda w: wp.matmul(w, x, backend="c", mode=mode), weights, args.repeats)
+                    baseline = min(baseline, median_seconds(lambda d: x @ d.T, dense, args.repeats))
+                    row = dict(test="matmul", kind=kind, mode=mode, shape=f"{rows}x{cols}", batch=batch, seconds=seconds,
+                               numpy_fp32_seconds=baseline, speedup=baseline / seconds,
+                               bits_per_weight=8 * weights[0].nbytes / (rows * cols))
+                    rows_out.append(row)
+                    print(f"matmul {kind:14s} {mode:5s} {rows}x{cols} batch {batch:2d}: {seconds * 1e3:8.3f} ms, numpy fp32 "
+                          f"{baseline * 1e3:8.3f} ms, speedup {baseline / seconds:5.2f}x", flush=True)
     return rows_out
 
 
@@ -176,6 +180,7 @@ def bench_runtime(args, rng) -> list[dict]:
         results = {}
         for policy in ("load", "jit", "auto"):
             model = Model(layers, policy=policy, batch_size=batch)
+            time.sleep(0.5)  # BLAS worker threads spin ~0.1 s after a call (auto's cost model makes some)
             latency = median_seconds(lambda _: model(x), [None], max(5, args.repeats // 4))
             results[policy] = dict(load_seconds=model.report.load_seconds, latency_seconds=latency,
                                    resident_weight_bytes=model.report.resident_weight_bytes,
@@ -205,6 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(4096, 4096), (11008, 4096)])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--kinds", nargs="+", default=list(PRODUCT_KINDS), choices=PRODUCT_KINDS)
+    parser.add_argument("--modes", nargs="+", default=["exact", "fast"], choices=["exact", "fast"])
     parser.add_argument("--decompress-kinds", nargs="+", default=list(DECOMPRESS_KINDS), choices=DECOMPRESS_KINDS)
     parser.add_argument("--backends", nargs="+", default=["c", "numba", "numpy"])
     parser.add_argument("--repeats", type=int, default=40)

@@ -187,8 +187,9 @@ class Model:
             self._decisions[key] = self._measured_jit_faster(layer, batch_size)
         return jit_mode if self._decisions[key] else "dense"
 
-    def _measured_jit_faster(self, layer, batch_size: int, repeats: int = 5) -> bool:
-        """The cost model: time both ways on this layer's weight at this batch (medians)."""
+    def _measured_jit_faster(self, layer, batch_size: int, repeats: int = 9) -> bool:
+        """The cost model: time both ways on this layer's weight at this batch (medians of a
+        warmed-up run of each; the fused kernel first, before BLAS's worker threads are awake)."""
         rows, cols = layer.weight.shape[0], int(np.prod(layer.weight.shape[1:]))
         if isinstance(layer, Conv2d):
             return False  # a convolution's batch is batch * H' * W': dense BLAS wins
@@ -196,6 +197,7 @@ class Model:
         dense = layer.weight.decompress(np.float32, backend=self.backend).reshape(rows, cols)
 
         def median(fn):
+            fn()
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
