@@ -223,14 +223,16 @@ WP_INLINE void codes_tile(const void *args, const wp_mv_common *c, enum source s
     store_tile(c, acc, r, rt, b0, bt);
 }
 
-#define CODES_WORKER(name, src, n, type)                                                         \
+/* A row worker over tiles of `rows` rows (x BATCH_TILE batch entries) of tile function tile_fn. */
+#define TILE_WORKER(name, tile_fn, src, n, type, rows)                                           \
     WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
-                            long long b0, int bt) { (void)unused; codes_tile(args, c, src, n, r, rt, b0, bt); } \
+                               long long b0, int bt) { (void)unused; tile_fn(args, c, src, n, r, rt, b0, bt); } \
     static void name(const void *args, long long r0, long long r1)                               \
     {                                                                                            \
         const wp_mv_common *c = &((const type *)args)->c;                                        \
-        RUN_TILES(name##_tile, args, c, NULL, r0, r1);                                           \
+        WP_RUN_TILES(name##_tile, args, c, NULL, r0, r1, rows, BATCH_TILE);                      \
     }
+#define CODES_WORKER(name, src, n, type) TILE_WORKER(name, codes_tile, src, n, type, ROW_TILE)
 
 CODES_WORKER(codes_lut1, SRC_LUT, 1, wp_lut_mv)
 CODES_WORKER(codes_lut2, SRC_LUT, 2, wp_lut_mv)
@@ -387,18 +389,8 @@ WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source s
     store_tile(c, acc, r, rt, b0, bt);
 }
 
-#define BYTES_WORKER(name, src, n, type)                                                         \
-    WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
-                               long long b0, int bt) { (void)unused; bytes_tile(args, c, src, n, r, rt, b0, bt); } \
-    static void name(const void *args, long long r0, long long r1)                               \
-    {                                                                                            \
-        const wp_mv_common *c = &((const type *)args)->c;                                        \
-        for (long long r = r0; r < r1; r++) { /* one row at a time: its planes fill registers */ \
-            long long b = 0;                                                                     \
-            for (; b + BATCH_TILE <= c->batch; b += BATCH_TILE) name##_tile(args, c, NULL, r, 1, b, BATCH_TILE); \
-            for (; b < c->batch; b++) name##_tile(args, c, NULL, r, 1, b, 1);                    \
-        }                                                                                        \
-    }
+/* one row at a time: a row's tables fill the registers */
+#define BYTES_WORKER(name, src, n, type) TILE_WORKER(name, bytes_tile, src, n, type, 1)
 
 BYTES_WORKER(bytes_lut1, SRC_LUT, 1, wp_lut_mv)
 BYTES_WORKER(bytes_lut2, SRC_LUT, 2, wp_lut_mv)
