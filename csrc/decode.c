@@ -29,16 +29,26 @@ static int check_tables(const wp_decode_job *j)
     return WP_OK;
 }
 
-/* Codes the stream must hold: every element when dense, the mask's set bits otherwise. */
+/* Codes an n-bit stream of codes_len bytes holds. */
+static long long stream_codes(long long codes_len, int nbits)
+{
+    return codes_len / nbits * 8 + (codes_len % nbits) * 8 / nbits;
+}
+
+/* The mask covers count elements and, when dense, the stream holds every element. The stored
+   count of a masked stream (the mask's popcount) is checked by the decoder that runs: the SIMD
+   decoders count it anyway to split the work, the scalar ones call check_masked_stream. */
 static int check_stream(const uint8_t *mask, long long mask_len, long long count, long long codes_len, int nbits)
 {
-    long long need = count;
-    if (mask) {
-        if (mask_len != wp_stream_bytes(count, 1)) return WP_E_SIZE;
-        need = 0;
-        for (long long i = 0; i < mask_len; i++) need += __builtin_popcount(mask[i]);
-    }
-    return codes_len / nbits * 8 + (codes_len % nbits) * 8 / nbits >= need ? WP_OK : WP_E_SIZE;
+    if (mask) return mask_len == wp_stream_bytes(count, 1) ? WP_OK : WP_E_SIZE;
+    return stream_codes(codes_len, nbits) >= count ? WP_OK : WP_E_SIZE;
+}
+
+static int check_masked_stream(const uint8_t *mask, long long count, long long codes_len, int nbits)
+{
+    long long stored = 0;
+    for (long long i = 0; i < wp_stream_bytes(count, 1); i++) stored += __builtin_popcount(mask[i]);
+    return stream_codes(codes_len, nbits) >= stored ? WP_OK : WP_E_SIZE;
 }
 
 #define COPY_ELEM(dst, src, size)                          \
@@ -114,7 +124,8 @@ int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits
         const long long o0 = row_out[r], last = o0 + (cols - 1) * col_stride + (long long)(vsize - 1) * v_stride;
         if (o0 < 0 || last >= out_len) return WP_E_RANGE;
     }
-    if (wp_simd_level() >= 2 && wp_lut_decode_avx512(&job) == WP_OK) return WP_OK;
+    if (wp_simd_level() >= 2 && (rc = wp_lut_decode_avx512(&job)) != WP_NOT_COVERED) return rc;
+    if (mask && (rc = check_masked_stream(mask, count, indices_len, nbits))) return rc;
     lut_decode_scalar(&job);
     return WP_OK;
 }
@@ -129,8 +140,10 @@ int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long co
     if ((elem_size != 1 && elem_size != 2 && elem_size != 4) || (widen_half && elem_size != 2)) return WP_E_ARG;
     int rc = check_stream(mask, mask_len, count, n_values * elem_size, 8 * elem_size);
     if (rc) return rc;
-    if (wp_simd_level() >= 2 && wp_sparse_decode_avx512(mask, count, values, elem_size, widen_half, out) == WP_OK)
-        return WP_OK;
+    if (wp_simd_level() >= 2 &&
+        (rc = wp_sparse_decode_avx512(mask, count, values, n_values, elem_size, widen_half, out)) != WP_NOT_COVERED)
+        return rc;
+    if ((rc = check_masked_stream(mask, count, n_values * elem_size, 8 * elem_size))) return rc;
     long long k = 0;
     for (long long e = 0; e < count; e++) wp_sparse_element(mask, e, values, &k, elem_size, widen_half, out);
     return WP_OK;
@@ -169,7 +182,8 @@ int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbi
                                NULL, NULL, NULL, 1, out_half ? 2 : 4, NULL, 1, 1,
                                scale, offset, half_math, out, out_half};
     if ((rc = check_tables(&job)) || (rc = check_stream(mask, mask_len, count, data_len, nbits))) return rc;
-    if (wp_simd_level() >= 2 && wp_quant_decode_avx512(&job) == WP_OK) return WP_OK;
+    if (wp_simd_level() >= 2 && (rc = wp_quant_decode_avx512(&job)) != WP_NOT_COVERED) return rc;
+    if (mask && (rc = check_masked_stream(mask, count, data_len, nbits))) return rc;
     shift_scale_decode_scalar(&job);
     return WP_OK;
 }

@@ -45,20 +45,35 @@ static long long popcount_range(const uint8_t *mask, long long e0, long long e1)
 typedef void (*chunk_fn)(const wp_decode_job *job, long long r, long long j0, long long j1, long long k);
 
 /* Run fn over every chunk of every row; k is the chunk's first stream element. */
-static void run_chunks(const wp_decode_job *job, chunk_fn fn)
+/* Per-chunk first stream element of a masked job (NULL when out of memory); starts[tasks] is the
+   mask's popcount. */
+static long long *chunk_starts(const uint8_t *mask, long long rows, long long cols, long long per_row)
+{
+    const long long tasks = rows * per_row;
+    long long *starts = malloc((size_t)(tasks + 1) * sizeof *starts);
+    if (!starts) return NULL;
+#pragma omp parallel for schedule(static) num_threads(wp_threads()) if (tasks > 1)
+    for (long long t = 0; t < tasks; t++) {
+        const long long r = t / per_row, j0 = t % per_row * CHUNK, j1 = j0 + CHUNK < cols ? j0 + CHUNK : cols;
+        starts[t + 1] = popcount_range(mask, r * cols + j0, r * cols + j1);
+    }
+    starts[0] = 0;
+    for (long long t = 0; t < tasks; t++) starts[t + 1] += starts[t];
+    return starts;
+}
+
+/* Run fn over every chunk of every row; k is the chunk's first stream element. */
+static int run_chunks(const wp_decode_job *job, chunk_fn fn)
 {
     const long long per_row = (job->cols + CHUNK - 1) / CHUNK, tasks = job->rows * per_row;
     long long *starts = NULL;
     if (job->mask) {
-        starts = malloc((size_t)(tasks + 1) * sizeof *starts);
-        if (!starts) return;
-#pragma omp parallel for schedule(static) num_threads(wp_threads()) if (tasks > 1)
-        for (long long t = 0; t < tasks; t++) {
-            const long long r = t / per_row, j0 = t % per_row * CHUNK, j1 = j0 + CHUNK < job->cols ? j0 + CHUNK : job->cols;
-            starts[t + 1] = popcount_range(job->mask, r * job->cols + j0, r * job->cols + j1);
+        if (!(starts = chunk_starts(job->mask, job->rows, job->cols, per_row))) return WP_NOT_COVERED;
+        const long long available = job->codes_len / job->nbits * 8 + (job->codes_len % job->nbits) * 8 / job->nbits;
+        if (starts[tasks] > available) {
+            free(starts);
+            return WP_E_SIZE;
         }
-        starts[0] = 0;
-        for (long long t = 0; t < tasks; t++) starts[t + 1] += starts[t];
     }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(wp_threads()) if (tasks > 1)
     for (long long t = 0; t < tasks; t++) {
@@ -66,6 +81,7 @@ static void run_chunks(const wp_decode_job *job, chunk_fn fn)
         fn(job, r, j0, j1, job->mask ? starts[t] : r * job->cols + j0);
     }
     free(starts);
+    return WP_OK;
 }
 
 /* Whether the 64 columns from j lie in one table. */
@@ -270,31 +286,28 @@ int wp_lut_decode_avx512(const wp_decode_job *job)
 {
     if (job->vsize != 1 || (job->elem_size == 4 && !job->lut_lo)) return WP_NOT_COVERED;
     if (job->mask && job->cols % 8) return WP_NOT_COVERED; /* rows start on whole mask bytes */
-    run_chunks(job, lut_chunk);
-    return WP_OK;
+    return run_chunks(job, lut_chunk);
 }
 
 int wp_quant_decode_avx512(const wp_decode_job *job)
 {
     if (job->mask && job->cols % 8) return WP_NOT_COVERED;
     const int long_tables = job->col_block >= (job->nbits == 8 ? 1024 : 128);
-    run_chunks(job, job->half_math && long_tables ? quant_table_chunk : quant_chunk);
-    return WP_OK;
+    return run_chunks(job, job->half_math && long_tables ? quant_table_chunk : quant_chunk);
 }
 
 /* ---- sparse values -------------------------------------------------------------------------- */
 
-int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, int elem_size, int widen_half,
-                            void *out)
+int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
+                            int widen_half, void *out)
 {
     const long long tasks = (count + CHUNK - 1) / CHUNK;
-    long long *starts = malloc((size_t)(tasks + 1) * sizeof *starts);
+    long long *starts = chunk_starts(mask, 1, count, tasks);
     if (!starts) return WP_NOT_COVERED;
-#pragma omp parallel for schedule(static) num_threads(wp_threads()) if (tasks > 1)
-    for (long long t = 0; t < tasks; t++)
-        starts[t + 1] = popcount_range(mask, t * CHUNK, (t + 1) * CHUNK < count ? (t + 1) * CHUNK : count);
-    starts[0] = 0;
-    for (long long t = 0; t < tasks; t++) starts[t + 1] += starts[t];
+    if (starts[tasks] > n_values) {
+        free(starts);
+        return WP_E_SIZE;
+    }
     const int out_size = widen_half ? 4 : elem_size;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(wp_threads()) if (tasks > 1)
     for (long long t = 0; t < tasks; t++) {

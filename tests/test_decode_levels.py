@@ -58,3 +58,23 @@ def large_tensors(draw):
 @given(tensor=large_tensors(), dtype=st.sampled_from([None, np.float16, np.float32]))
 def test_decompression_is_bit_identical_on_every_level(simd, tensor, dtype):
     assert_same_bits(tensor.decompress(dtype, backend="c"), tensor.decompress(dtype, backend="numpy"))
+
+
+def test_decoders_refuse_a_mask_with_more_bits_than_stored_values(simd):
+    """The C entry points check what the mask asks for against the stream before writing."""
+    from weightpack._c import buffer, ffi, lib, status
+
+    count = 8192 + 64 * 3 + 5
+    mask = np.packbits(np.ones(count, np.uint8), bitorder="little")
+    values = np.ones(count - 1, np.float16)  # one value short
+    out = np.empty(count, np.float32)
+    rc = lib.wp_sparse_decode(buffer(mask), mask.size, count, buffer(values), values.size, 2, 1,
+                              buffer(out, writable=True), out.size)
+    assert rc == status.SIZE
+    codes = np.zeros((count - 1) // 2, np.uint8)  # 4-bit codes for count - 2 elements
+    table = np.zeros(16, np.float32)
+    row = np.zeros(1, np.int64)
+    rc = lib.wp_lut_decode(buffer(codes), codes.size, 4, buffer(mask), mask.size, 1, count,
+                           buffer(row, "long long[]"), count, buffer(table), ffi.NULL, ffi.NULL, 1, 16, 1, 4,
+                           buffer(row, "long long[]"), 1, 1, buffer(out, writable=True), out.size)
+    assert rc == status.SIZE
