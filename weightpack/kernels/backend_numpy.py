@@ -75,7 +75,7 @@ def shift_scale(data: np.ndarray, scale: np.ndarray, offset) -> np.ndarray:
             scale = np.repeat(scale, dim // blocks, axis)
             if offset is not None:
                 offset = np.repeat(offset, dim // blocks, axis)
-    with np.errstate(over="ignore"):  # IEEE overflow to +-inf is the defined result (SPEC.md §5)
+    with np.errstate(over="ignore", invalid="ignore"):  # IEEE results (inf, and inf * 0 = NaN) are the definition (SPEC.md §5)
         if offset is not None:
             x = x - offset.astype(scale.dtype)
         return scale * x
