@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compress._common import float_weights, positive_int
-from ..compress.pruning import prune_count
+from ..compress.pruning import _smallest_reference, prune_count
 from ..errors import WeightpackError, describe
 from ..formats import SparseTensor
 from . import hessian
@@ -126,16 +126,7 @@ def _sparse(values, keep, dtype, shape=None) -> SparseTensor:
 
 def _smallest(scores: np.ndarray, count: int) -> np.ndarray:
     """Boolean mask of the ``count`` smallest scores; equal scores: lower row-major position first."""
-    flat = scores.reshape(-1)
-    out = np.zeros(flat.size, bool)
-    if count >= flat.size:
-        out[:] = True
-    elif count > 0:
-        kth = np.partition(flat, count - 1)[count - 1]
-        below = flat < kth
-        out |= below
-        out[np.flatnonzero(flat == kth)[: count - int(np.count_nonzero(below))]] = True
-    return out.reshape(scores.shape)
+    return _smallest_reference(scores.reshape(-1), count).reshape(scores.shape)
 
 
 def _check_target(sparsity, n_m):
