@@ -182,16 +182,23 @@ WP_INLINE __m512 fetch_weights(const void *args, const wp_mv_common *c, enum sou
     return _mm512_i32gather_ps(codes, tab->mem, 4); /* 8-bit LUT: 256 floats stay in L1 */
 }
 
-WP_INLINE void codes_tile(const void *args, const wp_mv_common *c, enum source src, int n, long long r, int rt,
-                          long long b0, int bt)
+/* Zero a tile's accumulators and find where each of its rows' stream elements start and end. */
+WP_INLINE void start_rows(const wp_mv_common *c, long long r, int rt, int bt, __m512 acc[ROW_TILE][BATCH_TILE],
+                          long long k[ROW_TILE], long long k_end[ROW_TILE])
 {
-    __m512 acc[ROW_TILE][BATCH_TILE];
-    long long k[ROW_TILE], k_end[ROW_TILE];
     for (int i = 0; i < rt; i++) {
         for (int b = 0; b < bt; b++) acc[i][b] = _mm512_setzero_ps();
         k[i] = c->mask ? c->row_start[r + i] : (r + i) * c->cols;
         k_end[i] = c->mask ? c->row_start[r + i + 1] : k[i] + c->cols;
     }
+}
+
+WP_INLINE void codes_tile(const void *args, const wp_mv_common *c, enum source src, int n, long long r, int rt,
+                          long long b0, int bt)
+{
+    __m512 acc[ROW_TILE][BATCH_TILE];
+    long long k[ROW_TILE], k_end[ROW_TILE];
+    start_rows(c, r, rt, bt, acc, k, k_end);
     const uint16_t *mask16 = (const uint16_t *)c->mask;
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         row_tables tab[ROW_TILE];
@@ -358,11 +365,7 @@ WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source s
     const __m512i inter0 = _mm512_loadu_si512(INTERLEAVE[0]), inter1 = _mm512_loadu_si512(INTERLEAVE[1]);
     __m512 acc[ROW_TILE][BATCH_TILE];
     long long k[ROW_TILE], k_end[ROW_TILE];
-    for (int i = 0; i < rt; i++) {
-        for (int b = 0; b < bt; b++) acc[i][b] = _mm512_setzero_ps();
-        k[i] = c->mask ? c->row_start[r + i] : (r + i) * c->cols;
-        k_end[i] = c->mask ? c->row_start[r + i + 1] : k[i] + c->cols;
-    }
+    start_rows(c, r, rt, bt, acc, k, k_end);
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         row_state state[ROW_TILE];
         for (int i = 0; i < rt; i++)
