@@ -71,6 +71,44 @@ def transformer_like(d: int, seed: int = 0, alpha: float = 0.5):
     return draw
 
 
+def encoder_stack(n_layers: int = 6, d: int = 384, ff: int = 1536, n_cal: int = 16384, n_test: int = 4096, seed: int = 0):
+    """Layers shaped like a small BERT encoder: per block q, k, v, o (d x d), ff1 (ff x d), ff2 (d x ff).
+
+    Returns ``[(name, w, stats, x_test)]``: float16 weights (:func:`layer_weights`), the
+    ActivationStats of ``n_cal`` calibration rows and ``n_test`` held-out rows of each layer's
+    inputs. q, k and v share the input of a LayerNorm (:func:`transformer_like`); o reads the
+    attention context (a steeper spectrum, alpha 1, at 0.3 of the scale); ff1 another LayerNorm
+    output; ff2 the GELU of a wide transformer-like pre-activation. The output energies differ
+    from layer to layer as in a trained encoder (o and ff2 small, ff1 large).
+    """
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
+
+    out = []
+    for i in range(n_layers):
+        base = 100 * (i + 1) + seed
+        sources = {
+            "ln1": (transformer_like(d, base), 1.0, None),
+            "ctx": (transformer_like(d, base + 1, alpha=1.0), 0.3, None),
+            "ln2": (transformer_like(d, base + 2), 1.0, None),
+            "act": (transformer_like(ff, base + 3, alpha=0.3), 0.5, gelu),
+        }
+        inputs = {}
+        for key, (draw, gain, f) in sources.items():
+            cal, test = gain * draw(n_cal, 1), gain * draw(n_test, 2)
+            if f is not None:
+                cal, test = f(cal), f(test)
+            stats = ActivationStats(cal.shape[1])
+            for start in range(0, n_cal, 4096):
+                stats.update(cal[start : start + 4096])
+            inputs[key] = (stats, test.astype(np.float32))
+        for j, (name, rows, key) in enumerate((("q", d, "ln1"), ("k", d, "ln1"), ("v", d, "ln1"), ("o", d, "ctx"),
+                                               ("ff1", ff, "ln2"), ("ff2", d, "act"))):
+            stats, test = inputs[key]
+            out.append((f"{i}.{name}", layer_weights(rows, stats.in_features, seed=1000 * i + j + seed), stats, test))
+    return out
+
+
 def layer_weights(rows: int, cols: int, seed: int = 1) -> np.ndarray:
     """float16 weights: Student-t(5) * 0.02 with a log-normal scale per output channel."""
     rng = np.random.default_rng(seed)
