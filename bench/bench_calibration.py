@@ -9,7 +9,13 @@ Activations: by default a deterministic synthetic set with the structure of tran
 inputs (correlated channels with a power-law spectrum, per-channel gains and means, a few
 channels 10x louder with large means, per-token norm variation; see ``transformer_like``), or a
 user's own ``--activations x.npy`` (rows x in_features; a seeded quarter of the rows is held out)
-with optional ``--weights w.npy`` (out x in).
+with optional ``--weights w.npy`` (out x in). LUT rows also show the gain over plain GPTQ with one
+LUT per tensor at the same width ("vs GPTQ": the refit, the per-row scale, grouped LUTs).
+
+Bits per layer: on layers shaped like a small encoder (``encoder_stack``: 6 blocks of q, k, v, o
+384 x 384, ff1 1536 x 384, ff2 384 x 1536, each with its own synthetic inputs), at the sizes of the
+uniform 4-bit and 3-bit plans, the held-out error of ``allocate_bits`` plans (both objectives, with
+and without the measured curves) against the uniform GPTQ plan.
 
 Speed: the 4096 x 4096 layer with its 4096 x 4096 Gram matrix (float16 weights, correlated
 inputs with outlier channels), the least of two runs per encoder after a warm-up (numba
@@ -20,7 +26,8 @@ below twice the wall time means this process was waiting for a core.
 Usage:
     python bench/bench_calibration.py                       # synthetic 1024 x 1024 layer + timing
     python bench/bench_calibration.py --activations x.npy [--weights w.npy] [--no-timing]
-    python bench/bench_calibration.py --quick               # smaller layer, no timing
+    python bench/bench_calibration.py --quick               # smaller layer and stack, no timing
+    python bench/bench_calibration.py --no-allocation       # skip the bits-per-layer comparison
 
 Prints a table and writes JSON to bench/results/.
 """
@@ -41,6 +48,7 @@ from weightpack.calibration import ActivationStats, gptq_palettize, gptq_quantiz
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NBITS = (8, 6, 4, 3, 2)
+GROUPED_NBITS = (4, 3, 2)
 SPARSITIES = (0.3, 0.5, 0.75)
 
 
@@ -117,7 +125,13 @@ def layer_weights(rows: int, cols: int, seed: int = 1) -> np.ndarray:
 
 
 def cases(w, stats):
-    """(target, method, calibrated?, thunk) for every comparison."""
+    """(target, method, calibrated?, thunk) for every comparison.
+
+    LUT rows: "GPTQ" is the plain column sweep (no refit, no scale); "+ refit" alternates it with
+    the least-squares refits on H; "+ per-row scale" searches a scale per output row first
+    (``scale_method="max"``: the largest magnitude, as before). Grouped targets keep one LUT per
+    16 output rows.
+    """
     h = stats.gram
     diag_h = np.diag(np.diag(h))  # importance-weighted LUT without error feedback
     m2 = stats.second_moments
@@ -127,14 +141,23 @@ def cases(w, stats):
         out += [
             (t, "k-means (data-free)", False, lambda b=b: wp.palettize(w, b)),
             (t, "importance k-means", True, lambda b=b: gptq_palettize(w, diag_h, b)),
-            (t, "GPTQ", True, lambda b=b: gptq_palettize(w, h, b)),
-            (t, "GPTQ + per-row scale", True, lambda b=b: gptq_palettize(w, h, b, per_row_scale=True)),
+            (t, "GPTQ", True, lambda b=b: gptq_palettize(w, h, b, refit=False)),
+            (t, "GPTQ + refit", True, lambda b=b: gptq_palettize(w, h, b)),
+            (t, "GPTQ + per-row scale (max)", True,
+             lambda b=b: gptq_palettize(w, h, b, per_row_scale=True, scale_method="max", refit=False)),
+            (t, "GPTQ + per-row scale", True, lambda b=b: gptq_palettize(w, h, b, per_row_scale=True, refit=False)),
+            (t, "GPTQ + per-row scale + refit", True, lambda b=b: gptq_palettize(w, h, b, per_row_scale=True)),
         ]
-    t = "LUT 2-bit, 1 per 16 rows"
-    out += [
-        (t, "k-means (data-free)", False, lambda: wp.palettize(w, 2, group_size=16)),
-        (t, "GPTQ", True, lambda: gptq_palettize(w, h, 2, group_size=16)),
-    ]
+    for b in GROUPED_NBITS:
+        t = f"LUT {b}-bit, 1 per 16 rows"
+        out += [
+            (t, "k-means (data-free)", False, lambda b=b: wp.palettize(w, b, group_size=16)),
+            (t, "k-means + per-row scale", False,
+             lambda b=b: wp.palettize(w, b, group_size=16, per_channel_scale=True, scale_axis=0)),
+            (t, "GPTQ", True, lambda b=b: gptq_palettize(w, h, b, group_size=16, refit=False)),
+            (t, "GPTQ + refit", True, lambda b=b: gptq_palettize(w, h, b, group_size=16)),
+            (t, "GPTQ + per-row scale + refit", True, lambda b=b: gptq_palettize(w, h, b, group_size=16, per_row_scale=True)),
+        ]
     for dtype, gran, block in (("int8", "per_channel", None), ("int4", "per_channel", None), ("int4", "per_block", 32)):
         t = f"{dtype} {gran.replace('_', ' ')}" + (f" {block}" if block else "")
         kw = dict(granularity=gran, block_size=block)
@@ -165,17 +188,20 @@ def quality(w, x_cal, x_test):
     for start in range(0, len(x_cal), 4096):
         stats.update(x_cal[start : start + 4096])
     y = x_test @ w.astype(np.float32).T
-    rows, baseline = [], {}
+    rows, baseline, plain = [], {}, {}
     for target, method, calibrated, make in cases(w, stats):
         start = time.perf_counter()
         t = make()
         seconds = time.perf_counter() - start
         snr = wp.snr_db(y, x_test @ t.decompress(np.float32).T)
-        if not calibrated:
+        if not calibrated and target not in baseline:
             baseline[target] = snr
-        gain = snr - baseline[target] if target in baseline else None
+        nbits = target.split("-bit")[0].removeprefix("LUT ") if target.startswith("LUT ") else None
+        if nbits is not None and method == "GPTQ" and "per 16" not in target:
+            plain[nbits] = snr  # plain GPTQ with one LUT per tensor: the item-5 baseline
         rows.append(dict(target=target, method=method, nbytes=t.nbytes, bits_per_weight=8 * t.nbytes / w.size,
-                         snr_db=snr, gain_db=gain, seconds=seconds))
+                         snr_db=snr, gain_db=snr - baseline[target] if target in baseline else None,
+                         gain_over_gptq_db=snr - plain[nbits] if nbits in plain else None, seconds=seconds))
     return rows
 
 
@@ -198,7 +224,9 @@ def timing(n: int = 4096, repeat: int = 2):
     out = {"load_average_before": os.getloadavg()[0]}
     runs = {
         "inverse_cholesky (float32)": lambda: hessian.inverse_cholesky(h, dtype=np.float32),
-        "gptq_palettize 4-bit": lambda: gptq_palettize(w, h, 4),
+        "gptq_palettize 4-bit": lambda: gptq_palettize(w, h, 4, refit=False),
+        "gptq_palettize 4-bit + refit": lambda: gptq_palettize(w, h, 4),
+        "gptq_palettize 4-bit + per-row scale + refit": lambda: gptq_palettize(w, h, 4, per_row_scale=True),
         "gptq_quantize int4 per channel": lambda: gptq_quantize(w, h, "int4"),
         "sparsegpt_prune 50%": lambda: sparsegpt_prune(w, h, 0.5),
     }
@@ -216,7 +244,8 @@ def timing(n: int = 4096, repeat: int = 2):
 
 def print_table(rows, title):
     print(title)
-    head = f"{'target':<26} {'method':<30} {'bytes':>11} {'bits/w':>7} {'SNR dB':>8} {'vs data-free':>13} {'time s':>7}"
+    head = (f"{'target':<26} {'method':<30} {'bytes':>11} {'bits/w':>7} {'SNR dB':>8} {'vs data-free':>13} "
+            f"{'vs GPTQ':>8} {'time s':>7}")
     print(head)
     print("-" * len(head))
     last = None
@@ -225,8 +254,74 @@ def print_table(rows, title):
             print()
         last = r["target"]
         gain = "" if r["gain_db"] is None or r["method"].endswith("(data-free)") else f"{r['gain_db']:+.2f}"
+        vs_gptq = "" if r["gain_over_gptq_db"] is None or r["method"] == "GPTQ" and "per 16" not in r["target"] else (
+            f"{r['gain_over_gptq_db']:+.2f}")
         print(f"{r['target']:<26} {r['method']:<30} {r['nbytes']:>11,} {r['bits_per_weight']:>7.3f} {r['snr_db']:>8.2f} "
-              f"{gain:>13} {r['seconds']:>7.2f}")
+              f"{gain:>13} {vs_gptq:>8} {r['seconds']:>7.2f}")
+
+
+def allocation(blocks: int, d: int, ff: int):
+    """Bits per layer on an encoder-shaped stack at the size of the uniform 4-bit and 3-bit plans:
+    held-out quality of each plan's tensors (``BitPlan.compress``) against the uniform GPTQ plan."""
+    from weightpack.calibration import allocate_bits
+
+    start = time.perf_counter()
+    layers = encoder_stack(blocks, d, ff, n_cal=16 * d, n_test=4096)
+    items = [(name, w, stats) for name, w, stats, _ in layers]
+    print(f"\n{len(items)} layers shaped like a {blocks}-block encoder (d={d}, ff={ff}), {16 * d} calibration rows "
+          f"and 4096 held-out rows per layer ({time.perf_counter() - start:.0f} s to make)")
+    plans = (("uniform (GPTQ + refit)", None), ("allocate_bits, relative (default)", {}),
+             ("allocate_bits, absolute", {"objective": "absolute"}),
+             ("allocate_bits, relative, proxy only", {"measure": False}),
+             ("allocate_bits, absolute, proxy only", {"objective": "absolute", "measure": False}))
+    out = []
+    head = (f"{'budget':<14} {'plan':<38} {'bytes':>11} {'relative dB':>11} {'absolute dB':>11} {'mean layer':>10} "
+            f"{'min layer':>9} {'time s':>7}  o-proj bits")
+    print(head)
+    print("-" * len(head))
+    for nbits in (4, 3):
+        budget = sum(wp.palettize(w, nbits).nbytes for _, w, _ in items)
+        for label, options in plans:
+            start = time.perf_counter()
+            if options is None:
+                tensors = {name: gptq_palettize(w, stats, nbits) for name, w, stats in items}
+                chosen = {name: nbits for name in tensors}
+            else:
+                plan = allocate_bits(items, nbytes=budget, group_sizes=(None, 16), **options)
+                tensors = plan.compress(items)
+                chosen = {p.name: p.choice.nbits for p in plan.layers}
+            seconds = time.perf_counter() - start
+            signal, noise, ratios = 0.0, 0.0, []
+            for name, w, _, x in layers:
+                y = x @ w.astype(np.float32).T
+                e = y - x @ tensors[name].decompress(np.float32).T
+                s2, n2 = float(np.sum(y.astype(np.float64) ** 2)), float(np.sum(e.astype(np.float64) ** 2))
+                signal, noise = signal + s2, noise + n2
+                ratios.append(n2 / s2)
+            nbytes = sum(t.nbytes for t in tensors.values())
+            row = dict(budget_bits=nbits, budget_nbytes=budget, plan=label, nbytes=nbytes,
+                       relative_db=-10 * math.log10(np.mean(ratios)), absolute_db=10 * math.log10(signal / noise),
+                       mean_layer_snr_db=float(np.mean(-10 * np.log10(ratios))),
+                       min_layer_snr_db=float(np.min(-10 * np.log10(ratios))), seconds=seconds,
+                       o_proj_bits=[chosen[n] for n in chosen if n.endswith(".o")])
+            out.append(row)
+            print(f"{nbits}-bit size{'':<5} {label:<38} {nbytes:>11,} {row['relative_db']:>11.2f} {row['absolute_db']:>11.2f} "
+                  f"{row['mean_layer_snr_db']:>10.2f} {row['min_layer_snr_db']:>9.2f} {seconds:>7.1f}  {row['o_proj_bits']}")
+    print("relative dB: -10 log10 of the mean over layers of held-out error / signal; absolute dB: all layers' "
+          "output signal over all their error")
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name and SIMD flags of note (Linux /proc/cpuinfo), or the platform's processor."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_fp16", "amx_tile") if f in flags]
+    return f"{model} ({' '.join(simd) or 'no AVX2'}), {os.cpu_count()} CPUs"
 
 
 def main(argv=None):
@@ -238,9 +333,14 @@ def main(argv=None):
     ap.add_argument("--test-rows", type=int, default=8192, help="synthetic held-out rows")
     ap.add_argument("--quick", action="store_true", help="a 256 x 256 layer and no timing")
     ap.add_argument("--no-timing", action="store_true", help="skip the 4096 x 4096 timing")
+    ap.add_argument("--no-allocation", action="store_true", help="skip the bits-per-layer comparison")
+    ap.add_argument("--blocks", type=int, default=6, help="encoder blocks of the bits-per-layer comparison (default 6)")
     args = ap.parse_args(argv)
+    print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}")
+    allocation_shape = (args.blocks, 384, 1536)
     if args.quick:
         args.size, args.no_timing, args.test_rows = 256, True, 4096
+        allocation_shape = (min(args.blocks, 2), 64, 256)
     if args.activations:
         x = np.load(args.activations, mmap_mode="r")
         if x.ndim != 2 or x.dtype.kind != "f":
@@ -264,8 +364,10 @@ def main(argv=None):
         name = f"synthetic{d}"
     rows = quality(w, x_cal, x_test)
     print_table(rows, f"Layer-output SNR on held-out activations: {source}")
-    result = dict(source=source, weight_shape=list(w.shape), weight_dtype=str(w.dtype), rows=rows,
+    result = dict(source=source, weight_shape=list(w.shape), weight_dtype=str(w.dtype), rows=rows, cpu=cpu_model(),
                   machine=platform.machine(), cpus=os.cpu_count(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if not args.no_allocation:
+        result["allocation"] = allocation(*allocation_shape)
     if not args.no_timing:
         t = timing()
         result["timing_4096"] = t

@@ -193,6 +193,8 @@ OPTIONS = [
     dict(nbits=4, lut_dtype="int8"),
     dict(nbits=4, per_channel_scale=True),
     dict(nbits=3, group_size=16, per_channel_scale=True, lut_dtype="uint8"),
+    dict(nbits=3, group_size=8, per_channel_scale=True, scale_axis=0),
+    dict(nbits=2, group_size=4, cluster_dim=2, per_channel_scale=True, scale_axis=0, lut_dtype="int8"),
     dict(nbits=4, mode="uniform", group_size=8),
     dict(nbits=2, cluster_dim=2, per_channel_scale=True, lut_dtype="int8"),
     dict(mode="unique"),
@@ -367,7 +369,32 @@ def test_per_channel_scale_along_another_axis_and_for_conv_weights():
     assert conv.scale.shape == (1, 6, 3, 3)  # coremltools' (1, C_in, kh, kw)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_per_row_scale_with_a_lut_per_group_of_rows(dtype):
+    """scale_axis=0: one scale per output row, independent of the LUT per 16 rows; the fit is the
+    weighted k-means of the scaled rows with weights s**2 (the error of s * lut)."""
+    w = student_rows((64, 32), seed=12, dtype=dtype)
+    w[7] = 0  # an all-zero row: scale 1
+    t = wp.palettize(w, nbits=3, group_size=16, per_channel_scale=True, scale_axis=0)
+    top = np.abs(w).max(axis=1, keepdims=True)
+    assert t.scale.shape == (64, 1) and t.palettized.lut.shape == (4, 1, 8, 1)
+    np.testing.assert_array_equal(t.scale, np.where(top == 0, 1, top))
+    scaled = (w.astype(np.float32) / t.scale.astype(np.float32)).astype(dtype)
+    weights = np.broadcast_to(np.square(t.scale.astype(np.float32)), w.shape)
+    assert t.palettized == wp.palettize(scaled, nbits=3, group_size=16, importance=weights)
+    assert t.nbytes == wp.palettize(w, nbits=3, group_size=16).nbytes + 64 * w.itemsize
+    assert_matches_coreml(t)
+    assert wp.snr_db(w, t.decompress()) > wp.snr_db(w, wp.palettize(w, nbits=3, group_size=16).decompress()) + 0.5
+    curve = wp.palettize_rd_curve(w, max_nbits=3, group_size=16, per_channel_scale=True, scale_axis=0)
+    assert curve.snr_db(3) == pytest.approx(wp.snr_db(w, t.decompress()), abs=0.02)
+    conv = wp.palettize(student_rows((8, 6, 3, 3), seed=13), nbits=2, per_channel_scale=True, scale_axis=0, group_size=4)
+    assert conv.scale.shape == (8, 1, 1, 1)
+    assert_matches_coreml(conv)
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(scale_axis=0), "scale_axis=0 needs per_channel_scale=True"),
+    (dict(per_channel_scale=True, scale_axis=2), r"scale_axis=2 must be an integer in \[-2, 2\)"),
     (dict(cluster_dim=3), r"cluster_dim=3 does not divide w.shape\[0\]=8"),
     (dict(cluster_dim=4, group_size=2), "cluster_dim=4 does not divide group_size=2"),
     (dict(cluster_dim=2, mode="uniform"), "cluster_dim=2 is not supported with mode='uniform'"),

@@ -102,19 +102,15 @@ def test_ios16_export_uses_packed_bytes_and_shapes(tmp_path):
 
 
 def test_scaled_lut_tensors_round_trip(tmp_path):
-    from weightpack.calibration import ScaledPalettizedTensor
-
     rng = np.random.default_rng(5)
     w = rng.standard_normal((24, 40)).astype(np.float16)
     tensors = {
         "int8_lut_scaled": wp.palettize(w, nbits=4, lut_dtype="int8", per_channel_scale=True),  # scale [1, 40]
         "uint8_luts": wp.palettize(wp.prune(w, 0.5), nbits=2, group_size=8, lut_dtype="uint8"),
-        "per_row": ScaledPalettizedTensor(wp.palettize(w, nbits=3, group_size=8), (rng.random((24, 1)) + 0.5).astype(np.float16)),
+        "per_row": wp.palettize(w, nbits=3, group_size=8, per_channel_scale=True, scale_axis=0),
     }
     loaded = assert_round_trip(tmp_path, tensors, "iOS18", same_arrays=False)
-    assert loaded["int8_lut_scaled"] == tensors["int8_lut_scaled"] and loaded["uint8_luts"] == tensors["uint8_luts"]
-    per_row = tensors["per_row"]
-    assert loaded["per_row"] == wp.ScaledLUTTensor(per_row.palettized, scale=per_row.scale)  # the same two ops
+    assert all(loaded[name] == tensor for name, tensor in tensors.items())
     assert describe(loaded["per_row"]) == "palettized 3-bit, fp16 LUTs: 3 along axis 0 (blocks of 8), fp16 scale per channel (axis 0)"
     assert describe(loaded["int8_lut_scaled"]) == "palettized 4-bit, int8 (quantized) LUT, fp16 scale per channel (axis 1)"
     for tensor in tensors.values():

@@ -41,7 +41,6 @@ _LAZY = {
     "sparsegpt_prune": ".calibration",
     "wanda_prune": ".calibration",
     "allocate_bits": ".calibration",
-    "ScaledPalettizedTensor": ".calibration",
 }
 
 

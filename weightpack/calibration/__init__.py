@@ -4,7 +4,7 @@
   layer's inputs, gathered batch by batch, mergeable, saved as .npz;
 - :func:`gptq_palettize`, :func:`gptq_quantize`: the OBS/GPTQ column sweep with error feedback
   through H, producing the same PalettizedTensor / QuantizedTensor as the data-free encoders
-  (or a :class:`ScaledPalettizedTensor` with a per-row scale);
+  (or a :class:`~weightpack.ScaledLUTTensor` with a per-row scale);
 - :func:`sparsegpt_prune`, :func:`wanda_prune`: calibrated pruning to a SparseTensor;
 - :func:`allocate_bits`: LUT bit width and granularity per layer under a size budget.
 
@@ -14,7 +14,6 @@ from .allocate import BitPlan, allocate_bits
 from .palettize import gptq_palettize
 from .prune import sparsegpt_prune, wanda_prune
 from .quantize import gptq_quantize
-from .scaled import ScaledPalettizedTensor
 from .stats import ActivationStats
 
 __all__ = [
@@ -25,5 +24,4 @@ __all__ = [
     "wanda_prune",
     "allocate_bits",
     "BitPlan",
-    "ScaledPalettizedTensor",
 ]

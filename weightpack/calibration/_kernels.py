@@ -17,6 +17,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..compress._jit import value
+
 TILE = 32
 
 
@@ -142,3 +144,60 @@ def sweep_prune(W1, U1, keep, n, m_run, err):
                 e[i] = (w - col[i]) / d
             _spread(buf, e, U1, err, r0, m, j)
         _store(buf, W1, r0, m)
+
+
+@numba.njit(nogil=True, cache=True)
+def scale_errors(W, table, importance, scales, mids, first, values, lut_of_row, out):
+    """``out[r, a]``: the importance-weighted error of row r of ``W`` stored with the scale
+    ``s = scales[r, a]`` and its LUT: ``sum_j importance[j] (w_rj - s lut[nearest(w_rj / s)])**2``
+    (nearest as in :func:`sweep_lut`). ``W`` is float32, or the uint16 bits of float16 values
+    with ``table`` their values."""
+    rows, n = W.shape
+    top = mids.shape[1]
+    for r in range(rows):
+        g = lut_of_row[r]
+        for a in range(scales.shape[1]):
+            s = scales[r, a]
+            total = 0.0
+            for j in range(n):
+                w = value(W[r, j], table)
+                v = w / s
+                below = 0
+                for t in range(top):
+                    below += mids[g, t] < v
+                e = w - s * values[g, first[g, below]]
+                total += importance[j] * e * e
+            out[r, a] = total
+
+
+@numba.njit(nogil=True, cache=True)
+def lut_gram(codes, H, row_weight, lut_of_row, out, tile, band):
+    """``out[g, a, b] += sum_{r: lut_of_row[r] = g} row_weight[r] sum_{j, l} [codes[r, j] = a] H[j, l] [codes[r, l] = b]``:
+    the normal matrix of the LUT entries (each row's one-hot code matrix M_r: ``M_r^T H M_r``).
+
+    For a tile of rows and a band of columns, ``T[i, a, :] = sum_{j: codes[r, j] = a} H[j, band]``
+    is accumulated (each band of an H row is read once per tile of rows), then gathered by the
+    codes of the band: about ``rows * n**2`` additions in all. ``H`` is symmetric (its row j is
+    its column j)."""
+    rows, n = codes.shape
+    k = out.shape[1]
+    T = np.empty((tile, k, band), H.dtype)
+    for r0 in range(0, rows, tile):
+        m = min(tile, rows - r0)
+        for c0 in range(0, n, band):
+            c1 = min(c0 + band, n)
+            nb = c1 - c0
+            T[:] = 0
+            for j in range(n):
+                h = H[j, c0:c1]
+                for i in range(m):
+                    t = T[i, codes[r0 + i, j]]
+                    for l in range(nb):
+                        t[l] += h[l]
+            for i in range(m):
+                g = lut_of_row[r0 + i]
+                s2 = row_weight[r0 + i]
+                for l in range(nb):
+                    b = codes[r0 + i, c0 + l]
+                    for a in range(k):
+                        out[g, a, b] += s2 * T[i, a, l]

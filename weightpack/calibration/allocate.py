@@ -43,7 +43,9 @@ from ..compress._common import check_bool, check_choice, float_weights, positive
 from ..errors import WeightpackError, describe
 from . import hessian
 from .lut import weighted_values
+from .refit import OutputError
 from .stats import ActivationStats
+from .sweep import FLOAT32_ABOVE
 
 OBJECTIVES = ("relative", "absolute")
 
@@ -328,14 +330,14 @@ def _layer_options(name, w, stats, d, sizes, factor, objective, reference):
     scale, measured, gain = 1.0, None, None
     if _has_gram(stats):
         gram = hessian.gram_matrix(stats, n, f"layers[{name!r}] stats")
-        lam = hessian.initial_damping(gram, hessian.DEFAULT_DAMP)
-        signal = _output_energy(flat, gram, lam)
+        output_error = OutputError(gram, hessian.initial_damping(gram, hessian.DEFAULT_DAMP), FLOAT32_ABOVE)
+        signal = output_error(flat)
         if reference is not None:
             from .palettize import gptq_palettize
 
             key = min(sizes, key=lambda o: (o[0] != reference, abs(o[0] - reference), o[0], o[1] is not None, o[1] or 0))
             tensor = gptq_palettize(w, stats, key[0], group_size=key[1])
-            error = _output_energy(flat.astype(np.float64) - tensor.decompress(np.float32).reshape(rows, n), gram, lam)
+            error = output_error(flat.astype(np.float64) - tensor.decompress(np.float32).reshape(rows, n))
             if proxy[key] > 0 and error > 0:
                 scale = error / proxy[key]
                 gain = 10 * math.log10(1 / scale)
@@ -359,15 +361,6 @@ def _kmeans_error(x, weight, k) -> float:
     means = kmeans.cluster_means(x, weight, starts)
     centre = np.repeat(means, np.diff(np.append(starts, x.size)))
     return float(np.sum(weight * (x - centre) ** 2))
-
-
-def _output_energy(a: np.ndarray, gram: np.ndarray, lam: float) -> float:
-    """``tr(A (H + lam I) A^T)`` in float64, a band of rows at a time."""
-    total = 0.0
-    for r in range(0, a.shape[0], 256):
-        band = a[r : r + 256].astype(np.float64)
-        total += float(np.einsum("ij,ij->", band @ gram, band)) + lam * float(np.einsum("ij,ij->", band, band))
-    return total
 
 
 def _best_uniform(plans, budget: int):

@@ -82,7 +82,7 @@ class Layer:
         precision = np.float32 if n > FLOAT32_ABOVE else np.float64
         self.U, self.damping = hessian.inverse_cholesky(gram, damp, precision, self.perm)
         self.importance = np.diagonal(gram) + self.damping  # original column order
-        del gram
+        self.gram = gram  # validated H, original column order (read only: may be the caller's array)
         self.row_scale = None  # float64 [rows]: the sweep works on the rows divided by it
 
     @property

@@ -34,7 +34,10 @@ Rules (normative; SPEC.md §9.2 states them too):
   ``axis`` (so ``[1, C_in]`` for a linear weight: per *input* channel), 1 where that is 0; the
   weights are divided by s (in float32, rounded to their dtype; the caller's array is untouched),
   palettized with importance multiplied by ``s**2`` (the error of ``s * lut``), and s is the
-  ``scale`` of a :class:`.ScaledLUTTensor`. The LUT keeps its size.
+  ``scale`` of a :class:`.ScaledLUTTensor`. The LUT keeps its size. With ``scale_axis=a`` the
+  scale is one per slice along axis a instead (``max |w|`` over every other axis; shape ``S[a]``
+  on a, 1 elsewhere), independent of the LUT grouping: ``scale_axis=0`` with ``group_size=16``
+  gives a scale per output row and a LUT per 16 rows.
 - A SparseTensor input palettizes its nonzeros: groups and vectors lie over the dense shape, the
   pruned zeros take no part in the fit; a vector is stored if any of its elements is.
 
@@ -74,7 +77,7 @@ _fp16_order = fp16_order
 
 
 def palettize(w, nbits=None, *, mode="kmeans", group_size=None, axis=0, cluster_dim=1, lut_dtype=None,
-              per_channel_scale=False, importance=None, lut_function=None, seed=0):
+              per_channel_scale=False, scale_axis=None, importance=None, lut_function=None, seed=0):
     """Replace the weights by n-bit indices into LUTs (one per tensor or per group of channels).
 
     ``w``: float16/float32 array (float64 is cast to float32) or a SparseTensor (its nonzeros are
@@ -82,7 +85,9 @@ def palettize(w, nbits=None, *, mode="kmeans", group_size=None, axis=0, cluster_
     chosen by the data for "unique" and "custom". ``group_size``/``axis``: one LUT per
     ``group_size`` slices along ``axis`` (also the axis of the per-channel scale's reduction and of
     vectors). ``cluster_dim``: vector length. ``lut_dtype``: None (the weights' dtype), "fp16",
-    "fp32", "int8", "uint8". ``importance``: per-element weights of the k-means objective (the
+    "fp32", "int8", "uint8". ``scale_axis``: with ``per_channel_scale``, one scale per slice along
+    this axis (default: coremltools' scale, constant along ``axis``). ``importance``: per-element
+    weights of the k-means objective (the
     weights' shape, or 1 on some axes). ``lut_function``: for mode "custom". ``seed``: for vectors.
 
     Returns a PalettizedTensor (SparsePalettizedTensor for sparse input), or a ScaledLUTTensor
@@ -97,6 +102,9 @@ def palettize(w, nbits=None, *, mode="kmeans", group_size=None, axis=0, cluster_
     (2, 1, 4, 1)
     >>> palettize(w, mode="unique").nbits, palettize(w, nbits=2, cluster_dim=2).lut.shape
     (3, (1, 1, 4, 2))
+    >>> t = palettize(w, nbits=1, group_size=2, per_channel_scale=True, scale_axis=0)
+    >>> t.scale.ravel().tolist(), t.palettized.lut.shape
+    ([0.30000001192092896, 1.2999999523162842], (1, 1, 2, 1))
     """
     mode = check_choice(mode, "mode", MODES)
     if mode in ("kmeans", "uniform"):
@@ -112,7 +120,7 @@ def palettize(w, nbits=None, *, mode="kmeans", group_size=None, axis=0, cluster_
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise WeightpackError(f"seed={describe(seed)} must be a non-negative integer")
     job = Job.create(w, mode=mode, group_size=group_size, axis=axis, cluster_dim=cluster_dim, lut_dtype=lut_dtype,
-                     per_channel_scale=per_channel_scale, importance=importance)
+                     per_channel_scale=per_channel_scale, scale_axis=scale_axis, importance=importance)
     if job.V > 1:
         luts, codes = _vector(job, nbits, lut_function, int(seed))
     elif mode == "custom":
@@ -134,13 +142,13 @@ class Job:
     groups: int
     V: int
     importance: np.ndarray | None  # float32, the dense shape
-    scale: np.ndarray | None  # per-channel scale, the weights' dtype, 1 on ``axis``
+    scale: np.ndarray | None  # per-channel scale, the weights' dtype, dimensions 1 or the weights'
     lut_float: np.dtype  # dtype of the float LUT (before int8 quantization)
     lut_int: str | None  # "int8", "uint8" or None
 
     @classmethod
     def create(cls, w, *, mode="kmeans", group_size=None, axis=0, cluster_dim=1, lut_dtype=None,
-               per_channel_scale=False, importance=None) -> "Job":
+               per_channel_scale=False, scale_axis=None, importance=None) -> "Job":
         mode = check_choice(mode, "mode", MODES)
         mask, nonzeros = None, 0
         if isinstance(w, SparseTensor):
@@ -174,12 +182,27 @@ class Job:
             importance = importance_array(importance, dense.shape)
         scale = None
         if check_bool(per_channel_scale, "per_channel_scale"):
-            scale, dense = _per_channel_scale(dense, axis)
+            if scale_axis is None:
+                scale, dense = _per_channel_scale(dense, (axis,))
+            else:
+                kept = check_axis(scale_axis, dense.ndim, "scale_axis")
+                scale, dense = _per_channel_scale(dense, tuple(a for a in range(dense.ndim) if a != kept))
+            if scale.shape[axis] > 1:  # the scale varies inside the LUT groups: it weighs each element
+                weight = np.square(scale.astype(np.float32))
+                importance = weight if importance is None else importance * weight
+                importance = importance_array(importance, dense.shape)
+        elif scale_axis is not None:
+            raise WeightpackError(f"scale_axis={describe(scale_axis)} needs per_channel_scale=True")
         return cls(dense, mask, nonzeros, mode, axis, groups, V, importance, scale, lut_float, lut_int)
 
     @property
     def sparse(self) -> bool:
         return self.mask is not None
+
+    @property
+    def scale_in_importance(self) -> bool:
+        """Whether the scale varies along ``axis`` and so its square is part of ``importance``."""
+        return self.scale is not None and self.scale.shape[self.axis] > 1
 
     def layout(self):
         """(x3, imp3, sw, inner): the (outer, G, L) views :mod:`.lut1d` works on."""
@@ -193,7 +216,10 @@ class Job:
         view = (outer, self.groups, -1)
         x = self.dense.view(np.uint16) if self.dense.dtype == np.float16 else self.dense
         imp3 = lut1d.NO_IMP if self.importance is None else self.importance.reshape(view)
-        sw = lut1d.NO_SW if self.scale is None else np.square(self.scale.astype(np.float64)).reshape(-1)
+        sw = lut1d.NO_SW
+        if self.scale is not None and not self.scale_in_importance:
+            across = [1 if a == self.axis else d for a, d in enumerate(shape)]
+            sw = np.square(np.broadcast_to(self.scale, across).astype(np.float64)).reshape(-1)
         return x.reshape(view), imp3, sw, inner
 
     def lut_shape(self, entries: int, V: int) -> tuple[int, ...]:
@@ -245,22 +271,22 @@ class Job:
         return np.moveaxis(kept, 0, self.axis)
 
 
-def _per_channel_scale(dense: np.ndarray, axis: int):
-    """(s = max |w| over ``axis``, 1 where 0; the weights divided by s in float32, rounded to their
+def _per_channel_scale(dense: np.ndarray, axes: tuple[int, ...]):
+    """(s = max |w| over ``axes``, 1 where 0; the weights divided by s in float32, rounded to their
     dtype), a block of rows at a time so no float32 copy of the whole tensor is made."""
-    scale = np.empty([1 if a == axis else d for a, d in enumerate(dense.shape)], dense.dtype)
+    scale = np.empty([1 if a in axes else d for a, d in enumerate(dense.shape)], dense.dtype)
     out = np.empty_like(dense)
     step = max(1, (1 << 20) // max(1, dense[0].size))
     rows = range(0, dense.shape[0], step)
-    if axis == 0:
-        np.max(np.abs(dense), axis=0, keepdims=True, out=scale)
+    if 0 in axes:
+        np.max(np.abs(dense), axis=axes, keepdims=True, out=scale)
     else:
         for r in rows:
-            np.max(np.abs(dense[r:r + step]), axis=axis, keepdims=True, out=scale[r:r + step])
+            np.max(np.abs(dense[r:r + step]), axis=axes, keepdims=True, out=scale[r:r + step])
     scale[scale == 0] = 1
     s32 = scale.astype(np.float32)
     for r in rows:
-        part = s32 if axis == 0 else s32[r:r + step]
+        part = s32 if 0 in axes else s32[r:r + step]
         out[r:r + step] = dense[r:r + step].astype(np.float32) / part
     return scale, out
 
@@ -378,7 +404,7 @@ def _vector(job: Job, nbits, lut_function, seed: int):
     wt = np.empty((0, 0, 0), np.float32)
     if job.importance is not None or job.scale is not None:
         full = np.ones(job.dense.shape, np.float32) if job.importance is None else job.importance
-        if job.scale is not None:
+        if job.scale is not None and not job.scale_in_importance:
             full = full * np.square(job.scale.astype(np.float32))
         wt = _vectors(full, job.axis, V, job.groups, np.float32)
     keep = None

@@ -37,7 +37,8 @@ class RDCurve(NamedTuple):
         return {n: self.snr_db(n) for n in SUPPORTED_NBITS if 1 << n <= self.sse.shape[1]}
 
 
-def palettize_rd_curve(w, max_nbits=8, *, group_size=None, axis=0, importance=None, per_channel_scale=False) -> RDCurve:
+def palettize_rd_curve(w, max_nbits=8, *, group_size=None, axis=0, importance=None, per_channel_scale=False,
+                       scale_axis=None) -> RDCurve:
     """The least k-means error of ``w`` for every LUT size 1 .. 2**max_nbits, as :func:`palettize`
     would fit it with the same options (float16: exact; float32: see :mod:`.lut1d`, the error of the
     optimal partition of binary16-precision bins, an upper bound within about 1e-6 of the optimum).
@@ -51,7 +52,8 @@ def palettize_rd_curve(w, max_nbits=8, *, group_size=None, axis=0, importance=No
     from . import lut1d
 
     k = 1 << check_nbits(max_nbits, name="max_nbits")
-    job = Job.create(w, group_size=group_size, axis=axis, importance=importance, per_channel_scale=per_channel_scale)
+    job = Job.create(w, group_size=group_size, axis=axis, importance=importance, per_channel_scale=per_channel_scale,
+                     scale_axis=scale_axis)
     x3, imp3, sw, inner = job.layout()
     sse = lut1d.kmeans(x3, imp3, sw, inner, k, skip_zero=job.sparse, curve=True)[1]
     return RDCurve(sse, _energy(job))
@@ -68,7 +70,7 @@ def _energy(job: Job) -> np.ndarray:
         for lo in range(g * span, (g + 1) * span, step):
             rows = np.arange(lo, min(lo + step, (g + 1) * span))
             values = np.take(job.dense, rows, axis=axis).astype(np.float64)
-            if job.scale is not None:
+            if job.scale is not None and not job.scale_in_importance:  # else importance holds its square
                 values *= job.scale
             power = np.square(values)
             if job.importance is not None:

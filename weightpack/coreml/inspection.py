@@ -19,7 +19,6 @@ from ..formats import (
     SparseTensor,
 )
 from ..formats.base import dtype_name
-from .values import as_scaled_lut
 
 
 def describe(value) -> str:
@@ -35,8 +34,8 @@ def describe(value) -> str:
         return f"sparse {_percent(value.sparsity)} + {lut}"
     if isinstance(value, SparseQuantizedTensor):
         return f"sparse {_percent(value.sparsity)} + {_quantized(value.nonzero_data.dtype_name, value.scale, value.offset, value.block_shape)}"
-    if hasattr(value, "palettized"):  # ScaledLUTTensor, calibration's ScaledPalettizedTensor
-        return _scaled_lut(as_scaled_lut(value))
+    if hasattr(value, "palettized"):  # ScaledLUTTensor
+        return _scaled_lut(value)
     return f"dense {dtype_name(np.asarray(value).dtype)}"
 
 

@@ -16,7 +16,6 @@ SparseQuantizedTensor             iOS18: ``constexpr_sparse_blockwise_shift_scal
 ScaledLUTTensor                   iOS18: an int8/uint8 LUT through ``constexpr_blockwise_shift_scale``
                                   into the LUT op(s) above, and/or ``constexpr_blockwise_shift_scale``
                                   of their output by ``scale`` (float data, no offset)
-ScaledPalettizedTensor            iOS18: as the ScaledLUTTensor with its per-row ``scale``
 ================================  ==============================================================
 
 The arrays handed to coremltools are the tensor's own values (sub-byte arrays unpacked into
@@ -40,7 +39,6 @@ from ..formats import (
     SparseTensor,
 )
 from .targets import at_least, check_expressible, quantization_axis
-from .values import as_scaled_lut
 
 
 def weight_var(value, target: str, name: str, before_op=None):
@@ -122,8 +120,8 @@ def _ios18_var(value, name: str, placement: dict):
             **placement,
         )
         return mb.constexpr_sparse_to_dense(nonzero_data=nonzero, mask=mask, name=name, **placement)
-    if hasattr(value, "palettized"):  # a ScaledLUTTensor, or calibration's ScaledPalettizedTensor
-        return _scaled_lut_var(as_scaled_lut(value), name, placement)
+    if hasattr(value, "palettized"):  # a ScaledLUTTensor
+        return _scaled_lut_var(value, name, placement)
     raise WeightpackError(f"cannot export a {type(value).__name__}; expected a weightpack tensor or a numpy array")
 
 

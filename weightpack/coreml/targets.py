@@ -90,7 +90,7 @@ def minimum_target(tensor) -> tuple[str, str]:
         return ("iOS18", ", ".join(needs)) if needs else ("iOS16", "palettized")
     if isinstance(tensor, QuantizedTensor):
         return _quantized_minimum(tensor)
-    if hasattr(tensor, "palettized"):  # ScaledLUTTensor, calibration's ScaledPalettizedTensor
+    if hasattr(tensor, "palettized"):  # ScaledLUTTensor
         if getattr(tensor, "lut_scale", None) is not None:
             return "iOS18", "an integer LUT with a scale"
         return "iOS18", "a per-channel scale after its LUT"

@@ -1,8 +1,7 @@
 """What a weight can be in a Core ML model: a weightpack tensor or a numpy array.
 
 The tensors are the :class:`~weightpack.CompressedTensor` types (the five Core ML op types and
-:class:`~weightpack.ScaledLUTTensor`, a LUT op with shift-scale ops around it) and
-:class:`~weightpack.calibration.ScaledPalettizedTensor` (a LUT followed by a per-row scale).
+:class:`~weightpack.ScaledLUTTensor`, a LUT op with shift-scale ops around it).
 No coremltools import here.
 
 >>> import numpy as np
@@ -17,23 +16,13 @@ from ..formats import CompressedTensor
 
 
 def tensor_types() -> tuple:
-    """The weightpack types a model can hold (the calibration type loads on first use)."""
-    from ..calibration.scaled import ScaledPalettizedTensor
-
-    return (CompressedTensor, ScaledPalettizedTensor)
+    """The weightpack types a model can hold."""
+    return (CompressedTensor,)
 
 
 def is_weight(value) -> bool:
     """Whether ``value`` is a weightpack tensor or a numpy array."""
     return isinstance(value, np.ndarray) or isinstance(value, tensor_types())
-
-
-def as_scaled_lut(value):
-    """A ScaledLUTTensor as it is; calibration's ScaledPalettizedTensor (a per-row scale) as the
-    ScaledLUTTensor it equals."""
-    from ..compress import ScaledLUTTensor
-
-    return value if isinstance(value, ScaledLUTTensor) else ScaledLUTTensor(value.palettized, scale=value.scale)
 
 
 def dense(value) -> np.ndarray:
