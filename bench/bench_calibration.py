@@ -15,7 +15,8 @@ LUT per tensor at the same width ("vs GPTQ": the refit, the per-row scale, group
 Bits per layer: on layers shaped like a small encoder (``encoder_stack``: 6 blocks of q, k, v, o
 384 x 384, ff1 1536 x 384, ff2 384 x 1536, each with its own synthetic inputs), at the sizes of the
 uniform 4-bit and 3-bit plans, the held-out error of ``allocate_bits`` plans (both objectives, with
-and without the measured curves) against the uniform GPTQ plan.
+and without the measured curves) against the uniform GPTQ plan; then, on the same layers, the gain
+of grouped LUTs, per-row scales and the refit over plain GPTQ.
 
 Speed: the 4096 x 4096 layer with its 4096 x 4096 Gram matrix (float16 weights, correlated
 inputs with outlier channels), the least of two runs per encoder after a warm-up (numba
@@ -130,7 +131,7 @@ def cases(w, stats):
     LUT rows: "GPTQ" is the plain column sweep (no refit, no scale); "+ refit" alternates it with
     the least-squares refits on H; "+ per-row scale" searches a scale per output row first
     (``scale_method="max"``: the largest magnitude, as before). Grouped targets keep one LUT per
-    16 output rows.
+    16 output rows. The encoders' defaults otherwise (act_order, damp 0.01).
     """
     h = stats.gram
     diag_h = np.diag(np.diag(h))  # importance-weighted LUT without error feedback
@@ -141,12 +142,12 @@ def cases(w, stats):
         out += [
             (t, "k-means (data-free)", False, lambda b=b: wp.palettize(w, b)),
             (t, "importance k-means", True, lambda b=b: gptq_palettize(w, diag_h, b)),
-            (t, "GPTQ", True, lambda b=b: gptq_palettize(w, h, b, refit=False)),
-            (t, "GPTQ + refit", True, lambda b=b: gptq_palettize(w, h, b)),
+            (t, "GPTQ", True, lambda b=b: gptq_palettize(w, h, b)),
+            (t, "GPTQ + refit", True, lambda b=b: gptq_palettize(w, h, b, refit=True)),
             (t, "GPTQ + per-row scale (max)", True,
-             lambda b=b: gptq_palettize(w, h, b, per_row_scale=True, scale_method="max", refit=False)),
-            (t, "GPTQ + per-row scale", True, lambda b=b: gptq_palettize(w, h, b, per_row_scale=True, refit=False)),
-            (t, "GPTQ + per-row scale + refit", True, lambda b=b: gptq_palettize(w, h, b, per_row_scale=True)),
+             lambda b=b: gptq_palettize(w, h, b, per_row_scale=True, scale_method="max")),
+            (t, "GPTQ + per-row scale", True, lambda b=b: gptq_palettize(w, h, b, per_row_scale=True)),
+            (t, "GPTQ + per-row scale + refit", True, lambda b=b: gptq_palettize(w, h, b, per_row_scale=True, refit=True)),
         ]
     for b in GROUPED_NBITS:
         t = f"LUT {b}-bit, 1 per 16 rows"
@@ -154,9 +155,11 @@ def cases(w, stats):
             (t, "k-means (data-free)", False, lambda b=b: wp.palettize(w, b, group_size=16)),
             (t, "k-means + per-row scale", False,
              lambda b=b: wp.palettize(w, b, group_size=16, per_channel_scale=True, scale_axis=0)),
-            (t, "GPTQ", True, lambda b=b: gptq_palettize(w, h, b, group_size=16, refit=False)),
-            (t, "GPTQ + refit", True, lambda b=b: gptq_palettize(w, h, b, group_size=16)),
-            (t, "GPTQ + per-row scale + refit", True, lambda b=b: gptq_palettize(w, h, b, group_size=16, per_row_scale=True)),
+            (t, "GPTQ", True, lambda b=b: gptq_palettize(w, h, b, group_size=16)),
+            (t, "GPTQ + refit", True, lambda b=b: gptq_palettize(w, h, b, group_size=16, refit=True)),
+            (t, "GPTQ + per-row scale", True, lambda b=b: gptq_palettize(w, h, b, group_size=16, per_row_scale=True)),
+            (t, "GPTQ + per-row scale + refit", True,
+             lambda b=b: gptq_palettize(w, h, b, group_size=16, per_row_scale=True, refit=True)),
         ]
     for dtype, gran, block in (("int8", "per_channel", None), ("int4", "per_channel", None), ("int4", "per_block", 32)):
         t = f"{dtype} {gran.replace('_', ' ')}" + (f" {block}" if block else "")
@@ -199,7 +202,7 @@ def quality(w, x_cal, x_test):
         nbits = target.split("-bit")[0].removeprefix("LUT ") if target.startswith("LUT ") else None
         if nbits is not None and method == "GPTQ" and "per 16" not in target:
             plain[nbits] = snr  # plain GPTQ with one LUT per tensor: the item-5 baseline
-        rows.append(dict(target=target, method=method, nbytes=t.nbytes, bits_per_weight=8 * t.nbytes / w.size,
+        rows.append(dict(target=target, method=method, calibrated=calibrated, nbytes=t.nbytes, bits_per_weight=8 * t.nbytes / w.size,
                          snr_db=snr, gain_db=snr - baseline[target] if target in baseline else None,
                          gain_over_gptq_db=snr - plain[nbits] if nbits in plain else None, seconds=seconds))
     return rows
@@ -224,9 +227,10 @@ def timing(n: int = 4096, repeat: int = 2):
     out = {"load_average_before": os.getloadavg()[0]}
     runs = {
         "inverse_cholesky (float32)": lambda: hessian.inverse_cholesky(h, dtype=np.float32),
-        "gptq_palettize 4-bit": lambda: gptq_palettize(w, h, 4, refit=False),
-        "gptq_palettize 4-bit + refit": lambda: gptq_palettize(w, h, 4),
-        "gptq_palettize 4-bit + per-row scale + refit": lambda: gptq_palettize(w, h, 4, per_row_scale=True),
+        "gptq_palettize 4-bit": lambda: gptq_palettize(w, h, 4),
+        "gptq_palettize 4-bit + refit": lambda: gptq_palettize(w, h, 4, refit=True),
+        "gptq_palettize 4-bit + per-row scale": lambda: gptq_palettize(w, h, 4, per_row_scale=True),
+        "gptq_palettize 4-bit + per-row scale + refit": lambda: gptq_palettize(w, h, 4, per_row_scale=True, refit=True),
         "gptq_quantize int4 per channel": lambda: gptq_quantize(w, h, "int4"),
         "sparsegpt_prune 50%": lambda: sparsegpt_prune(w, h, 0.5),
     }
@@ -254,8 +258,8 @@ def print_table(rows, title):
             print()
         last = r["target"]
         gain = "" if r["gain_db"] is None or r["method"].endswith("(data-free)") else f"{r['gain_db']:+.2f}"
-        vs_gptq = "" if r["gain_over_gptq_db"] is None or r["method"] == "GPTQ" and "per 16" not in r["target"] else (
-            f"{r['gain_over_gptq_db']:+.2f}")
+        plain = r["method"] == "GPTQ" and "per 16" not in r["target"]
+        vs_gptq = "" if r["gain_over_gptq_db"] is None or plain or not r["calibrated"] else f"{r['gain_over_gptq_db']:+.2f}"
         print(f"{r['target']:<26} {r['method']:<30} {r['nbytes']:>11,} {r['bits_per_weight']:>7.3f} {r['snr_db']:>8.2f} "
               f"{gain:>13} {vs_gptq:>8} {r['seconds']:>7.2f}")
 
@@ -270,7 +274,7 @@ def allocation(blocks: int, d: int, ff: int):
     items = [(name, w, stats) for name, w, stats, _ in layers]
     print(f"\n{len(items)} layers shaped like a {blocks}-block encoder (d={d}, ff={ff}), {16 * d} calibration rows "
           f"and 4096 held-out rows per layer ({time.perf_counter() - start:.0f} s to make)")
-    plans = (("uniform (GPTQ + refit)", None), ("allocate_bits, relative (default)", {}),
+    plans = (("uniform (GPTQ)", None), ("allocate_bits, relative (default)", {}),
              ("allocate_bits, absolute", {"objective": "absolute"}),
              ("allocate_bits, relative, proxy only", {"measure": False}),
              ("allocate_bits, absolute, proxy only", {"objective": "absolute", "measure": False}))
@@ -309,6 +313,41 @@ def allocation(blocks: int, d: int, ff: int):
                   f"{row['mean_layer_snr_db']:>10.2f} {row['min_layer_snr_db']:>9.2f} {seconds:>7.1f}  {row['o_proj_bits']}")
     print("relative dB: -10 log10 of the mean over layers of held-out error / signal; absolute dB: all layers' "
           "output signal over all their error")
+    return {"plans": out, "item5_gains": stack_gains(layers)}
+
+
+def stack_gains(layers):
+    """Held-out output SNR of each layer of the stack with grouped LUTs, a per-row scale, both, and
+    both with the refit, against plain GPTQ with one LUT per tensor at the same width: mean and
+    least gain over the layers, and the mean per kind of layer."""
+    variants = {"LUT per 16 rows": dict(group_size=16), "per-row scale": dict(per_row_scale=True),
+                "per 16 rows + per-row scale": dict(group_size=16, per_row_scale=True),
+                "per 16 rows + per-row scale + refit": dict(group_size=16, per_row_scale=True, refit=True)}
+    print("\nHeld-out output SNR over plain GPTQ (one LUT per tensor) on the same layers, mean (least) over layers:")
+    out = []
+    for nbits in (4, 3):
+        snr = {k: [] for k in ("GPTQ", *variants)}
+        extra = {k: 0 for k in variants}
+        for name, w, stats, x in layers:
+            y = x @ w.astype(np.float32).T
+            plain = gptq_palettize(w, stats, nbits)
+            snr["GPTQ"].append(wp.snr_db(y, x @ plain.decompress(np.float32).T))
+            for key, options in variants.items():
+                t = gptq_palettize(w, stats, nbits, **options)
+                snr[key].append(wp.snr_db(y, x @ t.decompress(np.float32).T))
+                extra[key] += t.nbytes - plain.nbytes
+        base = np.array(snr["GPTQ"])
+        weights = sum(w.size for _, w, _, _ in layers)
+        for key in variants:
+            gain = np.array(snr[key]) - base
+            kinds = {kind: float(np.mean([g for (n, *_), g in zip(layers, gain) if n.endswith("." + kind)]))
+                     for kind in ("q", "k", "v", "o", "ff1", "ff2")}
+            row = dict(nbits=nbits, variant=key, mean_gain_db=float(gain.mean()), least_gain_db=float(gain.min()),
+                       extra_bits_per_weight=8 * extra[key] / weights, by_kind=kinds)
+            out.append(row)
+            print(f"  {nbits}-bit {key:<38} {row['mean_gain_db']:+6.2f} dB ({row['least_gain_db']:+.2f})  "
+                  f"+{row['extra_bits_per_weight']:.3f} bits/weight  "
+                  + " ".join(f"{k} {v:+.2f}" for k, v in kinds.items()))
     return out
 
 
@@ -366,15 +405,15 @@ def main(argv=None):
     print_table(rows, f"Layer-output SNR on held-out activations: {source}")
     result = dict(source=source, weight_shape=list(w.shape), weight_dtype=str(w.dtype), rows=rows, cpu=cpu_model(),
                   machine=platform.machine(), cpus=os.cpu_count(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    if not args.no_allocation:
-        result["allocation"] = allocation(*allocation_shape)
     if not args.no_timing:
         t = timing()
         result["timing_4096"] = t
         print("\n4096 x 4096 layer, 4096 x 4096 H (the least of two runs after a warm-up; wall and CPU")
         print("seconds of this process, whose two BLAS threads share the machine with other jobs):")
         for key, value in t.items():
-            print(f"  {key:<40} {value:8.2f}")
+            print(f"  {key:<50} {value:8.2f}")
+    if not args.no_allocation:
+        result["allocation"] = allocation(*allocation_shape)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"calibration_{name}.json"
     path.write_text(json.dumps(result, indent=1))

@@ -178,7 +178,8 @@ def test_measured_errors_scale_each_curve_to_the_encoder():
     out = plan.compress(layers)
     if a.choice.nbits == 3:
         assert out["a"] is plan._encoded["a"]
-    assert out["b"] == wp.palettize(layers[1][1], plan["b"].choice.nbits, importance=(stats.second_moments + 0.01 * stats.second_moments.mean())[None])
+    d = stats.second_moments + 0.01 * stats.second_moments.mean()
+    assert out["b"] == wp.palettize(layers[1][1], plan["b"].choice.nbits, importance=d[None])
 
 
 def test_encoder_plans_beat_the_uniform_plan_on_held_out_inputs():

@@ -100,7 +100,8 @@ def test_scale_search_lowers_the_proxy_error():
     lut_of_row = np.zeros(16, np.int64)
     scale, luts = refit.search_row_scales(layer.original, layer.importance, lut_of_row, 1, 2, layer.dtype)
     top = np.abs(w.astype(np.float64)).max(axis=1)
-    grid = (refit.SCALE_GRID[None, :] * top[:, None]).astype(np.float16)
+    fractions = np.arange(300, 1001) / 1000  # the candidates are multiples of 0.025 in [0.3, 1]
+    grid = (fractions[None, ::25] * top[:, None]).astype(np.float16)
     assert all(s in grid[r] for r, s in enumerate(scale))
     assert np.count_nonzero(scale < top.astype(np.float16)) >= 8
 
@@ -121,8 +122,8 @@ def test_scale_search_lowers_the_proxy_error():
 def test_refit_is_never_worse_than_the_plain_sweep(seed, dtype, options):
     w, h = problem(seed, dtype=dtype)
     for nbits in (2, 3):
-        plain = gptq_palettize(w, h, nbits, refit=False, **options)
-        refitted = gptq_palettize(w, h, nbits, **options)
+        plain = gptq_palettize(w, h, nbits, **options)
+        refitted = gptq_palettize(w, h, nbits, refit=True, **options)
         assert output_error(w, refitted.decompress(np.float32), h) <= output_error(w, plain.decompress(np.float32), h) * 1.001
         assert refitted.nbytes == plain.nbytes
         assert_matches_coreml(refitted)
@@ -136,8 +137,8 @@ def test_per_row_scale_with_grouped_luts_beats_plain_gptq():
     gains = []
     for seed in range(4):
         w, h = problem(seed, rows=32, cols=48)
-        plain = gptq_palettize(w, h, 3, refit=False)
-        best = gptq_palettize(w, h, 3, group_size=4, per_row_scale=True)
+        plain = gptq_palettize(w, h, 3)
+        best = gptq_palettize(w, h, 3, group_size=4, per_row_scale=True, refit=True)
         assert best.scale.shape == (32, 1) and best.palettized.lut.shape == (8, 1, 8, 1)
         gains.append(10 * np.log10(output_error(w, plain.decompress(np.float32), h) / output_error(w, best.decompress(np.float32), h)))
     assert min(gains) > 0.5
@@ -146,8 +147,8 @@ def test_per_row_scale_with_grouped_luts_beats_plain_gptq():
 def test_refit_is_skipped_for_a_diagonal_h():
     w, _ = problem(1)
     h = np.diag(np.linspace(0.5, 3, 20))
-    assert gptq_palettize(w, h, 3) == gptq_palettize(w, h, 3, refit=False)
-    assert gptq_palettize(w, np.eye(20), 3, group_size=4) == wp.palettize(w, 3, group_size=4)
+    assert gptq_palettize(w, h, 3, refit=True) == gptq_palettize(w, h, 3)
+    assert gptq_palettize(w, np.eye(20), 3, group_size=4, refit=True) == wp.palettize(w, 3, group_size=4)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -11,8 +11,11 @@
    error-corrected value (ties to the lower index), the error flowing into later columns. With
    ``act_order`` (default) the sweep visits columns by decreasing ``H_jj`` (measured 0.9-1.1 dB
    better at 2-4 bits); only the visiting order changes, the tensor keeps the original layout.
-3. ``refit`` (default): least-squares refits on H of the LUT entries and the per-row scales for
-   the indices, alternated with the sweep while the output error drops (:mod:`.refit`).
+3. ``refit=True``: least-squares refits on H of the LUT entries and the per-row scales for the
+   indices, alternated with the sweep while the output error drops (:mod:`.refit`). Off by
+   default: measured on transformer-like layers it gains 0.00-0.03 dB of held-out output SNR
+   without a per-row scale and 0.05-0.2 dB with one, for 3-12 times the encoder's time (the
+   normal matrices of the LUTs cost about rows x n**2 additions per round).
 
 With H = identity (or any diagonal H) nothing flows, the refit is skipped and the importance is
 uniform, so the result without a per-row scale is exactly :func:`weightpack.palettize`'s.
@@ -42,7 +45,7 @@ def gptq_palettize(
     per_row_scale=False,
     scale_method="search",
     act_order=True,
-    refit=True,
+    refit=False,
     damp=hessian.DEFAULT_DAMP,
     sweep_block=DEFAULT_BLOCK,
 ):
