@@ -93,6 +93,51 @@ def test_the_sweep_reports_its_output_error(seed, per_row_scale):
     assert error == pytest.approx(metric(w - unrounded(luts, codes, lut_of_row, scale)), rel=1e-9)
 
 
+def reference_search(w, importance, lut_of_row, groups, nbits):
+    """The per-row scale search of SPEC 10.4, element by element in numpy."""
+    top = np.abs(w.astype(np.float64)).max(axis=1)
+    top = np.where(top > 0, top, 1.0)
+    scale = top.astype(w.dtype)
+
+    def proxy(row, s, lut):
+        v = w[row].astype(np.float64)
+        entries = s * lut.astype(np.float64)
+        mids = (entries[1:] + entries[:-1]) / 2
+        q = entries[np.searchsorted(mids, v, side="left")]  # a weight on a midpoint: the lower entry
+        return float(np.sum(importance * (v - q) ** 2))
+
+    def candidate(f, row):
+        s = np.array(f * top[row]).astype(w.dtype)
+        return float(s) if s > 0 else float(np.array(top[row]).astype(w.dtype))
+
+    for _ in range(3):
+        luts = refit.fit_group_luts(w, importance, scale, groups, nbits, w.dtype)
+        chosen = scale.copy()
+        for r in range(w.shape[0]):
+            lut = luts[lut_of_row[r]]
+            coarse = [(f, proxy(r, candidate(f, r), lut)) for f in np.linspace(1.0, 0.3, 8)]
+            best = min(coarse, key=lambda c: (c[1], -c[0]))[0]
+            fine = [(f, proxy(r, candidate(f, r), lut)) for f in np.clip(best + refit.SCALE_FINE, 0.3, 1.0)]
+            f = min(coarse + fine, key=lambda c: (c[1], -c[0]))[0]
+            chosen[r] = candidate(f, r)
+        if np.array_equal(chosen, scale):
+            break
+        scale = chosen
+    return scale
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype, groups", [(np.float16, 1), (np.float32, 4)])
+def test_scale_search_matches_the_reference(seed, dtype, groups):
+    w, h = problem(seed, rows=16, cols=40, dtype=dtype)
+    layer = Layer(w, h)
+    lut_of_row = np.repeat(np.arange(groups), 16 // groups)
+    scale, luts = refit.search_row_scales(layer.original, layer.importance, lut_of_row, groups, 2, layer.dtype)
+    expected = reference_search(layer.original, layer.importance, lut_of_row, groups, 2)
+    np.testing.assert_array_equal(scale, expected)
+    np.testing.assert_array_equal(luts, refit.fit_group_luts(layer.original, layer.importance, expected, groups, 2, dtype))
+
+
 def test_scale_search_lowers_the_proxy_error():
     """Heavy-tailed rows: scales below max |w| let the shared LUT spend its entries on the bulk."""
     w, h = problem(7, rows=16, cols=64)

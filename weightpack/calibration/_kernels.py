@@ -147,27 +147,43 @@ def sweep_prune(W1, U1, keep, n, m_run, err):
 
 
 @numba.njit(nogil=True, cache=True)
-def scale_errors(W, table, importance, scales, mids, first, values, lut_of_row, out):
-    """``out[r, a]``: the importance-weighted error of row r of ``W`` stored with the scale
-    ``s = scales[r, a]`` and its LUT: ``sum_j importance[j] (w_rj - s lut[nearest(w_rj / s)])**2``
-    (nearest as in :func:`sweep_lut`). ``W`` is float32, or the uint16 bits of float16 values
-    with ``table`` their values."""
+def scale_errors(W, table, order, importance, scales, mids, values, lut_of_row, out):
+    """``out[r, a]``: the importance-weighted error of row r of ``W`` when each weight takes the
+    nearest entry of ``s * lut`` (``s = scales[r, a] > 0``, the row's LUT; a weight on a midpoint
+    takes the lower entry): ``sum_j importance[j] (w_rj - s lut[n(w_rj)])**2``. ``W`` is float32,
+    or the uint16 bits of float16 values with ``table`` their values; ``order[r]`` sorts row r.
+
+    The entries split the sorted row into runs at ``s * mids`` (binary search) and a run's error
+    comes from prefix sums of ``d``, ``d w`` and ``d w**2``: ``n + K log n`` work per row and
+    candidate scale instead of ``n K``."""
     rows, n = W.shape
-    top = mids.shape[1]
+    k = values.shape[1]
+    xs = np.empty(n)
+    p0 = np.empty(n + 1)
+    p1 = np.empty(n + 1)
+    p2 = np.empty(n + 1)
     for r in range(rows):
+        p0[0] = p1[0] = p2[0] = 0.0
+        for i in range(n):
+            j = order[r, i]
+            v = value(W[r, j], table)
+            d = importance[j]
+            xs[i] = v
+            p0[i + 1] = p0[i] + d
+            p1[i + 1] = p1[i] + d * v
+            p2[i + 1] = p2[i] + d * v * v
         g = lut_of_row[r]
         for a in range(scales.shape[1]):
             s = scales[r, a]
+            lo = 0
             total = 0.0
-            for j in range(n):
-                w = value(W[r, j], table)
-                v = w / s
-                below = 0
-                for t in range(top):
-                    below += mids[g, t] < v
-                e = w - s * values[g, first[g, below]]
-                total += importance[j] * e * e
-            out[r, a] = total
+            for t in range(k):
+                hi = n if t == k - 1 else np.searchsorted(xs, s * mids[g, t], side="right")
+                if hi > lo:
+                    c = s * values[g, t]
+                    total += (p2[hi] - p2[lo]) - 2.0 * c * (p1[hi] - p1[lo]) + c * c * (p0[hi] - p0[lo])
+                    lo = hi
+            out[r, a] = max(total, 0.0)
 
 
 @numba.njit(nogil=True, cache=True)

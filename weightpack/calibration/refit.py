@@ -8,7 +8,8 @@ Per-row scale search (before the sweep). A row's scale ``s_r`` is the largest ma
 times a fraction in [0.3, 1], rounded to the weights' dtype. Starting from 1, ``SCALE_ROUNDS``
 times (or until no scale changes): fit the LUTs to the scaled rows (importance-weighted k-means,
 :mod:`.lut`), then give each row the candidate of least proxy error
-``sum_j (H_jj + lambda) (w_rj - s lut[nearest(w_rj / s)])**2``; the candidates are the fractions
+``sum_j (H_jj + lambda) (w_rj - s lut[n(w_rj)])**2`` (n: the nearest entry of ``s lut``, the lower
+on a midpoint; computed from the row sorted once and prefix sums); the candidates are the fractions
 ``SCALE_COARSE`` (1.0, 0.9, ..., 0.3) and then ``SCALE_FINE`` (+-0.025, 0.05, 0.075) around the
 best of those; equal errors go to the larger scale. The LUTs are fitted once more to the final
 scales. A scale below
@@ -92,19 +93,21 @@ def search_row_scales(original, importance, lut_of_row, groups, nbits, dtype):
     top = np.where(top > 0, top, 1.0)
     scale = top.astype(dtype)
     bits, table = (original.view(np.uint16), fp16_values()) if original.dtype == np.float16 else (original, np.empty(0))
+    sorting = np.argsort(original, axis=1, kind="stable").astype(np.int16 if original.shape[1] < 1 << 15 else np.int32)
     for _ in range(SCALE_ROUNDS):
         luts = fit_group_luts(original, importance, scale, groups, nbits, dtype)
         tables = nearest_tables(luts)
         coarse = _candidates(np.broadcast_to(SCALE_COARSE, (rows, SCALE_COARSE.size)), top, dtype)
-        errors = _scale_errors(bits, table, importance, coarse, tables, lut_of_row)
+        errors = _scale_errors(bits, table, sorting, importance, coarse, tables, lut_of_row)
         best = SCALE_COARSE[np.argmin(errors, axis=1)]
         fine = np.clip(best[:, None] + SCALE_FINE, SCALE_COARSE[-1], SCALE_COARSE[0])
         near = _candidates(fine, top, dtype)
         candidates = np.concatenate((coarse, near), axis=1)
-        errors = np.concatenate((errors, _scale_errors(bits, table, importance, near, tables, lut_of_row)), axis=1)
+        errors = np.concatenate((errors, _scale_errors(bits, table, sorting, importance, near, tables, lut_of_row)), axis=1)
         fractions = np.concatenate((np.broadcast_to(SCALE_COARSE, coarse.shape), fine), axis=1)
-        order = np.argsort(-fractions, axis=1, kind="stable")  # equal errors: the largest scale
-        pick = np.take_along_axis(order, np.argmin(np.take_along_axis(errors, order, axis=1), axis=1)[:, None], axis=1)[:, 0]
+        largest_first = np.argsort(-fractions, axis=1, kind="stable")  # equal errors: the largest scale
+        best_index = np.argmin(np.take_along_axis(errors, largest_first, axis=1), axis=1)
+        pick = np.take_along_axis(largest_first, best_index[:, None], axis=1)[:, 0]
         chosen = candidates[np.arange(rows), pick].astype(dtype)
         if np.array_equal(chosen, scale):
             break
@@ -118,18 +121,18 @@ def _candidates(fractions, top, dtype) -> np.ndarray:
     return np.where(scales > 0, scales, top[:, None].astype(dtype)).astype(np.float64)
 
 
-def _scale_errors(bits, table, importance, scales, tables, lut_of_row) -> np.ndarray:
+def _scale_errors(bits, table, order, importance, scales, tables, lut_of_row) -> np.ndarray:
     """The proxy error of every row with every candidate scale (:func:`._kernels.scale_errors`), on
     threads over fixed spans of rows."""
     from . import _kernels
 
-    mids, first, entries = tables
+    mids, _, entries = tables
     errors = np.empty(scales.shape)
     scales = np.ascontiguousarray(scales)
 
     def part(span):
         r0, r1 = span
-        _kernels.scale_errors(bits[r0:r1], table, importance, scales[r0:r1], mids, first, entries, lut_of_row[r0:r1],
+        _kernels.scale_errors(bits[r0:r1], table, order[r0:r1], importance, scales[r0:r1], mids, entries, lut_of_row[r0:r1],
                               errors[r0:r1])
 
     _threads.run(part, [(a, b) for a, b in _threads.spans(bits.shape[0], 16)])
