@@ -15,7 +15,20 @@ from ..errors import WeightpackError, describe
 from .plan import matrix_plan, row_plan, row_starts
 
 _NULL = ffi.NULL
-SIMD_LEVELS = ("scalar", "avx2", "avx512")
+
+
+def _level_names() -> tuple[str, ...]:
+    names, level = [], 0
+    while (name := lib.wp_simd_level_name(level)) != _NULL:
+        names.append(ffi.string(name).decode())
+        level += 1
+    return tuple(names)
+
+
+SIMD_LEVELS = _level_names()  # this architecture's levels, lowest first
+"""x86_64: scalar, avx2, avx512, avx512fp16; aarch64: scalar, neon, dotprod."""
+THREADING = ffi.string(lib.wp_threading()).decode()
+"""How the C kernels run threads: "pool" (weightpack's own) or "openmp" (chosen at build time)."""
 
 
 def _cpu_count() -> int:
@@ -25,20 +38,28 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def set_simd(name: str | None = None) -> str:
-    """Use SIMD level ``name`` ('scalar', 'avx2', 'avx512'; None = the best this CPU has).
-
-    A level above what the CPU supports falls back to the best supported one. Returns the level in
-    force. ``WEIGHTPACK_SIMD`` sets it when weightpack loads.
-    """
-    if name is not None and name not in SIMD_LEVELS:
-        raise WeightpackError(f"SIMD level {describe(name)} is unknown; allowed: {SIMD_LEVELS}")
-    return SIMD_LEVELS[lib.wp_set_simd_level(-1 if name is None else SIMD_LEVELS.index(name))]
-
-
 def simd_levels() -> tuple[str, ...]:
     """Every level this CPU can run, lowest first (the tests run each of them)."""
     return SIMD_LEVELS[: lib.wp_cpu_simd_level() + 1]
+
+
+def set_simd(name: str | None = None) -> str:
+    """Use SIMD level ``name`` (one of :func:`simd_levels`; None = the best this CPU has).
+
+    Returns the level in force. ``WEIGHTPACK_SIMD`` sets it when weightpack loads. A level this CPU
+    lacks is refused (it would stop the process with an illegal instruction).
+    """
+    if name is None:
+        return SIMD_LEVELS[lib.wp_set_simd_level(-1)]
+    if name not in simd_levels():
+        what = "is unknown" if name not in SIMD_LEVELS else "needs instructions this CPU lacks"
+        raise WeightpackError(f"SIMD level {describe(name)} {what}; this CPU has {simd_levels()}")
+    return SIMD_LEVELS[lib.wp_set_simd_level(SIMD_LEVELS.index(name))]
+
+
+def fast_mode_runs() -> bool:
+    """Whether fast mode (int8 activations, integer dot products) has kernels at the level in force."""
+    return 0 <= lib.wp_fast_min_level() <= lib.wp_simd_level()
 
 
 def set_threads(count: int | None = None) -> int:
