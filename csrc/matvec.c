@@ -32,6 +32,7 @@ static int check_common(const wp_mv_common *c, long long mask_len, long long x_l
     if (c->cols && c->batch > INT64_MAX / c->cols) return WP_E_SIZE;
     if (c->rows && c->batch > INT64_MAX / c->rows) return WP_E_SIZE;
     if (x_len != c->batch * c->cols || y_len != c->batch * c->rows) return WP_E_SIZE;
+    if (!wp_all_finite(c->x, x_len)) return WP_E_NONFINITE;
     const long long count = c->rows * c->cols;
     const long long available = c->codes_len / code_bits * 8 + (c->codes_len % code_bits) * 8 / code_bits;
     if (c->mask) {
