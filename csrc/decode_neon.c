@@ -41,27 +41,18 @@ WP_INLINE uint8x16_t codes_at(const wp_decode_job *job, long long e, long long *
 
 /* ---- tables: a LUT, or the 16 values of a 4-bit shift-scale table ---------------------------- */
 
-/* Core ML's shift-scale of 4 code values with a table's scale and offset, in the scale's precision. */
-WP_INLINE float32x4_t shift_scale4(float32x4_t q, float32x4_t scale, float32x4_t offset, int has_offset, int half)
+/* Value t of a binary16 or float32 array, broadcast to 4 float32 lanes (exactly). */
+WP_INLINE float32x4_t broadcast_at(const void *values, long long t, int half)
 {
-    if (has_offset) {
-        q = vsubq_f32(q, offset);
-        if (half) q = wp_round_half4(q);
-    }
-    q = vmulq_f32(scale, q);
-    return half ? wp_round_half4(q) : q;
-}
-
-WP_INLINE float scalar_at(const void *values, long long t, int half)
-{
-    return half ? wp_half_to_float(((const uint16_t *)values)[t]) : ((const float *)values)[t];
+    if (half) return vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(((const uint16_t *)values)[t])));
+    return vdupq_n_f32(((const float *)values)[t]);
 }
 
 /* Table t's scale and offset, broadcast. */
 WP_INLINE void table_factors(const wp_decode_job *job, long long t, float32x4_t *scale, float32x4_t *offset)
 {
-    *scale = vdupq_n_f32(scalar_at(job->scale, t, job->half_math));
-    *offset = vdupq_n_f32(job->offset ? scalar_at(job->offset, t, job->half_math) : 0.0f);
+    *scale = broadcast_at(job->scale, t, job->half_math);
+    *offset = job->offset ? broadcast_at(job->offset, t, job->half_math) : vdupq_n_f32(0.0f);
 }
 
 /* The 16 output values (binary16 or float32) of every 4-bit code of shift-scale table t. */
@@ -73,7 +64,7 @@ WP_INLINE void quant_table16(const wp_decode_job *job, long long t, uint8_t out[
     for (int q = 0; q < 4; q++) {
         int32x4_t codes = vaddq_s32(iota, vdupq_n_s32(4 * q));
         if (job->is_signed) codes = vsubq_s32(veorq_s32(codes, vdupq_n_s32(8)), vdupq_n_s32(8)); /* two's complement */
-        const float32x4_t w = shift_scale4(vcvtq_f32_s32(codes), scale, offset, job->offset != NULL, job->half_math);
+        const float32x4_t w = wp_shift_scale4(vcvtq_f32_s32(codes), scale, offset, job->offset != NULL, job->half_math);
         if (job->out_half) vst1_u16((uint16_t *)out + 4 * q, vreinterpret_u16_f16(vcvt_f16_f32(w)));
         else vst1q_f32((float *)out + 4 * q, w);
     }
@@ -136,56 +127,73 @@ static void quant_table_chunk(const wp_decode_job *job, long long r, long long j
 
 /* ---- shift-scale, lane by lane -------------------------------------------------------------- */
 
-/* Codes as signed or unsigned n-bit integers, 4 groups of 4 float32 lanes. */
-WP_INLINE void code_values(uint8x16_t codes, int n, int is_signed, float32x4_t q[4])
-{
-    int16x8_t wide[2];
-    if (is_signed) {
-        int8x16_t s = vreinterpretq_s8_u8(codes);
-        if (n < 8) s = vshrq_n_s8(vshlq_n_s8(s, 4), 4); /* sign-extend 4-bit codes */
-        wide[0] = vmovl_s8(vget_low_s8(s));
-        wide[1] = vmovl_high_s8(s);
-    } else {
-        wide[0] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(codes)));
-        wide[1] = vreinterpretq_s16_u16(vmovl_high_u8(codes));
-    }
-    for (int h = 0; h < 2; h++) {
-        q[2 * h] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide[h])));
-        q[2 * h + 1] = vcvtq_f32_s32(vmovl_high_s16(wide[h]));
-    }
-}
+/* Decode the 16 codes of table t at element e (lanes where keep is 0 become +0.0). */
+typedef void (*quant_step_fn)(const wp_decode_job *job, long long t, uint8x16_t codes, uint8x16_t keep, long long e);
 
-static void quant_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+/* Decode [j0, j1) of row r, 16 codes a step; elements outside whole steps of one table one by one. */
+WP_INLINE void quant_steps(const wp_decode_job *job, long long r, long long j0, long long j1, long long k, quant_step_fn step)
 {
-    const int n = job->nbits, half = job->half_math, has_offset = job->offset != NULL;
-    long long table = -1;
-    float32x4_t scale = vdupq_n_f32(0.0f), offset = scale;
     long long j = j0;
     while (j < j1) {
         if (j + 16 > j1 || !one_table(job, j)) {
             wp_quant_element(job, r, j++, &k);
             continue;
         }
-        const long long e = r * job->cols + j, t = job->row_table[r] + j / job->col_block;
-        if (t != table) {
-            table_factors(job, t, &scale, &offset);
-            table = t;
-        }
+        const long long e = r * job->cols + j;
         uint8x16_t keep;
         const uint8x16_t codes = codes_at(job, e, &k, &keep);
-        float32x4_t q[4];
-        code_values(codes, n, job->is_signed, q);
-        const int16x8_t keep16[2] = {vmovl_s8(vget_low_s8(vreinterpretq_s8_u8(keep))), vmovl_high_s8(vreinterpretq_s8_u8(keep))};
-        for (int i = 0; i < 4; i++) {
-            const int32x4_t keep32 = i % 2 ? vmovl_high_s16(keep16[i / 2]) : vmovl_s16(vget_low_s16(keep16[i / 2]));
-            const float32x4_t w = vreinterpretq_f32_s32(vandq_s32(
-                vreinterpretq_s32_f32(shift_scale4(q[i], scale, offset, has_offset, half)), keep32));
-            if (job->out_half) vst1_u16((uint16_t *)job->out + e + 4 * i, vreinterpret_u16_f16(vcvt_f16_f32(w)));
-            else vst1q_f32((float *)job->out + e + 4 * i, w);
-        }
+        step(job, job->row_table[r] + j / job->col_block, codes, keep, e);
         j += 16;
     }
 }
+
+WP_INLINE void quant_step(const wp_decode_job *job, long long t, uint8x16_t codes, uint8x16_t keep, long long e)
+{
+    float32x4_t scale, offset, q[4];
+    table_factors(job, t, &scale, &offset);
+    wp_code_values(codes, job->nbits, job->is_signed, q);
+    for (int i = 0; i < 4; i++) {
+        const float32x4_t v = wp_shift_scale4(q[i], scale, offset, job->offset != NULL, job->half_math);
+        const float32x4_t w = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), wp_keep32(keep, i)));
+        if (job->out_half) vst1_u16((uint16_t *)job->out + e + 4 * i, vreinterpret_u16_f16(vcvt_f16_f32(w)));
+        else vst1q_f32((float *)job->out + e + 4 * i, w);
+    }
+}
+
+static void quant_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    quant_steps(job, r, j0, j1, k, quant_step);
+}
+
+WP_TARGET_PUSH(WP_FP16_FEATURES)
+
+/* Binary16 scale and offset: Core ML's arithmetic in binary16 lanes, 8 at a time. */
+WP_INLINE void quant_step_fp16(const wp_decode_job *job, long long t, uint8x16_t codes, uint8x16_t keep, long long e)
+{
+    const float16x8_t scale = vreinterpretq_f16_u16(vdupq_n_u16(((const uint16_t *)job->scale)[t]));
+    const float16x8_t offset = vreinterpretq_f16_u16(vdupq_n_u16(job->offset ? ((const uint16_t *)job->offset)[t] : 0));
+    int16x8_t q[2];
+    wp_code_values16(codes, job->nbits, job->is_signed, q);
+    const int8x16_t keep8 = vreinterpretq_s8_u8(keep);
+    const int16x8_t keep16[2] = {vmovl_s8(vget_low_s8(keep8)), vmovl_high_s8(keep8)};
+    for (int h = 0; h < 2; h++) {
+        const float16x8_t w = vreinterpretq_f16_s16(
+            vandq_s16(vreinterpretq_s16_f16(wp_shift_scale8_fp16(q[h], scale, offset, job->offset != NULL)), keep16[h]));
+        if (job->out_half) {
+            vst1q_u16((uint16_t *)job->out + e + 8 * h, vreinterpretq_u16_f16(w));
+        } else {
+            vst1q_f32((float *)job->out + e + 8 * h, vcvt_f32_f16(vget_low_f16(w)));
+            vst1q_f32((float *)job->out + e + 8 * h + 4, vcvt_high_f32_f16(w));
+        }
+    }
+}
+
+static void quant_chunk_fp16(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    quant_steps(job, r, j0, j1, k, quant_step_fp16);
+}
+
+WP_TARGET_POP()
 
 int wp_lut_decode_neon(const wp_decode_job *job)
 {
@@ -196,7 +204,8 @@ int wp_lut_decode_neon(const wp_decode_job *job)
 int wp_quant_decode_neon(const wp_decode_job *job)
 {
     /* 4-bit codes look their value up in a 16-entry table once a table serves two steps */
-    return wp_run_chunks(job, job->nbits == 4 && job->col_block >= 32 ? quant_table_chunk : quant_chunk);
+    if (job->nbits == 4 && job->col_block >= 32) return wp_run_chunks(job, quant_table_chunk);
+    return wp_run_chunks(job, job->half_math && wp_simd_level() >= WP_LEVEL_FP16 ? quant_chunk_fp16 : quant_chunk);
 }
 
 /* ---- sparse values -------------------------------------------------------------------------- */
@@ -209,35 +218,6 @@ typedef struct {
     uint8_t *out;
     const long long *starts;
 } sparse_tasks;
-
-/* The values k.. expanded to the 16 columns of mask bits m, 16 x elem_size bytes in v[]. */
-WP_INLINE void expand_values(const sparse_tasks *s, long long k, unsigned m, uint8x16_t v[4])
-{
-    const int es = s->elem_size;
-    const uint8x16_t idx = wp_expand_index(m);
-    const uint8_t *src = s->values + k * es;
-    const long long avail = (s->n_values - k) * es;
-    if (es == 1) {
-        v[0] = vqtbl1q_u8(wp_load16(src, avail), idx);
-        return;
-    }
-    if (es == 2) { /* halfword lanes: byte indices 2i, 2i+1 (0xff becomes 0xfe, 0xff: still out of range) */
-        const uint8x16x2_t table = {{wp_load16(src, avail), wp_load16(src + 16, avail - 16)}};
-        const uint8x16_t twice = vshlq_n_u8(idx, 1), next = vaddq_u8(twice, vdupq_n_u8(1));
-        v[0] = vqtbl2q_u8(table, vzip1q_u8(twice, next));
-        v[1] = vqtbl2q_u8(table, vzip2q_u8(twice, next));
-        return;
-    }
-    const uint8x16x4_t table = {{wp_load16(src, avail), wp_load16(src + 16, avail - 16), wp_load16(src + 32, avail - 32),
-                                 wp_load16(src + 48, avail - 48)}};
-    const uint8x16_t four = vshlq_n_u8(idx, 2); /* word lanes: byte indices 4i .. 4i+3 */
-    const uint8x16_t pairs[2] = {vzip1q_u8(four, four), vzip2q_u8(four, four)};
-    const uint8x16_t bytes = vreinterpretq_u8_u32(vdupq_n_u32(0x03020100u));
-    for (int q = 0; q < 4; q++) {
-        const uint8x16_t quad = q % 2 ? vzip2q_u8(pairs[q / 2], pairs[q / 2]) : vzip1q_u8(pairs[q / 2], pairs[q / 2]);
-        v[q] = vqtbl4q_u8(table, vorrq_u8(quad, bytes)); /* 4i | b: 4i is a multiple of 4 (0xfc | b >= 64) */
-    }
-}
 
 static void expand_chunks(void *ctx, long long t0, long long t1)
 {
@@ -254,7 +234,7 @@ static void expand_chunks(void *ctx, long long t0, long long t1)
                 continue;
             }
             uint8x16_t v[4];
-            expand_values(s, k, m, v);
+            wp_expand_values(s->values + k * es, (s->n_values - k) * es, wp_expand_index(m), es, v);
             k += __builtin_popcount(m);
             if (s->widen_half) {
                 for (int h = 0; h < 2; h++) {

@@ -160,4 +160,107 @@ WP_INLINE void wp_float_planes_to_floats(const uint8x16_t b[4], float32x4_t w[4]
 /* Round to the nearest binary16 and back (round to nearest even, overflow to infinity). */
 WP_INLINE float32x4_t wp_round_half4(float32x4_t v) { return vcvt_f32_f16(vcvt_f16_f32(v)); }
 
+/* Core ML's shift-scale of 4 code values: scale * (q - offset), each step rounded to binary16
+   when the scale is binary16 (float32 arithmetic then rounding equals binary16 arithmetic: the
+   24-bit result has more than 2 * 11 + 2 bits). */
+WP_INLINE float32x4_t wp_shift_scale4(float32x4_t q, float32x4_t scale, float32x4_t offset, int has_offset, int half)
+{
+    if (has_offset) {
+        q = vsubq_f32(q, offset);
+        if (half) q = wp_round_half4(q);
+    }
+    q = vmulq_f32(scale, q);
+    return half ? wp_round_half4(q) : q;
+}
+
+/* 16 codes of n bits (4 or 8) as signed or unsigned integers in 2 x 8 int16 lanes. */
+WP_INLINE void wp_code_values16(uint8x16_t codes, int n, int is_signed, int16x8_t wide[2])
+{
+    if (is_signed) {
+        int8x16_t s = vreinterpretq_s8_u8(codes);
+        if (n < 8) s = vshrq_n_s8(vshlq_n_s8(s, 4), 4); /* sign-extend 4-bit codes */
+        wide[0] = vmovl_s8(vget_low_s8(s));
+        wide[1] = vmovl_high_s8(s);
+    } else {
+        wide[0] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(codes)));
+        wide[1] = vreinterpretq_s16_u16(vmovl_high_u8(codes));
+    }
+}
+
+/* The same as 4 x 4 float32 lanes. */
+WP_INLINE void wp_code_values(uint8x16_t codes, int n, int is_signed, float32x4_t q[4])
+{
+    int16x8_t wide[2];
+    wp_code_values16(codes, n, is_signed, wide);
+    for (int h = 0; h < 2; h++) {
+        q[2 * h] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide[h])));
+        q[2 * h + 1] = vcvtq_f32_s32(vmovl_high_s16(wide[h]));
+    }
+}
+
+/* 0 / all-ones 32-bit lanes i*4 .. i*4+3 of a 0 / 0xff byte mask. */
+WP_INLINE uint32x4_t wp_keep32(uint8x16_t keep, int i)
+{
+    const int8x16_t k = vreinterpretq_s8_u8(keep);
+    const int16x8_t k16 = i < 2 ? vmovl_s8(vget_low_s8(k)) : vmovl_high_s8(k);
+    return vreinterpretq_u32_s32(i % 2 ? vmovl_high_s16(k16) : vmovl_s16(vget_low_s16(k16)));
+}
+
+/* Values of `size` bytes (1, 2 or 4) starting at src, of which `avail` bytes exist, moved to the
+   16 lanes of an expand index (cleared lanes 0): 16 x size bytes in v[0 .. size-1]. */
+WP_INLINE void wp_expand_values(const uint8_t *src, long long avail, uint8x16_t idx, int size, uint8x16_t v[4])
+{
+    if (size == 1) {
+        v[0] = vqtbl1q_u8(wp_load16(src, avail), idx);
+        return;
+    }
+    if (size == 2) { /* halfword lanes: byte indices 2i, 2i+1 (0xff becomes 0xfe, 0xff: still out of range) */
+        const uint8x16x2_t table = {{wp_load16(src, avail), wp_load16(src + 16, avail - 16)}};
+        const uint8x16_t twice = vshlq_n_u8(idx, 1), next = vaddq_u8(twice, vdupq_n_u8(1));
+        v[0] = vqtbl2q_u8(table, vzip1q_u8(twice, next));
+        v[1] = vqtbl2q_u8(table, vzip2q_u8(twice, next));
+        return;
+    }
+    const uint8x16x4_t table = {{wp_load16(src, avail), wp_load16(src + 16, avail - 16), wp_load16(src + 32, avail - 32),
+                                 wp_load16(src + 48, avail - 48)}};
+    const uint8x16_t four = vshlq_n_u8(idx, 2); /* word lanes: byte indices 4i .. 4i+3 (0xfc | b >= 64) */
+    const uint8x16_t pairs[2] = {vzip1q_u8(four, four), vzip2q_u8(four, four)};
+    const uint8x16_t bytes = vreinterpretq_u8_u32(vdupq_n_u32(0x03020100u));
+    for (int q = 0; q < 4; q++) {
+        const uint8x16_t quad = q % 2 ? vzip2q_u8(pairs[q / 2], pairs[q / 2]) : vzip1q_u8(pairs[q / 2], pairs[q / 2]);
+        v[q] = vqtbl4q_u8(table, vorrq_u8(quad, bytes));
+    }
+}
+
+/* Binary16 arithmetic (FEAT_FP16), as inline assembly (clang 14 declares no intrinsics for it
+   without -march flags).  Use only inside functions compiled for WP_FP16_FEATURES. */
+WP_INLINE float16x8_t wp_fp16_from_int(int16x8_t v)
+{
+    float16x8_t r;
+    __asm__("scvtf %0.8h, %1.8h" : "=w"(r) : "w"(v));
+    return r;
+}
+
+WP_INLINE float16x8_t wp_fp16_sub(float16x8_t a, float16x8_t b)
+{
+    float16x8_t r;
+    __asm__("fsub %0.8h, %1.8h, %2.8h" : "=w"(r) : "w"(a), "w"(b));
+    return r;
+}
+
+WP_INLINE float16x8_t wp_fp16_mul(float16x8_t a, float16x8_t b)
+{
+    float16x8_t r;
+    __asm__("fmul %0.8h, %1.8h, %2.8h" : "=w"(r) : "w"(a), "w"(b));
+    return r;
+}
+
+/* Core ML's shift-scale of 8 integer codes in binary16 arithmetic: scale * (q - offset). */
+WP_INLINE float16x8_t wp_shift_scale8_fp16(int16x8_t q, float16x8_t scale, float16x8_t offset, int has_offset)
+{
+    float16x8_t v = wp_fp16_from_int(q);
+    if (has_offset) v = wp_fp16_sub(v, offset);
+    return wp_fp16_mul(scale, v);
+}
+
 #endif
