@@ -9,9 +9,11 @@
  * Every input buffer ends at a page boundary followed by an inaccessible page, so reading one
  * byte past it stops the run.
  *
- *   driver VECTORS [--levels scalar,neon,...] [--threads N] [--expect-level NAME]
+ *   driver VECTORS [--levels scalar,neon,...] [--threads N] [--expect-level NAME] [--corrupt]
  *
- * Exit status 0 when every check passed.
+ * Exit status 0 when every check passed.  --corrupt makes every expectation wrong (one bit of a
+ * decoded value, an output moved past its bound, a refusal expected to succeed) and exits 0 only
+ * if every record then fails: the checks are live.
  */
 #define _DEFAULT_SOURCE
 #include <math.h>
@@ -216,6 +218,22 @@ static int check_fast(const record *r, const char *level, const float *y, size_t
     return 0;
 }
 
+/* Make the record's expectation wrong. */
+static void corrupt(record *r)
+{
+    if (r->expect_status) {
+        r->expect_status = 0;
+    } else if (r->kind <= SHIFT_SCALE_DECODE) {
+        r->blob[0][0] ^= 1;
+    } else if (r->kind == FAST_MATVEC) {
+        double *exact = (double *)r->blob[0];
+        for (size_t i = 0; i < r->blob_len[0] / 8; i++) exact[i] = 3 * exact[i] + 1;
+    } else {
+        double *exact = (double *)r->blob[0];
+        exact[0] += 2 * ((const double *)r->blob[1])[0] + 1;
+    }
+}
+
 static int run(record *r, int level, const char *level_name, int fast_level)
 {
     arg *out = &r->args[OUT_ARG[r->kind]];
@@ -246,14 +264,15 @@ static int run(record *r, int level, const char *level_name, int fast_level)
 int main(int argc, char **argv)
 {
     const char *path = NULL, *levels = NULL, *expect_level = NULL;
-    int threads = 3;
+    int threads = 3, corrupted = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--levels") && i + 1 < argc) levels = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--expect-level") && i + 1 < argc) expect_level = argv[++i];
+        else if (!strcmp(argv[i], "--corrupt")) corrupted = 1;
         else path = argv[i];
     }
-    if (!path) die("usage: driver VECTORS [--levels a,b] [--threads N] [--expect-level NAME]");
+    if (!path) die("usage: driver VECTORS [--levels a,b] [--threads N] [--expect-level NAME] [--corrupt]");
     const int best = wp_cpu_simd_level();
     printf("CPU level: %s; threads: %d (%s)\n", wp_simd_level_name(best), wp_set_threads(threads), wp_threading());
     if (expect_level && strcmp(expect_level, wp_simd_level_name(best))) {
@@ -272,6 +291,8 @@ int main(int argc, char **argv)
     }
     if (!records) die("out of memory");
     fclose(f);
+    if (corrupted)
+        for (size_t i = 0; i < count; i++) corrupt(&records[i]);
     int failures = 0, checks = 0;
     for (int level = 0; level <= best; level++) {
         const char *name = wp_simd_level_name(level);
@@ -279,11 +300,17 @@ int main(int argc, char **argv)
         if (wp_set_simd_level(level) != level) die("cannot set the level");
         int level_failures = 0;
         for (size_t i = 0; i < count; i++) {
+            /* below its level fast mode only declines: nothing a corrupted expectation changes */
+            if (corrupted && records[i].kind == FAST_MATVEC && level < wp_fast_min_level()) continue;
             level_failures += run(&records[i], level, name, wp_fast_min_level());
             checks++;
         }
         printf("level %-8s %zu records, %d failed\n", name, count, level_failures);
         failures += level_failures;
+    }
+    if (corrupted) {
+        printf("%d checks of corrupted expectations, %d caught\n", checks, failures);
+        return failures == checks ? 0 : 1;
     }
     printf("%d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
