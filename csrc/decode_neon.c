@@ -35,7 +35,7 @@ WP_INLINE uint8x16_t codes_at(const wp_decode_job *job, long long e, long long *
     *keep = wp_expand_keep(idx);
     if (!m) return vdupq_n_u8(0);
     const uint8x16_t codes = vqtbl1q_u8(wp_unpack16(job->codes, job->codes_len, *k, job->nbits), idx);
-    *k += __builtin_popcount(m);
+    *k += wp_popcount16(m);
     return codes;
 }
 
@@ -235,7 +235,7 @@ static void expand_chunks(void *ctx, long long t0, long long t1)
             }
             uint8x16_t v[4];
             wp_expand_values(s->values + k * es, (s->n_values - k) * es, wp_expand_index(m), es, v);
-            k += __builtin_popcount(m);
+            k += wp_popcount16(m);
             if (s->widen_half) {
                 for (int h = 0; h < 2; h++) {
                     const float16x8_t halves = vreinterpretq_f16_u8(v[h]);

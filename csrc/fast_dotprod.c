@@ -14,6 +14,7 @@ WP_TARGET_PUSH(WP_DOTPROD_FEATURES)
 #include <arm_neon.h>
 
 #include "fast.h"
+#include "neon_common.h"
 
 /* acc += the dot products of each 4-byte group of a and b (inline assembly: see wp_target.h). */
 WP_INLINE int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b)
@@ -42,6 +43,7 @@ WP_INLINE int32x4_t step_dot(const uint8_t *codes, const int8_t *xq, long long l
 {
     const uint8x16_t raw = vld1q_u8(codes);
     int32x4_t dot = vdupq_n_s32(0);
+    WP_UNROLL
     for (int p = 0; p < 8 / n; p++) dot = sdot(dot, phase_weights(raw, p, n, lut, is_signed, table), vld1q_s8(xq + p * len));
     return dot;
 }
@@ -64,6 +66,7 @@ WP_INLINE float fast_row(const wp_fast_args *a, long long r, const int8_t *xq, c
         float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
         const long long k0 = j0 / per, k1 = (j0 + a->col_block) / per;
         for (long long k = k0; k < k1; k += 32) { /* col_block is a multiple of 64 * per: whole pairs of steps */
+            WP_UNROLL
             for (int h = 0; h < 2; h++) {
                 const int32x4_t dot = step_dot(row + k + 16 * h, xq + k + 16 * h, len, n, lut, a->is_signed, table);
                 acc[h] = vfmaq_f32(acc[h], vcvtq_f32_s32(dot), vld1q_f32(lane_sx + (k + 16 * h) / 4));
@@ -86,6 +89,7 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
     const uint8_t *row = a->codes + r * len;
     float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
     for (long long k = 0; k < len; k += 32) {
+        WP_UNROLL
         for (int h = 0; h < 2; h++) {
             const long long kh = k + 16 * h;
             const int32x4_t dot = step_dot(row + kh, xq + kh, len, n, 0, a->is_signed, vdupq_n_s8(0));

@@ -29,7 +29,8 @@
 enum source {
     SRC_HALF_PLANES,  /* binary16 table values, low and high byte planes */
     SRC_FLOAT_PLANES, /* float32 table values, 4 byte planes */
-    SRC_QUANT,        /* 8-bit codes, Core ML's arithmetic in float32 lanes */
+    SRC_QUANT,        /* 8-bit codes, float32 scale: Core ML's arithmetic in float32 lanes */
+    SRC_QUANT_HALF,   /* 8-bit codes, binary16 scale: the same, each step rounded to binary16 */
     SRC_QUANT_FP16,   /* 8-bit codes, binary16 scale: binary16 arithmetic (the caller's fp16 function) */
     SRC_HALF_VALUES,  /* sparse binary16 values */
     SRC_FLOAT_VALUES  /* sparse float32 values */
@@ -122,7 +123,7 @@ WP_INLINE void fetch_state(const void *args, enum source src, enum table_kind ki
         } else {
             float_lut_state(((const wp_lut_mv *)args)->lut + (t << n), 1 << n, st);
         }
-    } else if (src == SRC_QUANT) {
+    } else if (src == SRC_QUANT || src == SRC_QUANT_HALF) {
         const wp_quant_mv *a = args;
         st->scale = broadcast_at(a->scale, t, a->half_math);
         st->offset = a->offset ? broadcast_at(a->offset, t, a->half_math) : vdupq_n_f32(0.0f);
@@ -137,6 +138,7 @@ WP_INLINE void fetch_state(const void *args, enum source src, enum table_kind ki
 WP_INLINE void plane_weights(const row_state *st, uint8x16_t codes, int n, int nplanes, float32x4_t w[4])
 {
     uint8x16_t v[4];
+    WP_UNROLL
     for (int b = 0; b < nplanes; b++) v[b] = n <= 4 ? vqtbl1q_u8(st->planes[b].val[0], codes) : vqtbl4q_u8(st->planes[b], codes);
     if (nplanes == 2) wp_half_planes_to_floats(v[0], v[1], w);
     else wp_float_planes_to_floats(v, w);
@@ -149,10 +151,9 @@ WP_INLINE float32x4_t keep_lanes(float32x4_t v, uint8x16_t keep, int i)
 
 /* The 16 weights of columns j .. j+15 of a row whose stream is at element k; m: their mask bits
    (0xffff when dense). */
-WP_INLINE void column_weights(const void *args, const wp_mv_common *c, enum source src, int n, weights_fn fp16_weights,
-                              const row_state *st, long long k, unsigned m, float32x4_t w[4])
+WP_INLINE void column_weights(const void *args, const wp_mv_common *c, enum source src, int n, int masked,
+                              weights_fn fp16_weights, const row_state *st, long long k, unsigned m, float32x4_t w[4])
 {
-    const int masked = c->mask != NULL;
     if (src == SRC_HALF_VALUES || src == SRC_FLOAT_VALUES) { /* sparse values: always under a mask */
         const int size = src == SRC_HALF_VALUES ? 2 : 4;
         uint8x16_t v[4];
@@ -185,15 +186,18 @@ WP_INLINE void column_weights(const void *args, const wp_mv_common *c, enum sour
     }
     float32x4_t q[4];
     wp_code_values(codes, n, a->is_signed, q);
+    WP_UNROLL
     for (int i = 0; i < 4; i++) {
-        w[i] = wp_shift_scale4(q[i], st->scale, st->offset, a->offset != NULL, a->half_math);
+        w[i] = wp_shift_scale4(q[i], st->scale, st->offset, a->offset != NULL, src == SRC_QUANT_HALF);
         if (masked) w[i] = keep_lanes(w[i], keep, i);
     }
 }
 
 WP_INLINE void zero_acc(float32x4_t acc[][BATCH_TILE][2], int rt, int bt)
 {
+    WP_UNROLL
     for (int i = 0; i < rt; i++)
+        WP_UNROLL
         for (int b = 0; b < bt; b++) acc[i][b][0] = acc[i][b][1] = vdupq_n_f32(0.0f);
 }
 
@@ -208,39 +212,49 @@ WP_INLINE void accumulate(float32x4_t acc[2], const float32x4_t w[4], const floa
 
 WP_INLINE void store_tile(const wp_mv_common *c, float32x4_t acc[][BATCH_TILE][2], long long r, int rt, long long b0, int bt)
 {
+    WP_UNROLL
     for (int i = 0; i < rt; i++)
+        WP_UNROLL
         for (int b = 0; b < bt; b++) c->y[(b0 + b) * c->rows + r + i] = vaddvq_f32(vaddq_f32(acc[i][b][0], acc[i][b][1]));
 }
 
 WP_INLINE void load_x16(const float *x, float32x4_t v[4])
 {
+    WP_UNROLL
     for (int q = 0; q < 4; q++) v[q] = vld1q_f32(x + 4 * q);
 }
 
 /* ---- dense codes of 1, 2 and 4 bits against phase-split x ------------------------------------ */
 
-WP_INLINE void phase_tile(const void *args, const wp_mv_common *c, enum source src, enum table_kind kind, int n,
+WP_INLINE void phase_tile(const void *args, const wp_mv_common *common, enum source src, enum table_kind kind, int n,
                           state_fn fp16_state, long long r, int rt, long long b0, int bt)
 {
+    const wp_mv_common local = *common, *c = &local; /* fields stay in registers across calls */
     const int per = 8 / n, nplanes = src == SRC_HALF_PLANES ? 2 : 4;
     const long long len = c->cols / per;
     float32x4_t acc[PHASE_ROWS][BATCH_TILE][2];
     zero_acc(acc, rt, bt);
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         row_state st[PHASE_ROWS];
+        WP_UNROLL
         for (int i = 0; i < rt; i++) fetch_state(args, src, kind, n, fp16_state, c->row_table[r + i] + j0 / c->col_block, &st[i]);
         const long long k_end = (j0 + c->col_block) / per;
         for (long long k = j0 / per; k < k_end; k += 16) {
             uint8x16_t raw[PHASE_ROWS];
+            WP_UNROLL
             for (int i = 0; i < rt; i++) raw[i] = vld1q_u8(c->codes + (r + i) * len + k);
+            WP_UNROLL
             for (int p = 0; p < per; p++) {
                 float32x4_t xv[BATCH_TILE][4];
+                WP_UNROLL
                 for (int b = 0; b < bt; b++) load_x16(c->xs + ((b0 + b) * per + p) * len + k, xv[b]);
+                WP_UNROLL
                 for (int i = 0; i < rt; i++) {
                     uint8x16_t codes = p ? vshlq_u8(raw[i], vdupq_n_s8((int8_t)(-p * n))) : raw[i];
                     if (p < per - 1) codes = vandq_u8(codes, vdupq_n_u8((uint8_t)((1 << n) - 1)));
                     float32x4_t w[4];
                     plane_weights(&st[i], codes, n, nplanes, w);
+                    WP_UNROLL
                     for (int b = 0; b < bt; b++) accumulate(acc[i][b], w, xv[b]);
                 }
             }
@@ -251,26 +265,33 @@ WP_INLINE void phase_tile(const void *args, const wp_mv_common *c, enum source s
 
 /* ---- any codes, dense or under a mask, 16 columns at a time ---------------------------------- */
 
-WP_INLINE void column_tile(const void *args, const wp_mv_common *c, enum source src, enum table_kind kind, int n,
-                           state_fn fp16_state, weights_fn fp16_weights, long long r, int rt, long long b0, int bt)
+WP_INLINE void column_tile(const void *args, const wp_mv_common *common, enum source src, enum table_kind kind, int n,
+                           int masked, state_fn fp16_state, weights_fn fp16_weights, long long r, int rt, long long b0,
+                           int bt)
 {
+    const wp_mv_common local = *common, *c = &local; /* fields stay in registers across calls */
     float32x4_t acc[COLUMN_ROWS][BATCH_TILE][2];
     zero_acc(acc, rt, bt);
     long long k[COLUMN_ROWS];
-    for (int i = 0; i < rt; i++) k[i] = c->mask ? c->row_start[r + i] : (r + i) * c->cols;
+    WP_UNROLL
+    for (int i = 0; i < rt; i++) k[i] = masked ? c->row_start[r + i] : (r + i) * c->cols;
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         row_state st[COLUMN_ROWS];
+        WP_UNROLL
         for (int i = 0; i < rt; i++)
             fetch_state(args, src, kind, n, fp16_state, c->row_table ? c->row_table[r + i] + j0 / c->col_block : 0, &st[i]);
         for (long long j = j0; j < j0 + c->col_block; j += 16) {
             float32x4_t xv[BATCH_TILE][4];
+            WP_UNROLL
             for (int b = 0; b < bt; b++) load_x16(c->x + (b0 + b) * c->cols + j, xv[b]);
+            WP_UNROLL
             for (int i = 0; i < rt; i++) {
                 unsigned m = 0xffff;
-                if (c->mask && !(m = wp_mask16(c->mask, (r + i) * c->cols + j))) continue;
+                if (masked && !(m = wp_mask16(c->mask, (r + i) * c->cols + j))) continue;
                 float32x4_t w[4];
-                column_weights(args, c, src, n, fp16_weights, &st[i], k[i], m, w);
-                k[i] += c->mask ? __builtin_popcount(m) : 16;
+                column_weights(args, c, src, n, masked, fp16_weights, &st[i], k[i], m, w);
+                k[i] += masked ? wp_popcount16(m) : 16;
+                WP_UNROLL
                 for (int b = 0; b < bt; b++) accumulate(acc[i][b], w, xv[b]);
             }
         }
@@ -282,8 +303,9 @@ WP_INLINE void column_tile(const void *args, const wp_mv_common *c, enum source 
 
 #define SEGMENT 256 /* columns per round of plane lookups */
 
-WP_INLINE void lut8_tile(const void *args, const wp_mv_common *c, int nplanes, long long r, int rt, long long b0, int bt)
+WP_INLINE void lut8_tile(const void *args, const wp_mv_common *common, int nplanes, long long r, int rt, long long b0, int bt)
 {
+    const wp_mv_common local = *common, *c = &local; /* fields stay in registers across calls */
     (void)rt; /* one row per tile: a plane fills 16 registers */
     const wp_lut_mv *a = args;
     float32x4_t acc[1][BATCH_TILE][2];
@@ -310,7 +332,7 @@ WP_INLINE void lut8_tile(const void *args, const wp_mv_common *c, int nplanes, l
                     const uint8x16_t idx = wp_expand_index(m);
                     kv = wp_expand_keep(idx);
                     v = vqtbl1q_u8(v, idx);
-                    k += __builtin_popcount(m);
+                    k += wp_popcount16(m);
                 } else {
                     k += 16;
                 }
@@ -324,10 +346,12 @@ WP_INLINE void lut8_tile(const void *args, const wp_mv_common *c, int nplanes, l
             for (int s = 0; s < steps; s++) {
                 const uint8x16_t kv = vld1q_u8(keep + 16 * s);
                 uint8x16_t v[4];
+                WP_UNROLL
                 for (int b = 0; b < nplanes; b++) v[b] = vandq_u8(vld1q_u8(bytes[b] + 16 * s), kv);
                 float32x4_t w[4];
                 if (nplanes == 2) wp_half_planes_to_floats(v[0], v[1], w);
                 else wp_float_planes_to_floats(v, w);
+                WP_UNROLL
                 for (int b = 0; b < bt; b++) {
                     float32x4_t xv[4];
                     load_x16(c->x + (b0 + b) * c->cols + s0 + 16 * s, xv);
@@ -354,12 +378,12 @@ WP_INLINE void lut8_tile(const void *args, const wp_mv_common *c, int nplanes, l
         WP_RUN_TILES(name##_tile, args, c, NULL, r0, r1, rows, BATCH_TILE);                                   \
     }
 
-#define COLUMN_WORKER(name, type, src, kind, n, rows, fp16_state, fp16_weights)                               \
+#define COLUMN_WORKER(name, type, src, kind, n, masked, rows, fp16_state, fp16_weights)                       \
     WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
                                long long b0, int bt)                                                           \
     {                                                                                                         \
         (void)unused;                                                                                         \
-        column_tile(args, c, src, kind, n, fp16_state, fp16_weights, r, rt, b0, bt);                          \
+        column_tile(args, c, src, kind, n, masked, fp16_state, fp16_weights, r, rt, b0, bt);                  \
     }                                                                                                         \
     static void name(const void *args, long long r0, long long r1)                                            \
     {                                                                                                         \
@@ -389,21 +413,27 @@ PHASE_WORKER(phase_lut4_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 4, 2, NUL
 PHASE_WORKER(phase_quant4_half, wp_quant_mv, SRC_HALF_PLANES, QUANT_TABLE, 4, PHASE_ROWS, NULL)
 PHASE_WORKER(phase_quant4_float, wp_quant_mv, SRC_FLOAT_PLANES, QUANT_TABLE, 4, 2, NULL)
 
-COLUMN_WORKER(column_lut1_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 1, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_lut2_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 2, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_lut3_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 3, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_lut4_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 4, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_lut6_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 6, 1, NULL, NULL)
-COLUMN_WORKER(column_lut1_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 1, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_lut2_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 2, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_lut3_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 3, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_lut4_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 4, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_lut6_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 6, 1, NULL, NULL)
-COLUMN_WORKER(column_quant4_half, wp_quant_mv, SRC_HALF_PLANES, QUANT_TABLE, 4, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_quant4_float, wp_quant_mv, SRC_FLOAT_PLANES, QUANT_TABLE, 4, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_quant8, wp_quant_mv, SRC_QUANT, QUANT_TABLE, 8, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_values_half, wp_sparse_mv, SRC_HALF_VALUES, LUT_TABLE, 8, COLUMN_ROWS, NULL, NULL)
-COLUMN_WORKER(column_values_float, wp_sparse_mv, SRC_FLOAT_VALUES, LUT_TABLE, 8, COLUMN_ROWS, NULL, NULL)
+/* dense (d_) and masked (m_) variants of each: the masked ones expand codes under their mask bits */
+#define COLUMN_WORKERS(name, type, src, kind, n, rows)                      \
+    COLUMN_WORKER(d_##name, type, src, kind, n, 0, rows, NULL, NULL)        \
+    COLUMN_WORKER(m_##name, type, src, kind, n, 1, rows, NULL, NULL)
+
+COLUMN_WORKERS(lut1_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 1, COLUMN_ROWS)
+COLUMN_WORKERS(lut2_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 2, COLUMN_ROWS)
+COLUMN_WORKERS(lut3_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 3, COLUMN_ROWS)
+COLUMN_WORKERS(lut4_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 4, COLUMN_ROWS)
+COLUMN_WORKERS(lut6_half, wp_lut_mv, SRC_HALF_PLANES, LUT_TABLE, 6, 1)
+COLUMN_WORKERS(lut1_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 1, COLUMN_ROWS)
+COLUMN_WORKERS(lut2_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 2, COLUMN_ROWS)
+COLUMN_WORKERS(lut3_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 3, COLUMN_ROWS)
+COLUMN_WORKERS(lut4_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 4, COLUMN_ROWS)
+COLUMN_WORKERS(lut6_float, wp_lut_mv, SRC_FLOAT_PLANES, LUT_TABLE, 6, 1)
+COLUMN_WORKERS(quant4_half, wp_quant_mv, SRC_HALF_PLANES, QUANT_TABLE, 4, COLUMN_ROWS)
+COLUMN_WORKERS(quant4_float, wp_quant_mv, SRC_FLOAT_PLANES, QUANT_TABLE, 4, COLUMN_ROWS)
+COLUMN_WORKERS(quant8_float, wp_quant_mv, SRC_QUANT, QUANT_TABLE, 8, COLUMN_ROWS)
+COLUMN_WORKERS(quant8_half, wp_quant_mv, SRC_QUANT_HALF, QUANT_TABLE, 8, COLUMN_ROWS)
+COLUMN_WORKER(m_values_half, wp_sparse_mv, SRC_HALF_VALUES, LUT_TABLE, 8, 1, COLUMN_ROWS, NULL, NULL)
+COLUMN_WORKER(m_values_float, wp_sparse_mv, SRC_FLOAT_VALUES, LUT_TABLE, 8, 1, COLUMN_ROWS, NULL, NULL)
 LUT8_WORKER(lut8_half, 2)
 LUT8_WORKER(lut8_float, 4)
 
@@ -439,8 +469,10 @@ static void quant_weights_fp16(const row_state *st, uint8x16_t codes, uint8x16_t
 }
 
 PHASE_WORKER(phase_quant4_fp16, wp_quant_mv, SRC_HALF_PLANES, QUANT_TABLE, 4, PHASE_ROWS, quant_table_state_fp16)
-COLUMN_WORKER(column_quant4_fp16, wp_quant_mv, SRC_HALF_PLANES, QUANT_TABLE, 4, COLUMN_ROWS, quant_table_state_fp16, NULL)
-COLUMN_WORKER(column_quant8_fp16, wp_quant_mv, SRC_QUANT_FP16, QUANT_TABLE, 8, COLUMN_ROWS, NULL, quant_weights_fp16)
+COLUMN_WORKER(d_quant4_fp16, wp_quant_mv, SRC_HALF_PLANES, QUANT_TABLE, 4, 0, COLUMN_ROWS, quant_table_state_fp16, NULL)
+COLUMN_WORKER(m_quant4_fp16, wp_quant_mv, SRC_HALF_PLANES, QUANT_TABLE, 4, 1, COLUMN_ROWS, quant_table_state_fp16, NULL)
+COLUMN_WORKER(d_quant8_fp16, wp_quant_mv, SRC_QUANT_FP16, QUANT_TABLE, 8, 0, COLUMN_ROWS, NULL, quant_weights_fp16)
+COLUMN_WORKER(m_quant8_fp16, wp_quant_mv, SRC_QUANT_FP16, QUANT_TABLE, 8, 1, COLUMN_ROWS, NULL, quant_weights_fp16)
 
 WP_TARGET_POP()
 
@@ -461,7 +493,7 @@ static int columns_fit(const wp_mv_common *c)
 wp_rows_plan wp_lut_rows_neon(const wp_lut_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    const int n = c->nbits, half = a->lut_lo != NULL;
+    const int n = c->nbits, half = a->lut_lo != NULL, masked = c->mask != NULL;
     if ((n == 1 || n == 2 || n == 4) && phase_fit(c)) {
         static const wp_rows_fn by_bits[2][5] = {{NULL, phase_lut1_float, phase_lut2_float, NULL, phase_lut4_float},
                                                  {NULL, phase_lut1_half, phase_lut2_half, NULL, phase_lut4_half}};
@@ -469,27 +501,32 @@ wp_rows_plan wp_lut_rows_neon(const wp_lut_mv *a)
     }
     if (!columns_fit(c)) return WP_NO_ROWS;
     if (n == 8) return WP_ROWS(half ? lut8_half : lut8_float);
-    static const wp_rows_fn by_bits[2][7] = {
-        {NULL, column_lut1_float, column_lut2_float, column_lut3_float, column_lut4_float, NULL, column_lut6_float},
-        {NULL, column_lut1_half, column_lut2_half, column_lut3_half, column_lut4_half, NULL, column_lut6_half}};
-    return WP_ROWS(by_bits[half][n]);
+    static const wp_rows_fn by_bits[2][2][7] = {
+        {{NULL, d_lut1_float, d_lut2_float, d_lut3_float, d_lut4_float, NULL, d_lut6_float},
+         {NULL, d_lut1_half, d_lut2_half, d_lut3_half, d_lut4_half, NULL, d_lut6_half}},
+        {{NULL, m_lut1_float, m_lut2_float, m_lut3_float, m_lut4_float, NULL, m_lut6_float},
+         {NULL, m_lut1_half, m_lut2_half, m_lut3_half, m_lut4_half, NULL, m_lut6_half}}};
+    return WP_ROWS(by_bits[masked][half][n]);
 }
 
 wp_rows_plan wp_quant_rows_neon(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    const int fp16 = a->half_math && wp_simd_level() >= WP_LEVEL_FP16;
+    const int fp16 = a->half_math && wp_simd_level() >= WP_LEVEL_FP16, masked = c->mask != NULL;
     if (c->nbits == 4 && phase_fit(c))
         return WP_ROWS_SPLIT(fp16 ? phase_quant4_fp16 : a->half_math ? phase_quant4_half : phase_quant4_float, 2);
     if (!columns_fit(c)) return WP_NO_ROWS;
-    if (c->nbits == 4) return WP_ROWS(fp16 ? column_quant4_fp16 : a->half_math ? column_quant4_half : column_quant4_float);
-    return WP_ROWS(fp16 ? column_quant8_fp16 : column_quant8);
+    /* [masked][nbits == 8][binary16 arithmetic, binary16 scale, float32 scale] */
+    static const wp_rows_fn workers[2][2][3] = {
+        {{d_quant4_fp16, d_quant4_half, d_quant4_float}, {d_quant8_fp16, d_quant8_half, d_quant8_float}},
+        {{m_quant4_fp16, m_quant4_half, m_quant4_float}, {m_quant8_fp16, m_quant8_half, m_quant8_float}}};
+    return WP_ROWS(workers[masked][c->nbits == 8][fp16 ? 0 : a->half_math ? 1 : 2]);
 }
 
 wp_rows_plan wp_sparse_rows_neon(const wp_sparse_mv *a)
 {
     if (!columns_fit(&a->c)) return WP_NO_ROWS;
-    return WP_ROWS(a->value_half ? column_values_half : column_values_float);
+    return WP_ROWS(a->value_half ? m_values_half : m_values_float);
 }
 
 #endif

@@ -6,6 +6,7 @@
 uint8_t wp_neon_unpack_index[9][8][16];
 int16_t wp_neon_unpack_shift[9][8][8];
 uint64_t wp_neon_expand[256];
+uint8_t wp_neon_popcount[256];
 
 __attribute__((constructor)) static void fill_tables(void)
 {
@@ -22,6 +23,7 @@ __attribute__((constructor)) static void fill_tables(void)
         int rank = 0;
         for (int i = 0; i < 8; i++) pattern |= (uint64_t)((m >> i) & 1 ? rank++ : 0xff) << (8 * i);
         wp_neon_expand[m] = pattern;
+        wp_neon_popcount[m] = (uint8_t)rank;
     }
 }
 

@@ -18,22 +18,43 @@
 
 #include "wp_target.h"
 
+/* Fully unroll the loop that follows (over rows, batch items, phases, registers of a tile): the
+   tile sizes are compile-time constants once the tile is inlined, and the loops must vanish for
+   the accumulators and tables to stay in registers.  clang optimizes an always-inline callee
+   before its callers, so it gets unroll(full), which waits for a known trip count (a count would
+   make it unroll the callee's still-unknown loops at run time). */
+#if defined(__clang__)
+#define WP_UNROLL WP_PRAGMA(clang loop unroll(full))
+#else
+#define WP_UNROLL WP_PRAGMA(GCC unroll 16)
+#endif
+
 /* wp_neon_unpack_index[n][s]: for codes 0-7 of a run starting s bits into its first byte, the
    byte pair (o, o + 1) holding each code (o = (s + i*n) / 8), as the 16 bytes of 8 u16 lanes;
    codes 8-15 use the same pairs n bytes further on.  wp_neon_unpack_shift[n][s]: minus the bit
    offset of each code inside its pair (a right shift for ushl). */
 extern uint8_t wp_neon_unpack_index[9][8][16];
 extern int16_t wp_neon_unpack_shift[9][8][8];
-/* wp_neon_expand[m]: for mask byte m, byte i = rank of bit i among m's set bits, 0xff if clear. */
+/* wp_neon_expand[m]: for mask byte m, byte i = rank of bit i among m's set bits, 0xff if clear;
+   wp_neon_popcount[m]: its set bits (aarch64 has no scalar popcount before FEAT_CSSC). */
 extern uint64_t wp_neon_expand[256];
+extern uint8_t wp_neon_popcount[256];
+
+/* Set bits of a 16-bit mask. */
+WP_INLINE int wp_popcount16(unsigned m) { return wp_neon_popcount[m & 0xff] + wp_neon_popcount[m >> 8]; }
+
+__attribute__((noinline, cold, unused)) static uint8x16_t wp_load16_tail(const uint8_t *p, long long avail)
+{
+    uint8_t tmp[16] = {0};
+    if (avail > 0) memcpy(tmp, p, (size_t)avail);
+    return vld1q_u8(tmp);
+}
 
 /* 16 bytes from p of which only the first `avail` exist (the others read as zero). */
 WP_INLINE uint8x16_t wp_load16(const uint8_t *p, long long avail)
 {
-    if (avail >= 16) return vld1q_u8(p);
-    uint8_t tmp[16] = {0};
-    if (avail > 0) memcpy(tmp, p, (size_t)avail);
-    return vld1q_u8(tmp);
+    if (__builtin_expect(avail >= 16, 1)) return vld1q_u8(p);
+    return wp_load16_tail(p, avail); /* a stream's last bytes: out of the loops' way */
 }
 
 /* Codes k .. k+15 of an n-bit LSB-first stream of len bytes, one per byte (codes past the
@@ -73,8 +94,8 @@ WP_INLINE uint8x16_t wp_expand_index(unsigned m)
 {
     const unsigned low = m & 0xff;
     const uint8x16_t ranks = vcombine_u8(vcreate_u8(wp_neon_expand[low]), vcreate_u8(wp_neon_expand[m >> 8]));
-    const uint8x16_t base = vcombine_u8(vdup_n_u8(0), vdup_n_u8((uint8_t)__builtin_popcount(low)));
-    return vqaddq_u8(ranks, base); /* saturating: 0xff stays 0xff */
+    const uint64_t base = wp_neon_popcount[low] * 0x0101010101010101ULL; /* for lanes 8-15 */
+    return vqaddq_u8(ranks, vcombine_u8(vcreate_u8(0), vcreate_u8(base))); /* saturating: 0xff stays 0xff */
 }
 
 /* 0xff in the lanes an expand index fills, 0 in the others. */
