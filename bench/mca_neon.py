@@ -60,6 +60,15 @@ LOOPS = [
      (ARM, "fast_dotprod.c", "wp_fast_rows_dotprod"), {"sdot": 2, "fmul": 0}, 32, 0,
      (X86, "fast_avx512.c", "wp_fast_rows_avx512"), {"vpdpbusd": 1, "vmulps": 0}, 64, 0),
 ]
+# bench/bench_kernels.py's weight (kind, mode) each loop's product is measured with on x86 (--measure)
+MEASURED = {
+    "4-bit LUT (binary16 entries)": ("lut4", "exact"), "2-bit LUT": ("lut2", "exact"), "6-bit LUT": ("lut6", "exact"),
+    "int8 per channel, binary16 scale (fp16 level)": ("int8", "exact"),
+    "int4 per block of 32, binary16 scale (fp16 level; without the table built per block)": ("int4-b32", "exact"),
+    "sparse binary16 values (per 16 columns with a set bit)": ("sparse50", "exact"),
+    "fast mode: 4-bit LUT (SDOT / VNNI)": ("lut4", "fast"), "fast mode: int8 per channel (SDOT / VNNI)": ("int8", "fast"),
+    "8-bit LUT (binary16 entries; 3 passes per 256 columns)": ("lut8", "exact"),
+}
 EIGHT_BIT = ("8-bit LUT (binary16 entries; 3 passes per 256 columns)", (ARM, "matvec_neon.c", "lut8_half"),
              (X86, "matvec_avx512.c", "bytes_lut8"), {"vfmadd": 4}, 64)
 
@@ -153,10 +162,43 @@ def mca(tool: str, triple_arch: str, cpu: str, body: list[str]) -> float | None:
     return int(m.group(1)) / 200 if m else None
 
 
+def measure(shape: int, repeats: int = 200) -> dict:
+    """Nanoseconds per 64 weights of each MEASURED product on this machine: AVX-512 level, one
+    thread, batch 1, a shape x shape weight (medians; the weight stays in cache when small)."""
+    import os
+    import time
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import weightpack as wp
+    from bench_kernels import make_weight
+    from weightpack.kernels import backend_c
+
+    backend_c.set_simd("avx512")
+    backend_c.set_threads(1)
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, (kind, mode) in MEASURED.items():
+        weight = make_weight(kind, shape, shape, rng)
+        x = rng.standard_normal((1, shape)).astype(np.float32)
+        wp.matmul(weight, x, mode=mode)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter_ns()
+            wp.matmul(weight, x, mode=mode)
+            times.append(time.perf_counter_ns() - start)
+        out[name] = float(np.median(times)) * 64 / (shape * shape)
+    out["load average"] = os.getloadavg()[0]
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--show", help="print the assembly of the loops whose name contains this")
+    parser.add_argument("--measure", type=int, metavar="N", default=0,
+                        help="also time the AVX-512 products here (one thread, N x N weight, batch 1)")
     args = parser.parse_args(argv)
     mca14, mca16 = find("llvm-mca-14", "llvm-mca"), find("llvm-mca-16")
     if not mca14:
@@ -208,13 +250,26 @@ def main(argv=None) -> int:
         "znver4": per64(mca(mca16, "x86_64", "znver4", x86_body), x86_weights),
     })
 
+    measured, ghz = {}, None
+    if args.measure:
+        measured = measure(args.measure)
+        ghz = float(re.search(r"cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text()).group(1)) / 1000
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    print("| loop | M1 (llvm-mca-14) | weights/cycle | M1 (llvm-mca-16) | Sapphire Rapids AVX-512 (14) | Zen 4 AVX-512 (16) |")
-    print("|---|---|---|---|---|---|")
+    print("| loop | M1 (llvm-mca-14) | weights/cycle | M1 (llvm-mca-16) | Sapphire Rapids AVX-512 (14) "
+          "| Zen 4 AVX-512 (16) | measured AVX-512 here |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         wpc = None if r["m1"] is None else 64 / r["m1"]
-        print(f"| {r['loop']} | {fmt(r['m1'])} | {fmt(wpc)} | {fmt(r['m1_llvm16'])} | {fmt(r['sapphirerapids'])} | {fmt(r['znver4'])} |")
-    print("cycles per 64 weights, batch 1, one core; predicted, not measured")
+        key = next((k for k in MEASURED if r["loop"].startswith(k)), None)
+        ns = measured.get(key)
+        r["measured_ns_per_64"] = ns
+        here = "-" if ns is None else f"{ns:.2f} ns = {ns * ghz:.1f} cycles"
+        print(f"| {r['loop']} | {fmt(r['m1'])} | {fmt(wpc)} | {fmt(r['m1_llvm16'])} | {fmt(r['sapphirerapids'])} "
+              f"| {fmt(r['znver4'])} | {here} |")
+    print("cycles per 64 weights, batch 1, one core; llvm-mca columns predicted, not measured")
+    if measured:
+        print(f"measured: {args.measure}x{args.measure} weight, one thread, AVX-512 level, {ghz:.2f} GHz nominal, "
+              f"load average {measured['load average']:.1f} on {len(__import__('os').sched_getaffinity(0))} CPUs")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
