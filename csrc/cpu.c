@@ -122,6 +122,17 @@ int wp_set_simd_level(int level)
     return level_in_force;
 }
 
+const char *wp_compiler(void)
+{
+#if defined(__clang__)
+    return "clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "gcc " __VERSION__;
+#else
+    return "unknown";
+#endif
+}
+
 int wp_simd_level(void)
 {
     if (level_in_force < 0) level_in_force = wp_cpu_simd_level();

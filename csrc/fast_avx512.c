@@ -32,6 +32,7 @@ WP_INLINE float fast_row(const wp_fast_args *a, long long r, const int8_t *xq, c
         __m512 acc = _mm512_setzero_ps();
         const long long k0 = j0 / per, k1 = (j0 + a->col_block) / per;
         for (long long k = k0; k < k1; k += 64) { /* 64 bytes of codes */
+            WP_PREFETCH(a->codes + r * row_bytes + k);
             const __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(a->codes + r * row_bytes + k), flip);
             const __m512 sx = _mm512_loadu_ps(lane_sx + k / 4);
             /* every phase's lane L lies in the same activation block: one integer sum for all phases */
@@ -62,6 +63,8 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
     __m512 acc = _mm512_setzero_ps();
     const __m512i flip_all = _mm512_set1_epi8((char)(a->is_signed ? (n == 8 ? 0x80 : 0x88) : 0)); /* every code of a byte */
     for (long long k = 0; k < len; k += 64) {
+        WP_PREFETCH(a->codes + r * row_bytes + k);
+        if (!(k & 255)) WP_PREFETCH(a->table_scale + t0 + k * per / WP_QBLOCK); /* a line of scales per 256 bytes */
         const __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(a->codes + r * row_bytes + k), flip_all);
         const __m512 scales = _mm512_permutexvar_ps(lane_block, _mm512_maskz_loadu_ps((__mmask16)((1u << blocks_per_step) - 1),
                                                                                         a->table_scale + t0 + k * per / WP_QBLOCK));

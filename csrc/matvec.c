@@ -193,6 +193,12 @@ int wp_quant_matvec(const unsigned char *codes, long long codes_len, int nbits, 
                      is_signed, half_math, scale, offset};
     int rc = check_common(&a.c, mask_len, x_len, y_len, nbits);
     if (rc) return rc;
+#if WP_X86 && WP_HAVE_AVX512FP16
+    if (wp_simd_level() >= WP_LEVEL_AVX512FP16) {
+        const wp_rows_plan plan = wp_quant_rows_avx512fp16(&a);
+        if (plan.fn) return run_rows(plan, &a.c, &a);
+    }
+#endif
     SELECT_ROWS(quant, &a);
 }
 

@@ -30,6 +30,7 @@ int wp_simd_level(void);
 int wp_set_threads(int n);
 int wp_threads(void);
 const char *wp_threading(void);
+const char *wp_compiler(void);
 
 int wp_lut_matvec(const unsigned char *codes, long long codes_len, int nbits,
                   const unsigned char *mask, long long mask_len, const long long *row_start,

@@ -19,6 +19,13 @@ static inline int wp_valid_nbits(int nbits)
     return nbits == 1 || nbits == 2 || nbits == 3 || nbits == 4 || nbits == 6 || nbits == 8;
 }
 
+/* Weight streams are read once, row after row. The hardware prefetchers stop at every 4 KB page
+   and the kernels do enough arithmetic per cache line that a fresh miss then stalls them, so
+   each kernel also asks for the line this far ahead of where it reads (a hint: it never faults,
+   even past the end of a buffer). 2 KB measured best of 256 B - 8 KB on the 4-row kernels. */
+#define WP_PREFETCH_BYTES 2048
+#define WP_PREFETCH(p) __builtin_prefetch((const char *)(p) + WP_PREFETCH_BYTES, 0, 3)
+
 /* Bytes of an n-bit stream of count elements, or -1 on overflow / bad arguments. */
 static inline long long wp_stream_bytes(long long count, int nbits)
 {

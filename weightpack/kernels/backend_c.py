@@ -30,6 +30,8 @@ SIMD_LEVELS = _level_names()  # this architecture's levels, lowest first
 """x86_64: scalar, avx2, avx512, avx512fp16; aarch64: scalar, neon, fp16, dotprod."""
 THREADING = ffi.string(lib.wp_threading()).decode()
 """How the C kernels run threads: "pool" (weightpack's own) or "openmp" (chosen at build time)."""
+COMPILER = ffi.string(lib.wp_compiler()).decode()
+"""The compiler that built the C kernels, e.g. "gcc 12.2.0"."""
 
 
 def _cpu_count() -> int:
