@@ -86,26 +86,7 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
     return _mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(correction);
 }
 
-void wp_fast_rows_avx512(void *ctx, long long r0, long long r1)
-{
-    const wp_fast_rows *f = ctx;
-    const wp_fast_args *a = f->a;
-    const int n = a->nbits, lut = f->lut;
-    const long long cols = a->cols, blocks = cols / WP_QBLOCK, lanes = cols / (8 / n) / 4;
-    for (long long r = r0; r < r1; r++)
-        for (long long b = 0; b < a->batch; b++) {
-            const int8_t *q = f->xq + b * cols;
-            const float *ls = f->lane_sx + b * lanes, *bm = f->block_sum + b * blocks;
-            const double *pf = f->prefix + b * (blocks + 1);
-            if (a->col_block == WP_QBLOCK) /* quantized, one scale per block of 32 */
-                a->y[b * a->rows + r] = n == 8 ? fast_row_blocks(a, r, q, ls, bm, 8) : fast_row_blocks(a, r, q, ls, bm, 4);
-            else
-                a->y[b * a->rows + r] = n == 8   ? fast_row(a, r, q, ls, pf, 8, lut)
-                                        : n == 4 ? fast_row(a, r, q, ls, pf, 4, lut)
-                                        : n == 2 ? fast_row(a, r, q, ls, pf, 2, lut)
-                                                 : fast_row(a, r, q, ls, pf, 1, lut);
-        }
-}
+WP_FAST_ROWS(wp_fast_rows_avx512, fast_row, fast_row_blocks)
 
 WP_TARGET_POP()
 #endif
