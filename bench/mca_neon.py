@@ -220,9 +220,11 @@ def main(argv=None) -> int:
         if args.show and args.show in name:
             print("\n".join(arm_body), "\n---\n", "\n".join(x86_body))
         per64 = lambda cycles, weights: None if cycles is None else cycles * 64 / weights  # noqa: E731
-        branches = sum(1 for line in arm_body if BRANCH.match(line))
-        if branches > 1:  # control flow inside: llvm-mca runs every instruction, so the figure is approximate
-            name += f" [{branches} branches in the loop: approximate]"
+        # control flow inside a loop: llvm-mca runs every instruction of the range, so the figure is approximate
+        for arch, body in (("NEON", arm_body), ("AVX-512", x86_body)):
+            branches = sum(1 for line in body if BRANCH.match(line))
+            if branches > 1:
+                name += f" [{arch}: {branches} branches in the loop, approximate]"
         rows.append({
             "loop": name, "neon_instructions": len(arm_body), "weights_per_iteration": arm_weights,
             "m1": per64(mca(mca14, "aarch64", "apple-m1", arm_body), arm_weights),
@@ -260,7 +262,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         wpc = None if r["m1"] is None else 64 / r["m1"]
-        key = next((k for k in MEASURED if r["loop"].startswith(k)), None)
+        key = next((k for k in MEASURED if r["loop"].startswith(k)), None)  # the name before any [flag]
         ns = measured.get(key)
         r["measured_ns_per_64"] = ns
         here = "-" if ns is None else f"{ns:.2f} ns = {ns * ghz:.1f} cycles"
