@@ -96,7 +96,7 @@ WP_INLINE void float_lut_state(const float *lut, int entries, row_state *st)
 {
     float padded[16] = {0};
     if (entries < 16) {
-        memcpy(padded, lut, (size_t)entries * 4);
+        memcpy(padded, lut, (size_t)(entries & 15) * 4); /* entries < 16 (the mask keeps unoptimized builds quiet) */
         lut = padded;
         entries = 16;
     }

@@ -125,7 +125,7 @@ WP_INLINE void wp_make_planes(const void *table, int entries, int size, wp_plane
     const uint8_t *src = table;
     if (entries < 16) { /* fewer than one register of entries: pad with zeros */
         memset(padded, 0, sizeof padded);
-        memcpy(padded, src, (size_t)(entries * size));
+        memcpy(padded, src, (size_t)((entries & 15) * size)); /* entries < 16 */
         src = padded;
         entries = 16;
     }
