@@ -12,11 +12,13 @@ each encoder keeps its extra memory under about three times the tensor's size.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -109,9 +111,7 @@ def compress_all(weights: Mapping, config, *, executor=None, progress=None) -> d
     show = sys.stderr.isatty() if progress is None else bool(progress)
     own = executor is None
     if own:
-        workers = max(1, min(_threads.thread_count(), len(weights)))
-        inner = max(1, _threads.thread_count() // workers)
-        executor = ProcessPoolExecutor(workers, initializer=_set_threads, initargs=(inner,))
+        executor = default_pool(len(weights))
     transport = not isinstance(executor, ThreadPoolExecutor)
     limit = 2 * max(1, getattr(executor, "_max_workers", 0) or _threads.thread_count())
     bar = _Progress(len(weights), show)
@@ -135,7 +135,12 @@ def compress_all(weights: Mapping, config, *, executor=None, progress=None) -> d
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 name, w = pending.pop(future)
-                out = future.result()
+                try:
+                    out = future.result()
+                except BrokenProcessPool as exc:
+                    if not own:
+                        raise  # the caller's executor: the caller's to diagnose
+                    raise _broken_pool(exc) from exc
                 out = _from_plain(out) if transport else out
                 results[name] = out
                 bar.step(getattr(w, "nbytes", 0), out.nbytes)
@@ -171,6 +176,29 @@ def _configs(weights: Mapping, config) -> dict:
         else:
             raise WeightpackError(f"config[{name!r}]={describe(c)} must be a CompressionConfig, a dict or None")
     return out
+
+
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+"""How the default pool starts its workers: from a fresh interpreter, never by forking this process
+(a fork copies the state of threads that do not exist in the child: an OpenMP runtime that ran a
+parallel kernel here would hang the first parallel kernel in a forked worker)."""
+
+
+def default_pool(tasks: int) -> ProcessPoolExecutor:
+    """The pool :func:`compress_all` uses when given no executor: one worker per CPU (at most one per
+    task), each running its kernels on its share of the CPUs, started with :data:`START_METHOD`."""
+    workers = max(1, min(_threads.thread_count(), tasks))
+    inner = max(1, _threads.thread_count() // workers)
+    context = multiprocessing.get_context(START_METHOD)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(inner,))
+
+
+def _broken_pool(exc: BaseException) -> WeightpackError:
+    return WeightpackError(
+        f"a worker of compress_all's process pool died ({exc}). Workers start a fresh Python ({START_METHOD!r}) "
+        "that imports your main script again: put the calling code under `if __name__ == \"__main__\":`, "
+        "or pass executor= (e.g. a ThreadPoolExecutor)"
+    )
 
 
 def _set_threads(count: int) -> None:
