@@ -13,10 +13,10 @@ are ordered like ``w.reshape(out_channels, -1)``.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
+from ..atomic import TempFile
 from ..errors import FormatError, WeightpackError, describe
 
 FORMAT_NAME = "weightpack.ActivationStats"
@@ -127,19 +127,13 @@ class ActivationStats:
         }
         if self._gram_sum is not None:
             arrays["gram_sum"] = self._gram_sum
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+        temp = TempFile(path)
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            np.savez(temp.file, **arrays)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            temp.discard()
             raise
+        temp.commit()
 
     @classmethod
     def load(cls, path) -> "ActivationStats":

@@ -54,10 +54,8 @@ types a size that is not a multiple of the element size. It reads ``count`` only
 """
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
-import secrets
 import struct
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -65,6 +63,7 @@ from types import MappingProxyType
 import numpy as np
 
 from ..bits import NBitArray
+from ..atomic import TempFile
 from ..errors import FormatError, WeightpackError, describe
 
 VERSION = 2
@@ -206,18 +205,15 @@ class BlobWriter:
     def __init__(self, path):
         self.path = os.fspath(path)
         self._file = None
-        self._temp_path = None
+        self._temp = None
         self._count = 0
         self._end = 0
 
     def __enter__(self) -> "BlobWriter":
-        if self._temp_path is not None:
+        if self._temp is not None:
             raise WeightpackError(f"BlobWriter for {self.path} is already open")
-        folder, name = os.path.split(os.path.abspath(self.path))
-        temp_path = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        self._file = os.fdopen(os.open(temp_path, flags, 0o666), "wb")  # 0o666: the umask applies, as for open()
-        self._temp_path = temp_path
+        self._temp = TempFile(self.path)  # also removes what killed writers of this path left
+        self._file = self._temp.file
         self._file.write(_HEADER.pack(0, VERSION))
         self._count, self._end = 0, _HEADER.size
         return self
@@ -269,38 +265,18 @@ class BlobWriter:
         try:
             self._file.seek(0)
             self._file.write(_HEADER.pack(self._count, VERSION))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            os.replace(self._temp_path, self.path)
         except BaseException:
             self._discard()
             raise
-        self._temp_path = None
-        _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+        temp, self._temp, self._file = self._temp, None, None
+        temp.commit()
         return False
 
     def _discard(self) -> None:
-        """Close and delete the temporary file, if any (errors closing it do not matter: it goes)."""
-        file, temp_path = self._file, self._temp_path
-        self._file = self._temp_path = None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
-        if temp_path is not None and os.path.exists(temp_path):
-            os.unlink(temp_path)
-
-
-def _fsync_directory(folder: str) -> None:
-    """Make a rename in ``folder`` durable (POSIX; Windows has no directory handles to sync)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        """Close and delete the temporary file, if any: nothing more may be written or committed."""
+        temp, self._temp, self._file = self._temp, None, None
+        if temp is not None:
+            temp.discard()
 
 
 class BlobReader:
