@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bits import SIGNED_NBITS, SUPPORTED_NBITS, NBitArray, _frozen, value_range
+from ..bits import SIGNED_NBITS, SUPPORTED_NBITS, NBitArray, _frozen, element_count, value_range
 from ..errors import WeightpackError, describe
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
@@ -161,7 +161,7 @@ class CompressedTensor:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return element_count(self.shape)
 
     @property
     def ndim(self) -> int:
