@@ -88,6 +88,13 @@ def value_of(op, param):
     return op.inputs[param].arguments[0].value
 
 
+def set_dimensions(tensor_type, sizes) -> None:
+    del tensor_type.dimensions[:]
+    for size in sizes:
+        tensor_type.dimensions.add().constant.size = size
+    tensor_type.rank = len(sizes)
+
+
 def assert_format_error_naming(package, op_name):
     with pytest.raises(wp.FormatError, match=f"op '{op_name}'"):
         load(package)
@@ -148,10 +155,7 @@ def test_shift_scale_whose_scale_rank_differs_from_the_data(copy, capsys, output
     package = copy("iOS18")
     spec = read_spec(package)
     dims = value_of(find_op(spec, "constexpr_blockwise_shift_scale", output), "scale").type.tensorType
-    sizes = [d.constant.size for d in dims.dimensions]
-    del dims.dimensions[:]
-    dims.dimensions.add().constant.size = int(np.prod(sizes))  # same element count, rank 1
-    dims.rank = 1
+    set_dimensions(dims, [int(np.prod([d.constant.size for d in dims.dimensions]))])  # same element count, rank 1
     write_spec(package, spec)
     assert_format_error_naming(package, output)
     assert_cli_exits_2(capsys, str(package))
@@ -162,11 +166,7 @@ def test_declared_shape_whose_element_count_overflows(copy, sizes):
     """[2**62 + 16, 4] wraps to 64 elements in int64 arithmetic: it must not match a 64-element blob."""
     package = copy("iOS18")
     spec = read_spec(package)
-    dims = value_of(find_op(spec, "constexpr_sparse_to_dense", "s"), "mask").type.tensorType
-    del dims.dimensions[:]
-    for size in sizes:
-        dims.dimensions.add().constant.size = size
-    dims.rank = len(sizes)
+    set_dimensions(value_of(find_op(spec, "constexpr_sparse_to_dense", "s"), "mask").type.tensorType, sizes)
     write_spec(package, spec)
     with pytest.raises(wp.FormatError, match="more than 2\\*\\*63 - 1"):
         load(package)
