@@ -43,3 +43,96 @@ def test_vector_lut_whose_expanded_shape_overflows_is_refused():
     """Indices of 2**62 elements are countable; 4-vectors along axis 0 make 2**64: refused."""
     with pytest.raises(wp.WeightpackError, match=r"expanded shape.*more than 2\*\*63 - 1"):
         wp.PalettizedTensor(unchecked_nbitarray((2**31, 2**31)), np.zeros((1, 1, 16, 4), np.float16), vector_axis=0)
+
+
+# ------------------------------------------------------------- finite inputs, overflowing results
+
+
+def lut_weight():
+    return wp.palettize(np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32), nbits=4)
+
+
+@pytest.mark.parametrize("product", ["matmul", "matvec"])
+def test_float64_activations_beyond_float32_are_refused_saying_so(product):
+    x = np.full((2, 64) if product == "matmul" else 64, 1e39)  # finite float64, infinite as float32
+    with pytest.raises(wp.WeightpackError, match="too large for float32") as err:
+        getattr(wp, product)(lut_weight(), x)
+    assert "NaN" not in str(err.value)
+    assert np.isfinite(wp.matmul(lut_weight(), np.full((2, 64), 1e30))).all()  # large but representable: computed
+
+
+def test_activation_stats_refuse_batches_whose_squares_overflow_and_stay_unchanged():
+    stats = wp.ActivationStats(4).update(np.ones((3, 4)))
+    with pytest.raises(wp.WeightpackError, match="sums of squares overflow float64"):
+        stats.update(np.full((2, 4), 1e200))
+    assert stats.count == 3 and np.array_equal(stats.gram, np.ones((4, 4)))  # not poisoned
+    big = wp.ActivationStats(4).update(np.full((1, 4), 1e154))  # each sum finite alone...
+    with pytest.raises(wp.WeightpackError, match="overflow"):
+        big.merge(big).merge(big).merge(big).update(np.full((1, 4), 1e154))  # ...not together
+    with pytest.raises(wp.WeightpackError, match="overflow"):
+        wp.ActivationStats(1, gram=False).update(np.array([[1e300]]))
+
+
+def test_calibrated_encoders_depend_on_h_only_up_to_scale():
+    """H = 1e308 I (and any H times a power of two) gives the same result as H; no raw ZeroDivisionError."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    x = rng.standard_normal((64, 16))
+    h = x.T @ x / 64
+    reference = wp.gptq_palettize(w, h, nbits=2)
+    assert wp.gptq_palettize(w, np.ldexp(h, 900), nbits=2) == reference
+    assert wp.gptq_palettize(w, np.ldexp(h, -900), nbits=2) == reference
+    assert wp.gptq_quantize(w, np.ldexp(h, 1000), "int4") == wp.gptq_quantize(w, h, "int4")
+    assert isinstance(wp.gptq_palettize(np.ones((4, 16), np.float32), np.eye(16) * 1e308, nbits=2), wp.PalettizedTensor)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"granularity": "per_tensor"}, {"dtype": "uint8"}, {"dtype": "int4"}, {"dtype": "uint8", "mode": "asymmetric"},
+    {"refit": True}, {"clip_search": True, "refit": True}, {"dtype": "uint4", "mode": "asymmetric", "refit": True},
+])
+def test_quantized_fp16_extremes_decode_finite(kwargs):
+    """fp16 65504: 65504 / 127 rounds up to 516, and 127 x 516 is infinite in binary16; the stored
+    scale steps down instead (SPEC 9.3), so every decoded value is finite and within a step of w."""
+    w = np.array([[65504, -65504, 1, 0.5], [65504, 0, 0, 0], [-65504, 0.25, 2, 8]], np.float16)
+    decoded = wp.quantize(w, **kwargs).decompress()
+    assert np.isfinite(decoded).all()
+    big = np.abs(w) == 65504
+    assert (np.abs(decoded[big].astype(np.float32)) > 60000).all()
+
+
+# ------------------------------------------------------------ arguments far out of range
+
+
+def test_n_m_and_block_sizes_longer_than_the_axis_are_one_short_run():
+    w = np.random.default_rng(2).standard_normal((16, 64)).astype(np.float32)
+    assert wp.prune(w, n_m_ratio=(1, 2**70)).sparsity == 0.0  # the run of 64 prunes max(0, 1 - (2**70 - 64))
+    assert wp.prune(w, n_m_ratio=(3, 66)) == wp.prune(w, n_m_ratio=(1, 64))
+    assert wp.prune(w, 0.5, block_size=2**70) == wp.prune(w, 0.5, block_size=16)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: wp.gptq_palettize(np.ones((4, 16), np.float32), np.eye(16), nbits=2, act_order="yes"), "act_order='yes' must be True or False"),
+    (lambda: lut_weight().decompress(out=np.empty((16, 64), np.float64)), "out has dtype float64, which is not available"),
+    (lambda: wp.ActivationStats(2**40), "would need"),
+])
+def test_bad_arguments_are_named(call, message):
+    with pytest.raises(wp.WeightpackError, match=message):
+        call()
+
+
+HUGE = (2**40, 64)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: wp.matmul(lut_weight(), x),
+    lambda x: wp.prune(x, 0.5),
+    lambda x: wp.quantize(x, "int8"),
+    lambda x: wp.palettize(x, nbits=4),
+    lambda x: wp.ActivationStats(64).update(x),
+    lambda x: wp.SparseTensor(np.broadcast_to(True, x.shape), np.zeros(1, np.float16)),
+    lambda x: wp.QuantizedTensor(np.broadcast_to(np.int8(1), x.shape), np.ones((1, 1), np.float16)),
+], ids=["matmul", "prune", "quantize", "palettize", "stats", "sparse", "quantized"])
+def test_broadcast_inputs_no_machine_holds_are_refused_saying_how_much(call):
+    x = np.broadcast_to(np.float32(1), HUGE)  # 256 TiB as float32, 0 bytes as a view
+    with pytest.raises(wp.WeightpackError, match=r"would need \d.* of memory; this machine has"):
+        call(x)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import WeightpackError, describe
+from .errors import WeightpackError, check_allocation, describe
 from .formats.base import CompressedTensor
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 UNIT_ROUNDOFF = 2.0**-24
 UNDERFLOW = 2.0**-149  # spacing of float32 subnormals
 
@@ -48,8 +49,15 @@ def _activations(x, cols: int, name: str, ndim: int) -> np.ndarray:
     if x.ndim != ndim or x.shape[-1] != cols:
         want = f"({cols},)" if ndim == 1 else f"(batch, {cols})"
         raise WeightpackError(f"{name} has shape {x.shape}; the weight needs {want}")
+    check_allocation(x.size * 4 + x.shape[0] * 4, f"{name} of shape {x.shape} as float32, with the products")
     if not np.isfinite(x).all():
         raise WeightpackError(f"{name} contains NaN or infinity")
+    if x.dtype.itemsize > 4 and x.size and np.abs(x).max() > FLOAT32_MAX:
+        biggest = float(np.abs(x).max())
+        raise WeightpackError(
+            f"{name} holds {x.dtype} values too large for float32 (|{name}| up to {biggest:.4g}, float32's largest is "
+            f"{FLOAT32_MAX:.4g}); products are computed in float32: scale {name} down"
+        )
     return np.require(x, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
 
 
