@@ -136,3 +136,79 @@ def test_broadcast_inputs_no_machine_holds_are_refused_saying_how_much(call):
     x = np.broadcast_to(np.float32(1), HUGE)  # 256 TiB as float32, 0 bytes as a view
     with pytest.raises(wp.WeightpackError, match=r"would need \d.* of memory; this machine has"):
         call(x)
+
+
+# ------------------------------------------------------------------- missing pieces (10.7)
+
+
+def scaled_luts():
+    w = np.random.default_rng(3).standard_normal((32, 64)).astype(np.float16)
+    return {
+        "int8 LUT": wp.palettize(w, nbits=4, lut_dtype="int8"),
+        "per-channel scale": wp.palettize(w, nbits=4, per_channel_scale=True),
+        "quantized LUT": wp.quantize(wp.palettize(w, nbits=4), "int8", granularity="per_tensor"),
+        "sparse, int8 LUT": wp.palettize(wp.prune(w, 0.5), nbits=2, lut_dtype="int8"),
+    }
+
+
+@pytest.mark.parametrize("name", list(scaled_luts()))
+def test_products_of_scaled_lut_tensors(name):
+    from weightpack.ops import error_bound
+
+    t = scaled_luts()[name]
+    assert isinstance(t, wp.ScaledLUTTensor)
+    x = np.random.default_rng(4).standard_normal((3, 64)).astype(np.float32)
+    dense = t.decompress(np.float32).astype(np.float64)
+    exact = x.astype(np.float64) @ dense.T
+    bound = error_bound(64) * (np.abs(x) @ np.abs(dense).T) + 64 * 2.0**-149
+    y = wp.matmul(t, x)
+    assert y.dtype == np.float32 and y.shape == (3, 32) and (np.abs(y - exact) <= bound).all()
+    assert np.array_equal(wp.matvec(t, x[0]), wp.matmul(t, x[:1])[0])
+
+
+@pytest.mark.parametrize("name", list(scaled_luts()))
+def test_scaled_lut_decompress_into_out(name):
+    t = scaled_luts()[name]
+    for dtype in (np.float16, np.float32):
+        out = np.empty(t.shape, dtype)
+        assert t.decompress(out=out) is out and np.array_equal(out, t.decompress(dtype))
+    with pytest.raises(wp.WeightpackError, match="out must be a C-contiguous"):
+        t.decompress(out=np.empty((2, 2), np.float32))
+    with pytest.raises(wp.WeightpackError, match="out has dtype float64"):
+        t.decompress(out=np.empty(t.shape, np.float64))
+
+
+def test_save_weights_refuses_an_empty_weight(tmp_path):
+    from weightpack.coreml import save_weights
+
+    with pytest.raises(wp.WeightpackError, match=r"weights\['e'\] has shape \(0, 4\), no elements"):
+        save_weights(tmp_path / "m.mlpackage", {"w": np.ones((2, 4), np.float16), "e": np.ones((0, 4), np.float16)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_counts_a_mask_two_ops_share_once(tmp_path):
+    """coremltools' prune + int8 joint chain binds the same mask blob to both of its ops."""
+    import coremltools.optimize.coreml as cto
+
+    from coreml_models import THRESHOLD, linear_model
+    from weightpack.coreml.inspection import rows
+
+    model = cto.prune_weights(linear_model("iOS18"), cto.OptimizationConfig(
+        global_config=cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=THRESHOLD)))  # fmt: skip
+    model = cto.linear_quantize_weights(model, cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(weight_threshold=THRESHOLD)), joint_compression=True)  # fmt: skip
+    path = str(tmp_path / "joint.mlpackage")
+    model.save(path)
+    weights = wp.coreml.load(path)
+    joint = [r for r in rows(path) if r["type"] == "SparseQuantizedTensor"]
+    assert len(joint) == 3
+    assert all(r["nbytes"] == weights[r["name"]].nbytes for r in joint)
+
+
+def test_ios16_quantized_tensor_without_offset_round_trips(tmp_path):
+    from weightpack.coreml import load, save_weights
+
+    q = wp.quantize(np.random.default_rng(5).standard_normal((16, 32)).astype(np.float16), "int8")
+    assert q.offset is None
+    save_weights(tmp_path / "m.mlpackage", {"q": q}, target="iOS16")  # constexpr_affine_dequantize: zero_point 0
+    assert load(tmp_path / "m.mlpackage")["q"] == q

@@ -80,7 +80,8 @@ def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     LUTs) on random data and is tested below ``FAST_RTOL`` (twice that for 1- and 2-bit LUTs).
     Layouts it does not cover (6- and 8-bit LUTs, sparse weights, float offsets, columns not in
     whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 compute the exact
-    product instead.
+    product instead. A ScaledLUTTensor runs its LUT's kernel when only the LUT is scaled, else
+    it is decoded and multiplied with BLAS (float32, exact mode).
 
     >>> import numpy as np, weightpack as wp
     >>> w = wp.QuantizedTensor(np.array([[1, -1], [2, 0]], np.int8), np.array([[0.5], [0.25]], np.float32))
@@ -94,6 +95,11 @@ def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
         raise WeightpackError(f"mode={describe(mode)} is unknown; allowed: {MODES}")
     rows, cols = matrix_shape(weight)
     x = _activations(x, cols, "x", 2)
+    if not weight._kernel:  # a chain of ops without its own kernel (ScaledLUTTensor)
+        fused = weight.kernel_tensor()
+        if fused is not None:
+            return matmul(fused, x, backend=backend, mode=mode)
+        return x @ weight.decompress(np.float32, backend=backend).reshape(rows, cols).T  # decode, then BLAS
     y = np.empty((x.shape[0], rows), np.float32)
     kind = weight._kernel.removeprefix("decompress_")
     if mode == "fast":

@@ -195,22 +195,33 @@ class ProgramReader:
             self._consumers.setdefault(output, []).append(Consumer(BLOCK_OUTPUT, BLOCK_OUTPUT, ""))
 
     def _chain(self, name: str) -> tuple[tuple, tuple]:
-        """(op types producing ``name``, upstream first; the arrays they store)."""
+        """(op types producing ``name``, upstream first; the arrays they store, each once: a blob
+        two ops share, e.g. the mask of a joint op and of the sparse_to_dense after it, counts once)."""
+        types, entries = self._chain_entries(name)
+        stored = {}
+        for key, entry in entries:
+            stored.setdefault(key, entry)
+        return tuple(dict.fromkeys(types)), tuple(stored.values())
+
+    def _chain_entries(self, name: str) -> tuple[list, list]:
         op, _ = self._producers[name]
-        types, stored = [], []
+        types, entries = [], []
         for param, value in _params(op).items():
             if isinstance(value, _Ref):
                 if value.name in self._producers:
-                    more_types, more_stored = self._chain(value.name)
+                    more_types, more_entries = self._chain_entries(value.name)
                     types.extend(more_types)
-                    stored.extend(more_stored)
+                    entries.extend(more_entries)
             elif param not in _NOT_STORED:
                 array = self.decode(value, f"{self.source}: op {_op_name(op)!r}, parameter {param!r}")
                 if isinstance(array, (np.ndarray, NBitArray)):
                     proto_type = _type_name(value.type.tensorType.dataType, _op_name(op))
                     dtype = _BLOB_DTYPES.get(proto_type, proto_type.lower())
-                    stored.append((_op_name(op), op.type, param, dtype, int(array.nbytes)))
-        return tuple(dict.fromkeys(types + [op.type])), tuple(dict.fromkeys(stored))
+                    entry = (_op_name(op), op.type, param, dtype, int(array.nbytes))
+                    blob = value.blobFileValue if value.WhichOneof("value") == "blobFileValue" else None
+                    key = ("blob", os.path.basename(blob.fileName), blob.offset) if blob is not None else entry
+                    entries.append((key, entry))
+        return types + [op.type], entries
 
     # ----------------------------------------------------------------------------- values
 
@@ -591,7 +602,10 @@ def _affine_dequantize(reader, params, index):
 
 
 def _zero_point_offset(zero_point: np.ndarray, data_dtype, scale_dtype, where: str):
-    """iOS16's zero point as a weightpack offset that decodes to the same bits."""
+    """iOS16's zero point as a weightpack offset that decodes to the same bits (None for all zeros:
+    ``q - 0`` is exact in every dtype, and iOS16 writers store zeros for an offset-free tensor)."""
+    if not np.any(zero_point):
+        return None
     if zero_point.dtype == data_dtype:
         return zero_point
     info = np.iinfo(data_dtype)

@@ -195,6 +195,10 @@ def float_dtype(name: str, value) -> np.dtype:
         raise WeightpackError(f"weights[{name!r}] decodes to {dtype_name(dtype)}; Core ML layers take fp16 or fp32 weights")
     if value.ndim == 0:
         raise WeightpackError(f"weights[{name!r}] is a scalar; weights have at least one dimension")
+    if 0 in tuple(value.shape):
+        raise WeightpackError(
+            f"weights[{name!r}] has shape {tuple(value.shape)}, no elements; Core ML cannot store an empty weight"
+        )
     return dtype
 
 

@@ -187,17 +187,7 @@ class CompressedTensor:
         """
         from .. import kernels
 
-        out_dtype = output_dtype(self, dtype, out)
-        if out is None:
-            out = np.empty(self.shape, out_dtype)
-        elif not (
-            isinstance(out, np.ndarray) and out.shape == self.shape and out.dtype == out_dtype
-            and out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
-        ):
-            raise WeightpackError(
-                f"out must be a C-contiguous, aligned, writeable {dtype_name(out_dtype)} array of shape "
-                f"{self.shape}, got {describe(out)}"
-            )
+        out = output_array(self, dtype, out)
         kernels.kernel(backend, self._kernel)(self, out)
         return out
 
@@ -225,6 +215,22 @@ class CompressedTensor:
             f"{type(self).__name__}(shape={self.shape}, dtype={dtype_name(self.dtype)}, "
             f"{', '.join(parts)}, nbytes={self.nbytes})"
         )
+
+
+def output_array(tensor, dtype, out) -> np.ndarray:
+    """``out`` checked for ``tensor.decompress(dtype, out=out)``, or a new array to decode into."""
+    out_dtype = output_dtype(tensor, dtype, out)
+    if out is None:
+        return np.empty(tensor.shape, out_dtype)
+    if not (
+        isinstance(out, np.ndarray) and out.shape == tensor.shape and out.dtype == out_dtype
+        and out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
+    ):
+        raise WeightpackError(
+            f"out must be a C-contiguous, aligned, writeable {dtype_name(out_dtype)} array of shape "
+            f"{tensor.shape}, got {describe(out)}"
+        )
+    return out
 
 
 def output_dtype(tensor, dtype, out) -> np.dtype:
