@@ -190,6 +190,11 @@ class NBitArray:
         packed.flags.writeable = False
         return cls(packed, nbits, arr.shape, signed=signed)
 
+    def __reduce_ex__(self, protocol):
+        """Pickling: the packed bytes go as a numpy array (protocol 5 hands them out of band,
+        uncopied); the copy that comes back is read-only and kept as is (see :func:`owned`)."""
+        return _unpickle_nbitarray, (self.packed, self.nbits, self.shape, self.signed)
+
     def __setattr__(self, name, value):
         raise AttributeError(f"NBitArray is immutable; cannot set {name!r}")
 
@@ -237,6 +242,20 @@ class NBitArray:
 
     def __repr__(self):
         return f"NBitArray({self.dtype_name}, shape={self.shape}, nbytes={self.nbytes})"
+
+
+def owned(value):
+    """``value`` (an array unpickled for us, or anything else) marked read-only in place, so the
+    tensor rebuilt around it keeps it without a copy: nobody else holds it. Arrays over a buffer
+    passed out of band (pickle protocol 5) are the caller's to leave alone, as pickle's contract
+    for such buffers says."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    return value
+
+
+def _unpickle_nbitarray(packed, nbits, shape, signed):
+    return NBitArray(owned(packed), nbits, shape, signed=signed)
 
 
 def _check_shape(shape, name: str) -> tuple[int, ...]:

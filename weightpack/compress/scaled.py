@@ -109,6 +109,9 @@ class ScaledLUTTensor(CompressedTensor):
         """The palettized part with the float LUT: what ``constexpr_lut_to_dense`` outputs."""
         return self.palettized if self.lut_scale is None else with_lut(self.palettized, self.float_lut())
 
+    def _constructor_args(self) -> dict:
+        return {"palettized": self.palettized, "lut_scale": self.lut_scale, "lut_offset": self.lut_offset, "scale": self.scale}
+
     def arrays(self) -> dict:
         return {**self.palettized.arrays(), "lut_scale": self.lut_scale, "lut_offset": self.lut_offset, "scale": self.scale}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bits import SIGNED_NBITS, SUPPORTED_NBITS, NBitArray, _frozen, element_count, value_range
+from ..bits import SIGNED_NBITS, SUPPORTED_NBITS, NBitArray, _frozen, element_count, owned, value_range
 from ..errors import WeightpackError, check_allocation, describe
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
@@ -132,6 +132,27 @@ class CompressedTensor:
     def __delattr__(self, name):
         raise AttributeError(f"{type(self).__name__} is immutable; cannot delete {name!r}")
 
+    def __reduce_ex__(self, protocol):
+        """Pickling (process pools, Dask, Ray, caches): the constructor's arguments, arrays as numpy
+        arrays, so protocol 5 sends large ones out of band without a copy; the tensor is rebuilt,
+        validated and immutable, around the unpickled arrays (no copy).
+
+        >>> import pickle, numpy as np, weightpack as wp
+        >>> t = wp.palettize(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), nbits=2)
+        >>> buffers = []
+        >>> data = pickle.dumps(t, protocol=5, buffer_callback=buffers.append)
+        >>> back = pickle.loads(data, buffers=buffers)
+        >>> back == t, len(buffers), back.lut.flags.writeable
+        (True, 2, False)
+        """
+        return _unpickle_tensor, (type(self), self._constructor_args())
+
+    def _constructor_args(self) -> dict:
+        args = dict(self.arrays())
+        if hasattr(self, "vector_axis"):
+            args["vector_axis"] = self.vector_axis
+        return args
+
     def _init(self, **fields):
         object.__setattr__(self, "_cache", {})
         for key, value in fields.items():
@@ -215,6 +236,10 @@ class CompressedTensor:
             f"{type(self).__name__}(shape={self.shape}, dtype={dtype_name(self.dtype)}, "
             f"{', '.join(parts)}, nbytes={self.nbytes})"
         )
+
+
+def _unpickle_tensor(cls, args: dict):
+    return cls(**{key: owned(value) for key, value in args.items()})
 
 
 def output_array(tensor, dtype, out) -> np.ndarray:
