@@ -212,3 +212,53 @@ def test_ios16_quantized_tensor_without_offset_round_trips(tmp_path):
     assert q.offset is None
     save_weights(tmp_path / "m.mlpackage", {"q": q}, target="iOS16")  # constexpr_affine_dequantize: zero_point 0
     assert load(tmp_path / "m.mlpackage")["q"] == q
+
+
+# ------------------------------------------------------------------------- mmap hazards (10.9)
+
+TRUNCATE_AND_TOUCH = """
+import os, sys, numpy as np, weightpack as wp
+from weightpack.coreml import load, save_weights
+path = sys.argv[1]
+save_weights(path, {"w": wp.quantize(np.ones((256, 1024), np.float16), "int8")})
+q = load(path, mmap=sys.argv[2] == "map")["w"]
+blob = os.path.join(path, "Data", "com.apple.CoreML", "weights", "weight.bin")
+with open(blob, "r+b") as f:
+    f.truncate(0)  # another tool rewriting the file in place
+print(int(q.data.values().astype(np.int64).sum()))
+"""
+
+
+@pytest.mark.parametrize("mode", ["copy", "map"])
+def test_load_without_mmap_survives_the_file_being_truncated_in_place(tmp_path, mode):
+    import signal
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", TRUNCATE_AND_TOUCH, str(tmp_path / "m.mlpackage"), mode],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    if mode == "copy":  # mmap=False: the values were read into memory
+        assert done.returncode == 0 and done.stdout.strip() == str(127 * 256 * 1024), done.stderr[-2000:]
+    else:  # the default mapping: the hazard the docs describe
+        assert done.returncode == -signal.SIGBUS, (done.returncode, done.stderr[-2000:])
+
+
+def test_load_without_mmap_gives_equal_read_only_tensors_over_no_mapping(tmp_path):
+    import mmap
+
+    from weightpack.coreml import load, save_weights
+
+    tensors = {"p": wp.palettize(np.linspace(-1, 1, 512, dtype=np.float16).reshape(16, 32), nbits=2),
+               "d": np.arange(64, dtype=np.float16).reshape(8, 8)}  # fmt: skip
+    save_weights(tmp_path / "m.mlpackage", tensors)
+    copied, mapped = load(tmp_path / "m.mlpackage", mmap=False), load(tmp_path / "m.mlpackage")
+    assert copied.keys() == mapped.keys()
+    for name in copied:
+        a, b = copied[name], mapped[name]
+        assert (np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b)
+        arrays = [a] if isinstance(a, np.ndarray) else [x.packed if isinstance(x, wp.NBitArray) else x for x in a.arrays().values() if x is not None]
+        for array in arrays:
+            base = array
+            while isinstance(base, np.ndarray):
+                base = base.base
+            assert not array.flags.writeable and not isinstance(base, mmap.mmap)

@@ -54,7 +54,7 @@ types a size that is not a multiple of the element size. It reads ``count`` only
 """
 from __future__ import annotations
 
-import mmap
+import mmap as _mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -282,6 +282,11 @@ class BlobWriter:
 class BlobReader:
     """Memory-maps a weight.bin read-only and hands out zero-copy views of its blobs.
 
+    With ``mmap=False`` it reads the whole file into memory instead and hands out views of that
+    copy: use it when another program may rewrite or truncate the file in place while the arrays
+    are in use (the views of a mapping would then change under you, or the process would die
+    with SIGBUS on touching a page the file no longer has).
+
     ``nbytes`` is the file's size, ``count`` the header's blob count (only iteration uses it).
     Arrays it returns are read-only views of the mapping and stay valid after :meth:`close`
     (the mapping lives until the last view is gone). Every malformed field raises
@@ -303,13 +308,13 @@ class BlobReader:
     >>> del values; tmp.cleanup()
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, mmap: bool = True):
         self.path = os.fspath(path)
         with open(self.path, "rb") as file:
             file_size = os.fstat(file.fileno()).st_size
             if file_size < _HEADER.size:
                 raise self._corrupt(0, f"needs {_HEADER.size} bytes, the file has {file_size}", "header")
-            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._map = _mmap.mmap(file.fileno(), 0, access=_mmap.ACCESS_READ) if mmap else file.read()
         self.nbytes = len(self._map)
         count, version = _HEADER.unpack_from(self._map, 0)
         if version != VERSION:
@@ -415,7 +420,8 @@ class BlobReader:
         """Release the mapping (views already handed out keep it alive until they are gone)."""
         if self._map is not None:
             try:
-                self._map.close()
+                if isinstance(self._map, _mmap.mmap):
+                    self._map.close()
             except BufferError:
                 pass  # arrays still view it; it is unmapped when the last one is collected
             self._map = None
@@ -427,7 +433,7 @@ class BlobReader:
         self.close()
         return False
 
-    def _mapping(self) -> mmap.mmap:
+    def _mapping(self):
         if self._map is None:
             raise WeightpackError(f"BlobReader for {self.path} is closed")
         return self._map

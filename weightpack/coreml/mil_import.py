@@ -125,11 +125,13 @@ class ProgramReader:
     """Reads the weights of one function of an ML program (``spec``: a ``CoreML.Specification.Model``).
 
     ``weights_dir`` is the package's weights folder: blob file names are looked up there by their
-    base name, as coremltools does.
+    base name, as coremltools does. ``mmap=False`` reads each weight file into memory instead of
+    mapping it (:class:`~weightpack.coreml.blob.BlobReader`).
     """
 
-    def __init__(self, spec, weights_dir, function: str = "main", source: str = "model"):
+    def __init__(self, spec, weights_dir, function: str = "main", source: str = "model", *, mmap: bool = True):
         self.source = source
+        self.mmap = mmap
         self.weights_dir = os.fspath(weights_dir) if weights_dir is not None else None
         kind = spec.WhichOneof("Type")
         if kind != "mlProgram":
@@ -294,7 +296,7 @@ class ProgramReader:
         if path not in self._readers:
             if not os.path.isfile(path):
                 raise FormatError(f"{where}: weight file {path} is missing")
-            self._readers[path] = BlobReader(path)
+            self._readers[path] = BlobReader(path, mmap=self.mmap)
         count = element_count(shape, "the declared shape")  # before reading: a wrapped count would match a small blob
         data = self._readers[path].read(blob_value.offset, blob_dtype)
         if data.size != count:

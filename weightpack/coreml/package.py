@@ -43,7 +43,7 @@ PACKAGE_SUFFIX = ".mlpackage"
 # ------------------------------------------------------------------------------------- reading
 
 
-def load(model, *, function: str = "main") -> dict:
+def load(model, *, function: str = "main", mmap: bool = True) -> dict:
     """{weight name: weightpack tensor or numpy array} for every weight of ``model``, in program order.
 
     ``model`` is the path of an .mlpackage or a coremltools MLModel. Weight names are the names
@@ -51,16 +51,22 @@ def load(model, *, function: str = "main") -> dict:
     consts). Compressed weights come back as weightpack tensors whose arrays are read-only views
     of the memory-mapped weight.bin; dense weights (``const`` ops stored in weight.bin) as numpy
     views. How each constexpr chain maps to a type: :mod:`.mil_import`.
+
+    ``mmap=False`` reads weight.bin into memory (one copy of the file) and returns views of that
+    copy: the tensors stay valid whatever happens to the file afterwards. With the default
+    mapping, a program that rewrites or truncates weight.bin *in place* while the tensors are in
+    use changes them under you, or kills this process with SIGBUS when it touches a page the file
+    no longer has (replacing the file by a rename, as weightpack and coremltools save, is safe).
     """
-    return {name: weight.value for name, weight in read_weights(model, function=function).items()}
+    return {name: weight.value for name, weight in read_weights(model, function=function, mmap=mmap).items()}
 
 
-def read_weights(model, *, function: str = "main") -> dict:
+def read_weights(model, *, function: str = "main", mmap: bool = True) -> dict:
     """{name: :class:`~weightpack.coreml.mil_import.Weight`}: each weight with its consumers and op chain."""
     from .mil_import import ProgramReader
 
     spec, weights_dir, source = _open(model)
-    reader = ProgramReader(spec, weights_dir, function, source)
+    reader = ProgramReader(spec, weights_dir, function, source, mmap=mmap)
     try:
         return reader.weights()
     finally:
