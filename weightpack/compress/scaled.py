@@ -138,7 +138,7 @@ class ScaledLUTTensor(CompressedTensor):
     def kernel_tensor(self):
         """A tensor with a product kernel that computes the same products, or None: the LUT
         dequantized (exactly as decoding does) when there is no output scale."""
-        return self.unscaled() if self.scale is None else None
+        return self.derived("kernel_tensor", self.unscaled) if self.scale is None else None
 
 
 def with_lut(p, lut):
