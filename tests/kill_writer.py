@@ -19,9 +19,6 @@ import time
 
 import numpy as np
 
-KIND, FOLDER, SEED, TRIALS = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-FALLBACK = "fallback" in sys.argv[5:]  # simulate a file system without an atomic exchange
-rng = np.random.default_rng(SEED)
 
 
 def blob_writer():
@@ -165,5 +162,8 @@ def _same(a, b) -> bool:
     return bool(a == b)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # (the test collector imports this file for its doctests: no argv then)
+    KIND, FOLDER, SEED, TRIALS = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    FALLBACK = "fallback" in sys.argv[5:]  # simulate a file system without an atomic exchange
+    rng = np.random.default_rng(SEED)
     main()
