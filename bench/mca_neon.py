@@ -51,7 +51,7 @@ LOOPS = [
      (ARM, "matvec_neon.c", "phase_quant4_fp16"), {"fmla": 32, "fcvtl": 32}, 128, 0,
      (X86, "matvec_avx512.c", "quant_rows_4bit"), {"vfmadd": 8, "vpermps": 8}, 128, 0),
     ("sparse binary16 values (per 16 columns with a set bit)",
-     (ARM, "matvec_neon.c", "m_values_half"), {"fmla": 4, "fcvtl": 4}, 16, 0,
+     (ARM, "matvec_neon.c", "m_values_half"), {"fmla": 8, "fcvtl": 8}, 32, 1,
      (X86, "matvec_avx512.c", "bytes_half"), {"vfmadd": 4}, 64, 0),
     ("fast mode: 4-bit LUT (SDOT / VNNI)",
      (ARM, "fast_dotprod.c", "wp_fast_rows_dotprod"), {"sdot": 4, "tbl": 4}, 64, 0,
