@@ -15,10 +15,20 @@ typedef struct {
     const long long *row_table;
     long long col_block;
     const uint8_t *table_u8; /* per table 16 unsigned bytes (LUT kind) or NULL (quantized kind) */
-    const float *table_scale, *table_bias;
+    const float *table_scale; /* per table */
+    const float *table_bias;  /* per table, or NULL: every bias is the codes' own (see wp_fast_bias) */
     long long batch;
     float *y;
 } wp_fast_args;
+
+/* Table t's bias c_t: table_bias[t], or without a table of biases the bias of the codes
+   themselves, 2^(n-1) for signed codes (stored biased) and 0 for unsigned ones.  Quantized
+   weights without an offset pass no table: one fewer stream to read per row. */
+static inline float wp_fast_bias(const wp_fast_args *a, long long t)
+{
+    if (a->table_bias) return a->table_bias[t];
+    return a->is_signed ? (float)(1 << (a->nbits - 1)) : 0.0f;
+}
 
 /* The activations of every batch item, quantized once per call (see fast.c for the layout). */
 typedef struct {

@@ -44,7 +44,7 @@ WP_INLINE float fast_row(const wp_fast_args *a, long long r, const int8_t *xq, c
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx, acc);
         }
         const float correction = (float)(prefix[(j0 + a->col_block) / WP_QBLOCK] - prefix[j0 / WP_QBLOCK]); /* sum sx_b S_b */
-        total += a->table_scale[t] * (_mm512_reduce_add_ps(acc) - a->table_bias[t] * correction);
+        total += a->table_scale[t] * (_mm512_reduce_add_ps(acc) - wp_fast_bias(a, t) * correction);
     }
     return total;
 }
@@ -80,7 +80,8 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
     const long long blocks = a->cols / WP_QBLOCK;
     for (long long b = 0; b < blocks; b += 16) {
         const __mmask16 m = blocks - b >= 16 ? 0xffff : (__mmask16)((1u << (blocks - b)) - 1);
-        const __m512 sc = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a->table_scale + t0 + b), _mm512_maskz_loadu_ps(m, a->table_bias + t0 + b));
+        const __m512 bias = a->table_bias ? _mm512_maskz_loadu_ps(m, a->table_bias + t0 + b) : _mm512_set1_ps(wp_fast_bias(a, t0));
+        const __m512 sc = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a->table_scale + t0 + b), bias);
         correction = _mm512_fmadd_ps(sc, _mm512_maskz_loadu_ps(m, block_sum + b), correction);
     }
     return _mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(correction);

@@ -73,7 +73,7 @@ WP_INLINE float fast_row(const wp_fast_args *a, long long r, const int8_t *xq, c
             }
         }
         const float correction = (float)(prefix[(j0 + a->col_block) / WP_QBLOCK] - prefix[j0 / WP_QBLOCK]); /* sum sx_b S_b */
-        const float bias = a->table_bias[t] - weight_shift(n, lut);
+        const float bias = wp_fast_bias(a, t) - weight_shift(n, lut);
         total += a->table_scale[t] * (vaddvq_f32(vaddq_f32(acc[0], acc[1])) - bias * correction);
     }
     return total;
@@ -102,11 +102,12 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
     const long long blocks = a->cols / WP_QBLOCK;
     long long b = 0;
     for (; b + 4 <= blocks; b += 4) {
-        const float32x4_t bias = vsubq_f32(vld1q_f32(a->table_bias + t0 + b), vdupq_n_f32(shift));
+        const float32x4_t stored = a->table_bias ? vld1q_f32(a->table_bias + t0 + b) : vdupq_n_f32(wp_fast_bias(a, t0));
+        const float32x4_t bias = vsubq_f32(stored, vdupq_n_f32(shift));
         correction = vfmaq_f32(correction, vmulq_f32(vld1q_f32(a->table_scale + t0 + b), bias), vld1q_f32(block_sum + b));
     }
     float rest = 0.0f;
-    for (; b < blocks; b++) rest += a->table_scale[t0 + b] * (a->table_bias[t0 + b] - shift) * block_sum[b];
+    for (; b < blocks; b++) rest += a->table_scale[t0 + b] * (wp_fast_bias(a, t0 + b) - shift) * block_sum[b];
     return vaddvq_f32(vaddq_f32(acc[0], acc[1])) - (vaddvq_f32(correction) + rest);
 }
 
