@@ -38,7 +38,7 @@ import argparse
 import json
 import math
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +46,9 @@ import numpy as np
 
 import weightpack as wp
 from weightpack.calibration import ActivationStats, gptq_palettize, gptq_quantize, sparsegpt_prune, wanda_prune
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NBITS = (8, 6, 4, 3, 2)
@@ -351,18 +354,6 @@ def stack_gains(layers):
     return out
 
 
-def cpu_model() -> str:
-    """The CPU's model name and SIMD flags of note (Linux /proc/cpuinfo), or the platform's processor."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_fp16", "amx_tile") if f in flags]
-    return f"{model} ({' '.join(simd) or 'no AVX2'}), {os.cpu_count()} CPUs"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--activations", help=".npy of activations (rows x in_features); default: synthetic")
@@ -375,7 +366,8 @@ def main(argv=None):
     ap.add_argument("--no-allocation", action="store_true", help="skip the bits-per-layer comparison")
     ap.add_argument("--blocks", type=int, default=6, help="encoder blocks of the bits-per-layer comparison (default 6)")
     args = ap.parse_args(argv)
-    print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}")
+    meta = info()
+    print(describe(meta))
     allocation_shape = (args.blocks, 384, 1536)
     if args.quick:
         args.size, args.no_timing, args.test_rows = 256, True, 4096
@@ -403,8 +395,8 @@ def main(argv=None):
         name = f"synthetic{d}"
     rows = quality(w, x_cal, x_test)
     print_table(rows, f"Layer-output SNR on held-out activations: {source}")
-    result = dict(source=source, weight_shape=list(w.shape), weight_dtype=str(w.dtype), rows=rows, cpu=cpu_model(),
-                  machine=platform.machine(), cpus=os.cpu_count(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    result = dict(source=source, weight_shape=list(w.shape), weight_dtype=str(w.dtype), rows=rows, machine=meta,
+                  time=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if not args.no_timing:
         t = timing()
         result["timing_4096"] = t
