@@ -47,3 +47,50 @@ int wp_fast_matvec(const unsigned char *codes, long long codes_len, int nbits, i
                    long long rows, long long cols, const long long *row_table, long long col_block,
                    const unsigned char *table_u8, const float *table_scale, const float *table_bias, long long n_tables,
                    const float *x, long long x_len, long long batch, float *y, long long y_len);
+
+/* ---- encoders' hot loops (csrc/encode_kmeans.c, csrc/encode_lut.c, csrc/encode_select.c,
+ * csrc/encode_quant.c, csrc/encode_pack.c, csrc/encode_sweep.c, csrc/encode_vector.c; status -7: a
+ * scratch allocation failed). Bit for bit the results of the numba kernels they replace. ---- */
+int wp_enc_kmeans_dp(const double *x, const double *w, long long m, long long k, long long *starts, double *sse,
+                     long long *count);
+int wp_enc_kmeans_solve_k(const double *x, const double *w, long long m, long long k, long long *starts,
+                          long long *count);
+int wp_enc_hist16(const unsigned short *bits, const float *imp, const double *sw, long long outer, long long groups,
+                  long long length, long long inner, long long g, long long l0, long long l1, double *counts);
+int wp_enc_solve_hist16(double *counts, const int *order, long long n_order, const double *values, long long k,
+                        double *cent, double *sse, int skip_zero, int curve);
+int wp_enc_kmeans16_groups(const unsigned short *bits, const float *imp, const double *sw, long long outer,
+                           long long groups, long long length, long long inner, long long k, long long g0, long long g1,
+                           const double *values, const int *order, long long n_order, double *cent, double *sse,
+                           int skip_zero, int curve, unsigned char *out3);
+int wp_enc_kmeans32_groups(const float *x, const unsigned short *keys, const float *imp, const double *sw, long long outer,
+                           long long groups, long long length, long long inner, long long k, long long g0, long long g1,
+                           long long delta, const double *values, const int *order, long long n_order,
+                           double *cent, double *sse, int skip_zero, int curve, unsigned char *out3);
+int wp_enc_hist32(const float *x, const unsigned short *keys, const float *imp, const double *sw, long long outer,
+                  long long groups, long long length, long long inner, long long g, long long l0, long long l1,
+                  double *rec, int skip_zero, int squares);
+int wp_enc_merge_records(double *rec, const double *part, int wide);
+int wp_enc_solve_bins32(double *rec, int wide, const int *order, long long n_order, long long delta,
+                        const double *values, long long k, int curve, double *cent, double *sse, int *bkey,
+                        double *bvals, long long *nb_out, long long *q_out, int *pure, double *scale);
+int wp_enc_classify_bins(const double *cent, long long q, const int *bkey, const double *bvals, long long nb,
+                         int *cls, double *CW, double *CS1, double *mids);
+int wp_enc_straddle_sums(const float *x, const unsigned short *keys, const float *imp, const double *sw, long long outer,
+                         long long groups, long long length, long long inner, long long g, long long l0, long long l1,
+                         const int *cls, const double *mids, long long n_mids, double *CW, double *CS1,
+                         int skip_zero);
+int wp_enc_lloyd_step(const double *CW, const double *CS1, double *cent, long long q, double *gain);
+int wp_enc_key32_bits(const unsigned int *bits, long long lo, long long hi, long long delta, unsigned short *out);
+int wp_enc_bin_codes(const double *entries, long long k, long long delta, const double *values, short *table);
+int wp_enc_assign_chunk(const void *x, int half, const unsigned short *keys, long long outer, long long groups,
+                        long long length, long long l0, long long l1, const double *entries, long long k,
+                        long long delta, const double *values, void *table, unsigned char *out3);
+int wp_enc_assign_groups(const void *x, int half, const unsigned short *keys, long long outer, long long groups,
+                         long long length, long long delta, const double *values, long long g0, long long g1,
+                         const double *luts, long long k, unsigned char *out3);
+int wp_enc_minmax_groups(const void *x, int half, const double *values, long long outer, long long groups,
+                         long long length, long long g0, long long g1, double *lo_out, double *hi_out, int skip_zero);
+int wp_enc_distinct_groups(const void *x, int half, const double *values, long long outer, long long groups,
+                           long long length, long long g0, long long g1, long long limit, double *out,
+                           long long *counts, int skip_zero);
