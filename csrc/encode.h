@@ -13,6 +13,7 @@
 #pragma STDC FP_CONTRACT OFF /* gcc: -ffp-contract=off, in the build flags */
 #endif
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -24,6 +25,20 @@ static inline double py_min(double a, double b) { return b < a ? b : a; }
 static inline double py_max(double a, double b) { return b > a ? b : a; }
 static inline long long ll_min(long long a, long long b) { return b < a ? b : a; }
 static inline long long ll_max(long long a, long long b) { return b > a ? b : a; }
+
+/* ``x`` rounded to the nearest binary16 value (ties to even) as float64; beyond the largest
+ * finite binary16, infinity: what numpy.float16(x) stores. */
+static inline double round_f16(double x)
+{
+    double a = fabs(x);
+    if (a == 0.0) return x;
+    int e;
+    frexp(a, &e); /* a in [2^(e-1), 2^e) */
+    double step = e >= -13 ? ldexp(1.0, 11 - e) : 16777216.0;
+    double r = rint(a * step) / step;
+    r = r <= 65504.0 ? r : INFINITY;
+    return x > 0.0 ? r : -r;
+}
 
 /* numpy.searchsorted(a[:n], v) (side="left"): how many of the sorted a are < v. */
 static inline long long wp_search_left(const double *a, long long n, double v)

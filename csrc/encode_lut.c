@@ -23,20 +23,6 @@ static wp_view make_view(const void *x, int half, const double *table, const flo
     return v;
 }
 
-/* ``x`` rounded to the nearest binary16 value (ties to even) as float64; beyond the largest
- * finite binary16, infinity (compress/_jit.py: round_f16). */
-static double round_f16(double x)
-{
-    double a = fabs(x);
-    if (a == 0.0) return x;
-    int e;
-    frexp(a, &e); /* a in [2^(e-1), 2^e) */
-    double step = e >= -13 ? ldexp(1.0, 11 - e) : 16777216.0;
-    double r = rint(a * step) / step;
-    r = r <= 65504.0 ? r : INFINITY;
-    return x > 0.0 ? r : -r;
-}
-
 /* Midpoints of adjacent entries (k - 1) and, per entry, the lowest index holding its value. */
 static void nearest_tables(const double *entries, long long k, double *mids, long long *first)
 {

@@ -94,3 +94,28 @@ int wp_enc_minmax_groups(const void *x, int half, const double *values, long lon
 int wp_enc_distinct_groups(const void *x, int half, const double *values, long long outer, long long groups,
                            long long length, long long g0, long long g1, long long limit, double *out,
                            long long *counts, int skip_zero);
+int wp_enc_block_minmax(const void *x, int half, const double *table, long long length, long long b0, long long b1,
+                        double *lo, double *hi);
+int wp_enc_quantize_blocks(const void *x, int half, const double *table, long long length, long long b0, long long b1,
+                           const double *scale, const double *offset, double qmin, double qmax, int is_signed,
+                           void *out2);
+int wp_enc_search_blocks(const void *x, int half, const double *table, const float *imp, long long length,
+                         long long b0, long long b1, const double *scale, const double *offset, const double *lo,
+                         const double *hi, double qmin, double qmax, int symmetric, const double *alphas,
+                         long long n_alphas, long long refits, int f16, double smallest, double *out_scale,
+                         double *out_offset);
+int wp_enc_histogram_high(const void *keys, int keys16, long long lo, long long hi, int shift, long long *counts);
+int wp_enc_histogram_low(const void *keys, int keys16, long long lo, long long hi, long long bucket, long long *counts);
+int wp_enc_write_sparse(const void *keys, int keys16, const void *wbits, int wbits16, long long lo, long long hi,
+                        unsigned int T, long long quota, int prune_all, unsigned char *mask, void *values,
+                        long long offset, long long total, long long *kept_out);
+int wp_enc_write_kept_from(const void *keys, int keys16, const void *wbits, int wbits16, long long lo, long long hi,
+                           unsigned int T, unsigned char *mask, void *values, long long offset, long long total,
+                           long long *kept_out);
+int wp_enc_select_rows(const void *keys2, int keys16, long long M, long long k, long long r0, long long r1,
+                       unsigned char *pruned2);
+int wp_enc_select_n_of_m(const void *keys2, int keys16, long long D, long long n, long long m, long long r0,
+                         long long r1, unsigned char *pruned2);
+int wp_enc_pack_codes(const unsigned char *codes, int nbits, long long lo, long long hi, unsigned char *out);
+int wp_enc_select_codes(const unsigned char *codes, const unsigned char *mask, long long mask_len, unsigned char *out,
+                        long long count);
