@@ -119,3 +119,17 @@ int wp_enc_select_n_of_m(const void *keys2, int keys16, long long D, long long n
 int wp_enc_pack_codes(const unsigned char *codes, int nbits, long long lo, long long hi, unsigned char *out);
 int wp_enc_select_codes(const unsigned char *codes, const unsigned char *mask, long long mask_len, unsigned char *out,
                         long long count);
+int wp_enc_sweep_lut(double *W1, const double *U1, long long rows, long long width, const double *mids,
+                     const long long *first, const double *values, long long k, const long long *lut_of_row,
+                     unsigned char *codes, double *err);
+int wp_enc_sweep_quant(double *W1, const double *U1, long long rows, long long width, const double *scale,
+                       const double *offset, long long blocks, const long long *block_of_col, double qmin,
+                       double qmax, short *codes, double *err);
+int wp_enc_sweep_prune(double *W1, const double *U1, long long rows, long long width, unsigned char *keep, long long n,
+                       long long m_run, double *err);
+int wp_enc_vector_seed(const void *x, int half, const double *table, const float *wt, long long n, long long dims,
+                       long long k, long long trials, const double *uniforms, double *centers, long long *q_out);
+int wp_enc_vector_nearest(const void *x, int half, const double *table, const float *wt, long long n, long long dims,
+                          const double *centers, long long q, long long *labels);
+int wp_enc_vector_lloyd(const void *x, int half, const double *table, const float *wt, long long n, long long dims,
+                        double *centers, long long q, long long max_iter, double tol, double *err_out);
