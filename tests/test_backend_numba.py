@@ -7,14 +7,14 @@ import threading
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weightpack as wp
 from weightpack import kernels
 from weightpack.ops import error_bound, matrix_shape
 
-from strategies import CASES, assert_same_bits, generators, int_range, streams
+from strategies import CASES, assert_same_bits, divisors, generators, int_range, streams
 
 nb = kernels.load("numba")
 TYPES = list(CASES)
@@ -246,6 +246,45 @@ def test_sparse_fast_paths(cols, value_dtype):
     for density in (0.0, 0.5, 1.0):
         mask = rng.random(dense.shape) < density
         assert_product_within_bound(wp.SparseTensor(mask, dense[mask]), rng, 5)
+
+
+# Decompression tasks (numba_decode.TASK elements) cross rows, blocks and mask bytes; product tiles
+# (numba_matmul.TILE columns) cross blocks, and rows come in groups of numba_matmul.ROWS.
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_tasks_and_tiles_cross_rows_blocks_and_mask_bytes(data):
+    from weightpack.kernels import numba_decode, numba_matmul
+
+    rng = data.draw(generators())
+    rows = data.draw(st.integers(1, 7))
+    cols = -(-numba_decode.TASK // rows) + data.draw(st.integers(-5, numba_matmul.TILE * 3))
+    shape = (rows, cols)
+    row_groups = data.draw(st.sampled_from(divisors(rows)))
+    col_groups = data.draw(st.sampled_from([d for d in divisors(cols) if d <= 64]))
+    mask = rng.random(shape) < data.draw(st.sampled_from([0.0, 0.3, 0.97, 1.0]))
+    if data.draw(st.booleans()):
+        nbits = data.draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
+        lut = (rng.standard_normal((row_groups, col_groups, 1 << nbits, 1)) * 4).astype(
+            data.draw(st.sampled_from([np.float16, np.float32])))
+        indices = rng.integers(0, 1 << nbits, shape)
+        tensors = [wp.PalettizedTensor(indices, lut), wp.SparsePalettizedTensor(mask, indices[mask], lut)]
+    else:
+        data_type = data.draw(st.sampled_from(["int8", "uint8", "int4", "uint4"]))
+        nbits, signed, lo, hi = _code_type(data_type)
+        values = rng.integers(lo, hi + 1, shape)
+        scale = (rng.random((row_groups, col_groups)) * 0.05).astype(data.draw(st.sampled_from([np.float16, np.float32])))
+        offset = data.draw(st.sampled_from([None, "int", "float"]))
+        if offset == "int":
+            offset = rng.integers(lo, hi + 1, scale.shape).astype(np.int8 if signed else np.uint8)
+        elif offset == "float":
+            offset = rng.uniform(lo, hi, scale.shape).astype(scale.dtype)
+        tensors = [wp.QuantizedTensor(wp.NBitArray.from_values(values, nbits, signed=signed), scale, offset),
+                   wp.SparseQuantizedTensor(mask, wp.NBitArray.from_values(values[mask], nbits, signed=signed), scale,
+                                            offset)]
+    tensors.append(wp.SparseTensor(mask, rng.standard_normal(int(mask.sum())).astype(np.float16)))
+    for tensor in tensors:
+        _assert_decompress_same(tensor)
+        assert_product_within_bound(tensor, rng, data.draw(st.integers(1, 6)))
 
 
 def test_products_from_many_threads_agree():
