@@ -26,7 +26,7 @@ from .numba_core import expand_floats, jit, parallel
 from .numba_decode import decode_span
 
 ROWS = 4  # weight rows per task
-TILE = 512  # columns decoded at a time
+TILE = 2048  # columns decoded at a time
 
 
 @jit
