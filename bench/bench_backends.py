@@ -3,11 +3,11 @@
 For each weight format (4096 x 4096 by default): decompression to float32 and the batch-1
 product (matvec), on 1 and 2 threads, each backend called explicitly (``backend="c"`` /
 ``backend="numba"``, whatever ``WEIGHTPACK_BACKEND`` says). Every figure is the median over many
-calls, each call taking the next of several copies of its input so that the working set exceeds
-the last-level cache the CPU reports (sysfs; ``--llc-mb`` overrides) and weights come from
-memory. The two backends are timed alternately, twice each; each keeps the lower of its two
-medians. The ratio is numba time / C time (above 1: numba is slower). Compilation and derived
-data (plans, tables) are made before timing, as at load.
+calls, each call taking the next of several copies of its input so that the working set is at
+least twice the last-level cache the CPU reports (``--llc-mb`` overrides) and weights come from
+memory. The two backends are called alternately (every numba call follows a C call, so both see
+the same machine load). The ratio is numba time / C time (above 1: numba is slower). Compilation
+and derived data (plans, tables) are made before timing, as at load.
 
     python bench/bench_backends.py                 # every format, 1 and 2 threads
     python bench/bench_backends.py --kinds lut4 int8 --threads 1 --repeats 20
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -26,30 +25,12 @@ import weightpack as wp
 from weightpack.kernels import backend_c, backend_numba
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kernels import copies_for, make_weight, median_seconds  # noqa: E402
+from bench_kernels import copies_for, interleaved_medians, make_weight  # noqa: E402
+from machine import describe, info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("lut1", "lut2", "lut3", "lut4", "lut4-g16", "lut6", "lut8", "int8", "int4-b32",
          "sparse50", "sparse75", "sparse50-lut4")
-
-
-def cpu_description() -> tuple[str, list[str], int]:
-    """(model name, SIMD flags, last-level cache bytes) as the CPU reports them (Linux)."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine()):
-                model = value.strip()
-            if key.strip() in ("flags", "Features") and not flags:
-                flags = sorted(f for f in value.split() if f.startswith(("avx", "sse4", "fma", "f16c", "asimd", "amx")))
-    except OSError:
-        pass
-    llc = 0
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        size = (index / "size").read_text().strip()
-        llc = max(llc, int(size[:-1]) * {"K": 2**10, "M": 2**20}.get(size[-1], 1) if size[-1] in "KM" else int(size))
-    return model, flags, llc
 
 
 def weight_kind(kind: str, rows: int, cols: int, rng):
@@ -63,12 +44,9 @@ def weight_kind(kind: str, rows: int, cols: int, rng):
 
 
 def timed_pair(fn, weights, repeats: int) -> dict:
-    """Median seconds of ``fn(backend, weight)`` for C and numba, alternated twice."""
-    best = {}
-    for backend in ("c", "numba", "c", "numba"):
-        seconds = median_seconds(lambda w: fn(backend, w), weights, repeats)
-        best[backend] = min(best.get(backend, np.inf), seconds)
-    return best
+    """Median seconds of ``fn(backend, weight)`` for C and numba, called alternately."""
+    c, numba = interleaved_medians(lambda w: fn("c", w), lambda w: fn("numba", w), weights, weights, repeats)
+    return {"c": c, "numba": numba}
 
 
 def main(argv=None) -> int:
@@ -81,13 +59,11 @@ def main(argv=None) -> int:
     parser.add_argument("--llc-mb", dest="llc", type=lambda v: int(float(v) * 2**20), default=None)
     parser.add_argument("--json", type=Path, default=RESULTS / "backends.json")
     args = parser.parse_args(argv)
-    model, flags, llc = cpu_description()
-    llc = args.llc or llc or 32 * 2**20
-    meta = dict(cpu=model, flags=flags, llc_bytes=llc, machine=platform.machine(), c_simd=backend_c.set_simd(),
-                numpy=np.__version__, numba=backend_numba.numba.__version__, python=sys.version.split()[0],
+    meta = dict(info(), numpy=np.__version__, numba=backend_numba.numba.__version__, python=sys.version.split()[0],
                 argv=sys.argv[1:] if argv is None else argv)
-    print(f"CPU: {model} ({platform.machine()}), LLC {llc / 2**20:.0f} MiB; flags: {' '.join(flags)}")
-    print(f"C backend SIMD level: {meta['c_simd']}; numba {meta['numba']}; numpy {meta['numpy']}")
+    llc = args.llc or meta["llc_bytes"]
+    print(describe(meta))
+    print(f"numba {meta['numba']}, numpy {meta['numpy']}; inputs rotated past {2 * llc / 2**20:.0f} MiB")
     rng = np.random.default_rng(0)
     rows, cols = args.rows, args.cols
     x = rng.standard_normal((1, cols)).astype(np.float32)
