@@ -197,7 +197,7 @@ def _matrix_plan(t, shape, groups):
 def _row_starts(t, mask, plan) -> np.ndarray:
     if mask is None:
         return _NO_STARTS
-    return t.derived("row_starts", lambda: row_starts(mask.packed, plan.rows, plan.cols))
+    return _readonly(t.derived("row_starts", lambda: row_starts(mask.packed, plan.rows, plan.cols)))  # shared with C
 
 
 def _matmul_decompressed(t, x: np.ndarray, y: np.ndarray) -> None:

@@ -101,8 +101,8 @@ def decode_codes(stream, k, count, nbits, table, base, out, o):
     LSB-first ``nbits``-bit stream (``IDENTITY`` as the table gives the codes themselves).
 
     Eight elements fill exactly ``nbits`` bytes, so from the first element that is a multiple of
-    8 on, each group of eight is read as one little-endian word and split with shifts (4-bit
-    codes a byte at a time); the elements before and after whole groups are read one by one.
+    8 on, each group of eight is read as one little-endian word and split with shifts (2- and
+    4-bit codes a byte at a time); the elements before and after whole groups are read one by one.
     (Here and below, loops index views that start at 0: numba then skips its negative-index
     fix-up.)"""
     dst = out[o:o + count]
@@ -117,13 +117,23 @@ def decode_codes(stream, k, count, nbits, table, base, out, o):
             dst[i + m] = tab[src[m]]
         return
     if nbits == 4:  # element 2m in the low nibble of byte m
-        pairs = dst[i:]
+        rest = dst[i:]
         for m in range((count - i) >> 1):
             byte = src[m]
-            pairs[2 * m] = tab[byte & 15]
-            pairs[2 * m + 1] = tab[byte >> 4]
+            rest[2 * m] = tab[byte & 15]
+            rest[2 * m + 1] = tab[byte >> 4]
         src = src[(count - i) >> 1:]
         i += (count - i) & ~1
+    elif nbits == 2:  # four elements per byte, the first in the lowest bits
+        rest = dst[i:]
+        for m in range((count - i) >> 2):
+            byte = src[m]
+            rest[4 * m] = tab[byte & 3]
+            rest[4 * m + 1] = tab[(byte >> 2) & 3]
+            rest[4 * m + 2] = tab[(byte >> 4) & 3]
+            rest[4 * m + 3] = tab[byte >> 6]
+        src = src[(count - i) >> 2:]
+        i += (count - i) & ~3
     low = (1 << nbits) - 1
     while i + 8 <= count:
         word = 0
@@ -238,12 +248,3 @@ def dequantize(q, sc, of, half_math, round_difference):
     if round_difference:
         d = round_half(d)
     return round_half(sc * d) if half_math else sc * d
-
-
-@jit
-def fill_shift_scale_table(table, nbits, signed, sc, of, half_math, round_difference):
-    """``table[code]`` = the decoded value of every n-bit code (stored as ``table``'s elements:
-    see :func:`as_stored`): one block's codes then decode by lookup."""
-    for code in range(1 << nbits):
-        table[code] = as_stored(table, dequantize(code_value(code, nbits, signed), sc, of, half_math,
-                                                  round_difference))

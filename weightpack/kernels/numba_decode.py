@@ -24,11 +24,12 @@ import numpy as np
 from numba import prange
 
 from .numba_core import (
-    IDENTITY, as_stored, code_value, count_set, decode_codes, dequantize, expand, expand_floats, fill_shift_scale_table, jit, keep,
-    mask_bit, parallel,
+    IDENTITY, as_stored, code_value, count_set, decode_codes, dequantize, expand, expand_floats, jit, keep, mask_bit,
+    parallel,
 )
 
 TASK = 1 << 14  # elements per parallel task
+LONG_BLOCK = 256  # dense blocks at least this long are unpacked and looked up in one pass each
 
 
 @parallel
@@ -46,19 +47,6 @@ def task_starts(mask, total):
 
 
 @jit
-def _block_values(t, luts, nbits, signed, scale, offset, half_math, round_difference, table, held):
-    """Enter block ``t``: its scale and offset, and (for shift-scale blocks decoded by lookup)
-    ``table`` filled with every code's value unless ``held[0]`` says it holds block t already."""
-    if luts.size:
-        return np.float32(0), np.float32(0)
-    sc, of = scale[t], offset[t] if offset.size else np.float32(0)
-    if table.size and held[0] != t:
-        fill_shift_scale_table(table, nbits, signed, sc, of, half_math, round_difference)
-        held[0] = t
-    return sc, of
-
-
-@jit
 def decode_span(codes, nbits, signed, k, mask, e, n, col, col_block, t, luts, scale, offset, half_math,
                 round_difference, table, held, out, o, scratch):
     """Elements ``e .. e + n - 1`` of one row, from column ``col`` (block ``t`` there, the next one
@@ -66,50 +54,64 @@ def decode_span(codes, nbits, signed, k, mask, e, n, col, col_block, t, luts, sc
 
     With a nonempty ``mask`` only set bits take a stored element and the others are zero. A
     block's values are ``luts[t * 2**nbits + code]`` when ``luts`` is nonempty, else Core ML's
-    shift-scale with ``scale[t]`` and ``offset[t]``: by lookup in ``table`` (every code's value,
-    see :func:`_block_values`) when it is nonempty, else code by code. ``scratch`` (uint8) holds
-    at least n codes."""
+    shift-scale with ``scale[t]`` and ``offset[t]``: by lookup in ``table`` (filled with every
+    code's value when the block changes; ``held[0]`` remembers which block it holds) when it is
+    nonempty, else code by code. Long blocks of a dense tensor are unpacked and looked up in one
+    pass each; otherwise all codes are unpacked first (into ``scratch``, uint8, at least n long)
+    and then walked with the mask and the blocks. Nothing here calls a function per block with
+    arrays: each such call costs numba two atomic reference counts per array."""
     entries = 1 << nbits
     left = col_block - col % col_block  # elements until the next block
-    sc, of = _block_values(t, luts, nbits, signed, scale, offset, half_math, round_difference, table, held)
-    if not mask.size and (luts.size or table.size):  # one pass per block: unpack and look up
-        i = 0
-        while i < n:
-            run = min(n - i, left)
-            if luts.size:
-                decode_codes(codes, k + i, run, nbits, luts, t * entries, out, o + i)
-            else:
-                decode_codes(codes, k + i, run, nbits, table, 0, out, o + i)
-            i += run
-            t += 1
-            left = col_block
-            if i < n:
-                sc, of = _block_values(t, luts, nbits, signed, scale, offset, half_math, round_difference, table, held)
-        return k + n
+    fused = not mask.size and (luts.size > 0 or table.size > 0) and col_block >= LONG_BLOCK
     count = count_set(mask, e, n) if mask.size else n
     dst = out[o:o + n]
     if count == 0:
         dst[:] = 0
         return k
-    decode_codes(codes, k, count, nbits, IDENTITY, 0, scratch, 0)
-    c, last, base = 0, count - 1, t * entries
-    for i in range(n):
-        if left == 0:
-            t += 1
-            left = col_block
-            base += entries
-            sc, of = _block_values(t, luts, nbits, signed, scale, offset, half_math, round_difference, table, held)
-        bit = mask_bit(mask, e + i) if mask.size else 1
-        code = scratch[min(c, last)]  # past the last stored element: read, then discarded
-        if luts.size:
-            value = luts[base + code]
-        elif table.size:
-            value = table[code]
+    if not fused:
+        decode_codes(codes, k, count, nbits, IDENTITY, 0, scratch, 0)
+    c, last, i = 0, count - 1, 0
+    while i < n:
+        run = min(n - i, left)
+        sc, of = np.float32(0), np.float32(0)
+        if not luts.size:
+            sc, of = scale[t], offset[t] if offset.size else np.float32(0)
+            if table.size and held[0] != t:
+                for code in range(entries):
+                    w = dequantize(code_value(code, nbits, signed), sc, of, half_math, round_difference)
+                    table[code] = as_stored(table, w)
+                held[0] = t
+        if fused and luts.size:
+            decode_codes(codes, k + i, run, nbits, luts, t * entries, out, o + i)
+        elif fused:
+            decode_codes(codes, k + i, run, nbits, table, 0, out, o + i)
+        elif not mask.size:  # short blocks, every element stored: tight loops over the unpacked codes
+            if luts.size:
+                for j in range(i, i + run):
+                    dst[j] = luts[t * entries + scratch[j]]
+            elif table.size:
+                for j in range(i, i + run):
+                    dst[j] = table[scratch[j]]
+            else:
+                for j in range(i, i + run):
+                    dst[j] = as_stored(dst, dequantize(code_value(scratch[j], nbits, signed), sc, of, half_math,
+                                                       round_difference))
         else:
-            value = as_stored(dst, dequantize(code_value(code, nbits, signed), sc, of, half_math, round_difference))
-        dst[i] = keep(value, bit)
-        c += bit
-        left -= 1
+            for j in range(i, i + run):
+                bit = mask_bit(mask, e + j)
+                code = scratch[min(c, last)]  # past the last stored element: read, then discarded
+                if luts.size:
+                    value = luts[t * entries + code]
+                elif table.size:
+                    value = table[code]
+                else:
+                    value = as_stored(dst, dequantize(code_value(code, nbits, signed), sc, of, half_math,
+                                                      round_difference))
+                dst[j] = keep(value, bit)
+                c += bit
+        i += run
+        t += 1
+        left = col_block
     return k + count
 
 
