@@ -101,8 +101,8 @@ def decode_codes(stream, k, count, nbits, table, base, out, o):
     LSB-first ``nbits``-bit stream (``IDENTITY`` as the table gives the codes themselves).
 
     Eight elements fill exactly ``nbits`` bytes, so from the first element that is a multiple of
-    8 on, each group of eight is read as one little-endian word and split with shifts (2- and
-    4-bit codes a byte at a time); the elements before and after whole groups are read one by one.
+    8 on, each group of eight is read as one little-endian word and split with shifts (1-, 2-
+    and 4-bit codes a byte at a time); the elements before and after whole groups are read one by one.
     (Here and below, loops index views that start at 0: numba then skips its negative-index
     fix-up.)"""
     dst = out[o:o + count]
@@ -134,6 +134,14 @@ def decode_codes(stream, k, count, nbits, table, base, out, o):
             rest[4 * m + 3] = tab[byte >> 6]
         src = src[(count - i) >> 2:]
         i += (count - i) & ~3
+    elif nbits == 1:  # eight elements per byte
+        rest = dst[i:]
+        for m in range((count - i) >> 3):
+            byte = src[m]
+            for b in range(8):
+                rest[8 * m + b] = tab[(byte >> b) & 1]
+        src = src[(count - i) >> 3:]
+        i += (count - i) & ~7
     low = (1 << nbits) - 1
     while i + 8 <= count:
         word = 0
