@@ -792,22 +792,29 @@ int wp_enc_lloyd_step(const double *CW, const double *CS1, double *cent, long lo
 
 /* Bins of float32 values (bits[lo:hi]): the value times 2^delta truncated to binary16 precision
  * (10 mantissa bits; multiples of 2^-24 below 2^-14), as a binary16-like pattern whose sign bit is
- * the value's. Branch-free uint32 arithmetic; float32 subnormals scaled below 2^-24 get code 0. */
+ * the value's. Where the scaled value stays a binary16 normal (nearly always), that is the float32
+ * magnitude bits shifted right by 13 with the exponent rebased; below, the mantissa shifted into
+ * binary16's subnormal steps (float32 subnormals scaled below 2^-24 get code 0). */
 int wp_enc_key32_bits(const unsigned int *bits, long long lo, long long hi, long long delta, unsigned short *out)
 {
     long long sub_shift = 125 - delta > 0 ? 125 - delta : 0;
     int32_t bias = (int32_t)(delta - 127 + 15);
+    uint32_t rebase = (uint32_t)bias << 10; /* adds bias to the exponent field of (magnitude >> 13), mod 2^32 */
     for (long long i = lo; i < hi; i++) {
         uint32_t b = bits[i];
         int32_t ef = (int32_t)((b >> 23) & 0xFFu);
-        uint32_t mant = b & 0x7FFFFFu;
         int32_t e15 = ef + bias; /* the binary16 exponent field the scaled value would have */
-        uint32_t normal = ((uint32_t)e15 << 10) | (mant >> 13);
-        int32_t s = 14 - e15;
-        uint32_t shift = (uint32_t)(s < 0 ? 0 : s > 31 ? 31 : s);
-        uint32_t tiny = (mant | 0x800000u) >> shift;
-        uint32_t sub = sub_shift < 32 ? mant >> sub_shift : 0u;
-        uint32_t code = e15 >= 1 ? normal : (ef > 0 ? tiny : sub);
+        uint32_t code;
+        if (e15 >= 1) {
+            code = ((b & 0x7FFFFFFFu) >> 13) + rebase;
+        } else {
+            uint32_t mant = b & 0x7FFFFFu;
+            int32_t s = 14 - e15;
+            if (ef > 0)
+                code = (mant | 0x800000u) >> (s > 31 ? 31 : s);
+            else
+                code = sub_shift < 32 ? mant >> sub_shift : 0u;
+        }
         out[i] = (uint16_t)(code | ((b >> 16) & 0x8000u));
     }
     return WP_OK;

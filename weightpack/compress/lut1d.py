@@ -41,6 +41,7 @@ LLOYD_GAIN = 1e-7  # Lloyd passes stop once moving the centroids gains less than
 NO_IMP = np.empty((0, 0, 0), np.float32)
 NO_SW = np.empty(0)
 NO_TABLE = np.empty(0)
+NO_WEIGHT = -5  # what wp_enc_solve_bins32 returns when no bin has weight (WP_E_ARG)
 
 
 @functools.cache
@@ -212,7 +213,7 @@ def _kmeans32_chunked(x3, keys3, imp3, sw, inner, k, delta, skip_zero, curve):
     order = key32_order()
     status = lib.wp_enc_solve_bins32(wptr(rec), curve, ptr(order), order.size, delta, ptr(fp16_values()), k, curve,
                                      wptr(cent), wptr(sse), wptr(bkey), wptr(bvals), nb, q, pure, scale)
-    if status == -5:  # no bin has weight
+    if status == NO_WEIGHT:
         if imp3.size or sw.size:  # every weight is zero: plain k-means
             return _kmeans32_chunked(x3, keys3, NO_IMP, NO_SW, inner, k, delta, skip_zero, curve)
         return np.zeros((1, k)), np.zeros((1, k))  # nothing but pruned zeros
