@@ -325,6 +325,15 @@ WP_INLINE __m512 dequantize16(const void *args, const row_state *st, __m512i q)
     return a->half_math ? round_half(v) : v;
 }
 
+/* Table t's scale and offset, broadcast (a zero offset when there is none). */
+WP_INLINE void broadcast_scale(const wp_quant_mv *a, long long t, row_state *st)
+{
+    const int h = a->half_math;
+    st->scale = _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->scale)[t]) : ((const float *)a->scale)[t]);
+    st->offset = !a->offset ? _mm512_setzero_ps()
+                            : _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->offset)[t]) : ((const float *)a->offset)[t]);
+}
+
 WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t, row_state *st)
 {
     if ((src == SRC_LUT || src == SRC_QUANT) && n <= 4) { /* a float table in one register */
@@ -339,7 +348,7 @@ WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t
     } else if (src == SRC_QUANT_TABLE) { /* 8-bit codes, binary16 arithmetic: all 256 decoded values */
         const wp_quant_mv *a = args;
         row_state arith;
-        fetch_state(args, SRC_QUANT, 8, t, &arith);
+        broadcast_scale(a, t, &arith);
         const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         uint8_t lo[256], hi[256];
         for (int q = 0; q < 16; q++) {
@@ -354,11 +363,7 @@ WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t
             st->planes.hi[q] = _mm512_loadu_si512(hi + 64 * q);
         }
     } else if (src == SRC_QUANT) {
-        const wp_quant_mv *a = args;
-        const int h = a->half_math;
-        st->scale = _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->scale)[t]) : ((const float *)a->scale)[t]);
-        st->offset = !a->offset ? _mm512_setzero_ps()
-                                : _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->offset)[t]) : ((const float *)a->offset)[t]);
+        broadcast_scale(args, t, st);
     }
 }
 

@@ -74,14 +74,14 @@ def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     """``x @ W.T`` for activations ``x`` of shape (batch, in): a linear layer; float32 (batch, out).
 
     ``mode="fast"`` (opt-in) quantizes the activations to int8 per block of 32 on the fly and
-    multiplies with integer dot-product instructions (AVX-512 VNNI); LUTs are rounded to int8 per
+    multiplies with integer dot-product instructions (AVX-512 VNNI, aarch64 SDOT); LUTs are rounded to int8 per
     table, quantized weights are used as stored (scales unrounded). Its error against the float64
     product, relative to the output's norm, measures 0.5% (int8, int4) to 1% (heavy-tailed 4-bit
     LUTs) on random data and is tested below ``FAST_RTOL`` (twice that for 1- and 2-bit LUTs).
     Layouts it does not cover (6- and 8-bit LUTs, sparse weights, float offsets, columns not in
-    whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 compute the exact
-    product instead. A ScaledLUTTensor runs its LUT's kernel when only the LUT is scaled, else
-    it is decoded and multiplied with BLAS (float32, exact mode).
+    whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 or the aarch64 dot
+    product compute the exact product instead. A ScaledLUTTensor runs its LUT's kernel when only the
+    LUT is scaled, else it is decoded and multiplied with BLAS (float32, exact mode).
 
     >>> import numpy as np, weightpack as wp
     >>> w = wp.QuantizedTensor(np.array([[1, -1], [2, 0]], np.int8), np.array([[0.5], [0.25]], np.float32))
