@@ -70,11 +70,28 @@ int wp_enc_scale_errors(const void *W, int half, const double *table, const void
     return status;
 }
 
+/* T[i, a, :nb] += H[j, c0:c0 + nb] for every row i of the tile, a its code at column j: the inner
+ * loop of wp_enc_lut_gram, in H's precision (T: m x k x band). */
+#define GRAM_ACCUMULATE(NAME, REAL)                                                                        \
+    static void NAME(REAL *restrict T, const REAL *restrict H, const unsigned char *codes, long long n,     \
+                     long long m, long long k, long long band, long long c0, long long nb)                  \
+    {                                                                                                      \
+        for (long long j = 0; j < n; j++) {                                                                \
+            const REAL *restrict h = H + j * n + c0;                                                       \
+            for (long long i = 0; i < m; i++) {                                                            \
+                REAL *restrict t = T + (i * k + codes[i * n + j]) * band;                                  \
+                for (long long l = 0; l < nb; l++) t[l] += h[l];                                           \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+GRAM_ACCUMULATE(accumulate64, double)
+GRAM_ACCUMULATE(accumulate32, float)
+
 /* out[g, a, b] += row_weight[r] sum_{j, l} [codes[r, j] = a] H[j, l] [codes[r, l] = b] over the
- * rows r of group g = lut_of_row[r] (out: groups x k x k; H: n x n symmetric, double, or float
- * when h32). For a tile of rows and a band of columns, T[i, a, :] = sum over the row's columns j of
- * code a of H[j, band] (each band of an H row is read once per tile), then T is gathered by the
- * codes of the band. */
+ * rows r of group g = lut_of_row[r] (out: groups x k x k, float64; H: n x n symmetric, double, or
+ * float when h32). For a tile of rows and a band of columns, T[i, a, :] = sum over the row's
+ * columns j of code a of H[j, band], in H's precision (each band of an H row is read once per
+ * tile), then T is gathered by the codes of the band. */
 int wp_enc_lut_gram(const unsigned char *codes, long long rows, long long n, const void *H, int h32,
                     const double *row_weight, const long long *lut_of_row, long long groups, long long k,
                     long long tile, long long band, double *out)
@@ -85,31 +102,32 @@ int wp_enc_lut_gram(const unsigned char *codes, long long rows, long long n, con
     for (long long r = 0; r < rows; r++)
         if (lut_of_row[r] < 0 || lut_of_row[r] >= groups) return WP_E_RANGE;
     band = ll_min(band, n);
-    double *T = malloc(sizeof(double) * (size_t)(tile * k * band));
+    size_t size = h32 ? sizeof(float) : sizeof(double);
+    void *T = malloc(size * (size_t)(tile * k * band));
     if (!T) return WP_E_MEMORY;
     for (long long r0 = 0; r0 < rows; r0 += tile) {
         long long m = ll_min(tile, rows - r0);
+        const unsigned char *tile_codes = codes + r0 * n;
         for (long long c0 = 0; c0 < n; c0 += band) {
             long long nb = ll_min(band, n - c0);
-            memset(T, 0, sizeof(double) * (size_t)(m * k * band));
-            for (long long j = 0; j < n; j++) {
-                for (long long i = 0; i < m; i++) {
-                    double *t = T + (i * k + codes[(r0 + i) * n + j]) * band;
-                    if (h32) {
-                        const float *h = (const float *)H + j * n + c0;
-                        for (long long l = 0; l < nb; l++) t[l] += (double)h[l];
-                    } else {
-                        const double *h = (const double *)H + j * n + c0;
-                        for (long long l = 0; l < nb; l++) t[l] += h[l];
-                    }
-                }
-            }
+            memset(T, 0, size * (size_t)(m * k * band));
+            if (h32)
+                accumulate32(T, H, tile_codes, n, m, k, band, c0, nb);
+            else
+                accumulate64(T, H, tile_codes, n, m, k, band, c0, nb);
             for (long long i = 0; i < m; i++) {
                 double *o = out + lut_of_row[r0 + i] * k * k, w = row_weight[r0 + i];
-                const unsigned char *c = codes + (r0 + i) * n + c0;
-                const double *t = T + i * k * band;
-                for (long long l = 0; l < nb; l++)
-                    for (long long a = 0; a < k; a++) o[a * k + c[l]] += w * t[a * band + l];
+                const unsigned char *c = tile_codes + i * n + c0;
+                for (long long a = 0; a < k; a++) {
+                    long long at = (i * k + a) * band;
+                    if (h32) {
+                        const float *t = (const float *)T + at;
+                        for (long long l = 0; l < nb; l++) o[a * k + c[l]] += w * (double)t[l];
+                    } else {
+                        const double *t = (const double *)T + at;
+                        for (long long l = 0; l < nb; l++) o[a * k + c[l]] += w * t[l];
+                    }
+                }
             }
         }
     }

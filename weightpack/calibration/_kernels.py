@@ -67,8 +67,8 @@ def lut_gram(codes, H, row_weight, lut_of_row, out, tile, band):
     """``out[g, a, b] += sum_{r: lut_of_row[r] = g} row_weight[r] sum_{j, l} [codes[r, j] = a] H[j, l] [codes[r, l] = b]``:
     the normal matrices of the LUT entries (``M_r^T H M_r`` for row r's one-hot indices M_r), H
     symmetric float64 or float32. csrc/encode_refit.c: for a tile of rows and a band of columns,
-    ``T[i, a, :] = sum_{j: codes[r, j] = a} H[j, band]`` (each band of an H row read once per tile),
-    then gathered by the band's indices; about ``rows * n**2`` additions in all."""
+    ``T[i, a, :] = sum_{j: codes[r, j] = a} H[j, band]`` in H's precision (each band of an H row
+    read once per tile), then gathered by the band's indices; about ``rows * n**2`` additions."""
     rows, n = codes.shape
     run(lib.wp_enc_lut_gram(ptr(codes), rows, n, ptr(H), int(H.dtype == np.float32),
                             ptr(_f64(row_weight)), ptr(np.ascontiguousarray(lut_of_row, np.int64)), out.shape[0],

@@ -171,7 +171,7 @@ def refit_luts(wh, luts, codes, lut_of_row, scale, metric: OutputError):
     groups, k = luts.shape
     rows = codes.shape[0]
     s = np.ones(rows) if scale is None else scale.astype(np.float64)
-    band = max(8, min(codes.shape[1], GRAM_BUFFER // (GRAM_TILE * k * 8)))  # the kernel accumulates in float64
+    band = max(8, min(codes.shape[1], GRAM_BUFFER // (GRAM_TILE * k * metric.hd.itemsize)))
     spans = _threads.spans(-(-rows // GRAM_TILE), GRAM_SPANS)
 
     def part(span):
