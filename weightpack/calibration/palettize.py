@@ -14,7 +14,7 @@
 3. ``refit=True``: least-squares refits on H of the LUT entries and the per-row scales for the
    indices, alternated with the sweep while the output error drops (:mod:`.refit`). Off by
    default: measured on transformer-like layers it gains 0.00-0.03 dB of held-out output SNR
-   without a per-row scale and 0.05-0.2 dB with one, for 3-12 times the encoder's time (the
+   without a per-row scale and 0.01-0.07 dB with one, for 4-15 times the encoder's CPU time (the
    normal matrices of the LUTs cost about rows x n**2 additions per round).
 
 With H = identity (or any diagonal H) nothing flows, the refit is skipped and the importance is
