@@ -52,6 +52,10 @@ int wp_lut_decode_avx512(const wp_decode_job *job);
 int wp_quant_decode_avx512(const wp_decode_job *job);
 int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
                             int widen_half, void *out);
+int wp_lut_decode_avx2(const wp_decode_job *job);
+int wp_quant_decode_avx2(const wp_decode_job *job);
+int wp_sparse_decode_avx2(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
+                          int widen_half, void *out);
 #elif WP_ARM64
 int wp_lut_decode_neon(const wp_decode_job *job);
 int wp_quant_decode_neon(const wp_decode_job *job);

@@ -1,13 +1,19 @@
 /*
- * AVX2 + FMA + F16C row workers for the fused products (CPU level 1).
+ * AVX2 + FMA + F16C row workers for the fused products (CPU level 1): every format and layout.
  *
- * Dense codes of 1, 2 and 4 bits (LUTs, and 4-bit quantized weights through a 16-entry table of
- * Core ML's decoded values) use the phase-split activations of the AVX-512 path: 8 packed bytes
- * widen to 8 lanes, phase p shifts its code into the low bits, and a 16-entry float table is two
- * 8-entry vpermps lookups blended on index bit 3.  Dense 8-bit quantized codes are decoded
- * arithmetically.  Sparse rows with
- * float values expand 8 columns at a time through a table of lane permutations per mask byte.
- * Other layouts (sparse LUT / quantized codes, 3/6/8-bit LUTs) run the portable scalar worker.
+ * - Dense codes of 1, 2 and 4 bits whose tables cover whole 8-byte steps (LUTs, and 4-bit
+ *   quantized weights through a 16-entry table of Core ML's decoded values) use phase-split
+ *   activations: 8 packed bytes widen to 8 lanes, phase p shifts its code into the low bits, and
+ *   a 16-entry float table is two 8-entry vpermps lookups blended on index bit 3.
+ * - Dense 8-bit quantized codes are decoded arithmetically, 8 per load.
+ * - Every other dense layout (3/6/8-bit LUTs, tables that start anywhere in a byte, rows of any
+ *   length) decodes 32 weights per step in registers with the runs of avx2_common.h (codes to
+ *   bytes, byte-plane lookups or gathers, shift-scale arithmetic); a table's last partial step
+ *   decodes into a small buffer and meets masked loads of x.
+ * - Masked rows (sparse values, sparse + LUT, sparse + quantized) expand 8 columns per mask byte
+ *   through a table of lane permutations; coded ones first decode a chunk of their stored codes
+ *   into a buffer with the same runs.
+ * Tiles of several rows share each load of x.
  */
 #include "wp_target.h"
 #if WP_X86
@@ -15,20 +21,14 @@ WP_TARGET_PUSH("avx2,fma,f16c,bmi2,popcnt")
 #include <immintrin.h>
 #include <stdlib.h>
 
+#include "avx2_common.h"
 #include "matvec.h"
 
 #define ROW_TILE 4
 #define BATCH_TILE 2
-#define RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define SUB 512 /* columns of a masked row decoded into its buffer at a time */
 
 typedef struct { __m256 lo, hi; } table16;
-
-WP_INLINE __m256 round_half(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, RNE)); }
-
-WP_INLINE float scalar_at(const void *values, long long t, int half)
-{
-    return half ? _cvtsh_ss(((const uint16_t *)values)[t]) : ((const float *)values)[t];
-}
 
 /* Core ML's shift-scale on 8 code values with table t's scale and offset. */
 WP_INLINE __m256 shift_scale8(const wp_quant_mv *a, __m256 q, long long t)
@@ -74,15 +74,21 @@ WP_INLINE __m256 lookup16(table16 t, __m256i idx, int n)
     return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
-WP_INLINE float hsum(__m256 v)
+#define RUN_TILES(F, args, c, extra, r0, r1) WP_RUN_TILES(F, args, c, extra, r0, r1, ROW_TILE, BATCH_TILE)
+
+WP_INLINE void zero_tile(__m256 acc[ROW_TILE][BATCH_TILE], int rt, int bt)
 {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    for (int i = 0; i < rt; i++)
+        for (int b = 0; b < bt; b++) acc[i][b] = _mm256_setzero_ps();
 }
 
-#define RUN_TILES(F, args, c, extra, r0, r1) WP_RUN_TILES(F, args, c, extra, r0, r1, ROW_TILE, BATCH_TILE)
+WP_INLINE void store_tile(const wp_mv_common *c, __m256 acc[ROW_TILE][BATCH_TILE], long long r, int rt, long long b0, int bt)
+{
+    for (int i = 0; i < rt; i++)
+        for (int b = 0; b < bt; b++) c->y[(b0 + b) * c->rows + r + i] = hsum(acc[i][b]);
+}
+
+/* ---- dense codes of 1, 2, 4 bits: phase-split activations ------------------------------------- */
 
 WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *xs, long long r, int rt,
                           long long b0, int bt, int n, enum table_kind kind)
@@ -90,8 +96,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
     const int per = 8 / n;
     const long long len = c->cols / per;
     __m256 acc[ROW_TILE][BATCH_TILE];
-    for (int i = 0; i < rt; i++)
-        for (int b = 0; b < bt; b++) acc[i][b] = _mm256_setzero_ps();
+    zero_tile(acc, rt, bt);
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         table16 table[ROW_TILE];
         for (int i = 0; i < rt; i++) table[i] = load_table(args, kind, c->row_table[r + i] + j0 / c->col_block, n);
@@ -111,8 +116,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
             }
         }
     }
-    for (int i = 0; i < rt; i++)
-        for (int b = 0; b < bt; b++) c->y[(b0 + b) * c->rows + r + i] = hsum(acc[i][b]);
+    store_tile(c, acc, r, rt, b0, bt);
 }
 
 #define SMALL_WORKER(name, n, kind, type)                                                        \
@@ -129,14 +133,15 @@ SMALL_WORKER(lut_rows_2bit, 2, LUT_TABLE, wp_lut_mv)
 SMALL_WORKER(lut_rows_4bit, 4, LUT_TABLE, wp_lut_mv)
 SMALL_WORKER(quant_rows_4bit, 4, QUANT_TABLE, wp_quant_mv)
 
+/* ---- dense 8-bit quantized codes: arithmetic ------------------------------------------------- */
+
 WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt,
                          long long b0, int bt)
 {
     (void)unused;
     const wp_quant_mv *a = args;
     __m256 acc[ROW_TILE][BATCH_TILE];
-    for (int i = 0; i < rt; i++)
-        for (int b = 0; b < bt; b++) acc[i][b] = _mm256_setzero_ps();
+    zero_tile(acc, rt, bt);
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         for (long long j = j0; j < j0 + c->col_block; j += 8) {
             __m256 xv[BATCH_TILE];
@@ -149,8 +154,7 @@ WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, const void *un
             }
         }
     }
-    for (int i = 0; i < rt; i++)
-        for (int b = 0; b < bt; b++) c->y[(b0 + b) * c->rows + r + i] = hsum(acc[i][b]);
+    store_tile(c, acc, r, rt, b0, bt);
 }
 
 static void quant_rows_8bit(const void *args, long long r0, long long r1)
@@ -158,6 +162,253 @@ static void quant_rows_8bit(const void *args, long long r0, long long r1)
     const wp_mv_common *c = &((const wp_quant_mv *)args)->c;
     RUN_TILES(int8_tile, args, c, NULL, r0, r1);
 }
+
+/* ---- any codes: runs of 32 weights ------------------------------------------------------------ */
+
+/* What a worker decodes: its run kind and, for shift-scale, the arithmetic's flavour. */
+typedef struct {
+    enum run_kind kind;
+    quant_kind qk;
+    int planes; /* shift-scale of 4-bit codes looked up in the 16 decoded values */
+} source;
+
+WP_INLINE source source_of(const void *args, int quant, int n)
+{
+    if (!quant) return (source){n == 8 ? RUN_GATHER : n == 6 ? RUN_LUT64 : RUN_LUT16, {0, 0, 0}, 0};
+    const wp_quant_mv *a = args;
+    const int planes = n == 4 && a->c.col_block >= 128;
+    return (source){planes ? RUN_LUT16 : RUN_QUANT, {a->is_signed, a->offset != NULL, a->half_math}, planes};
+}
+
+/* The run table of table t for the worker's source (a no-op when the slot holds it already). */
+WP_INLINE void fetch_table(const void *args, int quant, int n, source src, long long t, table_slot *s)
+{
+    if (s->id == t) return;
+    if (quant) {
+        const wp_quant_mv *a = args;
+        quant_run_table(a->scale, a->offset, t, src.qk, 4, src.planes, s);
+    } else {
+        lut_run_table((const uint8_t *)(((const wp_lut_mv *)args)->lut + (t << n)), n, 4, s);
+    }
+    s->id = t;
+}
+
+/* What a tile of the run-based workers keeps: its source and the tables of its rows. */
+typedef struct {
+    source src;
+    int code_bits; /* of the runs (4 when 4-bit shift-scale is looked up in a table) */
+    table_slot slots[ROW_TILE];
+    const run_table *tab[ROW_TILE];
+} tile_state;
+
+/* Start a tile: zero accumulators, empty slots (zeroed: the compiler cannot see that every table
+   is fetched before its use). */
+WP_INLINE void tile_start(tile_state *s, const void *args, int quant, int n, __m256 acc[ROW_TILE][BATCH_TILE], int rt, int bt)
+{
+    s->src = source_of(args, quant, n);
+    s->code_bits = s->src.planes ? 4 : n;
+    zero_tile(acc, rt, bt);
+    for (int i = 0; i < rt; i++) {
+        memset(&s->slots[i].t, 0, sizeof s->slots[i].t);
+        s->slots[i].id = -1;
+    }
+}
+
+/* Tables of the tile's rows for the block of column j0: a row whose table is its predecessor's
+   shares it. */
+WP_INLINE void tile_tables(const void *args, const wp_mv_common *c, int quant, int n, tile_state *s, long long r, int rt,
+                           long long j0)
+{
+    table_slot *slots = s->slots;
+    const run_table **tab = s->tab;
+    long long previous = -1;
+    for (int i = 0; i < rt; i++) {
+        const long long t = c->row_table[r + i] + j0 / c->col_block;
+        if (i && t == previous) {
+            tab[i] = tab[i - 1];
+            continue;
+        }
+        fetch_table(args, quant, n, s->src, t, &slots[i]);
+        tab[i] = &slots[i].t;
+        previous = t;
+    }
+}
+
+WP_INLINE void fma_tile_row(__m256 acc[BATCH_TILE], const __m256 w[4], const float *x, long long cols, int bt, int lanes)
+{
+    for (int b = 0; b < bt; b++)
+        for (int q = 0; q < 4; q++) {
+            const float *xq = x + b * cols + 8 * q;
+            const int left = lanes - 8 * q;
+            if (left <= 0) break;
+            const __m256 xv = left >= 8 ? _mm256_loadu_ps(xq) : _mm256_maskload_ps(xq, first_lanes(left));
+            acc[b] = _mm256_fmadd_ps(w[q], xv, acc[b]);
+        }
+}
+
+WP_INLINE void dense_tile(const void *args, const wp_mv_common *c, int quant, int n, long long r, int rt, long long b0,
+                          int bt)
+{
+    tile_state ts;
+    __m256 acc[ROW_TILE][BATCH_TILE];
+    tile_start(&ts, args, quant, n, acc, rt, bt);
+    const float *x = c->x + b0 * c->cols;
+    for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
+        tile_tables(args, c, quant, n, &ts, r, rt, j0);
+        const long long j1 = j0 + c->col_block;
+        unpacker u[ROW_TILE];
+        long long byte[ROW_TILE];
+        for (int i = 0; i < rt; i++) {
+            const long long k = (r + i) * c->cols + j0;
+            unpacker_init(&u[i], ts.code_bits, k);
+            byte[i] = (k * ts.code_bits) >> 3;
+        }
+        long long j = j0;
+        for (; j + 32 <= j1 && byte[rt - 1] + STEP_READ(ts.code_bits) <= c->codes_len; j += 32) {
+            for (int i = 0; i < rt; i++) {
+                __m256i v[4];
+                values32(ts.src.kind, ts.src.qk, ts.code_bits, 4, ts.tab[i], c->codes + byte[i], &u[i], v);
+                byte[i] += 4 * ts.code_bits;
+                const __m256 w[4] = {_mm256_castsi256_ps(v[0]), _mm256_castsi256_ps(v[1]), _mm256_castsi256_ps(v[2]),
+                                     _mm256_castsi256_ps(v[3])};
+                fma_tile_row(acc[i], w, x + j, c->cols, bt, 32);
+            }
+        }
+        for (; j < j1; j += 32) { /* the block's last columns, or steps near the stream's end */
+            const int lanes = j1 - j < 32 ? (int)(j1 - j) : 32;
+            for (int i = 0; i < rt; i++) {
+                _Alignas(32) float w[32] = {0};
+                decode_run(ts.src.kind, ts.src.qk, ts.code_bits, 4, ts.tab[i], c->codes, c->codes_len,
+                           (r + i) * c->cols + j, lanes, (uint8_t *)w);
+                const __m256 wv[4] = {_mm256_load_ps(w), _mm256_load_ps(w + 8), _mm256_load_ps(w + 16), _mm256_load_ps(w + 24)};
+                fma_tile_row(acc[i], wv, x + j, c->cols, bt, lanes);
+            }
+        }
+    }
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
+/* ---- masked rows: expansion under 8 mask bits at a time --------------------------------------- */
+
+/* Multiply columns [a, b) of the tile's rows: row i's stored weights start at w[i] (float32, or
+   binary16 when half), avail[i] of them readable there (fewer than 8: copied out). */
+WP_INLINE void expand_tile(const wp_mv_common *c, long long r, int rt, long long b0, int bt, long long a, long long b,
+                           const uint8_t *w[ROW_TILE], long long avail[ROW_TILE], int half,
+                           __m256 acc[ROW_TILE][BATCH_TILE])
+{
+    const long long mask_bytes = (c->rows * c->cols + 7) / 8;
+    const int size = half ? 2 : 4;
+    for (long long j = a; j < b; j += 8) {
+        const int lanes = b - j < 8 ? (int)(b - j) : 8;
+        __m256 xv[BATCH_TILE];
+        for (int q = 0; q < bt; q++) {
+            const float *xq = c->x + (b0 + q) * c->cols + j;
+            xv[q] = lanes == 8 ? _mm256_loadu_ps(xq) : _mm256_maskload_ps(xq, first_lanes(lanes));
+        }
+        for (int i = 0; i < rt; i++) {
+            unsigned m = mask_bits8(c->mask, mask_bytes, (r + i) * c->cols + j) & ((1u << lanes) - 1);
+            if (!m) continue;
+            int cnt = _mm_popcnt_u32(m);
+            if (cnt > avail[i]) cnt = (int)avail[i]; /* never read past the row */
+            const uint8_t *src = w[i];
+            uint32_t tail[8] = {0};
+            if (avail[i] < 8) {
+                memcpy(tail, src, (size_t)(cnt * size));
+                src = (const uint8_t *)tail;
+            }
+            const __m256 wv = expand8_weights(src, m, half);
+            w[i] += cnt * size;
+            avail[i] -= cnt;
+            for (int q = 0; q < bt; q++) acc[i][q] = _mm256_fmadd_ps(wv, xv[q], acc[i][q]);
+        }
+    }
+}
+
+/* Stored codes of a masked tile: decode SUB columns of each row into a buffer, then expand. */
+WP_INLINE void masked_tile(const void *args, const wp_mv_common *c, int quant, int n, long long r, int rt, long long b0,
+                           int bt)
+{
+    tile_state ts;
+    __m256 acc[ROW_TILE][BATCH_TILE];
+    tile_start(&ts, args, quant, n, acc, rt, bt);
+    _Alignas(32) float buf[ROW_TILE][SUB + 8];
+    long long k[ROW_TILE];
+    for (int i = 0; i < rt; i++) k[i] = c->row_start[r + i];
+    for (long long a = 0; a < c->cols; a += SUB) {
+        const long long b = a + SUB < c->cols ? a + SUB : c->cols;
+        const uint8_t *w[ROW_TILE];
+        long long avail[ROW_TILE] = {0};
+        for (long long s0 = a; s0 < b;) { /* table segments of [a, b) */
+            const long long s1 = (s0 / c->col_block + 1) * c->col_block < b ? (s0 / c->col_block + 1) * c->col_block : b;
+            tile_tables(args, c, quant, n, &ts, r, rt, s0);
+            for (int i = 0; i < rt; i++) {
+                const long long e = (r + i) * c->cols, stored = s0 == a ? 0 : avail[i];
+                long long cnt = popcount_bits(c->mask, e + s0, e + s1);
+                if (cnt > c->row_start[r + i + 1] - k[i]) cnt = c->row_start[r + i + 1] - k[i]; /* never past the row */
+                if (cnt) decode_run(ts.src.kind, ts.src.qk, ts.code_bits, 4, ts.tab[i], c->codes, c->codes_len, k[i], cnt,
+                                    (uint8_t *)(buf[i] + stored));
+                k[i] += cnt;
+                avail[i] = stored + cnt;
+            }
+            s0 = s1;
+        }
+        for (int i = 0; i < rt; i++) {
+            w[i] = (const uint8_t *)buf[i];
+            avail[i] = SUB + 8; /* the buffer is readable past the stored weights */
+        }
+        expand_tile(c, r, rt, b0, bt, a, b, w, avail, 0, acc);
+    }
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
+WP_INLINE void values_tile(const void *args, const wp_mv_common *c, int half, long long r, int rt, long long b0, int bt)
+{
+    (void)args;
+    __m256 acc[ROW_TILE][BATCH_TILE];
+    zero_tile(acc, rt, bt);
+    const uint8_t *w[ROW_TILE];
+    long long avail[ROW_TILE];
+    const int size = half ? 2 : 4;
+    const long long total = c->codes_len / size;
+    for (int i = 0; i < rt; i++) {
+        w[i] = c->codes + c->row_start[r + i] * size;
+        avail[i] = total - c->row_start[r + i];
+    }
+    expand_tile(c, r, rt, b0, bt, 0, c->cols, w, avail, half, acc);
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
+/* A row worker over tiles of tile_fn(args, c, flag, n, ...) (flag: quantized source, or binary16 values). */
+#define TILE_WORKER(name, tile_fn, flag, n, type)                                                \
+    WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
+                               long long b0, int bt) { (void)unused; tile_fn(args, c, flag, n, r, rt, b0, bt); } \
+    static void name(const void *args, long long r0, long long r1)                               \
+    {                                                                                            \
+        const wp_mv_common *c = &((const type *)args)->c;                                        \
+        RUN_TILES(name##_tile, args, c, NULL, r0, r1);                                           \
+    }
+#define VALUES_TILE(args, c, half, n, r, rt, b0, bt) values_tile(args, c, half, r, rt, b0, bt)
+
+TILE_WORKER(dense_lut1, dense_tile, 0, 1, wp_lut_mv)
+TILE_WORKER(dense_lut2, dense_tile, 0, 2, wp_lut_mv)
+TILE_WORKER(dense_lut3, dense_tile, 0, 3, wp_lut_mv)
+TILE_WORKER(dense_lut4, dense_tile, 0, 4, wp_lut_mv)
+TILE_WORKER(dense_lut6, dense_tile, 0, 6, wp_lut_mv)
+TILE_WORKER(dense_lut8, dense_tile, 0, 8, wp_lut_mv)
+TILE_WORKER(dense_quant4, dense_tile, 1, 4, wp_quant_mv)
+TILE_WORKER(dense_quant8, dense_tile, 1, 8, wp_quant_mv)
+TILE_WORKER(masked_lut1, masked_tile, 0, 1, wp_lut_mv)
+TILE_WORKER(masked_lut2, masked_tile, 0, 2, wp_lut_mv)
+TILE_WORKER(masked_lut3, masked_tile, 0, 3, wp_lut_mv)
+TILE_WORKER(masked_lut4, masked_tile, 0, 4, wp_lut_mv)
+TILE_WORKER(masked_lut6, masked_tile, 0, 6, wp_lut_mv)
+TILE_WORKER(masked_lut8, masked_tile, 0, 8, wp_lut_mv)
+TILE_WORKER(masked_quant4, masked_tile, 1, 4, wp_quant_mv)
+TILE_WORKER(masked_quant8, masked_tile, 1, 8, wp_quant_mv)
+TILE_WORKER(values_half, VALUES_TILE, 1, 16, wp_sparse_mv)
+TILE_WORKER(values_float, VALUES_TILE, 0, 32, wp_sparse_mv)
+
+/* ---- selection -------------------------------------------------------------------------------- */
 
 /* Dense codes whose tables each cover whole 8-byte steps of every row. */
 static int small_codes_fit(const wp_mv_common *c)
@@ -169,140 +420,28 @@ static int small_codes_fit(const wp_mv_common *c)
 wp_rows_plan wp_lut_rows_avx2(const wp_lut_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    if (!(c->nbits == 1 || c->nbits == 2 || c->nbits == 4) || !small_codes_fit(c)) return WP_NO_ROWS;
-    return WP_ROWS_SPLIT(c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit, 8 / c->nbits);
+    if ((c->nbits == 1 || c->nbits == 2 || c->nbits == 4) && small_codes_fit(c))
+        return WP_ROWS_SPLIT(c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit, 8 / c->nbits);
+    if (c->cols % c->col_block) return WP_NO_ROWS; /* tables cover whole rows (matrix plans always do) */
+    static const wp_rows_fn dense[9] = {NULL, dense_lut1, dense_lut2, dense_lut3, dense_lut4, NULL, dense_lut6, NULL, dense_lut8};
+    static const wp_rows_fn masked[9] = {NULL, masked_lut1, masked_lut2, masked_lut3, masked_lut4, NULL, masked_lut6, NULL,
+                                         masked_lut8};
+    return WP_ROWS((c->mask ? masked : dense)[c->nbits]);
 }
 
 wp_rows_plan wp_quant_rows_avx2(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    if (c->mask) return WP_NO_ROWS;
-    if (c->nbits == 4) return small_codes_fit(c) ? WP_ROWS_SPLIT(quant_rows_4bit, 2) : WP_NO_ROWS;
-    return (c->col_block % 8 == 0 && c->cols % c->col_block == 0) ? WP_ROWS(quant_rows_8bit) : WP_NO_ROWS;
-}
-
-/* ---- sparse rows: 8 columns at a time ------------------------------------------------------ */
-
-/* EXPAND8[m][i]: for mask byte m, the position among m's set bits of lane i (lanes with clear bits
-   read lane 0 and are zeroed afterwards). */
-static const int32_t EXPAND8[256][8] = {
-    {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 1, 0, 0, 0, 0, 0, 0},
-    {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 1, 0, 0, 0, 0, 0}, {0, 0, 1, 0, 0, 0, 0, 0}, {0, 1, 2, 0, 0, 0, 0, 0},
-    {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 1, 0, 0, 0, 0}, {0, 0, 0, 1, 0, 0, 0, 0}, {0, 1, 0, 2, 0, 0, 0, 0},
-    {0, 0, 0, 1, 0, 0, 0, 0}, {0, 0, 1, 2, 0, 0, 0, 0}, {0, 0, 1, 2, 0, 0, 0, 0}, {0, 1, 2, 3, 0, 0, 0, 0},
-    {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 1, 0, 0, 0}, {0, 0, 0, 0, 1, 0, 0, 0}, {0, 1, 0, 0, 2, 0, 0, 0},
-    {0, 0, 0, 0, 1, 0, 0, 0}, {0, 0, 1, 0, 2, 0, 0, 0}, {0, 0, 1, 0, 2, 0, 0, 0}, {0, 1, 2, 0, 3, 0, 0, 0},
-    {0, 0, 0, 0, 1, 0, 0, 0}, {0, 0, 0, 1, 2, 0, 0, 0}, {0, 0, 0, 1, 2, 0, 0, 0}, {0, 1, 0, 2, 3, 0, 0, 0},
-    {0, 0, 0, 1, 2, 0, 0, 0}, {0, 0, 1, 2, 3, 0, 0, 0}, {0, 0, 1, 2, 3, 0, 0, 0}, {0, 1, 2, 3, 4, 0, 0, 0},
-    {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 1, 0, 0}, {0, 0, 0, 0, 0, 1, 0, 0}, {0, 1, 0, 0, 0, 2, 0, 0},
-    {0, 0, 0, 0, 0, 1, 0, 0}, {0, 0, 1, 0, 0, 2, 0, 0}, {0, 0, 1, 0, 0, 2, 0, 0}, {0, 1, 2, 0, 0, 3, 0, 0},
-    {0, 0, 0, 0, 0, 1, 0, 0}, {0, 0, 0, 1, 0, 2, 0, 0}, {0, 0, 0, 1, 0, 2, 0, 0}, {0, 1, 0, 2, 0, 3, 0, 0},
-    {0, 0, 0, 1, 0, 2, 0, 0}, {0, 0, 1, 2, 0, 3, 0, 0}, {0, 0, 1, 2, 0, 3, 0, 0}, {0, 1, 2, 3, 0, 4, 0, 0},
-    {0, 0, 0, 0, 0, 1, 0, 0}, {0, 0, 0, 0, 1, 2, 0, 0}, {0, 0, 0, 0, 1, 2, 0, 0}, {0, 1, 0, 0, 2, 3, 0, 0},
-    {0, 0, 0, 0, 1, 2, 0, 0}, {0, 0, 1, 0, 2, 3, 0, 0}, {0, 0, 1, 0, 2, 3, 0, 0}, {0, 1, 2, 0, 3, 4, 0, 0},
-    {0, 0, 0, 0, 1, 2, 0, 0}, {0, 0, 0, 1, 2, 3, 0, 0}, {0, 0, 0, 1, 2, 3, 0, 0}, {0, 1, 0, 2, 3, 4, 0, 0},
-    {0, 0, 0, 1, 2, 3, 0, 0}, {0, 0, 1, 2, 3, 4, 0, 0}, {0, 0, 1, 2, 3, 4, 0, 0}, {0, 1, 2, 3, 4, 5, 0, 0},
-    {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 1, 0}, {0, 0, 0, 0, 0, 0, 1, 0}, {0, 1, 0, 0, 0, 0, 2, 0},
-    {0, 0, 0, 0, 0, 0, 1, 0}, {0, 0, 1, 0, 0, 0, 2, 0}, {0, 0, 1, 0, 0, 0, 2, 0}, {0, 1, 2, 0, 0, 0, 3, 0},
-    {0, 0, 0, 0, 0, 0, 1, 0}, {0, 0, 0, 1, 0, 0, 2, 0}, {0, 0, 0, 1, 0, 0, 2, 0}, {0, 1, 0, 2, 0, 0, 3, 0},
-    {0, 0, 0, 1, 0, 0, 2, 0}, {0, 0, 1, 2, 0, 0, 3, 0}, {0, 0, 1, 2, 0, 0, 3, 0}, {0, 1, 2, 3, 0, 0, 4, 0},
-    {0, 0, 0, 0, 0, 0, 1, 0}, {0, 0, 0, 0, 1, 0, 2, 0}, {0, 0, 0, 0, 1, 0, 2, 0}, {0, 1, 0, 0, 2, 0, 3, 0},
-    {0, 0, 0, 0, 1, 0, 2, 0}, {0, 0, 1, 0, 2, 0, 3, 0}, {0, 0, 1, 0, 2, 0, 3, 0}, {0, 1, 2, 0, 3, 0, 4, 0},
-    {0, 0, 0, 0, 1, 0, 2, 0}, {0, 0, 0, 1, 2, 0, 3, 0}, {0, 0, 0, 1, 2, 0, 3, 0}, {0, 1, 0, 2, 3, 0, 4, 0},
-    {0, 0, 0, 1, 2, 0, 3, 0}, {0, 0, 1, 2, 3, 0, 4, 0}, {0, 0, 1, 2, 3, 0, 4, 0}, {0, 1, 2, 3, 4, 0, 5, 0},
-    {0, 0, 0, 0, 0, 0, 1, 0}, {0, 0, 0, 0, 0, 1, 2, 0}, {0, 0, 0, 0, 0, 1, 2, 0}, {0, 1, 0, 0, 0, 2, 3, 0},
-    {0, 0, 0, 0, 0, 1, 2, 0}, {0, 0, 1, 0, 0, 2, 3, 0}, {0, 0, 1, 0, 0, 2, 3, 0}, {0, 1, 2, 0, 0, 3, 4, 0},
-    {0, 0, 0, 0, 0, 1, 2, 0}, {0, 0, 0, 1, 0, 2, 3, 0}, {0, 0, 0, 1, 0, 2, 3, 0}, {0, 1, 0, 2, 0, 3, 4, 0},
-    {0, 0, 0, 1, 0, 2, 3, 0}, {0, 0, 1, 2, 0, 3, 4, 0}, {0, 0, 1, 2, 0, 3, 4, 0}, {0, 1, 2, 3, 0, 4, 5, 0},
-    {0, 0, 0, 0, 0, 1, 2, 0}, {0, 0, 0, 0, 1, 2, 3, 0}, {0, 0, 0, 0, 1, 2, 3, 0}, {0, 1, 0, 0, 2, 3, 4, 0},
-    {0, 0, 0, 0, 1, 2, 3, 0}, {0, 0, 1, 0, 2, 3, 4, 0}, {0, 0, 1, 0, 2, 3, 4, 0}, {0, 1, 2, 0, 3, 4, 5, 0},
-    {0, 0, 0, 0, 1, 2, 3, 0}, {0, 0, 0, 1, 2, 3, 4, 0}, {0, 0, 0, 1, 2, 3, 4, 0}, {0, 1, 0, 2, 3, 4, 5, 0},
-    {0, 0, 0, 1, 2, 3, 4, 0}, {0, 0, 1, 2, 3, 4, 5, 0}, {0, 0, 1, 2, 3, 4, 5, 0}, {0, 1, 2, 3, 4, 5, 6, 0},
-    {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 0, 1}, {0, 1, 0, 0, 0, 0, 0, 2},
-    {0, 0, 0, 0, 0, 0, 0, 1}, {0, 0, 1, 0, 0, 0, 0, 2}, {0, 0, 1, 0, 0, 0, 0, 2}, {0, 1, 2, 0, 0, 0, 0, 3},
-    {0, 0, 0, 0, 0, 0, 0, 1}, {0, 0, 0, 1, 0, 0, 0, 2}, {0, 0, 0, 1, 0, 0, 0, 2}, {0, 1, 0, 2, 0, 0, 0, 3},
-    {0, 0, 0, 1, 0, 0, 0, 2}, {0, 0, 1, 2, 0, 0, 0, 3}, {0, 0, 1, 2, 0, 0, 0, 3}, {0, 1, 2, 3, 0, 0, 0, 4},
-    {0, 0, 0, 0, 0, 0, 0, 1}, {0, 0, 0, 0, 1, 0, 0, 2}, {0, 0, 0, 0, 1, 0, 0, 2}, {0, 1, 0, 0, 2, 0, 0, 3},
-    {0, 0, 0, 0, 1, 0, 0, 2}, {0, 0, 1, 0, 2, 0, 0, 3}, {0, 0, 1, 0, 2, 0, 0, 3}, {0, 1, 2, 0, 3, 0, 0, 4},
-    {0, 0, 0, 0, 1, 0, 0, 2}, {0, 0, 0, 1, 2, 0, 0, 3}, {0, 0, 0, 1, 2, 0, 0, 3}, {0, 1, 0, 2, 3, 0, 0, 4},
-    {0, 0, 0, 1, 2, 0, 0, 3}, {0, 0, 1, 2, 3, 0, 0, 4}, {0, 0, 1, 2, 3, 0, 0, 4}, {0, 1, 2, 3, 4, 0, 0, 5},
-    {0, 0, 0, 0, 0, 0, 0, 1}, {0, 0, 0, 0, 0, 1, 0, 2}, {0, 0, 0, 0, 0, 1, 0, 2}, {0, 1, 0, 0, 0, 2, 0, 3},
-    {0, 0, 0, 0, 0, 1, 0, 2}, {0, 0, 1, 0, 0, 2, 0, 3}, {0, 0, 1, 0, 0, 2, 0, 3}, {0, 1, 2, 0, 0, 3, 0, 4},
-    {0, 0, 0, 0, 0, 1, 0, 2}, {0, 0, 0, 1, 0, 2, 0, 3}, {0, 0, 0, 1, 0, 2, 0, 3}, {0, 1, 0, 2, 0, 3, 0, 4},
-    {0, 0, 0, 1, 0, 2, 0, 3}, {0, 0, 1, 2, 0, 3, 0, 4}, {0, 0, 1, 2, 0, 3, 0, 4}, {0, 1, 2, 3, 0, 4, 0, 5},
-    {0, 0, 0, 0, 0, 1, 0, 2}, {0, 0, 0, 0, 1, 2, 0, 3}, {0, 0, 0, 0, 1, 2, 0, 3}, {0, 1, 0, 0, 2, 3, 0, 4},
-    {0, 0, 0, 0, 1, 2, 0, 3}, {0, 0, 1, 0, 2, 3, 0, 4}, {0, 0, 1, 0, 2, 3, 0, 4}, {0, 1, 2, 0, 3, 4, 0, 5},
-    {0, 0, 0, 0, 1, 2, 0, 3}, {0, 0, 0, 1, 2, 3, 0, 4}, {0, 0, 0, 1, 2, 3, 0, 4}, {0, 1, 0, 2, 3, 4, 0, 5},
-    {0, 0, 0, 1, 2, 3, 0, 4}, {0, 0, 1, 2, 3, 4, 0, 5}, {0, 0, 1, 2, 3, 4, 0, 5}, {0, 1, 2, 3, 4, 5, 0, 6},
-    {0, 0, 0, 0, 0, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 1, 2}, {0, 0, 0, 0, 0, 0, 1, 2}, {0, 1, 0, 0, 0, 0, 2, 3},
-    {0, 0, 0, 0, 0, 0, 1, 2}, {0, 0, 1, 0, 0, 0, 2, 3}, {0, 0, 1, 0, 0, 0, 2, 3}, {0, 1, 2, 0, 0, 0, 3, 4},
-    {0, 0, 0, 0, 0, 0, 1, 2}, {0, 0, 0, 1, 0, 0, 2, 3}, {0, 0, 0, 1, 0, 0, 2, 3}, {0, 1, 0, 2, 0, 0, 3, 4},
-    {0, 0, 0, 1, 0, 0, 2, 3}, {0, 0, 1, 2, 0, 0, 3, 4}, {0, 0, 1, 2, 0, 0, 3, 4}, {0, 1, 2, 3, 0, 0, 4, 5},
-    {0, 0, 0, 0, 0, 0, 1, 2}, {0, 0, 0, 0, 1, 0, 2, 3}, {0, 0, 0, 0, 1, 0, 2, 3}, {0, 1, 0, 0, 2, 0, 3, 4},
-    {0, 0, 0, 0, 1, 0, 2, 3}, {0, 0, 1, 0, 2, 0, 3, 4}, {0, 0, 1, 0, 2, 0, 3, 4}, {0, 1, 2, 0, 3, 0, 4, 5},
-    {0, 0, 0, 0, 1, 0, 2, 3}, {0, 0, 0, 1, 2, 0, 3, 4}, {0, 0, 0, 1, 2, 0, 3, 4}, {0, 1, 0, 2, 3, 0, 4, 5},
-    {0, 0, 0, 1, 2, 0, 3, 4}, {0, 0, 1, 2, 3, 0, 4, 5}, {0, 0, 1, 2, 3, 0, 4, 5}, {0, 1, 2, 3, 4, 0, 5, 6},
-    {0, 0, 0, 0, 0, 0, 1, 2}, {0, 0, 0, 0, 0, 1, 2, 3}, {0, 0, 0, 0, 0, 1, 2, 3}, {0, 1, 0, 0, 0, 2, 3, 4},
-    {0, 0, 0, 0, 0, 1, 2, 3}, {0, 0, 1, 0, 0, 2, 3, 4}, {0, 0, 1, 0, 0, 2, 3, 4}, {0, 1, 2, 0, 0, 3, 4, 5},
-    {0, 0, 0, 0, 0, 1, 2, 3}, {0, 0, 0, 1, 0, 2, 3, 4}, {0, 0, 0, 1, 0, 2, 3, 4}, {0, 1, 0, 2, 0, 3, 4, 5},
-    {0, 0, 0, 1, 0, 2, 3, 4}, {0, 0, 1, 2, 0, 3, 4, 5}, {0, 0, 1, 2, 0, 3, 4, 5}, {0, 1, 2, 3, 0, 4, 5, 6},
-    {0, 0, 0, 0, 0, 1, 2, 3}, {0, 0, 0, 0, 1, 2, 3, 4}, {0, 0, 0, 0, 1, 2, 3, 4}, {0, 1, 0, 0, 2, 3, 4, 5},
-    {0, 0, 0, 0, 1, 2, 3, 4}, {0, 0, 1, 0, 2, 3, 4, 5}, {0, 0, 1, 0, 2, 3, 4, 5}, {0, 1, 2, 0, 3, 4, 5, 6},
-    {0, 0, 0, 0, 1, 2, 3, 4}, {0, 0, 0, 1, 2, 3, 4, 5}, {0, 0, 0, 1, 2, 3, 4, 5}, {0, 1, 0, 2, 3, 4, 5, 6},
-    {0, 0, 0, 1, 2, 3, 4, 5}, {0, 0, 1, 2, 3, 4, 5, 6}, {0, 0, 1, 2, 3, 4, 5, 6}, {0, 1, 2, 3, 4, 5, 6, 7}};
-
-WP_INLINE void sparse_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt,
-                           long long b0, int bt)
-{
-    (void)unused;
-    const int half = ((const wp_sparse_mv *)args)->value_half;
-    __m256 acc[ROW_TILE][BATCH_TILE];
-    long long k[ROW_TILE], k_end[ROW_TILE];
-    for (int i = 0; i < rt; i++) {
-        for (int b = 0; b < bt; b++) acc[i][b] = _mm256_setzero_ps();
-        k[i] = c->row_start[r + i];
-        k_end[i] = c->row_start[r + i + 1];
-    }
-    for (long long j = 0; j < c->cols; j += 8) {
-        __m256 xv[BATCH_TILE];
-        for (int b = 0; b < bt; b++) xv[b] = _mm256_loadu_ps(c->x + (b0 + b) * c->cols + j);
-        for (int i = 0; i < rt; i++) {
-            const unsigned m = c->mask[((r + i) * c->cols + j) / 8];
-            int cnt = _mm_popcnt_u32(m);
-            if (k[i] + cnt > k_end[i]) cnt = (int)(k_end[i] - k[i]); /* never read past the row */
-            /* 8 values from k: a plain load while 8 of them lie in the buffer (lanes past cnt are
-               never selected), else only the cnt that exist */
-            __m256 packed;
-            const long long value_bytes = half ? 2 : 4;
-            if ((k[i] + 8) * value_bytes <= c->codes_len) {
-                packed = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)c->codes + k[i])))
-                              : _mm256_loadu_ps((const float *)c->codes + k[i]);
-            } else {
-                uint32_t tail[8] = {0};
-                memcpy(tail, c->codes + k[i] * value_bytes, (size_t)(cnt * value_bytes));
-                packed = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tail)) : _mm256_loadu_ps((const float *)tail);
-            }
-            k[i] += cnt;
-            const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-            const __m256i lanes = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)m), lane_bits), lane_bits);
-            const __m256 w = _mm256_and_ps(_mm256_permutevar8x32_ps(packed, _mm256_loadu_si256((const __m256i *)EXPAND8[m])),
-                                           _mm256_castsi256_ps(lanes));
-            for (int b = 0; b < bt; b++) acc[i][b] = _mm256_fmadd_ps(w, xv[b], acc[i][b]);
-        }
-    }
-    for (int i = 0; i < rt; i++)
-        for (int b = 0; b < bt; b++) c->y[(b0 + b) * c->rows + r + i] = hsum(acc[i][b]);
-}
-
-static void sparse_rows(const void *args, long long r0, long long r1)
-{
-    const wp_mv_common *c = &((const wp_sparse_mv *)args)->c;
-    RUN_TILES(sparse_tile, args, c, NULL, r0, r1);
+    if (c->nbits == 4 && small_codes_fit(c)) return WP_ROWS_SPLIT(quant_rows_4bit, 2);
+    if (c->cols % c->col_block) return WP_NO_ROWS;
+    if (!c->mask && c->nbits == 8 && c->col_block % 8 == 0) return WP_ROWS(quant_rows_8bit);
+    if (c->mask) return WP_ROWS(c->nbits == 4 ? masked_quant4 : masked_quant8);
+    return WP_ROWS(c->nbits == 4 ? dense_quant4 : dense_quant8);
 }
 
 wp_rows_plan wp_sparse_rows_avx2(const wp_sparse_mv *a)
 {
-    return a->c.cols % 8 == 0 ? WP_ROWS(sparse_rows) : WP_NO_ROWS; /* rows start on whole mask bytes */
+    return WP_ROWS(a->value_half ? values_half : values_float);
 }
 
 WP_TARGET_POP()

@@ -1,0 +1,270 @@
+/*
+ * AVX2 decompression (CPU level 1): every format, every layout with scalar LUT entries.
+ *
+ * Work is split over threads in tasks of up to CHUNK columns of a row.  A task decodes its
+ * columns table by table as runs (avx2_common.h): dense runs go straight to the output; a masked
+ * task decodes the stored codes of SUB columns into a buffer, then expands them under the mask.
+ * Sparse value streams expand the same way from the values themselves.
+ */
+#include "wp_target.h"
+#if WP_X86
+WP_TARGET_PUSH("avx2,fma,f16c,bmi2,popcnt")
+#include <immintrin.h>
+#include <stdlib.h>
+
+#include "avx2_common.h"
+#include "decode.h"
+#include "wp_dispatch.h"
+
+#define CHUNK 8192         /* columns of a row per task */
+#define SUB 512            /* columns of a masked task decoded into its buffer at a time */
+#define TASK_ELEMENTS 16384 /* elements per range of tasks handed to a thread, at least */
+
+/* ---- runs: one function per kind of table, code width and output size ------------------------- */
+
+typedef void (*run_fn)(const run_table *t, const uint8_t *stream, long long stream_len, long long k, long long count,
+                       uint8_t *dst);
+
+#define LUT_RUN(n, es)                                                                                              \
+    static void lut_run_##n##_##es(const run_table *t, const uint8_t *s, long long len, long long k, long long cnt, \
+                                   uint8_t *dst)                                                                    \
+    {                                                                                                               \
+        decode_run((n) == 8 ? RUN_GATHER : (n) == 6 ? RUN_LUT64 : RUN_LUT16, (quant_kind){0, 0, 0}, n, es, t, s,    \
+                   len, k, cnt, dst);                                                                               \
+    }
+#define LUT_RUNS(n) LUT_RUN(n, 1) LUT_RUN(n, 2) LUT_RUN(n, 4)
+LUT_RUNS(1) LUT_RUNS(2) LUT_RUNS(3) LUT_RUNS(4) LUT_RUNS(6) LUT_RUNS(8)
+#define LUT_ROW(n) {NULL, lut_run_##n##_1, lut_run_##n##_2, NULL, lut_run_##n##_4}
+static const run_fn LUT_RUNS_BY[9][5] = {{NULL}, LUT_ROW(1), LUT_ROW(2), LUT_ROW(3), LUT_ROW(4), {NULL}, LUT_ROW(6),
+                                         {NULL}, LUT_ROW(8)};
+
+/* Shift-scale runs, specialised on signedness, offset and binary16 arithmetic. */
+#define QUANT_RUN(n, es, sg, off, hm)                                                                           \
+    static void quant_run_##n##_##es##_##sg##off##hm(const run_table *t, const uint8_t *s, long long len,       \
+                                                    long long k, long long cnt, uint8_t *dst)                   \
+    {                                                                                                           \
+        decode_run(RUN_QUANT, (quant_kind){sg, off, hm}, n, es, t, s, len, k, cnt, dst);                        \
+    }
+#define QUANT_RUNS_HM(n, es, sg, off) QUANT_RUN(n, es, sg, off, 0) QUANT_RUN(n, es, sg, off, 1)
+#define QUANT_RUNS_OFF(n, es, sg) QUANT_RUNS_HM(n, es, sg, 0) QUANT_RUNS_HM(n, es, sg, 1)
+#define QUANT_RUNS_SG(n, es) QUANT_RUNS_OFF(n, es, 0) QUANT_RUNS_OFF(n, es, 1)
+QUANT_RUNS_SG(4, 2) QUANT_RUNS_SG(4, 4) QUANT_RUNS_SG(8, 2) QUANT_RUNS_SG(8, 4)
+#define QUANT_FLAGS(n, es) {quant_run_##n##_##es##_000, quant_run_##n##_##es##_001, quant_run_##n##_##es##_010, \
+    quant_run_##n##_##es##_011, quant_run_##n##_##es##_100, quant_run_##n##_##es##_101, quant_run_##n##_##es##_110, \
+    quant_run_##n##_##es##_111}
+/* [8-bit][fp32 output][signed * 4 + offset * 2 + binary16 arithmetic] */
+static const run_fn QUANT_RUNS_BY[2][2][8] = {{QUANT_FLAGS(4, 2), QUANT_FLAGS(4, 4)}, {QUANT_FLAGS(8, 2), QUANT_FLAGS(8, 4)}};
+
+/* ---- tasks ------------------------------------------------------------------------------------ */
+
+typedef struct decode_tasks decode_tasks;
+typedef void (*task_fn)(const decode_tasks *d, long long r, long long j0, long long j1, long long k);
+
+struct decode_tasks {
+    const wp_decode_job *job;
+    task_fn fn;
+    run_fn run;
+    int quant_table; /* shift-scale looked up in the 16 decoded values of 4-bit codes */
+    long long per_row;
+    long long *starts; /* masked: first stream element of each task, then the total */
+};
+
+/* Row of task t, and its columns [*j0, *j1). */
+WP_INLINE long long task_span(const decode_tasks *d, long long t, long long *j0, long long *j1)
+{
+    *j0 = t % d->per_row * CHUNK;
+    *j1 = *j0 + CHUNK < d->job->cols ? *j0 + CHUNK : d->job->cols;
+    return t / d->per_row;
+}
+
+static void count_tasks(void *ctx, long long t0, long long t1)
+{
+    const decode_tasks *d = ctx;
+    for (long long t = t0, j0, j1; t < t1; t++) {
+        const long long e = task_span(d, t, &j0, &j1) * d->job->cols;
+        d->starts[t + 1] = popcount_bits(d->job->mask, e + j0, e + j1);
+    }
+}
+
+static void do_tasks(void *ctx, long long t0, long long t1)
+{
+    const decode_tasks *d = ctx;
+    for (long long t = t0, j0, j1; t < t1; t++) {
+        const long long r = task_span(d, t, &j0, &j1);
+        d->fn(d, r, j0, j1, d->job->mask ? d->starts[t] : r * d->job->cols + j0);
+    }
+}
+
+/* Run d->fn over every task; masked jobs first find each task's first stream element (and check
+   that the stream holds as many codes as the mask sets). */
+static int run_tasks(decode_tasks *d)
+{
+    const wp_decode_job *job = d->job;
+    if (!job->rows || !job->cols) return WP_OK;
+    d->per_row = (job->cols + CHUNK - 1) / CHUNK;
+    const long long tasks = job->rows * d->per_row, per_task = job->cols < CHUNK ? job->cols : CHUNK;
+    const long long grain = TASK_ELEMENTS / per_task > 1 ? TASK_ELEMENTS / per_task : 1;
+    d->starts = NULL;
+    if (job->mask) {
+        if (!(d->starts = malloc((size_t)(tasks + 1) * sizeof *d->starts))) return WP_NOT_COVERED;
+        wp_parallel_for(tasks, grain, count_tasks, d);
+        d->starts[0] = 0;
+        for (long long t = 0; t < tasks; t++) d->starts[t + 1] += d->starts[t];
+        const long long available = job->codes_len / job->nbits * 8 + (job->codes_len % job->nbits) * 8 / job->nbits;
+        if (d->starts[tasks] > available) {
+            free(d->starts);
+            return WP_E_SIZE;
+        }
+    }
+    wp_parallel_for(tasks, grain, do_tasks, d);
+    free(d->starts);
+    return WP_OK;
+}
+
+/* ---- tables ----------------------------------------------------------------------------------- */
+
+static void table_for(const decode_tasks *d, long long t, table_slot *s)
+{
+    const wp_decode_job *job = d->job;
+    if (s->id == t) return;
+    if (job->scale) {
+        const quant_kind qk = {job->is_signed, job->offset != NULL, job->half_math};
+        quant_run_table(job->scale, job->offset, t, qk, job->elem_size, d->quant_table, s);
+    } else {
+        lut_run_table((const uint8_t *)job->lut + (t << job->nbits) * job->elem_size, job->nbits, job->elem_size, s);
+    }
+    s->id = t;
+}
+
+/* ---- a task ----------------------------------------------------------------------------------- */
+
+/* Where column j of row r goes, in elements of the output. */
+WP_INLINE long long out_index(const wp_decode_job *job, long long r, long long j)
+{
+    return job->row_out ? job->row_out[r] + j : r * job->cols + j;
+}
+
+/* Columns [j0, j1) of row r, stream element k on: dense runs straight to the output; masked ones
+   through a buffer of decoded stored values, expanded under the mask. */
+static void decode_task(const decode_tasks *d, long long r, long long j0, long long j1, long long k)
+{
+    const wp_decode_job *job = d->job;
+    const int es = job->elem_size;
+    const run_fn run = d->quant_table ? LUT_RUNS_BY[4][es] : d->run;
+    uint8_t *out = job->out;
+    table_slot slot;
+    slot.id = -1;
+    _Alignas(32) uint8_t buf[(SUB + 8) * 4];
+    const long long mask_bytes = (job->rows * job->cols + 7) / 8, e_row = r * job->cols;
+    for (long long a = j0; a < j1;) {
+        const long long b = job->mask ? (a + SUB < j1 ? a + SUB : j1) : j1;
+        long long stored = 0;
+        for (long long s0 = a; s0 < b;) { /* table segments of [a, b) */
+            const long long block = s0 / job->col_block, s1 = (block + 1) * job->col_block < b ? (block + 1) * job->col_block : b;
+            const long long cnt = job->mask ? popcount_bits(job->mask, e_row + s0, e_row + s1) : s1 - s0;
+            if (cnt) {
+                table_for(d, job->row_table[r] + block, &slot);
+                run(&slot.t, job->codes, job->codes_len, k, cnt,
+                    job->mask ? buf + stored * es : out + out_index(job, r, s0) * es);
+            }
+            k += cnt;
+            stored += cnt;
+            s0 = s1;
+        }
+        if (job->mask) { /* expand: 8 columns per mask byte */
+            long long pos = 0;
+            for (long long j = a; j < b; j += 8) {
+                unsigned m = mask_bits8(job->mask, mask_bytes, e_row + j);
+                uint8_t *dst = out + out_index(job, r, j) * es;
+                if (b - j >= 8) {
+                    expand8_store(dst, buf + pos * es, m, es, 0);
+                } else {
+                    m &= (1u << (b - j)) - 1;
+                    uint8_t tail[32];
+                    expand8_store(tail, buf + pos * es, m, es, 0);
+                    memcpy(dst, tail, (size_t)((b - j) * es));
+                }
+                pos += _mm_popcnt_u32(m);
+            }
+        }
+        a = b;
+    }
+}
+
+int wp_lut_decode_avx2(const wp_decode_job *job)
+{
+    if (job->vsize != 1 || job->col_stride != 1) return WP_NOT_COVERED;
+    decode_tasks d = {job, decode_task, LUT_RUNS_BY[job->nbits][job->elem_size], 0, 0, NULL};
+    return run_tasks(&d);
+}
+
+int wp_quant_decode_avx2(const wp_decode_job *job)
+{
+    const int flags = job->is_signed * 4 + (job->offset != NULL) * 2 + job->half_math;
+    decode_tasks d = {job, decode_task, QUANT_RUNS_BY[job->nbits == 8][job->elem_size == 4][flags],
+                      job->nbits == 4 && job->col_block >= 128, 0, NULL};
+    return run_tasks(&d);
+}
+
+/* ---- sparse values ---------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *mask;
+    long long count, n_values;
+    const uint8_t *values;
+    int elem_size, widen_half;
+    uint8_t *out;
+    long long *starts;
+} sparse_tasks;
+
+static void count_sparse(void *ctx, long long t0, long long t1)
+{
+    const sparse_tasks *s = ctx;
+    for (long long t = t0; t < t1; t++) {
+        const long long e1 = (t + 1) * CHUNK < s->count ? (t + 1) * CHUNK : s->count;
+        s->starts[t + 1] = popcount_bits(s->mask, t * CHUNK, e1);
+    }
+}
+
+static void expand_sparse(void *ctx, long long t0, long long t1)
+{
+    const sparse_tasks *s = ctx;
+    const int es = s->elem_size, out_size = s->widen_half ? 4 : es;
+    for (long long t = t0; t < t1; t++) {
+        const long long e1 = (t + 1) * CHUNK < s->count ? (t + 1) * CHUNK : s->count;
+        long long k = s->starts[t], e = t * CHUNK;
+        for (; e + 8 <= e1; e += 8) {
+            const unsigned m = s->mask[e >> 3];
+            const uint8_t *src = s->values + k * es;
+            uint8_t tail[32];
+            if (k + 8 > s->n_values) { /* the last stored values: copy the ones that exist */
+                memset(tail, 0, sizeof tail);
+                memcpy(tail, src, (size_t)((s->n_values - k) * es));
+                src = tail;
+            }
+            expand8_store(s->out + e * out_size, src, m, es, s->widen_half);
+            k += _mm_popcnt_u32(m);
+        }
+        for (; e < e1; e++) wp_sparse_element(s->mask, e, s->values, &k, es, s->widen_half, s->out);
+    }
+}
+
+int wp_sparse_decode_avx2(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
+                          int widen_half, void *out)
+{
+    const long long tasks = (count + CHUNK - 1) / CHUNK;
+    if (!tasks) return WP_OK;
+    sparse_tasks s = {mask, count, n_values, values, elem_size, widen_half, out, NULL};
+    if (!(s.starts = malloc((size_t)(tasks + 1) * sizeof *s.starts))) return WP_NOT_COVERED;
+    wp_parallel_for(tasks, 1, count_sparse, &s);
+    s.starts[0] = 0;
+    for (long long t = 0; t < tasks; t++) s.starts[t + 1] += s.starts[t];
+    int rc = WP_OK;
+    if (s.starts[tasks] > n_values) rc = WP_E_SIZE;
+    else wp_parallel_for(tasks, 1, expand_sparse, &s);
+    free(s.starts);
+    return rc;
+}
+
+WP_TARGET_POP()
+#endif
