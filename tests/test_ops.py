@@ -44,14 +44,21 @@ def assert_close_to_exact(weight, x, y):
     assert excess.max(initial=0.0) <= 0.0, f"worst excess over the bound {excess.max()}"
 
 
+# Row lengths that are not whole vector steps (1, 8, 32, 64 columns) and blocks that end inside one.
+ODD_COLS = [1, 3, 7, 9, 17, 31, 33, 40, 63, 65, 95, 100, 129, 136, 200, 257, 300, 520]
+
+
 @st.composite
-def matrices(draw):
-    """A compressed (rows x cols) weight in a layout the SIMD kernels cover, and a batch size."""
+def matrices(draw, any_layout=False):
+    """A compressed (rows x cols) weight, and activations: in a layout the widest SIMD kernels
+    cover (columns in multiples of 64, blocks of multiples of 16), or with ``any_layout`` rows and
+    blocks of any length (table boundaries inside vector steps, rows starting inside a byte of the
+    code stream or of the mask)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rows = draw(st.sampled_from([1, 3, 4, 5, 8, 17]))
-    cols = 64 * draw(st.sampled_from([1, 2, 3, 4]))
+    cols = draw(st.sampled_from(ODD_COLS)) if any_layout else 64 * draw(st.sampled_from([1, 2, 3, 4]))
     row_groups = draw(st.sampled_from(divisors(rows)))
-    col_groups = draw(st.sampled_from([d for d in divisors(cols) if (cols // d) % 16 == 0]))
+    col_groups = draw(st.sampled_from([d for d in divisors(cols) if any_layout or (cols // d) % 16 == 0]))
     groups = (row_groups, col_groups)
     kind = draw(st.sampled_from(["lut", "sparse_lut", "sparse", "quant", "sparse_quant"]))
     mask = rng.random((rows, cols)) < draw(st.sampled_from([0.0, 0.3, 0.5, 0.75, 1.0]))
@@ -94,6 +101,13 @@ fixtures_once = settings(suppress_health_check=[HealthCheck.function_scoped_fixt
 @fixtures_once
 @given(matrices())
 def test_simd_layouts_on_every_level(simd, threads, case):
+    weight, x = case
+    assert_close_to_exact(weight, x, wp.matmul(weight, x, backend="c"))
+
+
+@fixtures_once
+@given(matrices(any_layout=True))
+def test_any_layout_on_every_level(simd, threads, case):
     weight, x = case
     assert_close_to_exact(weight, x, wp.matmul(weight, x, backend="c"))
 
