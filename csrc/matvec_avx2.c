@@ -30,18 +30,6 @@ WP_TARGET_PUSH("avx2,fma,f16c,bmi2,popcnt")
 
 typedef struct { __m256 lo, hi; } table16;
 
-/* Core ML's shift-scale on 8 code values with table t's scale and offset. */
-WP_INLINE __m256 shift_scale8(const wp_quant_mv *a, __m256 q, long long t)
-{
-    const __m256 s = _mm256_set1_ps(scalar_at(a->scale, t, a->half_math));
-    if (a->offset) {
-        q = _mm256_sub_ps(q, _mm256_set1_ps(scalar_at(a->offset, t, a->half_math)));
-        if (a->half_math) q = round_half(q);
-    }
-    const __m256 w = _mm256_mul_ps(s, q);
-    return a->half_math ? round_half(w) : w;
-}
-
 enum table_kind { LUT_TABLE, QUANT_TABLE };
 
 /* Table t as 16 floats (entries repeated when fewer, so indices need no masking). */
@@ -55,12 +43,15 @@ WP_INLINE table16 load_table(const void *args, enum table_kind kind, long long t
         return (table16){_mm256_loadu_ps(v), _mm256_loadu_ps(v + 8)};
     }
     const wp_quant_mv *a = args;
+    const quant_kind qk = {a->is_signed, a->offset != NULL, a->half_math};
+    const __m256 scale = _mm256_set1_ps(scalar_at(a->scale, t, qk.half_math));
+    const __m256 offset = a->offset ? _mm256_set1_ps(scalar_at(a->offset, t, qk.half_math)) : _mm256_setzero_ps();
     const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), eight = _mm256_set1_epi32(8);
     __m256i codes[2] = {iota, _mm256_add_epi32(iota, eight)};
     table16 out;
     for (int h = 0; h < 2; h++) {
         if (a->is_signed) codes[h] = _mm256_sub_epi32(_mm256_xor_si256(codes[h], eight), eight);
-        const __m256 w = shift_scale8(a, _mm256_cvtepi32_ps(codes[h]), t);
+        const __m256 w = dequantize8(codes[h], scale, offset, qk, 1);
         if (h) out.hi = w; else out.lo = w;
     }
     return out;
@@ -102,6 +93,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
         for (int i = 0; i < rt; i++) table[i] = load_table(args, kind, c->row_table[r + i] + j0 / c->col_block, n);
         const long long k_end = (j0 + c->col_block) / per;
         for (long long k = j0 / per; k < k_end; k += 8) {
+            MCA_BEGIN("small");
             __m256i codes[ROW_TILE];
             for (int i = 0; i < rt; i++)
                 codes[i] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c->codes + (r + i) * len + k)));
@@ -114,6 +106,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
                     for (int b = 0; b < bt; b++) acc[i][b] = _mm256_fmadd_ps(w, xv[b], acc[i][b]);
                 }
             }
+            MCA_END();
         }
     }
     store_tile(c, acc, r, rt, b0, bt);
@@ -135,33 +128,75 @@ SMALL_WORKER(quant_rows_4bit, 4, QUANT_TABLE, wp_quant_mv)
 
 /* ---- dense 8-bit quantized codes: arithmetic ------------------------------------------------- */
 
-WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt,
-                         long long b0, int bt)
+/* Columns [j0, j1) of the tile's rows; with split, Core ML's binary16 rounding of scale * q is done
+   by round_half_split (q - offset is an exact small integer then). */
+WP_INLINE void int8_block(const wp_mv_common *c, quant_kind qk, int split, const uint8_t *codes[ROW_TILE],
+                          const __m256 scale[ROW_TILE], const __m256 offset[ROW_TILE], const float *x, long long j0,
+                          long long j1, int rt, int bt, __m256 acc[ROW_TILE][BATCH_TILE])
 {
-    (void)unused;
+    for (long long j = j0; j < j1; j += 8) {
+        if (split) MCA_BEGIN("int8_split");
+        else MCA_BEGIN("int8_convert");
+        __m256 xv[BATCH_TILE];
+        for (int b = 0; b < bt; b++) xv[b] = _mm256_loadu_ps(x + b * c->cols + j);
+        for (int i = 0; i < rt; i++) {
+            const __m128i bytes = _mm_loadl_epi64((const __m128i *)(codes[i] + j));
+            const __m256i q = qk.is_signed ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
+            __m256 w;
+            if (split) {
+                __m256 v = _mm256_cvtepi32_ps(q);
+                if (qk.has_offset) v = _mm256_sub_ps(v, offset[i]);
+                w = round_half_split(_mm256_mul_ps(scale[i], v));
+            } else {
+                w = dequantize8(q, scale[i], offset[i], qk, 1);
+            }
+            for (int b = 0; b < bt; b++) acc[i][b] = _mm256_fmadd_ps(w, xv[b], acc[i][b]);
+        }
+        MCA_END();
+    }
+}
+
+/* 8 codes per load and row; each row's scale and offset broadcast once per block. */
+WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, quant_kind qk, long long r, int rt, long long b0, int bt)
+{
     const wp_quant_mv *a = args;
     __m256 acc[ROW_TILE][BATCH_TILE];
     zero_tile(acc, rt, bt);
+    const float *x = c->x + b0 * c->cols;
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
-        for (long long j = j0; j < j0 + c->col_block; j += 8) {
-            __m256 xv[BATCH_TILE];
-            for (int b = 0; b < bt; b++) xv[b] = _mm256_loadu_ps(c->x + (b0 + b) * c->cols + j);
-            for (int i = 0; i < rt; i++) {
-                const __m128i bytes = _mm_loadl_epi64((const __m128i *)(c->codes + (r + i) * c->cols + j));
-                const __m256i q = a->is_signed ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
-                const __m256 w = shift_scale8(a, _mm256_cvtepi32_ps(q), c->row_table[r + i] + j0 / c->col_block);
-                for (int b = 0; b < bt; b++) acc[i][b] = _mm256_fmadd_ps(w, xv[b], acc[i][b]);
-            }
+        __m256 scale[ROW_TILE], offset[ROW_TILE];
+        const uint8_t *codes[ROW_TILE];
+        int split = qk.half_math;
+        for (int i = 0; i < rt; i++) {
+            const long long t = c->row_table[r + i] + j0 / c->col_block;
+            const float s = scalar_at(a->scale, t, qk.half_math), o = qk.has_offset ? scalar_at(a->offset, t, qk.half_math) : 0.0f;
+            split = split && split_rounding_exact(s, o, qk.is_signed ? 128 : 255);
+            scale[i] = _mm256_set1_ps(s);
+            offset[i] = _mm256_set1_ps(o);
+            codes[i] = c->codes + (r + i) * c->cols;
         }
+        if (split) int8_block(c, qk, 1, codes, scale, offset, x, j0, j0 + c->col_block, rt, bt, acc);
+        else int8_block(c, qk, 0, codes, scale, offset, x, j0, j0 + c->col_block, rt, bt, acc);
     }
     store_tile(c, acc, r, rt, b0, bt);
 }
 
-static void quant_rows_8bit(const void *args, long long r0, long long r1)
-{
-    const wp_mv_common *c = &((const wp_quant_mv *)args)->c;
-    RUN_TILES(int8_tile, args, c, NULL, r0, r1);
-}
+#define INT8_WORKER(flags)                                                                       \
+    WP_INLINE void int8_rows_##flags##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, \
+                                            int rt, long long b0, int bt)                        \
+    {                                                                                            \
+        (void)unused;                                                                            \
+        int8_tile(args, c, (quant_kind){(flags) >> 2 & 1, (flags) >> 1 & 1, (flags) & 1}, r, rt, b0, bt); \
+    }                                                                                            \
+    static void int8_rows_##flags(const void *args, long long r0, long long r1)                  \
+    {                                                                                            \
+        const wp_mv_common *c = &((const wp_quant_mv *)args)->c;                                 \
+        RUN_TILES(int8_rows_##flags##_tile, args, c, NULL, r0, r1);                              \
+    }
+INT8_WORKER(0) INT8_WORKER(1) INT8_WORKER(2) INT8_WORKER(3) INT8_WORKER(4) INT8_WORKER(5) INT8_WORKER(6) INT8_WORKER(7)
+/* [signed * 4 + offset * 2 + binary16 arithmetic] */
+static const wp_rows_fn INT8_ROWS[8] = {int8_rows_0, int8_rows_1, int8_rows_2, int8_rows_3,
+                                        int8_rows_4, int8_rows_5, int8_rows_6, int8_rows_7};
 
 /* ---- any codes: runs of 32 weights ------------------------------------------------------------ */
 
@@ -287,6 +322,76 @@ WP_INLINE void dense_tile(const void *args, const wp_mv_common *c, int quant, in
     }
     store_tile(c, acc, r, rt, b0, bt);
 }
+
+/* ---- dense 4-bit codes, blocks of whole 64-column steps: byte planes ---------------------------- */
+
+/* 32 float32 weights of 32 codes (one per byte) looked up in the four byte planes of a 16-entry
+   table: lanes of codes 0-3, 8-11, 16-19, 24-27 | 4-7, 12-15, 20-23, 28-31 give weights 0-31. */
+WP_INLINE void planes4_lookup(const __m256i planes[4], __m256i codes, __m256 w[4])
+{
+    const __m256i b0 = _mm256_shuffle_epi8(planes[0], codes), b1 = _mm256_shuffle_epi8(planes[1], codes);
+    const __m256i b2 = _mm256_shuffle_epi8(planes[2], codes), b3 = _mm256_shuffle_epi8(planes[3], codes);
+    const __m256i l01 = _mm256_unpacklo_epi8(b0, b1), h01 = _mm256_unpackhi_epi8(b0, b1);
+    const __m256i l23 = _mm256_unpacklo_epi8(b2, b3), h23 = _mm256_unpackhi_epi8(b2, b3);
+    w[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23));
+    w[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23));
+    w[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23));
+    w[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23));
+}
+
+/*
+ * x is split into its even and odd columns (phases); 32 packed bytes of a row hold 32 codes of
+ * each phase, low and high nibbles.  A dword permutation (lanes: bytes 0-3, 8-11, 16-19, 24-27 |
+ * 4-7, 12-15, 20-23, 28-31) lets the plane lookups interleave back into 4 x 8 weights in phase
+ * order, which meet 32 consecutive activations of the phase stream with plain loads.
+ */
+WP_INLINE void planes4_tile(const void *args, const wp_mv_common *c, const float *xs, long long r, int rt, long long b0,
+                            int bt, int quant)
+{
+    const long long len = c->cols / 2;
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), low = _mm256_set1_epi8(0x0f);
+    tile_state ts;
+    __m256 acc[ROW_TILE][BATCH_TILE];
+    tile_start(&ts, args, quant, 4, acc, rt, bt);
+    for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
+        tile_tables(args, c, quant, 4, &ts, r, rt, j0);
+        __m256i planes[ROW_TILE][4]; /* loop-invariant copies the compiler keeps out of the table */
+        for (int i = 0; i < rt; i++)
+            for (int q = 0; q < 4; q++) planes[i][q] = ts.tab[i]->planes[q][0];
+        for (long long k = j0 / 2; k < (j0 + c->col_block) / 2; k += 32) {
+            MCA_BEGIN("planes4");
+            __m256i bytes[ROW_TILE];
+            for (int i = 0; i < rt; i++)
+                bytes[i] = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(c->codes + (r + i) * len + k)), order);
+            for (int p = 0; p < 2; p++) {
+                for (int i = 0; i < rt; i++) {
+                    const __m256i codes = _mm256_and_si256(p ? _mm256_srli_epi16(bytes[i], 4) : bytes[i], low);
+                    __m256 w[4];
+                    planes4_lookup(planes[i], codes, w);
+                    for (int b = 0; b < bt; b++) {
+                        const float *x = xs + ((b0 + b) * 2 + p) * len + k;
+                        for (int q = 0; q < 4; q++) acc[i][b] = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(x + 8 * q), acc[i][b]);
+                    }
+                }
+            }
+            MCA_END();
+        }
+    }
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
+/* two rows per tile: four rows' planes would not stay in registers */
+#define PLANES4_WORKER(name, quant, type)                                                        \
+    WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const float *xs, long long r, int rt, \
+                               long long b0, int bt) { planes4_tile(args, c, xs, r, rt, b0, bt, quant); } \
+    static void name(const void *args, long long r0, long long r1)                               \
+    {                                                                                            \
+        const wp_mv_common *c = &((const type *)args)->c;                                        \
+        WP_RUN_TILES(name##_tile, args, c, c->xs, r0, r1, 2, BATCH_TILE);                        \
+    }
+
+PLANES4_WORKER(lut_rows_planes4, 0, wp_lut_mv)
+PLANES4_WORKER(quant_rows_planes4, 1, wp_quant_mv)
 
 /* ---- masked rows: expansion under 8 mask bits at a time --------------------------------------- */
 
@@ -420,6 +525,7 @@ static int small_codes_fit(const wp_mv_common *c)
 wp_rows_plan wp_lut_rows_avx2(const wp_lut_mv *a)
 {
     const wp_mv_common *c = &a->c;
+    if (c->nbits == 4 && !c->mask && c->col_block % 64 == 0) return WP_ROWS_SPLIT(lut_rows_planes4, 2);
     if ((c->nbits == 1 || c->nbits == 2 || c->nbits == 4) && small_codes_fit(c))
         return WP_ROWS_SPLIT(c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit, 8 / c->nbits);
     if (c->cols % c->col_block) return WP_NO_ROWS; /* tables cover whole rows (matrix plans always do) */
@@ -432,9 +538,11 @@ wp_rows_plan wp_lut_rows_avx2(const wp_lut_mv *a)
 wp_rows_plan wp_quant_rows_avx2(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
+    if (c->nbits == 4 && !c->mask && c->col_block % 64 == 0 && c->col_block >= 128) return WP_ROWS_SPLIT(quant_rows_planes4, 2);
     if (c->nbits == 4 && small_codes_fit(c)) return WP_ROWS_SPLIT(quant_rows_4bit, 2);
     if (c->cols % c->col_block) return WP_NO_ROWS;
-    if (!c->mask && c->nbits == 8 && c->col_block % 8 == 0) return WP_ROWS(quant_rows_8bit);
+    if (!c->mask && c->nbits == 8 && c->col_block % 8 == 0)
+        return WP_ROWS(INT8_ROWS[a->is_signed * 4 + (a->offset != NULL) * 2 + a->half_math]);
     if (c->mask) return WP_ROWS(c->nbits == 4 ? masked_quant4 : masked_quant8);
     return WP_ROWS(c->nbits == 4 ? dense_quant4 : dense_quant8);
 }

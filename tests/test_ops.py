@@ -122,6 +122,27 @@ def test_every_format_and_layout(backend, case, batch, seed):
     assert_close_to_exact(weight, x, wp.matmul(weight, x, backend=backend))
 
 
+@pytest.mark.parametrize("offset", [None, 3])
+def test_binary16_scales_at_the_edges_of_binary16_range(simd, offset):
+    """int8 with fp16 scales whose products fall below binary16's normal range or round to inf:
+    the rounding of scale * q must stay Core ML's (the fast path checks its range per block)."""
+    rng = np.random.default_rng(3)
+    scales = np.array([2**-14, 2**-15, 2**-24, 0.0, -511.5, 511.75, 65504 / 131, 1e-3], np.float16).reshape(8, 1)
+    data = rng.integers(-128, 128, (8, 96)).astype(np.int8)
+    data[:, :4] = [-128, 127, 1, -1]
+    offsets = None if offset is None else NBitArray.from_values(np.full((8, 1), offset), 8, signed=True)
+    weight = wp.QuantizedTensor(data, scales, offsets)
+    x = rng.random((2, 96)).astype(np.float32) + 0.5
+    y = wp.matmul(weight, x, backend="c")
+    w = weight.decompress(np.float32, backend="numpy").astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        exact = x.astype(np.float64) @ w.T
+    finite = np.isfinite(exact)
+    np.testing.assert_array_equal(y[~finite], exact[~finite].astype(np.float32))
+    bound = error_bound(96) * (np.abs(x.astype(np.float64)) @ np.abs(np.where(np.isfinite(w), w, 0)).T) + 96 * UNDERFLOW
+    assert (np.abs(y[finite] - exact[finite]) <= bound[finite]).all()
+
+
 def test_matvec_is_a_batch_of_one(backend):
     rng = np.random.default_rng(0)
     weight = wp.QuantizedTensor(rng.integers(-127, 128, (8, 64)).astype(np.int8), np.full((8, 1), 0.01, np.float16))

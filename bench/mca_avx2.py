@@ -1,0 +1,88 @@
+"""Predicted cycles per 64 weights of the AVX2 hot loops (llvm-mca), one column per CPU model.
+
+Compiles bench/mca_avx2.c (which includes the AVX2 kernel sources) with clang and -DWP_MCA, so
+that each hot loop body is marked; every function of the harness named ``mca_<what>_w<N>``
+instantiates one loop whose body (one pass) handles N weights. The loop around each marker is
+fed to llvm-mca on its own (llvm-mca repeats it) for each CPU model.
+
+    python bench/mca_avx2.py                       # haswell skylake icelake-client znver2 znver3
+    python bench/mca_avx2.py --cpus haswell znver3 --only product
+    python bench/mca_avx2.py --show product_lut4_planes --cpus haswell   # llvm-mca's full report
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CPUS = ["haswell", "skylake", "icelake-client", "znver2", "znver3"]
+
+
+def compile_harness(compiler: str) -> str:
+    flags = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-strict-aliasing", "-DWP_MCA", f"-I{HERE.parent / 'csrc'}"]
+    return subprocess.run([compiler, *flags, "-S", "-o", "-", str(HERE / "mca_avx2.c")],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def innermost_loop(lines: list[str], anchor: int) -> list[str]:
+    """The instructions of the smallest loop (a label and a later jump back to it) around line anchor."""
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"(\.LBB\w+):", line))}
+    best = None
+    for i, line in enumerate(lines):
+        m = re.match(r"\s+j\w+\s+(\.LBB\w+)", line)
+        if m and m.group(1) in labels and labels[m.group(1)] <= anchor <= i:
+            if best is None or i - labels[m.group(1)] < best[1] - best[0]:
+                best = (labels[m.group(1)], i)
+    if best is None:
+        raise SystemExit(f"no loop around line {anchor}")
+    return [line for line in lines[best[0] + 1:best[1] + 1] if not re.match(r"\s*(#|\.|$)", line)]
+
+
+def regions(asm: str) -> dict[str, tuple[int, str]]:
+    """{harness name: (weights per pass, loop body)}: the loop around the marked body inside each
+    harness function (the whole loop: the compiler may move code across the markers)."""
+    found = {}
+    for chunk in asm.split("-- Begin function ")[1:]:
+        match = re.match(r"mca_(\w+)_w(\d+)\s", chunk)
+        lines = chunk.splitlines()
+        markers = [(i, line.split("LLVM-MCA-BEGIN")[1].strip()) for i, line in enumerate(lines) if "LLVM-MCA-BEGIN" in line]
+        named = [i for i, marker in markers if match and marker.split("_")[-1] in match.group(1).split("_")]
+        anchor = named[0] if named else markers[0][0] if markers else None
+        if match and anchor is not None:
+            found[match.group(1)] = (int(match.group(2)), "\n".join(innermost_loop(lines, anchor)) + "\n")
+    return found
+
+
+def mca(body: str, cpu: str, full: bool = False) -> float | str:
+    out = subprocess.run(["llvm-mca-14", f"-mcpu={cpu}", "-iterations=200", *([] if full else ["-summary-view"])],
+                         input=body, capture_output=True, text=True, check=True).stdout
+    if full:
+        return out
+    return int(re.search(r"Total Cycles:\s+(\d+)", out).group(1)) / 200
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpus", nargs="+", default=CPUS)
+    parser.add_argument("--only", help="regions whose name contains this")
+    parser.add_argument("--show", help="print llvm-mca's full report of this region (first --cpus entry)")
+    parser.add_argument("--compiler", default="clang-14")
+    args = parser.parse_args(argv)
+    found = regions(compile_harness(args.compiler))
+    if args.show:
+        print(mca(found[args.show][1], args.cpus[0], full=True))
+        return 0
+    print(f"llvm-mca-14 cycles per 64 weights ({args.compiler} -O3, AVX2 kernels of csrc/)")
+    print(f"{'loop':36s}" + "".join(f"{c:>15s}" for c in args.cpus))
+    for name, (weights, body) in found.items():
+        if args.only and args.only not in name:
+            continue
+        print(f"{name:36s}" + "".join(f"{mca(body, cpu) * 64 / weights:15.1f}" for cpu in args.cpus), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
