@@ -28,12 +28,33 @@ INT8(mca_product_int8_f16scale_convert_w32, 1)
 INT8(mca_product_int8_f16scale_split_w32, 1)
 INT8(mca_product_int8_f32scale_w32, 0)
 
+/* products through runs of 32 weights (4 rows x 32 per pass), and masked rows (4 rows x 8 columns
+   per pass, whatever the density: figures per 64 columns; the masked codes' decoding into the
+   buffer is the decode_* run of the same width, per stored weight) */
+#define DENSE(name, kind, is_signed, offset, half_math, n)                                                        \
+    void name(const wp_mv_common *c, const tile_tables *tt, long long r, const float *x, __m256 (*acc)[BATCH_TILE]) \
+    { dense_block(kind, (quant_kind){is_signed, offset, half_math}, n, c, tt, r, 4, 1, 0, c->cols, x, acc); }
+DENSE(mca_product_lut3_dense_w128, RUN_LUT16, 0, 0, 0, 3)
+DENSE(mca_product_lut6_fp32planes_w128, RUN_LUT64, 0, 0, 0, 6)
+DENSE(mca_product_lut6_halfplanes_w128, RUN_LUT64H, 0, 0, 0, 6)
+DENSE(mca_product_lut8_gather_w128, RUN_GATHER, 0, 0, 0, 8)
+DENSE(mca_product_int4_f16scale_dense_w128, RUN_QUANT, 1, 0, 1, 4)
+void mca_product_sparse_lut4_expand_aligned_w32(const void *args, const wp_mv_common *c, long long r)
+{
+    masked_tile(args, c, 0, 4, r, 4, 0, 1);
+}
+void mca_product_sparse_fp16_expand_aligned_w32(const void *args, const wp_mv_common *c, long long r)
+{
+    values_tile(args, c, 1, r, 4, 0, 1);
+}
+
 /* decompression runs (32 values per step) */
 RUNS(mca_decode_lut4_f32_w32, RUN_LUT16, 0, 0, 0, 4, 4)
 RUNS(mca_decode_lut4_f16_w32, RUN_LUT16, 0, 0, 0, 4, 2)
 RUNS(mca_decode_lut2_f32_w32, RUN_LUT16, 0, 0, 0, 2, 4)
 RUNS(mca_decode_lut3_f32_w32, RUN_LUT16, 0, 0, 0, 3, 4)
 RUNS(mca_decode_lut6_f32_w32, RUN_LUT64, 0, 0, 0, 6, 4)
+RUNS(mca_decode_lut6_halfplanes_f32_w32, RUN_LUT64H, 0, 0, 0, 6, 4)
 RUNS(mca_decode_lut8_f32_w32, RUN_GATHER, 0, 0, 0, 8, 4)
 RUNS(mca_decode_int8_f16scale_f32_w32, RUN_QUANT, 1, 0, 1, 8, 4)
 RUNS(mca_decode_int4_f16scale_f32_w32, RUN_QUANT, 1, 0, 1, 4, 4)

@@ -27,7 +27,7 @@ def compile_harness(compiler: str) -> str:
                           check=True, capture_output=True, text=True).stdout
 
 
-def innermost_loop(lines: list[str], anchor: int) -> list[str]:
+def innermost_loop(lines: list[str], anchor: int) -> list[str] | None:
     """The instructions of the smallest loop (a label and a later jump back to it) around line anchor."""
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"(\.LBB\w+):", line))}
     best = None
@@ -37,22 +37,26 @@ def innermost_loop(lines: list[str], anchor: int) -> list[str]:
             if best is None or i - labels[m.group(1)] < best[1] - best[0]:
                 best = (labels[m.group(1)], i)
     if best is None:
-        raise SystemExit(f"no loop around line {anchor}")
+        return None
     return [line for line in lines[best[0] + 1:best[1] + 1] if not re.match(r"\s*(#|\.|$)", line)]
 
 
 def regions(asm: str) -> dict[str, tuple[int, str]]:
     """{harness name: (weights per pass, loop body)}: the loop around the marked body inside each
-    harness function (the whole loop: the compiler may move code across the markers)."""
+    harness function (the whole loop: the compiler may move code across the markers; of several
+    copies of the body, the tightest loop)."""
     found = {}
     for chunk in asm.split("-- Begin function ")[1:]:
         match = re.match(r"mca_(\w+)_w(\d+)\s", chunk)
         lines = chunk.splitlines()
         markers = [(i, line.split("LLVM-MCA-BEGIN")[1].strip()) for i, line in enumerate(lines) if "LLVM-MCA-BEGIN" in line]
-        named = [i for i, marker in markers if match and marker.split("_")[-1] in match.group(1).split("_")]
-        anchor = named[0] if named else markers[0][0] if markers else None
-        if match and anchor is not None:
-            found[match.group(1)] = (int(match.group(2)), "\n".join(innermost_loop(lines, anchor)) + "\n")
+        if not match or not markers:
+            continue
+        named = [i for i, marker in markers if marker.split("_")[-1] in match.group(1).split("_")]
+        # a marked body may be copied (loop versions, peeled passes): take its tightest loop
+        loops = [loop for i in (named or [markers[0][0]]) if (loop := innermost_loop(lines, i))]
+        if loops:
+            found[match.group(1)] = (int(match.group(2)), "\n".join(min(loops, key=len)) + "\n")
     return found
 
 

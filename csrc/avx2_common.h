@@ -13,7 +13,8 @@
  *                   codes up into the high byte (no per-byte variable shifts in AVX2, and no
  *                   pdep: slow on Zen 1/2).  4-bit codes starting on a byte take a shorter path.
  *   bytes -> values vpshufb looks up 16 entries per lane in byte planes of the table (64 entries:
- *                   four lookups, two blends); 1, 2 or 4 planes interleave into the output type.
+ *                   four lookups of slice differences, XORed); 1, 2 or 4 planes interleave into
+ *                   the output type.
  *                   8-bit codes gather from the table; shift-scale codes are converted and
  *                   scaled in float32 with Core ML's binary16 rounding where the scale is fp16.
  *
@@ -215,6 +216,7 @@ WP_INLINE __m256i unpack32(const uint8_t *p, int n, const unpacker *u)
 enum run_kind {
     RUN_LUT16,  /* <= 16 entries: byte planes, one vpshufb per plane */
     RUN_LUT64,  /* 64 entries: byte planes of 4 x 16 entries */
+    RUN_LUT64H, /* 64 binary16 entries looked up in two planes, widened to float32 */
     RUN_GATHER, /* 256 entries of 4 bytes in memory (8-bit codes) */
     RUN_QUANT   /* Core ML's shift-scale, computed */
 };
@@ -258,14 +260,31 @@ WP_INLINE void planes16(const void *v, int es, __m256i planes[4][4], int slice)
     }
 }
 
-/* Look up 32 codes in one plane (16 entries, or 64 entries as four slices). */
-WP_INLINE __m256i plane_lookup(const __m256i slices[4], __m256i codes, int entries64)
+/* Look up 32 codes in one plane: 16 entries, or 64 entries as four slices stored as differences
+   (slices[i] = slice i XOR slice i-1, see telescope64).  codes_minus[i] = codes - 16 i: vpshufb
+   reads its low 4 bits (the same for every i) and gives 0 where it is negative, so slice i
+   contributes exactly when code >= 16 i, and the XOR of the contributions telescopes to the
+   entry of the code's own slice. */
+WP_INLINE __m256i plane_lookup(const __m256i slices[4], __m256i codes, const __m256i codes_minus[4], int entries64)
 {
     if (!entries64) return _mm256_shuffle_epi8(slices[0], codes);
-    const __m256i bit4 = _mm256_slli_epi16(codes, 3), bit5 = _mm256_slli_epi16(codes, 2); /* to bit 7 of each byte */
-    const __m256i low = _mm256_blendv_epi8(_mm256_shuffle_epi8(slices[0], codes), _mm256_shuffle_epi8(slices[1], codes), bit4);
-    const __m256i high = _mm256_blendv_epi8(_mm256_shuffle_epi8(slices[2], codes), _mm256_shuffle_epi8(slices[3], codes), bit4);
-    return _mm256_blendv_epi8(low, high, bit5);
+    const __m256i a = _mm256_xor_si256(_mm256_shuffle_epi8(slices[0], codes), _mm256_shuffle_epi8(slices[1], codes_minus[1]));
+    const __m256i b = _mm256_xor_si256(_mm256_shuffle_epi8(slices[2], codes_minus[2]), _mm256_shuffle_epi8(slices[3], codes_minus[3]));
+    return _mm256_xor_si256(a, b);
+}
+
+/* codes - 16 i for the slices of 64-entry planes (and codes itself for i = 0). */
+WP_INLINE void slice_codes(__m256i codes, __m256i minus[4])
+{
+    minus[0] = codes;
+    for (int i = 1; i < 4; i++) minus[i] = _mm256_sub_epi8(codes, _mm256_set1_epi8((char)(16 * i)));
+}
+
+/* Store 64-entry planes (four slices each) as differences of consecutive slices. */
+WP_INLINE void telescope64(__m256i planes[4][4], int es)
+{
+    for (int q = 0; q < es; q++)
+        for (int i = 3; i > 0; i--) planes[q][i] = _mm256_xor_si256(planes[q][i], planes[q][i - 1]);
 }
 
 /* Core ML's shift-scale of 8 integer codes with a broadcast scale and offset, in the scale's
@@ -290,19 +309,21 @@ WP_INLINE void values32(enum run_kind kind, quant_kind qk, int n, int es, const 
                         const unpacker *u, __m256i v[4])
 {
     if (kind == RUN_LUT16 || kind == RUN_LUT64) {
-        __m256i codes = unpack32(p, n, u);
+        __m256i codes = unpack32(p, n, u), minus[4];
         const int e64 = kind == RUN_LUT64;
+        if (es == 2) codes = _mm256_permute4x64_epi64(codes, 0xd8); /* lanes: codes 0-7, 16-23 | 8-15, 24-31 */
+        if (es == 4) /* lanes: codes 0-3, 8-11, 16-19, 24-27 | 4-7, 12-15, 20-23, 28-31 */
+            codes = _mm256_permutevar8x32_epi32(codes, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+        if (e64) slice_codes(codes, minus);
         if (es == 1) {
-            v[0] = plane_lookup(t->planes[0], codes, e64);
-        } else if (es == 2) { /* lanes: codes 0-7, 16-23 | 8-15, 24-31, so unpacking interleaves in order */
-            codes = _mm256_permute4x64_epi64(codes, 0xd8);
-            const __m256i lo = plane_lookup(t->planes[0], codes, e64), hi = plane_lookup(t->planes[1], codes, e64);
+            v[0] = plane_lookup(t->planes[0], codes, minus, e64);
+        } else if (es == 2) { /* unpacking interleaves the planes in order */
+            const __m256i lo = plane_lookup(t->planes[0], codes, minus, e64), hi = plane_lookup(t->planes[1], codes, minus, e64);
             v[0] = _mm256_unpacklo_epi8(lo, hi);
             v[1] = _mm256_unpackhi_epi8(lo, hi);
-        } else { /* lanes: codes 0-3, 8-11, 16-19, 24-27 | 4-7, 12-15, 20-23, 28-31 */
-            codes = _mm256_permutevar8x32_epi32(codes, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
-            const __m256i b0 = plane_lookup(t->planes[0], codes, e64), b1 = plane_lookup(t->planes[1], codes, e64);
-            const __m256i b2 = plane_lookup(t->planes[2], codes, e64), b3 = plane_lookup(t->planes[3], codes, e64);
+        } else {
+            const __m256i b0 = plane_lookup(t->planes[0], codes, minus, e64), b1 = plane_lookup(t->planes[1], codes, minus, e64);
+            const __m256i b2 = plane_lookup(t->planes[2], codes, minus, e64), b3 = plane_lookup(t->planes[3], codes, minus, e64);
             const __m256i l01 = _mm256_unpacklo_epi8(b0, b1), h01 = _mm256_unpackhi_epi8(b0, b1);
             const __m256i l23 = _mm256_unpacklo_epi8(b2, b3), h23 = _mm256_unpackhi_epi8(b2, b3);
             v[0] = _mm256_unpacklo_epi16(l01, l23);
@@ -310,6 +331,18 @@ WP_INLINE void values32(enum run_kind kind, quant_kind qk, int n, int es, const 
             v[2] = _mm256_unpacklo_epi16(h01, h23);
             v[3] = _mm256_unpackhi_epi16(h01, h23);
         }
+        return;
+    }
+    if (kind == RUN_LUT64H) { /* float32 output from binary16 planes */
+        __m256i minus[4];
+        const __m256i codes = _mm256_permute4x64_epi64(unpack32(p, n, u), 0xd8);
+        slice_codes(codes, minus);
+        const __m256i lo = plane_lookup(t->planes[0], codes, minus, 1), hi = plane_lookup(t->planes[1], codes, minus, 1);
+        const __m256i h0 = _mm256_unpacklo_epi8(lo, hi), h1 = _mm256_unpackhi_epi8(lo, hi);
+        v[0] = _mm256_castps_si256(_mm256_cvtph_ps(_mm256_castsi256_si128(h0)));
+        v[1] = _mm256_castps_si256(_mm256_cvtph_ps(_mm256_extracti128_si256(h0, 1)));
+        v[2] = _mm256_castps_si256(_mm256_cvtph_ps(_mm256_castsi256_si128(h1)));
+        v[3] = _mm256_castps_si256(_mm256_cvtph_ps(_mm256_extracti128_si256(h1, 1)));
         return;
     }
     if (kind == RUN_GATHER) { /* 8-bit codes */
@@ -403,11 +436,22 @@ WP_INLINE void lut_run_table(const uint8_t *lut, int n, int es, table_slot *s)
         }
     } else if (n == 6) {
         for (int slice = 0; slice < 4; slice++) planes16(lut + slice * 16 * es, es, s->t.planes, slice);
+        telescope64(s->t.planes, es);
     } else {
         uint8_t padded[64] = {0};
         memcpy(padded, lut, (size_t)((1 << n) * es));
         planes16(padded, es, s->t.planes, 0);
     }
+}
+
+/* Run table of a 64-entry table given as binary16 low-byte and high-byte planes (64 bytes each). */
+WP_INLINE void half_run_table(const uint8_t *lo, const uint8_t *hi, table_slot *s)
+{
+    for (int slice = 0; slice < 4; slice++) {
+        s->t.planes[0][slice] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(lo + 16 * slice)));
+        s->t.planes[1][slice] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(hi + 16 * slice)));
+    }
+    telescope64(s->t.planes, 2);
 }
 
 /* Run table of shift-scale table t (scale and offset arrays: binary16 bits when half_math); with

@@ -34,6 +34,10 @@ typedef void (*run_fn)(const run_table *t, const uint8_t *stream, long long stre
     }
 #define LUT_RUNS(n) LUT_RUN(n, 1) LUT_RUN(n, 2) LUT_RUN(n, 4)
 LUT_RUNS(1) LUT_RUNS(2) LUT_RUNS(3) LUT_RUNS(4) LUT_RUNS(6) LUT_RUNS(8)
+static void lut_run_6_half(const run_table *t, const uint8_t *s, long long len, long long k, long long cnt, uint8_t *dst)
+{
+    decode_run(RUN_LUT64H, (quant_kind){0, 0, 0}, 6, 4, t, s, len, k, cnt, dst);
+}
 #define LUT_ROW(n) {NULL, lut_run_##n##_1, lut_run_##n##_2, NULL, lut_run_##n##_4}
 static const run_fn LUT_RUNS_BY[9][5] = {{NULL}, LUT_ROW(1), LUT_ROW(2), LUT_ROW(3), LUT_ROW(4), {NULL}, LUT_ROW(6),
                                          {NULL}, LUT_ROW(8)};
@@ -65,6 +69,7 @@ struct decode_tasks {
     task_fn fn;
     run_fn run;
     int quant_table; /* shift-scale looked up in the 16 decoded values of 4-bit codes */
+    int half_planes; /* 6-bit codes, float32 output: the binary16 planes of the job */
     long long per_row;
     long long *starts; /* masked: first stream element of each task, then the total */
 };
@@ -130,6 +135,8 @@ static void table_for(const decode_tasks *d, long long t, table_slot *s)
     if (job->scale) {
         const quant_kind qk = {job->is_signed, job->offset != NULL, job->half_math};
         quant_run_table(job->scale, job->offset, t, qk, job->elem_size, d->quant_table, s);
+    } else if (d->half_planes) {
+        half_run_table(job->lut_lo + t * 64, job->lut_hi + t * 64, s);
     } else {
         lut_run_table((const uint8_t *)job->lut + (t << job->nbits) * job->elem_size, job->nbits, job->elem_size, s);
     }
@@ -194,7 +201,9 @@ static void decode_task(const decode_tasks *d, long long r, long long j0, long l
 int wp_lut_decode_avx2(const wp_decode_job *job)
 {
     if (job->vsize != 1 || job->col_stride != 1) return WP_NOT_COVERED;
-    decode_tasks d = {job, decode_task, LUT_RUNS_BY[job->nbits][job->elem_size], 0, 0, NULL};
+    const int half_planes = job->nbits == 6 && job->elem_size == 4 && job->lut_lo;
+    decode_tasks d = {job, decode_task, half_planes ? lut_run_6_half : LUT_RUNS_BY[job->nbits][job->elem_size], 0,
+                      half_planes, 0, NULL};
     return run_tasks(&d);
 }
 
@@ -202,7 +211,7 @@ int wp_quant_decode_avx2(const wp_decode_job *job)
 {
     const int flags = job->is_signed * 4 + (job->offset != NULL) * 2 + job->half_math;
     decode_tasks d = {job, decode_task, QUANT_RUNS_BY[job->nbits == 8][job->elem_size == 4][flags],
-                      job->nbits == 4 && job->col_block >= 128, 0, NULL};
+                      job->nbits == 4 && job->col_block >= 128, 0, 0, NULL};
     return run_tasks(&d);
 }
 

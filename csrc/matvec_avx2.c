@@ -207,13 +207,25 @@ typedef struct {
     int planes; /* shift-scale of 4-bit codes looked up in the 16 decoded values */
 } source;
 
+#define LUT_KIND(n) ((n) == 8 ? RUN_GATHER : (n) == 6 ? RUN_LUT64 : RUN_LUT16)
+
 WP_INLINE source source_of(const void *args, int quant, int n)
 {
-    if (!quant) return (source){n == 8 ? RUN_GATHER : n == 6 ? RUN_LUT64 : RUN_LUT16, {0, 0, 0}, 0};
+    if (!quant) return (source){n == 6 && ((const wp_lut_mv *)args)->lut_lo ? RUN_LUT64H : LUT_KIND(n), {0, 0, 0}, 0};
     const wp_quant_mv *a = args;
     const int planes = n == 4 && a->c.col_block >= 128;
     return (source){planes ? RUN_LUT16 : RUN_QUANT, {a->is_signed, a->offset != NULL, a->half_math}, planes};
 }
+
+/* Call F(kind, qk, code bits, ...) with the source's run kind and code width as constants, so that
+   each call site compiles to one specialised loop. */
+#define WITH_SOURCE(quant, n, src, F, ...)                                                       \
+    do {                                                                                         \
+        if (!(quant) && (src).kind == RUN_LUT64H) F(RUN_LUT64H, ((quant_kind){0, 0, 0}), 6, __VA_ARGS__); \
+        else if (!(quant)) F(LUT_KIND(n), ((quant_kind){0, 0, 0}), n, __VA_ARGS__);              \
+        else if ((src).planes) F(RUN_LUT16, (src).qk, 4, __VA_ARGS__);                           \
+        else F(RUN_QUANT, (src).qk, n, __VA_ARGS__);                                              \
+    } while (0)
 
 /* The run table of table t for the worker's source (a no-op when the slot holds it already). */
 WP_INLINE void fetch_table(const void *args, int quant, int n, source src, long long t, table_slot *s)
@@ -222,49 +234,46 @@ WP_INLINE void fetch_table(const void *args, int quant, int n, source src, long 
     if (quant) {
         const wp_quant_mv *a = args;
         quant_run_table(a->scale, a->offset, t, src.qk, 4, src.planes, s);
+    } else if (src.kind == RUN_LUT64H) {
+        const wp_lut_mv *a = args;
+        half_run_table(a->lut_lo + t * 64, a->lut_hi + t * 64, s);
     } else {
         lut_run_table((const uint8_t *)(((const wp_lut_mv *)args)->lut + (t << n)), n, 4, s);
     }
     s->id = t;
 }
 
-/* What a tile of the run-based workers keeps: its source and the tables of its rows. */
+/* The tables of a tile's rows. */
 typedef struct {
-    source src;
-    int code_bits; /* of the runs (4 when 4-bit shift-scale is looked up in a table) */
     table_slot slots[ROW_TILE];
     const run_table *tab[ROW_TILE];
-} tile_state;
+} tile_tables;
 
 /* Start a tile: zero accumulators, empty slots (zeroed: the compiler cannot see that every table
    is fetched before its use). */
-WP_INLINE void tile_start(tile_state *s, const void *args, int quant, int n, __m256 acc[ROW_TILE][BATCH_TILE], int rt, int bt)
+WP_INLINE void tile_start(tile_tables *tt, __m256 acc[ROW_TILE][BATCH_TILE], int rt, int bt)
 {
-    s->src = source_of(args, quant, n);
-    s->code_bits = s->src.planes ? 4 : n;
     zero_tile(acc, rt, bt);
     for (int i = 0; i < rt; i++) {
-        memset(&s->slots[i].t, 0, sizeof s->slots[i].t);
-        s->slots[i].id = -1;
+        memset(&tt->slots[i].t, 0, sizeof tt->slots[i].t);
+        tt->slots[i].id = -1;
     }
 }
 
 /* Tables of the tile's rows for the block of column j0: a row whose table is its predecessor's
    shares it. */
-WP_INLINE void tile_tables(const void *args, const wp_mv_common *c, int quant, int n, tile_state *s, long long r, int rt,
-                           long long j0)
+WP_INLINE void fetch_tile_tables(const void *args, const wp_mv_common *c, int quant, int n, source src, tile_tables *tt,
+                                 long long r, int rt, long long j0)
 {
-    table_slot *slots = s->slots;
-    const run_table **tab = s->tab;
     long long previous = -1;
     for (int i = 0; i < rt; i++) {
         const long long t = c->row_table[r + i] + j0 / c->col_block;
         if (i && t == previous) {
-            tab[i] = tab[i - 1];
+            tt->tab[i] = tt->tab[i - 1];
             continue;
         }
-        fetch_table(args, quant, n, s->src, t, &slots[i]);
-        tab[i] = &slots[i].t;
+        fetch_table(args, quant, n, src, t, &tt->slots[i]);
+        tt->tab[i] = &tt->slots[i].t;
         previous = t;
     }
 }
@@ -281,44 +290,55 @@ WP_INLINE void fma_tile_row(__m256 acc[BATCH_TILE], const __m256 w[4], const flo
         }
 }
 
+/* Columns [j0, j1) of one table block of the tile's rows: whole 32-column steps in registers,
+   then the block's last columns (and steps near the stream's end) through a small buffer. */
+WP_INLINE void dense_block(enum run_kind kind, quant_kind qk, int nb, const wp_mv_common *c, const tile_tables *tt,
+                           long long r, int rt, int bt, long long j0, long long j1, const float *x,
+                           __m256 acc[ROW_TILE][BATCH_TILE])
+{
+    unpacker u[ROW_TILE];
+    long long byte[ROW_TILE];
+    for (int i = 0; i < rt; i++) {
+        const long long k = (r + i) * c->cols + j0;
+        unpacker_init(&u[i], nb, k);
+        byte[i] = (k * nb) >> 3;
+    }
+    long long j = j0;
+    for (; j + 32 <= j1 && byte[rt - 1] + STEP_READ(nb) <= c->codes_len; j += 32) {
+        MCA_BEGIN("dense");
+#pragma GCC unroll 4
+        for (int i = 0; i < rt; i++) {
+            __m256i v[4];
+            values32(kind, qk, nb, 4, tt->tab[i], c->codes + byte[i], &u[i], v);
+            byte[i] += 4 * nb;
+            const __m256 w[4] = {_mm256_castsi256_ps(v[0]), _mm256_castsi256_ps(v[1]), _mm256_castsi256_ps(v[2]),
+                                 _mm256_castsi256_ps(v[3])};
+            fma_tile_row(acc[i], w, x + j, c->cols, bt, 32);
+        }
+        MCA_END();
+    }
+    for (; j < j1; j += 32) {
+        const int lanes = j1 - j < 32 ? (int)(j1 - j) : 32;
+        for (int i = 0; i < rt; i++) {
+            _Alignas(32) float w[32] = {0};
+            decode_run(kind, qk, nb, 4, tt->tab[i], c->codes, c->codes_len, (r + i) * c->cols + j, lanes, (uint8_t *)w);
+            const __m256 wv[4] = {_mm256_load_ps(w), _mm256_load_ps(w + 8), _mm256_load_ps(w + 16), _mm256_load_ps(w + 24)};
+            fma_tile_row(acc[i], wv, x + j, c->cols, bt, lanes);
+        }
+    }
+}
+
 WP_INLINE void dense_tile(const void *args, const wp_mv_common *c, int quant, int n, long long r, int rt, long long b0,
                           int bt)
 {
-    tile_state ts;
+    const source src = source_of(args, quant, n);
+    tile_tables tt;
     __m256 acc[ROW_TILE][BATCH_TILE];
-    tile_start(&ts, args, quant, n, acc, rt, bt);
+    tile_start(&tt, acc, rt, bt);
     const float *x = c->x + b0 * c->cols;
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
-        tile_tables(args, c, quant, n, &ts, r, rt, j0);
-        const long long j1 = j0 + c->col_block;
-        unpacker u[ROW_TILE];
-        long long byte[ROW_TILE];
-        for (int i = 0; i < rt; i++) {
-            const long long k = (r + i) * c->cols + j0;
-            unpacker_init(&u[i], ts.code_bits, k);
-            byte[i] = (k * ts.code_bits) >> 3;
-        }
-        long long j = j0;
-        for (; j + 32 <= j1 && byte[rt - 1] + STEP_READ(ts.code_bits) <= c->codes_len; j += 32) {
-            for (int i = 0; i < rt; i++) {
-                __m256i v[4];
-                values32(ts.src.kind, ts.src.qk, ts.code_bits, 4, ts.tab[i], c->codes + byte[i], &u[i], v);
-                byte[i] += 4 * ts.code_bits;
-                const __m256 w[4] = {_mm256_castsi256_ps(v[0]), _mm256_castsi256_ps(v[1]), _mm256_castsi256_ps(v[2]),
-                                     _mm256_castsi256_ps(v[3])};
-                fma_tile_row(acc[i], w, x + j, c->cols, bt, 32);
-            }
-        }
-        for (; j < j1; j += 32) { /* the block's last columns, or steps near the stream's end */
-            const int lanes = j1 - j < 32 ? (int)(j1 - j) : 32;
-            for (int i = 0; i < rt; i++) {
-                _Alignas(32) float w[32] = {0};
-                decode_run(ts.src.kind, ts.src.qk, ts.code_bits, 4, ts.tab[i], c->codes, c->codes_len,
-                           (r + i) * c->cols + j, lanes, (uint8_t *)w);
-                const __m256 wv[4] = {_mm256_load_ps(w), _mm256_load_ps(w + 8), _mm256_load_ps(w + 16), _mm256_load_ps(w + 24)};
-                fma_tile_row(acc[i], wv, x + j, c->cols, bt, lanes);
-            }
-        }
+        fetch_tile_tables(args, c, quant, n, src, &tt, r, rt, j0);
+        WITH_SOURCE(quant, n, src, dense_block, c, &tt, r, rt, bt, j0, j0 + c->col_block, x, acc);
     }
     store_tile(c, acc, r, rt, b0, bt);
 }
@@ -350,14 +370,15 @@ WP_INLINE void planes4_tile(const void *args, const wp_mv_common *c, const float
 {
     const long long len = c->cols / 2;
     const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), low = _mm256_set1_epi8(0x0f);
-    tile_state ts;
+    const source src = source_of(args, quant, 4);
+    tile_tables tt;
     __m256 acc[ROW_TILE][BATCH_TILE];
-    tile_start(&ts, args, quant, 4, acc, rt, bt);
+    tile_start(&tt, acc, rt, bt);
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
-        tile_tables(args, c, quant, 4, &ts, r, rt, j0);
+        fetch_tile_tables(args, c, quant, 4, src, &tt, r, rt, j0);
         __m256i planes[ROW_TILE][4]; /* loop-invariant copies the compiler keeps out of the table */
         for (int i = 0; i < rt; i++)
-            for (int q = 0; q < 4; q++) planes[i][q] = ts.tab[i]->planes[q][0];
+            for (int q = 0; q < 4; q++) planes[i][q] = tt.tab[i]->planes[q][0];
         for (long long k = j0 / 2; k < (j0 + c->col_block) / 2; k += 32) {
             MCA_BEGIN("planes4");
             __m256i bytes[ROW_TILE];
@@ -395,73 +416,125 @@ PLANES4_WORKER(quant_rows_planes4, 1, wp_quant_mv)
 
 /* ---- masked rows: expansion under 8 mask bits at a time --------------------------------------- */
 
-/* Multiply columns [a, b) of the tile's rows: row i's stored weights start at w[i] (float32, or
-   binary16 when half), avail[i] of them readable there (fewer than 8: copied out). */
-WP_INLINE void expand_tile(const wp_mv_common *c, long long r, int rt, long long b0, int bt, long long a, long long b,
-                           const uint8_t *w[ROW_TILE], long long avail[ROW_TILE], int half,
-                           __m256 acc[ROW_TILE][BATCH_TILE])
+/* 8 weights under mask byte m from the last stored values of an array (fewer than 8 readable). */
+static __attribute__((noinline)) __m256 expand8_tail(const uint8_t *src, unsigned m, long long avail, int half)
+{
+    uint32_t tail[8] = {0};
+    const int cnt = _mm_popcnt_u32(m) < avail ? _mm_popcnt_u32(m) : (int)avail;
+    memcpy(tail, src, (size_t)(cnt * (half ? 2 : 4)));
+    return expand8_weights(tail, m, half);
+}
+
+/* One row's 8 columns under mask byte m: expand its next stored weights (*w, float32 or binary16
+   when half) and multiply them with x.  checked: fewer than 8 of them may be readable (*avail). */
+WP_INLINE void expand_row(const uint8_t **w, long long *avail, unsigned m, int half, int checked,
+                          const __m256 xv[BATCH_TILE], int bt, __m256 acc[BATCH_TILE])
+{
+    int cnt = _mm_popcnt_u32(m);
+    __m256 wv;
+    if (!checked || *avail >= 8) {
+        wv = expand8_weights(*w, m, half);
+    } else { /* never read past the values */
+        wv = expand8_tail(*w, m, *avail, half);
+        if (cnt > *avail) cnt = (int)*avail;
+    }
+    *w += cnt * (half ? 2 : 4);
+    *avail -= cnt;
+    for (int b = 0; b < bt; b++) acc[b] = _mm256_fmadd_ps(wv, xv[b], acc[b]);
+}
+
+/* count groups of 8 columns from column j of the tile's rows (j0: the first column of their row
+   segment); aligned: rows start on mask bytes, so a group's bits are one byte. */
+WP_INLINE void expand_groups(const wp_mv_common *c, long long r, int rt, int bt, const float *x, long long j,
+                             long long count, const uint8_t *w[ROW_TILE], long long avail[ROW_TILE], int half,
+                             int aligned, int checked, __m256 acc[ROW_TILE][BATCH_TILE])
 {
     const long long mask_bytes = (c->rows * c->cols + 7) / 8;
-    const int size = half ? 2 : 4;
-    for (long long j = a; j < b; j += 8) {
-        const int lanes = b - j < 8 ? (int)(b - j) : 8;
-        __m256 xv[BATCH_TILE];
-        for (int q = 0; q < bt; q++) {
-            const float *xq = c->x + (b0 + q) * c->cols + j;
-            xv[q] = lanes == 8 ? _mm256_loadu_ps(xq) : _mm256_maskload_ps(xq, first_lanes(lanes));
-        }
+    const uint8_t *mrow[ROW_TILE];
+    for (int i = 0; i < rt; i++) mrow[i] = c->mask + (((r + i) * c->cols + j) >> 3);
+    __m256 xv[BATCH_TILE];
+    for (long long g = 0; g < count; g++, j += 8) {
+        if (aligned && !checked) MCA_BEGIN("expand_aligned");
+        for (int q = 0; q < bt; q++) xv[q] = _mm256_loadu_ps(x + q * c->cols + j);
+#pragma GCC unroll 4
         for (int i = 0; i < rt; i++) {
-            unsigned m = mask_bits8(c->mask, mask_bytes, (r + i) * c->cols + j) & ((1u << lanes) - 1);
-            if (!m) continue;
-            int cnt = _mm_popcnt_u32(m);
-            if (cnt > avail[i]) cnt = (int)avail[i]; /* never read past the row */
-            const uint8_t *src = w[i];
-            uint32_t tail[8] = {0};
-            if (avail[i] < 8) {
-                memcpy(tail, src, (size_t)(cnt * size));
-                src = (const uint8_t *)tail;
-            }
-            const __m256 wv = expand8_weights(src, m, half);
-            w[i] += cnt * size;
-            avail[i] -= cnt;
-            for (int q = 0; q < bt; q++) acc[i][q] = _mm256_fmadd_ps(wv, xv[q], acc[i][q]);
+            const unsigned m = aligned ? mrow[i][g] : mask_bits8(c->mask, mask_bytes, (r + i) * c->cols + j);
+            expand_row(&w[i], &avail[i], m, half, checked, xv, bt, acc[i]);
+        }
+        if (aligned && !checked) MCA_END();
+    }
+}
+
+/* Multiply columns [a, b) of the tile's rows: row i's stored weights start at w[i], avail[i] of
+   them readable there.  aligned: every row's columns start on a mask byte (cols % 8 == 0). */
+WP_INLINE void expand_tile(const wp_mv_common *c, long long r, int rt, long long b0, int bt, long long a, long long b,
+                           const uint8_t *w[ROW_TILE], long long avail[ROW_TILE], int half, int aligned,
+                           __m256 acc[ROW_TILE][BATCH_TILE])
+{
+    const float *x = c->x + b0 * c->cols;
+    const long long groups = (b - a) / 8, full_end = a + groups * 8;
+    long long safe = groups; /* groups at which every row has 8 readable values, whatever its mask */
+    for (int i = 0; i < rt; i++) {
+        const long long s = avail[i] >= 8 ? (avail[i] - 8) / 8 + 1 : 0;
+        if (s < safe) safe = s;
+    }
+    expand_groups(c, r, rt, bt, x, a, safe, w, avail, half, aligned, 0, acc);
+    expand_groups(c, r, rt, bt, x, a + 8 * safe, groups - safe, w, avail, half, aligned, 1, acc);
+    if (full_end < b) { /* the last columns of a row not in whole mask bytes */
+        const long long mask_bytes = (c->rows * c->cols + 7) / 8;
+        const int lanes = (int)(b - full_end);
+        __m256 xv[BATCH_TILE];
+        for (int q = 0; q < bt; q++) xv[q] = _mm256_maskload_ps(x + q * c->cols + full_end, first_lanes(lanes));
+        for (int i = 0; i < rt; i++) {
+            const unsigned m = mask_bits8(c->mask, mask_bytes, (r + i) * c->cols + full_end) & ((1u << lanes) - 1);
+            expand_row(&w[i], &avail[i], m, half, 1, xv, bt, acc[i]);
         }
     }
 }
+
+#define EXPAND_TILE(c, r, rt, b0, bt, a, b, w, avail, half, acc)                                 \
+    do {                                                                                         \
+        if ((c)->cols % 8) expand_tile(c, r, rt, b0, bt, a, b, w, avail, half, 0, acc);          \
+        else expand_tile(c, r, rt, b0, bt, a, b, w, avail, half, 1, acc);                        \
+    } while (0)
+
+#define DECODE_INTO(kind, qk, nb, t, c, k, cnt, dst) \
+    decode_run(kind, qk, nb, 4, t, (c)->codes, (c)->codes_len, k, cnt, (uint8_t *)(dst))
 
 /* Stored codes of a masked tile: decode SUB columns of each row into a buffer, then expand. */
 WP_INLINE void masked_tile(const void *args, const wp_mv_common *c, int quant, int n, long long r, int rt, long long b0,
                            int bt)
 {
-    tile_state ts;
+    const source src = source_of(args, quant, n);
+    tile_tables tt;
     __m256 acc[ROW_TILE][BATCH_TILE];
-    tile_start(&ts, args, quant, n, acc, rt, bt);
+    tile_start(&tt, acc, rt, bt);
     _Alignas(32) float buf[ROW_TILE][SUB + 8];
     long long k[ROW_TILE];
     for (int i = 0; i < rt; i++) k[i] = c->row_start[r + i];
     for (long long a = 0; a < c->cols; a += SUB) {
         const long long b = a + SUB < c->cols ? a + SUB : c->cols;
-        const uint8_t *w[ROW_TILE];
-        long long avail[ROW_TILE] = {0};
+        long long stored[ROW_TILE] = {0};
         for (long long s0 = a; s0 < b;) { /* table segments of [a, b) */
             const long long s1 = (s0 / c->col_block + 1) * c->col_block < b ? (s0 / c->col_block + 1) * c->col_block : b;
-            tile_tables(args, c, quant, n, &ts, r, rt, s0);
+            fetch_tile_tables(args, c, quant, n, src, &tt, r, rt, s0);
             for (int i = 0; i < rt; i++) {
-                const long long e = (r + i) * c->cols, stored = s0 == a ? 0 : avail[i];
+                const long long e = (r + i) * c->cols;
                 long long cnt = popcount_bits(c->mask, e + s0, e + s1);
                 if (cnt > c->row_start[r + i + 1] - k[i]) cnt = c->row_start[r + i + 1] - k[i]; /* never past the row */
-                if (cnt) decode_run(ts.src.kind, ts.src.qk, ts.code_bits, 4, ts.tab[i], c->codes, c->codes_len, k[i], cnt,
-                                    (uint8_t *)(buf[i] + stored));
+                if (cnt) WITH_SOURCE(quant, n, src, DECODE_INTO, tt.tab[i], c, k[i], cnt, buf[i] + stored[i]);
                 k[i] += cnt;
-                avail[i] = stored + cnt;
+                stored[i] += cnt;
             }
             s0 = s1;
         }
+        const uint8_t *w[ROW_TILE];
+        long long avail[ROW_TILE];
         for (int i = 0; i < rt; i++) {
             w[i] = (const uint8_t *)buf[i];
             avail[i] = SUB + 8; /* the buffer is readable past the stored weights */
         }
-        expand_tile(c, r, rt, b0, bt, a, b, w, avail, 0, acc);
+        EXPAND_TILE(c, r, rt, b0, bt, a, b, w, avail, 0, acc);
     }
     store_tile(c, acc, r, rt, b0, bt);
 }
@@ -474,12 +547,11 @@ WP_INLINE void values_tile(const void *args, const wp_mv_common *c, int half, lo
     const uint8_t *w[ROW_TILE];
     long long avail[ROW_TILE];
     const int size = half ? 2 : 4;
-    const long long total = c->codes_len / size;
     for (int i = 0; i < rt; i++) {
         w[i] = c->codes + c->row_start[r + i] * size;
-        avail[i] = total - c->row_start[r + i];
+        avail[i] = c->codes_len / size - c->row_start[r + i];
     }
-    expand_tile(c, r, rt, b0, bt, 0, c->cols, w, avail, half, acc);
+    EXPAND_TILE(c, r, rt, b0, bt, 0, c->cols, w, avail, half, acc);
     store_tile(c, acc, r, rt, b0, bt);
 }
 
