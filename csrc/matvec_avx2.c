@@ -372,8 +372,9 @@ WP_INLINE void planes4_tile(const void *args, const wp_mv_common *c, const float
     const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7), low = _mm256_set1_epi8(0x0f);
     const source src = source_of(args, quant, 4);
     tile_tables tt;
-    __m256 acc[ROW_TILE][BATCH_TILE];
+    __m256 acc[ROW_TILE][BATCH_TILE], acc2[ROW_TILE][BATCH_TILE]; /* two chains of FMAs per row: latency */
     tile_start(&tt, acc, rt, bt);
+    zero_tile(acc2, rt, bt);
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         fetch_tile_tables(args, c, quant, 4, src, &tt, r, rt, j0);
         __m256i planes[ROW_TILE][4]; /* loop-invariant copies the compiler keeps out of the table */
@@ -391,13 +392,18 @@ WP_INLINE void planes4_tile(const void *args, const wp_mv_common *c, const float
                     planes4_lookup(planes[i], codes, w);
                     for (int b = 0; b < bt; b++) {
                         const float *x = xs + ((b0 + b) * 2 + p) * len + k;
-                        for (int q = 0; q < 4; q++) acc[i][b] = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(x + 8 * q), acc[i][b]);
+                        acc[i][b] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(x), acc[i][b]);
+                        acc2[i][b] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x + 8), acc2[i][b]);
+                        acc[i][b] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x + 16), acc[i][b]);
+                        acc2[i][b] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x + 24), acc2[i][b]);
                     }
                 }
             }
             MCA_END();
         }
     }
+    for (int i = 0; i < rt; i++)
+        for (int b = 0; b < bt; b++) acc[i][b] = _mm256_add_ps(acc[i][b], acc2[i][b]);
     store_tile(c, acc, r, rt, b0, bt);
 }
 
