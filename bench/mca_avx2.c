@@ -27,6 +27,10 @@ PRODUCT(mca_product_int4_vpermps_w64, small_tile, 4, 0, 1, 4, QUANT_TABLE)
 INT8(mca_product_int8_f16scale_convert_w32, 1)
 INT8(mca_product_int8_f16scale_split_w32, 1)
 INT8(mca_product_int8_f32scale_w32, 0)
+void mca_product_int4_block32_split_w64(const void *args, const wp_mv_common *c, long long r)
+{
+    int4_tile(args, c, (quant_kind){1, 0, 1}, r, 4, 0, 1);
+}
 
 /* products through runs of 32 weights (4 rows x 32 per pass), and masked rows (4 rows x 8 columns
    per pass, whatever the density: figures per 64 columns; the masked codes' decoding into the

@@ -126,6 +126,75 @@ SMALL_WORKER(lut_rows_2bit, 2, LUT_TABLE, wp_lut_mv)
 SMALL_WORKER(lut_rows_4bit, 4, LUT_TABLE, wp_lut_mv)
 SMALL_WORKER(quant_rows_4bit, 4, QUANT_TABLE, wp_quant_mv)
 
+/* ---- dense 4-bit quantized codes in short blocks: arithmetic on phase-split activations ------- */
+
+/* 8 packed bytes per row and step (16 codes: phase 0 the low nibbles, phase 1 the high ones);
+   each block's scale and offset broadcast per row, no table to build. */
+WP_INLINE void int4_block(quant_kind qk, int split, const uint8_t *codes[ROW_TILE],
+                          const __m256 scale[ROW_TILE], const __m256 offset[ROW_TILE], const float *xs, long long len,
+                          long long k0, long long k1, int rt, long long b0, int bt, __m256 acc[ROW_TILE][BATCH_TILE])
+{
+    const __m256i low = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+    for (long long k = k0; k < k1; k += 8) {
+        if (split) MCA_BEGIN("int4_split");
+        else MCA_BEGIN("int4_convert");
+        __m256 xv[BATCH_TILE][2];
+        for (int b = 0; b < bt; b++)
+            for (int p = 0; p < 2; p++) xv[b][p] = _mm256_loadu_ps(xs + ((b0 + b) * 2 + p) * len + k);
+        for (int i = 0; i < rt; i++) {
+            const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes[i] + k)));
+            for (int p = 0; p < 2; p++) {
+                __m256i q = p ? _mm256_srli_epi32(bytes, 4) : _mm256_and_si256(bytes, low);
+                if (qk.is_signed) q = _mm256_sub_epi32(_mm256_xor_si256(q, eight), eight);
+                __m256 w;
+                if (split) {
+                    __m256 v = _mm256_cvtepi32_ps(q);
+                    if (qk.has_offset) v = _mm256_sub_ps(v, offset[i]);
+                    w = round_half_split(_mm256_mul_ps(scale[i], v));
+                } else {
+                    w = dequantize8(q, scale[i], offset[i], qk, 1);
+                }
+                for (int b = 0; b < bt; b++) acc[i][b] = _mm256_fmadd_ps(w, xv[b][p], acc[i][b]);
+            }
+        }
+        MCA_END();
+    }
+}
+
+/* The broadcast scales and offsets of the tile's rows for the block of column j0; whether
+   round_half_split may stand for Core ML's binary16 rounding of all of them. */
+WP_INLINE int block_scales(const wp_quant_mv *a, quant_kind qk, long long r, int rt, long long j0, int q_max,
+                           __m256 scale[ROW_TILE], __m256 offset[ROW_TILE])
+{
+    const wp_mv_common *c = &a->c;
+    int split = qk.half_math;
+    for (int i = 0; i < rt; i++) {
+        const long long t = c->row_table[r + i] + j0 / c->col_block;
+        const float s = scalar_at(a->scale, t, qk.half_math), o = qk.has_offset ? scalar_at(a->offset, t, qk.half_math) : 0.0f;
+        split = split && split_rounding_exact(s, o, q_max);
+        scale[i] = _mm256_set1_ps(s);
+        offset[i] = _mm256_set1_ps(o);
+    }
+    return split;
+}
+
+WP_INLINE void int4_tile(const void *args, const wp_mv_common *c, quant_kind qk, long long r, int rt, long long b0, int bt)
+{
+    const long long len = c->cols / 2;
+    __m256 acc[ROW_TILE][BATCH_TILE];
+    zero_tile(acc, rt, bt);
+    const uint8_t *codes[ROW_TILE];
+    for (int i = 0; i < rt; i++) codes[i] = c->codes + (r + i) * len;
+    for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
+        __m256 scale[ROW_TILE], offset[ROW_TILE];
+        const int split = block_scales(args, qk, r, rt, j0, qk.is_signed ? 8 : 15, scale, offset);
+        const long long k0 = j0 / 2, k1 = (j0 + c->col_block) / 2;
+        if (split) int4_block(qk, 1, codes, scale, offset, c->xs, len, k0, k1, rt, b0, bt, acc);
+        else int4_block(qk, 0, codes, scale, offset, c->xs, len, k0, k1, rt, b0, bt, acc);
+    }
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
 /* ---- dense 8-bit quantized codes: arithmetic ------------------------------------------------- */
 
 /* Columns [j0, j1) of the tile's rows; with split, Core ML's binary16 rounding of scale * q is done
@@ -166,37 +235,37 @@ WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, quant_kind qk,
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         __m256 scale[ROW_TILE], offset[ROW_TILE];
         const uint8_t *codes[ROW_TILE];
-        int split = qk.half_math;
-        for (int i = 0; i < rt; i++) {
-            const long long t = c->row_table[r + i] + j0 / c->col_block;
-            const float s = scalar_at(a->scale, t, qk.half_math), o = qk.has_offset ? scalar_at(a->offset, t, qk.half_math) : 0.0f;
-            split = split && split_rounding_exact(s, o, qk.is_signed ? 128 : 255);
-            scale[i] = _mm256_set1_ps(s);
-            offset[i] = _mm256_set1_ps(o);
-            codes[i] = c->codes + (r + i) * c->cols;
-        }
+        const int split = block_scales(a, qk, r, rt, j0, qk.is_signed ? 128 : 255, scale, offset);
+        for (int i = 0; i < rt; i++) codes[i] = c->codes + (r + i) * c->cols;
         if (split) int8_block(c, qk, 1, codes, scale, offset, x, j0, j0 + c->col_block, rt, bt, acc);
         else int8_block(c, qk, 0, codes, scale, offset, x, j0, j0 + c->col_block, rt, bt, acc);
     }
     store_tile(c, acc, r, rt, b0, bt);
 }
 
-#define INT8_WORKER(flags)                                                                       \
-    WP_INLINE void int8_rows_##flags##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, \
-                                            int rt, long long b0, int bt)                        \
+#define ARITH_WORKER(name, tile, flags, extra)                                                   \
+    WP_INLINE void name##_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt, \
+                               long long b0, int bt)                                             \
     {                                                                                            \
         (void)unused;                                                                            \
-        int8_tile(args, c, (quant_kind){(flags) >> 2 & 1, (flags) >> 1 & 1, (flags) & 1}, r, rt, b0, bt); \
+        tile(args, c, (quant_kind){(flags) >> 2 & 1, (flags) >> 1 & 1, (flags) & 1}, r, rt, b0, bt); \
     }                                                                                            \
-    static void int8_rows_##flags(const void *args, long long r0, long long r1)                  \
+    static void name(const void *args, long long r0, long long r1)                               \
     {                                                                                            \
         const wp_mv_common *c = &((const wp_quant_mv *)args)->c;                                 \
-        RUN_TILES(int8_rows_##flags##_tile, args, c, NULL, r0, r1);                              \
+        RUN_TILES(name##_tile, args, c, extra, r0, r1);                                          \
     }
-INT8_WORKER(0) INT8_WORKER(1) INT8_WORKER(2) INT8_WORKER(3) INT8_WORKER(4) INT8_WORKER(5) INT8_WORKER(6) INT8_WORKER(7)
-/* [signed * 4 + offset * 2 + binary16 arithmetic] */
-static const wp_rows_fn INT8_ROWS[8] = {int8_rows_0, int8_rows_1, int8_rows_2, int8_rows_3,
-                                        int8_rows_4, int8_rows_5, int8_rows_6, int8_rows_7};
+#define ARITH_WORKERS(prefix, tile)                                                              \
+    ARITH_WORKER(prefix##_0, tile, 0, NULL) ARITH_WORKER(prefix##_1, tile, 1, NULL)              \
+    ARITH_WORKER(prefix##_2, tile, 2, NULL) ARITH_WORKER(prefix##_3, tile, 3, NULL)              \
+    ARITH_WORKER(prefix##_4, tile, 4, NULL) ARITH_WORKER(prefix##_5, tile, 5, NULL)              \
+    ARITH_WORKER(prefix##_6, tile, 6, NULL) ARITH_WORKER(prefix##_7, tile, 7, NULL)
+ARITH_WORKERS(int8_rows, int8_tile)
+ARITH_WORKERS(int4_rows, int4_tile)
+/* [8-bit][signed * 4 + offset * 2 + binary16 arithmetic] */
+static const wp_rows_fn ARITH_ROWS[2][8] = {
+    {int4_rows_0, int4_rows_1, int4_rows_2, int4_rows_3, int4_rows_4, int4_rows_5, int4_rows_6, int4_rows_7},
+    {int8_rows_0, int8_rows_1, int8_rows_2, int8_rows_3, int8_rows_4, int8_rows_5, int8_rows_6, int8_rows_7}};
 
 /* ---- any codes: runs of 32 weights ------------------------------------------------------------ */
 
@@ -617,10 +686,11 @@ wp_rows_plan wp_quant_rows_avx2(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
     if (c->nbits == 4 && !c->mask && c->col_block % 64 == 0 && c->col_block >= 128) return WP_ROWS_SPLIT(quant_rows_planes4, 2);
-    if (c->nbits == 4 && small_codes_fit(c)) return WP_ROWS_SPLIT(quant_rows_4bit, 2);
+    const int flags = a->is_signed * 4 + (a->offset != NULL) * 2 + a->half_math;
+    if (c->nbits == 4 && small_codes_fit(c)) /* short blocks: no table per block */
+        return c->col_block < 64 ? WP_ROWS_SPLIT(ARITH_ROWS[0][flags], 2) : WP_ROWS_SPLIT(quant_rows_4bit, 2);
     if (c->cols % c->col_block) return WP_NO_ROWS;
-    if (!c->mask && c->nbits == 8 && c->col_block % 8 == 0)
-        return WP_ROWS(INT8_ROWS[a->is_signed * 4 + (a->offset != NULL) * 2 + a->half_math]);
+    if (!c->mask && c->nbits == 8 && c->col_block % 8 == 0) return WP_ROWS(ARITH_ROWS[1][flags]);
     if (c->mask) return WP_ROWS(c->nbits == 4 ? masked_quant4 : masked_quant8);
     return WP_ROWS(c->nbits == 4 ? dense_quant4 : dense_quant8);
 }
