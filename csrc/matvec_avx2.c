@@ -126,6 +126,16 @@ SMALL_WORKER(lut_rows_2bit, 2, LUT_TABLE, wp_lut_mv)
 SMALL_WORKER(lut_rows_4bit, 4, LUT_TABLE, wp_lut_mv)
 SMALL_WORKER(quant_rows_4bit, 4, QUANT_TABLE, wp_quant_mv)
 
+/* Core ML's weights of 8 integer codes; split: the binary16 rounding by round_half_split (the
+   block's scale and integer offset keep it exact, see block_scales). */
+WP_INLINE __m256 arith_weights(__m256i q, __m256 scale, __m256 offset, quant_kind qk, int split)
+{
+    if (!split) return dequantize8(q, scale, offset, qk, 1);
+    __m256 v = _mm256_cvtepi32_ps(q);
+    if (qk.has_offset) v = _mm256_sub_ps(v, offset);
+    return round_half_split(_mm256_mul_ps(scale, v));
+}
+
 /* ---- dense 4-bit quantized codes in short blocks: arithmetic on phase-split activations ------- */
 
 /* 8 packed bytes per row and step (16 codes: phase 0 the low nibbles, phase 1 the high ones);
@@ -146,14 +156,7 @@ WP_INLINE void int4_block(quant_kind qk, int split, const uint8_t *codes[ROW_TIL
             for (int p = 0; p < 2; p++) {
                 __m256i q = p ? _mm256_srli_epi32(bytes, 4) : _mm256_and_si256(bytes, low);
                 if (qk.is_signed) q = _mm256_sub_epi32(_mm256_xor_si256(q, eight), eight);
-                __m256 w;
-                if (split) {
-                    __m256 v = _mm256_cvtepi32_ps(q);
-                    if (qk.has_offset) v = _mm256_sub_ps(v, offset[i]);
-                    w = round_half_split(_mm256_mul_ps(scale[i], v));
-                } else {
-                    w = dequantize8(q, scale[i], offset[i], qk, 1);
-                }
+                const __m256 w = arith_weights(q, scale[i], offset[i], qk, split);
                 for (int b = 0; b < bt; b++) acc[i][b] = _mm256_fmadd_ps(w, xv[b][p], acc[i][b]);
             }
         }
@@ -211,14 +214,7 @@ WP_INLINE void int8_block(const wp_mv_common *c, quant_kind qk, int split, const
         for (int i = 0; i < rt; i++) {
             const __m128i bytes = _mm_loadl_epi64((const __m128i *)(codes[i] + j));
             const __m256i q = qk.is_signed ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
-            __m256 w;
-            if (split) {
-                __m256 v = _mm256_cvtepi32_ps(q);
-                if (qk.has_offset) v = _mm256_sub_ps(v, offset[i]);
-                w = round_half_split(_mm256_mul_ps(scale[i], v));
-            } else {
-                w = dequantize8(q, scale[i], offset[i], qk, 1);
-            }
+            const __m256 w = arith_weights(q, scale[i], offset[i], qk, split);
             for (int b = 0; b < bt; b++) acc[i][b] = _mm256_fmadd_ps(w, xv[b], acc[i][b]);
         }
         MCA_END();
