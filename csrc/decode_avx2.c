@@ -151,6 +151,17 @@ WP_INLINE long long out_index(const wp_decode_job *job, long long r, long long j
     return job->row_out ? job->row_out[r] + j : r * job->cols + j;
 }
 
+/* Expand groups of 8 values of es bytes under whole mask bytes from *src into dst. */
+WP_INLINE void expand_groups(uint8_t *dst, const uint8_t **src, const uint8_t *mask, long long groups, int es)
+{
+    const uint8_t *s = *src;
+    for (long long g = 0; g < groups; g++) {
+        expand8_store(dst + 8 * g * es, s, mask[g], es, 0);
+        s += _mm_popcnt_u32(mask[g]) * es;
+    }
+    *src = s;
+}
+
 /* Columns [j0, j1) of row r, stream element k on: dense runs straight to the output; masked ones
    through a buffer of decoded stored values, expanded under the mask. */
 static void decode_task(const decode_tasks *d, long long r, long long j0, long long j1, long long k)
@@ -179,24 +190,71 @@ static void decode_task(const decode_tasks *d, long long r, long long j0, long l
             s0 = s1;
         }
         if (job->mask) { /* expand: 8 columns per mask byte */
-            long long pos = 0;
-            for (long long j = a; j < b; j += 8) {
-                unsigned m = mask_bits8(job->mask, mask_bytes, e_row + j);
-                uint8_t *dst = out + out_index(job, r, j) * es;
-                if (b - j >= 8) {
-                    expand8_store(dst, buf + pos * es, m, es, 0);
-                } else {
-                    m &= (1u << (b - j)) - 1;
-                    uint8_t tail[32];
-                    expand8_store(tail, buf + pos * es, m, es, 0);
-                    memcpy(dst, tail, (size_t)((b - j) * es));
+            const long long groups = (b - a) / 8;
+            uint8_t *dst = out + out_index(job, r, a) * es;
+            const uint8_t *src = buf;
+            if ((e_row + a) % 8 == 0) expand_groups(dst, &src, job->mask + (e_row + a) / 8, groups, es);
+            else
+                for (long long g = 0; g < groups; g++) {
+                    const unsigned m = mask_bits8(job->mask, mask_bytes, e_row + a + 8 * g);
+                    expand8_store(dst + 8 * g * es, src, m, es, 0);
+                    src += _mm_popcnt_u32(m) * es;
                 }
-                pos += _mm_popcnt_u32(m);
+            if (a + 8 * groups < b) { /* a row's last columns, not a whole mask byte */
+                const long long j = a + 8 * groups;
+                const unsigned m = mask_bits8(job->mask, mask_bytes, e_row + j) & ((1u << (b - j)) - 1);
+                uint8_t tail[32];
+                expand8_store(tail, src, m, es, 0);
+                memcpy(out + out_index(job, r, j) * es, tail, (size_t)((b - j) * es));
             }
         }
         a = b;
     }
 }
+
+/* Dense shift-scale codes in blocks of whole 32-column steps: one loop over the task's steps
+   whose scale and offset change at block boundaries (a run per block costs its set-up every 32
+   columns when blocks are short); what is left goes through decode_task. */
+WP_INLINE void quant_blocks(quant_kind qk, int n, int es, const decode_tasks *d, long long r, long long j0, long long j1,
+                            long long k)
+{
+    const wp_decode_job *job = d->job;
+    run_table t;
+    t.scale = t.offset = _mm256_setzero_ps(); /* set at the first step (j0 < block_end never holds there) */
+    unpacker u;
+    unpacker_init(&u, n, k);
+    long long byte = (k * n) >> 3, j = j0, block_end = j0;
+    uint8_t *out = (uint8_t *)job->out + (r * job->cols + j0) * es;
+    __m256i v[4];
+    for (; j + 32 <= j1 && byte + STEP_READ(n) <= job->codes_len; j += 32, byte += 4 * n, out += 32 * es) {
+        if (j >= block_end) {
+            const long long block = j / job->col_block, tb = job->row_table[r] + block;
+            block_end = (block + 1) * job->col_block;
+            t.scale = _mm256_set1_ps(scalar_at(job->scale, tb, qk.half_math));
+            t.offset = qk.has_offset ? _mm256_set1_ps(scalar_at(job->offset, tb, qk.half_math)) : _mm256_setzero_ps();
+        }
+        values32(RUN_QUANT, qk, n, es, &t, job->codes + byte, &u, v);
+        store_values32(out, es, v);
+    }
+    if (j < j1) decode_task(d, r, j, j1, k + (j - j0));
+}
+
+#define QUANT_BLOCKS(n, es, sg, off, hm)                                                                   \
+    static void quant_blocks_##n##_##es##_##sg##off##hm(const decode_tasks *d, long long r, long long j0,   \
+                                                         long long j1, long long k)                         \
+    {                                                                                                       \
+        quant_blocks((quant_kind){sg, off, hm}, n, es, d, r, j0, j1, k);                                    \
+    }
+#define QUANT_BLOCKS_HM(n, es, sg, off) QUANT_BLOCKS(n, es, sg, off, 0) QUANT_BLOCKS(n, es, sg, off, 1)
+#define QUANT_BLOCKS_OFF(n, es, sg) QUANT_BLOCKS_HM(n, es, sg, 0) QUANT_BLOCKS_HM(n, es, sg, 1)
+#define QUANT_BLOCKS_SG(n, es) QUANT_BLOCKS_OFF(n, es, 0) QUANT_BLOCKS_OFF(n, es, 1)
+QUANT_BLOCKS_SG(4, 2) QUANT_BLOCKS_SG(4, 4) QUANT_BLOCKS_SG(8, 2) QUANT_BLOCKS_SG(8, 4)
+#define QUANT_BLOCK_FLAGS(n, es) {quant_blocks_##n##_##es##_000, quant_blocks_##n##_##es##_001, \
+    quant_blocks_##n##_##es##_010, quant_blocks_##n##_##es##_011, quant_blocks_##n##_##es##_100,   \
+    quant_blocks_##n##_##es##_101, quant_blocks_##n##_##es##_110, quant_blocks_##n##_##es##_111}
+/* [8-bit][fp32 output][signed * 4 + offset * 2 + binary16 arithmetic] */
+static const task_fn QUANT_BLOCKS_BY[2][2][8] = {{QUANT_BLOCK_FLAGS(4, 2), QUANT_BLOCK_FLAGS(4, 4)},
+                                                 {QUANT_BLOCK_FLAGS(8, 2), QUANT_BLOCK_FLAGS(8, 4)}};
 
 int wp_lut_decode_avx2(const wp_decode_job *job)
 {
@@ -210,8 +268,11 @@ int wp_lut_decode_avx2(const wp_decode_job *job)
 int wp_quant_decode_avx2(const wp_decode_job *job)
 {
     const int flags = job->is_signed * 4 + (job->offset != NULL) * 2 + job->half_math;
-    decode_tasks d = {job, decode_task, QUANT_RUNS_BY[job->nbits == 8][job->elem_size == 4][flags],
-                      job->nbits == 4 && job->col_block >= 128, 0, 0, NULL};
+    const int quant_table = job->nbits == 4 && job->col_block >= 128;
+    decode_tasks d = {job, decode_task, QUANT_RUNS_BY[job->nbits == 8][job->elem_size == 4][flags], quant_table, 0, 0,
+                      NULL};
+    if (!job->mask && !quant_table && job->col_block % 32 == 0)
+        d.fn = QUANT_BLOCKS_BY[job->nbits == 8][job->elem_size == 4][flags];
     return run_tasks(&d);
 }
 
