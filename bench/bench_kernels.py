@@ -199,6 +199,18 @@ def bench_runtime(args, rng) -> list[dict]:
     return rows_out
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its SIMD flags (Linux), or the platform's processor string."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith(("flags", "Features"))), [])
+    simd = [f for f in flags if f.startswith(("avx", "fma", "f16c", "bmi2", "asimd", "sve"))]
+    return f"{model or platform.machine()} ({' '.join(simd)})"
+
+
 def parse_shape(text: str) -> tuple[int, int]:
     rows, cols = text.lower().split("x")
     return int(rows), int(cols)
@@ -216,12 +228,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--llc-mb", dest="llc", type=lambda v: int(float(v) * 2**20), default=32 * 2**20)
     parser.add_argument("--json", type=Path, default=RESULTS / "kernels.json")
+    parser.add_argument("--simd", default=os.environ.get("WEIGHTPACK_SIMD") or None,
+                        help="SIMD level of the C backend (default: WEIGHTPACK_SIMD, else the best this CPU has)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("WEIGHTPACK_NUM_THREADS") or 0) or None,
+                        help="C kernel threads (default: WEIGHTPACK_NUM_THREADS, else every CPU)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     sections = args.only or ["matvec", "decompress", "runtime"]
-    meta = dict(machine=platform.machine(), cpus=len(os.sched_getaffinity(0)), simd=backend_c.set_simd(),
-                threads=backend_c.set_threads(), numpy=np.__version__, python=sys.version.split()[0],
-                argv=sys.argv[1:] if argv is None else argv)
+    meta = dict(machine=platform.machine(), cpu=cpu_model(), cpus=len(os.sched_getaffinity(0)),
+                simd=backend_c.set_simd(args.simd), threads=backend_c.set_threads(args.threads),
+                numpy=np.__version__, python=sys.version.split()[0], argv=sys.argv[1:] if argv is None else argv)
+    print(f"{meta['cpu']}")
     print(f"weightpack {wp.__version__}: SIMD {meta['simd']}, {meta['threads']} threads, numpy {meta['numpy']}")
     results = []
     if "matvec" in sections:
