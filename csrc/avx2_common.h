@@ -402,15 +402,20 @@ WP_INLINE void decode_run(enum run_kind kind, quant_kind qk, int n, int es, cons
     __m256i v[4];
     for (; i + 32 <= count && byte + STEP_READ(n) <= stream_len; i += 32, byte += 4 * n) {
         MCA_BEGIN("run");
+        _mm_prefetch((const char *)(stream + byte) + 1024, _MM_HINT_T0);
         values32(kind, qk, n, es, t, stream + byte, &u, v);
         store_values32(dst + i * es, es, v);
         MCA_END();
     }
-    for (; i < count; i += 32, byte += 4 * n) {
+    for (; i < count; i += 32, byte += 4 * n) { /* fewer than 32 values left, or the stream's end near */
         uint8_t src[64] = {0}, out[128];
-        const long long avail = stream_len - byte, need = 4 * n + 1;
-        memcpy(src, stream + byte, (size_t)(avail < need ? avail : need));
-        values32(kind, qk, n, es, t, src, &u, v);
+        const uint8_t *p = stream + byte;
+        if (byte + STEP_READ(n) > stream_len) {
+            const long long avail = stream_len - byte, need = 4 * n + 1;
+            memcpy(src, p, (size_t)(avail < need ? avail : need));
+            p = src;
+        }
+        values32(kind, qk, n, es, t, p, &u, v);
         store_values32(out, es, v);
         memcpy(dst + i * es, out, (size_t)((count - i < 32 ? count - i : 32) * es));
     }

@@ -28,6 +28,11 @@ WP_TARGET_PUSH("avx2,fma,f16c,bmi2,popcnt")
 #define BATCH_TILE 2
 #define SUB 512 /* columns of a masked row decoded into its buffer at a time */
 
+/* Weight streams are read a few rows at a time, so the hardware prefetchers see short streams;
+   each step asks for the same position AHEAD rows further on (loads of the next tiles). */
+#define AHEAD 4
+#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+
 typedef struct { __m256 lo, hi; } table16;
 
 enum table_kind { LUT_TABLE, QUANT_TABLE };
@@ -95,8 +100,10 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
         for (long long k = j0 / per; k < k_end; k += 8) {
             MCA_BEGIN("small");
             __m256i codes[ROW_TILE];
-            for (int i = 0; i < rt; i++)
+            for (int i = 0; i < rt; i++) {
+                PREFETCH(c->codes + (r + i + AHEAD) * len + k);
                 codes[i] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c->codes + (r + i) * len + k)));
+            }
             for (int p = 0; p < per; p++) {
                 __m256 xv[BATCH_TILE];
                 for (int b = 0; b < bt; b++) xv[b] = _mm256_loadu_ps(xs + ((b0 + b) * per + p) * len + k);
@@ -152,6 +159,7 @@ WP_INLINE void int4_block(quant_kind qk, int split, const uint8_t *codes[ROW_TIL
         for (int b = 0; b < bt; b++)
             for (int p = 0; p < 2; p++) xv[b][p] = _mm256_loadu_ps(xs + ((b0 + b) * 2 + p) * len + k);
         for (int i = 0; i < rt; i++) {
+            PREFETCH(codes[i] + k + AHEAD * len);
             const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes[i] + k)));
             for (int p = 0; p < 2; p++) {
                 __m256i q = p ? _mm256_srli_epi32(bytes, 4) : _mm256_and_si256(bytes, low);
@@ -212,6 +220,7 @@ WP_INLINE void int8_block(const wp_mv_common *c, quant_kind qk, int split, const
         __m256 xv[BATCH_TILE];
         for (int b = 0; b < bt; b++) xv[b] = _mm256_loadu_ps(x + b * c->cols + j);
         for (int i = 0; i < rt; i++) {
+            PREFETCH(codes[i] + j + AHEAD * c->cols);
             const __m128i bytes = _mm_loadl_epi64((const __m128i *)(codes[i] + j));
             const __m256i q = qk.is_signed ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
             const __m256 w = arith_weights(q, scale[i], offset[i], qk, split);
@@ -374,6 +383,7 @@ WP_INLINE void dense_block(enum run_kind kind, quant_kind qk, int nb, const wp_m
 #pragma GCC unroll 4
         for (int i = 0; i < rt; i++) {
             __m256i v[4];
+            PREFETCH(c->codes + byte[i] + AHEAD * c->cols * nb / 8);
             values32(kind, qk, nb, 4, tt->tab[i], c->codes + byte[i], &u[i], v);
             byte[i] += 4 * nb;
             const __m256 w[4] = {_mm256_castsi256_ps(v[0]), _mm256_castsi256_ps(v[1]), _mm256_castsi256_ps(v[2]),
@@ -448,8 +458,11 @@ WP_INLINE void planes4_tile(const void *args, const wp_mv_common *c, const float
         for (long long k = j0 / 2; k < (j0 + c->col_block) / 2; k += 32) {
             MCA_BEGIN("planes4");
             __m256i bytes[ROW_TILE];
-            for (int i = 0; i < rt; i++)
-                bytes[i] = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(c->codes + (r + i) * len + k)), order);
+            for (int i = 0; i < rt; i++) {
+                const uint8_t *row = c->codes + (r + i) * len;
+                PREFETCH(row + k + AHEAD * len);
+                bytes[i] = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(row + k)), order);
+            }
             for (int p = 0; p < 2; p++) {
                 for (int i = 0; i < rt; i++) {
                     const __m256i codes = _mm256_and_si256(p ? _mm256_srli_epi16(bytes[i], 4) : bytes[i], low);
@@ -504,6 +517,7 @@ WP_INLINE void expand_row(const uint8_t **w, long long *avail, unsigned m, int h
     int cnt = _mm_popcnt_u32(m);
     __m256 wv;
     if (!checked || *avail >= 8) {
+        PREFETCH(*w + 1024);
         wv = expand8_weights(*w, m, half);
     } else { /* never read past the values */
         wv = expand8_tail(*w, m, *avail, half);
@@ -529,6 +543,7 @@ WP_INLINE void expand_groups(const wp_mv_common *c, long long r, int rt, int bt,
         for (int q = 0; q < bt; q++) xv[q] = _mm256_loadu_ps(x + q * c->cols + j);
 #pragma GCC unroll 4
         for (int i = 0; i < rt; i++) {
+            if (aligned) PREFETCH(mrow[i] + g + AHEAD * c->cols / 8);
             const unsigned m = aligned ? mrow[i][g] : mask_bits8(c->mask, mask_bytes, (r + i) * c->cols + j);
             expand_row(&w[i], &avail[i], m, half, checked, xv, bt, acc[i]);
         }
