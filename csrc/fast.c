@@ -97,6 +97,7 @@ int wp_fast_matvec(const unsigned char *codes, long long codes_len, int nbits, i
     if (!per_block && col_block % (64 * per)) return WP_E_ARG;
     if (cols && rows > INT64_MAX / cols) return WP_E_SIZE;
     if (x_len != batch * cols || y_len != batch * rows || codes_len < rows * cols / per) return WP_E_SIZE;
+    if (!wp_all_finite(x, x_len)) return WP_E_NONFINITE;
     for (long long r = 0; r < rows && cols; r++)
         if (row_table[r] < 0 || row_table[r] + (cols - 1) / col_block >= n_tables) return WP_E_RANGE;
     const wp_fast_args a = {rows, cols, codes, nbits, is_signed, row_table, col_block, table_u8, table_scale, table_bias,

@@ -32,6 +32,7 @@ static int check_common(const wp_mv_common *c, long long mask_len, long long x_l
     if (c->cols && c->batch > INT64_MAX / c->cols) return WP_E_SIZE;
     if (c->rows && c->batch > INT64_MAX / c->rows) return WP_E_SIZE;
     if (x_len != c->batch * c->cols || y_len != c->batch * c->rows) return WP_E_SIZE;
+    if (!wp_all_finite(c->x, x_len)) return WP_E_NONFINITE;
     const long long count = c->rows * c->cols;
     const long long available = c->codes_len / code_bits * 8 + (c->codes_len % code_bits) * 8 / code_bits;
     if (c->mask) {
@@ -192,6 +193,12 @@ int wp_quant_matvec(const unsigned char *codes, long long codes_len, int nbits, 
                      is_signed, half_math, scale, offset};
     int rc = check_common(&a.c, mask_len, x_len, y_len, nbits);
     if (rc) return rc;
+#if WP_X86 && WP_HAVE_AVX512FP16
+    if (wp_simd_level() >= WP_LEVEL_AVX512FP16) {
+        const wp_rows_plan plan = wp_quant_rows_avx512fp16(&a);
+        if (plan.fn) return run_rows(plan, &a.c, &a);
+    }
+#endif
     SELECT_ROWS(quant, &a);
 }
 

@@ -89,6 +89,9 @@ wp_rows_plan wp_quant_rows_avx512(const wp_quant_mv *a);
 wp_rows_plan wp_quant_rows_avx2(const wp_quant_mv *a);
 wp_rows_plan wp_sparse_rows_avx512(const wp_sparse_mv *a);
 wp_rows_plan wp_sparse_rows_avx2(const wp_sparse_mv *a);
+#if WP_HAVE_AVX512FP16
+wp_rows_plan wp_quant_rows_avx512fp16(const wp_quant_mv *a);
+#endif
 #elif WP_ARM64
 wp_rows_plan wp_lut_rows_neon(const wp_lut_mv *a);
 wp_rows_plan wp_quant_rows_neon(const wp_quant_mv *a);

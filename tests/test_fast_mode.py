@@ -36,6 +36,9 @@ def weights(rng):
     yield "uint8 with offsets", quantized_weight(rng, "uint8", offset=True), FAST_RTOL
     yield "int4 per block of 32", quantized_weight(rng, "int4", blocks=16), FAST_RTOL
     yield "uint4 per channel with offsets", quantized_weight(rng, "uint4", offset=True), FAST_RTOL
+    yield "uint8 per channel", quantized_weight(rng, "uint8"), FAST_RTOL  # no offset: the codes' own bias
+    yield "uint4 per block of 32", quantized_weight(rng, "uint4", blocks=16), FAST_RTOL
+    yield "int4 per block of 32 with offsets", quantized_weight(rng, "int4", blocks=16, offset=True), FAST_RTOL
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16])

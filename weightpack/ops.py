@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import WeightpackError, describe
+from . import kernels
+from .errors import WeightpackError, check_allocation, describe
 from .formats.base import CompressedTensor
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 UNIT_ROUNDOFF = 2.0**-24
 UNDERFLOW = 2.0**-149  # spacing of float32 subnormals
 
@@ -37,7 +39,10 @@ def matrix_shape(weight: CompressedTensor) -> tuple[int, int]:
     shape = weight.shape
     if len(shape) == 1:
         return 1, shape[0]
-    return shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    cols = 1
+    for size in shape[1:]:
+        cols *= size
+    return shape[0], cols
 
 
 def _activations(x, cols: int, name: str, ndim: int) -> np.ndarray:
@@ -48,14 +53,17 @@ def _activations(x, cols: int, name: str, ndim: int) -> np.ndarray:
     if x.ndim != ndim or x.shape[-1] != cols:
         want = f"({cols},)" if ndim == 1 else f"(batch, {cols})"
         raise WeightpackError(f"{name} has shape {x.shape}; the weight needs {want}")
-    if not np.isfinite(x).all():
-        raise WeightpackError(f"{name} contains NaN or infinity")
-    return np.require(x, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
-
-
-def _check_weight(weight) -> None:
-    if not isinstance(weight, CompressedTensor):
-        raise WeightpackError(f"weight must be a weightpack compressed tensor, got {describe(weight)}")
+    if x.dtype != np.float32 or not (x.flags.c_contiguous and x.flags.aligned):
+        check_allocation(x.size * 4, f"{name} of shape {x.shape} as float32")
+        if not np.isfinite(x).all():
+            raise WeightpackError(f"{name} contains NaN or infinity")
+        if x.dtype.itemsize > 4 and x.size and np.abs(x).max() > FLOAT32_MAX:
+            raise WeightpackError(
+                f"{name} holds {x.dtype} values too large for float32 (|{name}| up to {float(np.abs(x).max()):.4g}, "
+                f"float32's largest is {FLOAT32_MAX:.4g}); products are computed in float32: scale {name} down"
+            )
+        x = np.ascontiguousarray(x, np.float32)
+    return x  # the C kernels refuse NaN and infinity in float32 activations themselves
 
 
 MODES = ("exact", "fast")
@@ -66,33 +74,24 @@ def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     """``x @ W.T`` for activations ``x`` of shape (batch, in): a linear layer; float32 (batch, out).
 
     ``mode="fast"`` (opt-in) quantizes the activations to int8 per block of 32 on the fly and
-    multiplies with integer dot-product instructions (AVX-512 VNNI); LUTs are rounded to int8 per
+    multiplies with integer dot-product instructions (AVX-512 VNNI, aarch64 SDOT); LUTs are rounded to int8 per
     table, quantized weights are used as stored (scales unrounded). Its error against the float64
     product, relative to the output's norm, measures 0.5% (int8, int4) to 1% (heavy-tailed 4-bit
     LUTs) on random data and is tested below ``FAST_RTOL`` (twice that for 1- and 2-bit LUTs).
     Layouts it does not cover (6- and 8-bit LUTs, sparse weights, float offsets, columns not in
-    whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 compute the exact
-    product instead.
+    whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 or the aarch64 dot
+    product compute the exact product instead. A ScaledLUTTensor runs its LUT's kernel when only the
+    LUT is scaled, else it is decoded and multiplied with BLAS (float32, exact mode).
 
     >>> import numpy as np, weightpack as wp
     >>> w = wp.QuantizedTensor(np.array([[1, -1], [2, 0]], np.int8), np.array([[0.5], [0.25]], np.float32))
     >>> wp.matmul(w, np.array([[1.0, 2.0], [3.0, 4.0]])).tolist()
     [[-0.5, 0.5], [-0.5, 1.5]]
     """
-    from . import kernels
-
-    _check_weight(weight)
-    if mode not in MODES:
-        raise WeightpackError(f"mode={describe(mode)} is unknown; allowed: {MODES}")
-    rows, cols = matrix_shape(weight)
+    run, rows, cols = _prepared(weight, backend, mode)
     x = _activations(x, cols, "x", 2)
     y = np.empty((x.shape[0], rows), np.float32)
-    kind = weight._kernel.removeprefix("decompress_")
-    if mode == "fast":
-        fast = getattr(kernels.get(backend), "fast_matmul_" + kind, None)
-        if fast is not None and fast(weight, x, y):
-            return y
-    kernels.kernel(backend, "matmul_" + kind)(weight, x, y)
+    run(x, y)
     return y
 
 
@@ -104,6 +103,33 @@ def matvec(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     >>> wp.matvec(w, np.array([1.0, 10.0])).tolist()
     [2.0, 43.0]
     """
-    _check_weight(weight)
-    x = _activations(x, matrix_shape(weight)[1], "x", 1)
-    return matmul(weight, x.reshape(1, -1), backend=backend, mode=mode).reshape(-1)
+    run, rows, cols = _prepared(weight, backend, mode)
+    x = _activations(x, cols, "x", 1)
+    y = np.empty(rows, np.float32)
+    run(x.reshape(1, cols), y.reshape(1, rows))
+    return y
+
+
+def _prepared(weight, backend, mode: str):
+    """The weight's product function (prepared once per tensor, backend and mode) and its shape."""
+    if not isinstance(weight, CompressedTensor):
+        raise WeightpackError(f"weight must be a weightpack compressed tensor, got {describe(weight)}")
+    if mode not in MODES:
+        raise WeightpackError(f"mode={describe(mode)} is unknown; allowed: {MODES}")
+    if not weight._kernel:  # a chain of ops without its own kernel (ScaledLUTTensor)
+        return (_chained_product(weight, backend, mode), *matrix_shape(weight))
+    return (kernels.product(weight, backend, mode), *matrix_shape(weight))
+
+
+def _chained_product(weight, backend, mode: str):
+    """run(x, y) for a tensor without a kernel: its kernel tensor's product, else decode + BLAS."""
+    fused = weight.kernel_tensor()
+    if fused is not None:
+        return kernels.product(fused, backend, mode)
+    rows, cols = matrix_shape(weight)
+
+    def decoded(x, y):
+        kernels.require_finite(x)
+        np.matmul(x, weight.decompress(np.float32, backend=backend).reshape(rows, cols).T, out=y)
+
+    return decoded
