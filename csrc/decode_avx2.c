@@ -1,9 +1,9 @@
 /*
  * AVX2 decompression (CPU level 1): every format, every layout with scalar LUT entries.
  *
- * Work is split over threads in tasks of up to CHUNK columns of a row.  A task decodes its
- * columns table by table as runs (avx2_common.h): dense runs go straight to the output; a masked
- * task decodes the stored codes of SUB columns into a buffer, then expands them under the mask.
+ * Work is split over threads in chunks of a row (decode_chunks.c).  A chunk decodes its columns
+ * table by table as runs (avx2_common.h): dense runs go straight to the output; a masked chunk
+ * decodes the stored codes of SUB columns into a buffer, then expands them under the mask.
  * Sparse value streams expand the same way from the values themselves.
  */
 #include "wp_target.h"
@@ -14,11 +14,10 @@ WP_TARGET_PUSH("avx2,fma,f16c,bmi2,popcnt")
 
 #include "avx2_common.h"
 #include "decode.h"
+#include "decode_chunks.h"
 #include "wp_dispatch.h"
 
-#define CHUNK 8192         /* columns of a row per task */
-#define SUB 512            /* columns of a masked task decoded into its buffer at a time */
-#define TASK_ELEMENTS 16384 /* elements per range of tasks handed to a thread, at least */
+#define SUB 512 /* columns of a masked chunk decoded into its buffer at a time */
 
 /* ---- runs: one function per kind of table, code width and output size ------------------------- */
 
@@ -59,76 +58,18 @@ QUANT_RUNS_SG(4, 2) QUANT_RUNS_SG(4, 4) QUANT_RUNS_SG(8, 2) QUANT_RUNS_SG(8, 4)
 /* [8-bit][fp32 output][signed * 4 + offset * 2 + binary16 arithmetic] */
 static const run_fn QUANT_RUNS_BY[2][2][8] = {{QUANT_FLAGS(4, 2), QUANT_FLAGS(4, 4)}, {QUANT_FLAGS(8, 2), QUANT_FLAGS(8, 4)}};
 
-/* ---- tasks ------------------------------------------------------------------------------------ */
+/* ---- how a job decodes --------------------------------------------------------------------------- */
 
-typedef struct decode_tasks decode_tasks;
-typedef void (*task_fn)(const decode_tasks *d, long long r, long long j0, long long j1, long long k);
-
-struct decode_tasks {
+typedef struct {
     const wp_decode_job *job;
-    task_fn fn;
     run_fn run;
     int quant_table; /* shift-scale looked up in the 16 decoded values of 4-bit codes */
     int half_planes; /* 6-bit codes, float32 output: the binary16 planes of the job */
-    long long per_row;
-    long long *starts; /* masked: first stream element of each task, then the total */
-};
-
-/* Row of task t, and its columns [*j0, *j1). */
-WP_INLINE long long task_span(const decode_tasks *d, long long t, long long *j0, long long *j1)
-{
-    *j0 = t % d->per_row * CHUNK;
-    *j1 = *j0 + CHUNK < d->job->cols ? *j0 + CHUNK : d->job->cols;
-    return t / d->per_row;
-}
-
-static void count_tasks(void *ctx, long long t0, long long t1)
-{
-    const decode_tasks *d = ctx;
-    for (long long t = t0, j0, j1; t < t1; t++) {
-        const long long e = task_span(d, t, &j0, &j1) * d->job->cols;
-        d->starts[t + 1] = popcount_bits(d->job->mask, e + j0, e + j1);
-    }
-}
-
-static void do_tasks(void *ctx, long long t0, long long t1)
-{
-    const decode_tasks *d = ctx;
-    for (long long t = t0, j0, j1; t < t1; t++) {
-        const long long r = task_span(d, t, &j0, &j1);
-        d->fn(d, r, j0, j1, d->job->mask ? d->starts[t] : r * d->job->cols + j0);
-    }
-}
-
-/* Run d->fn over every task; masked jobs first find each task's first stream element (and check
-   that the stream holds as many codes as the mask sets). */
-static int run_tasks(decode_tasks *d)
-{
-    const wp_decode_job *job = d->job;
-    if (!job->rows || !job->cols) return WP_OK;
-    d->per_row = (job->cols + CHUNK - 1) / CHUNK;
-    const long long tasks = job->rows * d->per_row, per_task = job->cols < CHUNK ? job->cols : CHUNK;
-    const long long grain = TASK_ELEMENTS / per_task > 1 ? TASK_ELEMENTS / per_task : 1;
-    d->starts = NULL;
-    if (job->mask) {
-        if (!(d->starts = malloc((size_t)(tasks + 1) * sizeof *d->starts))) return WP_NOT_COVERED;
-        wp_parallel_for(tasks, grain, count_tasks, d);
-        d->starts[0] = 0;
-        for (long long t = 0; t < tasks; t++) d->starts[t + 1] += d->starts[t];
-        const long long available = job->codes_len / job->nbits * 8 + (job->codes_len % job->nbits) * 8 / job->nbits;
-        if (d->starts[tasks] > available) {
-            free(d->starts);
-            return WP_E_SIZE;
-        }
-    }
-    wp_parallel_for(tasks, grain, do_tasks, d);
-    free(d->starts);
-    return WP_OK;
-}
+} decoder;
 
 /* ---- tables ----------------------------------------------------------------------------------- */
 
-static void table_for(const decode_tasks *d, long long t, table_slot *s)
+static void table_for(const decoder *d, long long t, table_slot *s)
 {
     const wp_decode_job *job = d->job;
     if (s->id == t) return;
@@ -143,7 +84,7 @@ static void table_for(const decode_tasks *d, long long t, table_slot *s)
     s->id = t;
 }
 
-/* ---- a task ----------------------------------------------------------------------------------- */
+/* ---- a chunk ---------------------------------------------------------------------------------- */
 
 /* Where column j of row r goes, in elements of the output. */
 WP_INLINE long long out_index(const wp_decode_job *job, long long r, long long j)
@@ -152,7 +93,7 @@ WP_INLINE long long out_index(const wp_decode_job *job, long long r, long long j
 }
 
 /* Expand groups of 8 values of es bytes under whole mask bytes from *src into dst. */
-WP_INLINE void expand_groups(uint8_t *dst, const uint8_t **src, const uint8_t *mask, long long groups, int es)
+WP_INLINE void expand_mask_bytes(uint8_t *dst, const uint8_t **src, const uint8_t *mask, long long groups, int es)
 {
     const uint8_t *s = *src;
     for (long long g = 0; g < groups; g++) {
@@ -164,7 +105,7 @@ WP_INLINE void expand_groups(uint8_t *dst, const uint8_t **src, const uint8_t *m
 
 /* Columns [j0, j1) of row r, stream element k on: dense runs straight to the output; masked ones
    through a buffer of decoded stored values, expanded under the mask. */
-static void decode_task(const decode_tasks *d, long long r, long long j0, long long j1, long long k)
+static void decode_chunk(const decoder *d, long long r, long long j0, long long j1, long long k)
 {
     const wp_decode_job *job = d->job;
     const int es = job->elem_size;
@@ -193,7 +134,7 @@ static void decode_task(const decode_tasks *d, long long r, long long j0, long l
             const long long groups = (b - a) / 8;
             uint8_t *dst = out + out_index(job, r, a) * es;
             const uint8_t *src = buf;
-            if ((e_row + a) % 8 == 0) expand_groups(dst, &src, job->mask + (e_row + a) / 8, groups, es);
+            if ((e_row + a) % 8 == 0) expand_mask_bytes(dst, &src, job->mask + (e_row + a) / 8, groups, es);
             else
                 for (long long g = 0; g < groups; g++) {
                     const unsigned m = mask_bits8(job->mask, mask_bytes, e_row + a + 8 * g);
@@ -212,10 +153,10 @@ static void decode_task(const decode_tasks *d, long long r, long long j0, long l
     }
 }
 
-/* Dense shift-scale codes in blocks of whole 32-column steps: one loop over the task's steps
+/* Dense shift-scale codes in blocks of whole 32-column steps: one loop over the chunk's steps
    whose scale and offset change at block boundaries (a run per block costs its set-up every 32
-   columns when blocks are short); what is left goes through decode_task. */
-WP_INLINE void quant_blocks(quant_kind qk, int n, int es, const decode_tasks *d, long long r, long long j0, long long j1,
+   columns when blocks are short); what is left goes through decode_chunk. */
+WP_INLINE void quant_blocks(quant_kind qk, int n, int es, const decoder *d, long long r, long long j0, long long j1,
                             long long k)
 {
     const wp_decode_job *job = d->job;
@@ -236,11 +177,12 @@ WP_INLINE void quant_blocks(quant_kind qk, int n, int es, const decode_tasks *d,
         values32(RUN_QUANT, qk, n, es, &t, job->codes + byte, &u, v);
         store_values32(out, es, v);
     }
-    if (j < j1) decode_task(d, r, j, j1, k + (j - j0));
+    if (j < j1) decode_chunk(d, r, j, j1, k + (j - j0));
 }
 
+typedef void (*blocks_fn)(const decoder *d, long long r, long long j0, long long j1, long long k);
 #define QUANT_BLOCKS(n, es, sg, off, hm)                                                                   \
-    static void quant_blocks_##n##_##es##_##sg##off##hm(const decode_tasks *d, long long r, long long j0,   \
+    static void quant_blocks_##n##_##es##_##sg##off##hm(const decoder *d, long long r, long long j0,        \
                                                          long long j1, long long k)                         \
     {                                                                                                       \
         quant_blocks((quant_kind){sg, off, hm}, n, es, d, r, j0, j1, k);                                    \
@@ -253,27 +195,35 @@ QUANT_BLOCKS_SG(4, 2) QUANT_BLOCKS_SG(4, 4) QUANT_BLOCKS_SG(8, 2) QUANT_BLOCKS_S
     quant_blocks_##n##_##es##_010, quant_blocks_##n##_##es##_011, quant_blocks_##n##_##es##_100,   \
     quant_blocks_##n##_##es##_101, quant_blocks_##n##_##es##_110, quant_blocks_##n##_##es##_111}
 /* [8-bit][fp32 output][signed * 4 + offset * 2 + binary16 arithmetic] */
-static const task_fn QUANT_BLOCKS_BY[2][2][8] = {{QUANT_BLOCK_FLAGS(4, 2), QUANT_BLOCK_FLAGS(4, 4)},
-                                                 {QUANT_BLOCK_FLAGS(8, 2), QUANT_BLOCK_FLAGS(8, 4)}};
+static const blocks_fn QUANT_BLOCKS_BY[2][2][8] = {{QUANT_BLOCK_FLAGS(4, 2), QUANT_BLOCK_FLAGS(4, 4)},
+                                                   {QUANT_BLOCK_FLAGS(8, 2), QUANT_BLOCK_FLAGS(8, 4)}};
+
+static void lut_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    const int half_planes = job->nbits == 6 && job->elem_size == 4 && job->lut_lo;
+    const decoder d = {job, half_planes ? lut_run_6_half : LUT_RUNS_BY[job->nbits][job->elem_size], 0, half_planes};
+    decode_chunk(&d, r, j0, j1, k);
+}
+
+static void quant_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k)
+{
+    const int flags = job->is_signed * 4 + (job->offset != NULL) * 2 + job->half_math;
+    const decoder d = {job, QUANT_RUNS_BY[job->nbits == 8][job->elem_size == 4][flags],
+                       job->nbits == 4 && job->col_block >= 128, 0};
+    if (!job->mask && !d.quant_table && job->col_block % 32 == 0)
+        QUANT_BLOCKS_BY[job->nbits == 8][job->elem_size == 4][flags](&d, r, j0, j1, k);
+    else decode_chunk(&d, r, j0, j1, k);
+}
 
 int wp_lut_decode_avx2(const wp_decode_job *job)
 {
     if (job->vsize != 1 || job->col_stride != 1) return WP_NOT_COVERED;
-    const int half_planes = job->nbits == 6 && job->elem_size == 4 && job->lut_lo;
-    decode_tasks d = {job, decode_task, half_planes ? lut_run_6_half : LUT_RUNS_BY[job->nbits][job->elem_size], 0,
-                      half_planes, 0, NULL};
-    return run_tasks(&d);
+    return wp_run_chunks(job, lut_chunk);
 }
 
 int wp_quant_decode_avx2(const wp_decode_job *job)
 {
-    const int flags = job->is_signed * 4 + (job->offset != NULL) * 2 + job->half_math;
-    const int quant_table = job->nbits == 4 && job->col_block >= 128;
-    decode_tasks d = {job, decode_task, QUANT_RUNS_BY[job->nbits == 8][job->elem_size == 4][flags], quant_table, 0, 0,
-                      NULL};
-    if (!job->mask && !quant_table && job->col_block % 32 == 0)
-        d.fn = QUANT_BLOCKS_BY[job->nbits == 8][job->elem_size == 4][flags];
-    return run_tasks(&d);
+    return wp_run_chunks(job, quant_chunk);
 }
 
 /* ---- sparse values ---------------------------------------------------------------------------- */
@@ -284,25 +234,16 @@ typedef struct {
     const uint8_t *values;
     int elem_size, widen_half;
     uint8_t *out;
-    long long *starts;
+    const long long *starts;
 } sparse_tasks;
-
-static void count_sparse(void *ctx, long long t0, long long t1)
-{
-    const sparse_tasks *s = ctx;
-    for (long long t = t0; t < t1; t++) {
-        const long long e1 = (t + 1) * CHUNK < s->count ? (t + 1) * CHUNK : s->count;
-        s->starts[t + 1] = popcount_bits(s->mask, t * CHUNK, e1);
-    }
-}
 
 static void expand_sparse(void *ctx, long long t0, long long t1)
 {
     const sparse_tasks *s = ctx;
     const int es = s->elem_size, out_size = s->widen_half ? 4 : es;
     for (long long t = t0; t < t1; t++) {
-        const long long e1 = (t + 1) * CHUNK < s->count ? (t + 1) * CHUNK : s->count;
-        long long k = s->starts[t], e = t * CHUNK;
+        const long long e1 = (t + 1) * WP_DECODE_CHUNK < s->count ? (t + 1) * WP_DECODE_CHUNK : s->count;
+        long long k = s->starts[t], e = t * WP_DECODE_CHUNK;
         for (; e + 8 <= e1; e += 8) {
             const unsigned m = s->mask[e >> 3];
             const uint8_t *src = s->values + k * es;
@@ -322,17 +263,17 @@ static void expand_sparse(void *ctx, long long t0, long long t1)
 int wp_sparse_decode_avx2(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
                           int widen_half, void *out)
 {
-    const long long tasks = (count + CHUNK - 1) / CHUNK;
-    if (!tasks) return WP_OK;
-    sparse_tasks s = {mask, count, n_values, values, elem_size, widen_half, out, NULL};
-    if (!(s.starts = malloc((size_t)(tasks + 1) * sizeof *s.starts))) return WP_NOT_COVERED;
-    wp_parallel_for(tasks, 1, count_sparse, &s);
-    s.starts[0] = 0;
-    for (long long t = 0; t < tasks; t++) s.starts[t + 1] += s.starts[t];
+    const long long tasks = (count + WP_DECODE_CHUNK - 1) / WP_DECODE_CHUNK;
+    long long *starts = wp_chunk_starts(mask, 1, count, tasks);
+    if (!starts) return WP_NOT_COVERED;
     int rc = WP_OK;
-    if (s.starts[tasks] > n_values) rc = WP_E_SIZE;
-    else wp_parallel_for(tasks, 1, expand_sparse, &s);
-    free(s.starts);
+    if (starts[tasks] > n_values) {
+        rc = WP_E_SIZE;
+    } else {
+        sparse_tasks s = {mask, count, n_values, values, elem_size, widen_half, out, starts};
+        wp_parallel_for(tasks, 1, expand_sparse, &s);
+    }
+    free(starts);
     return rc;
 }
 
