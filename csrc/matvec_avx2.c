@@ -517,7 +517,6 @@ WP_INLINE void expand_row(const uint8_t **w, long long *avail, unsigned m, int h
     int cnt = _mm_popcnt_u32(m);
     __m256 wv;
     if (!checked || *avail >= 8) {
-        PREFETCH(*w + 1024);
         wv = expand8_weights(*w, m, half);
     } else { /* never read past the values */
         wv = expand8_tail(*w, m, *avail, half);
@@ -543,7 +542,6 @@ WP_INLINE void expand_groups(const wp_mv_common *c, long long r, int rt, int bt,
         for (int q = 0; q < bt; q++) xv[q] = _mm256_loadu_ps(x + q * c->cols + j);
 #pragma GCC unroll 4
         for (int i = 0; i < rt; i++) {
-            if (aligned) PREFETCH(mrow[i] + g + AHEAD * c->cols / 8);
             const unsigned m = aligned ? mrow[i][g] : mask_bits8(c->mask, mask_bytes, (r + i) * c->cols + j);
             expand_row(&w[i], &avail[i], m, half, checked, xv, bt, acc[i]);
         }
