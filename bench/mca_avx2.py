@@ -8,6 +8,12 @@ fed to llvm-mca on its own (llvm-mca repeats it) for each CPU model.
     python bench/mca_avx2.py                       # haswell skylake icelake-client znver2 znver3
     python bench/mca_avx2.py --cpus haswell znver3 --only product
     python bench/mca_avx2.py --show product_lut4_planes --cpus haswell   # llvm-mca's full report
+    python bench/mca_avx2.py --measure          # and the same formats timed here (AVX2 forced)
+
+--measure times the C backend at the avx2 level on one thread, per format of bench_kernels.py,
+on a 256 x 4096 weight (1 M weights: the codes stay in L2, so the figure is the loop's, not the
+memory's): the best of 5 medians of 100 calls, in nanoseconds per 64 weights (decompression: per
+64 elements written to float32).
 """
 from __future__ import annotations
 
@@ -68,12 +74,60 @@ def mca(body: str, cpu: str, full: bool = False) -> float | str:
     return int(re.search(r"Total Cycles:\s+(\d+)", out).group(1)) / 200
 
 
+MEASURED = {  # bench_kernels.py format -> the loop it runs (and what is timed)
+    "lut4": "product_lut4_planes", "lut2": "product_lut2_vpermps", "lut6": "product_lut6_halfplanes",
+    "lut8": "product_lut8_gather", "int8": "product_int8_f16scale_split", "int4-b32": "product_int4_block32_split",
+    "sparse50": "product_sparse_fp16_expand_aligned", "sparse50-lut4": "product_sparse_lut4_expand_aligned",
+    "decode lut4": "decode_lut4_f32", "decode lut6": "decode_lut6_halfplanes_f32", "decode lut8": "decode_lut8_f32",
+    "decode int8": "decode_int8_f16scale_f32", "decode int4-b32": "decode_int4_f16scale_f32",
+}
+
+
+def measure(rows: int = 256, cols: int = 4096) -> dict[str, float]:
+    """ns per 64 weights of each format of MEASURED, one thread, AVX2."""
+    import time
+
+    import numpy as np
+
+    import weightpack as wp
+    from weightpack.kernels import backend_c
+
+    sys.path.insert(0, str(HERE))
+    from bench_kernels import make_weight
+
+    backend_c.set_simd("avx2")
+    backend_c.set_threads(1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    out = np.empty((rows, cols), np.float32)
+    figures = {}
+    for name in MEASURED:
+        weight = make_weight(name.split()[-1], rows, cols, rng)
+        if name.startswith("decode"):
+            def call():
+                weight.decompress(np.float32, backend="c", out=out)
+        else:
+            def call():
+                wp.matmul(weight, x, backend="c")
+        call()
+        best = min(float(np.median([_time(call, time) for _ in range(100)])) for _ in range(5))
+        figures[name] = best / (rows * cols) * 64 * 1e9
+    return figures
+
+
+def _time(call, time) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpus", nargs="+", default=CPUS)
     parser.add_argument("--only", help="regions whose name contains this")
     parser.add_argument("--show", help="print llvm-mca's full report of this region (first --cpus entry)")
     parser.add_argument("--compiler", default="clang-14")
+    parser.add_argument("--measure", action="store_true", help="also time the formats here (AVX2 forced, one thread)")
     args = parser.parse_args(argv)
     found = regions(compile_harness(args.compiler))
     if args.show:
@@ -85,6 +139,13 @@ def main(argv=None) -> int:
         if args.only and args.only not in name:
             continue
         print(f"{name:36s}" + "".join(f"{mca(body, cpu) * 64 / weights:15.1f}" for cpu in args.cpus), flush=True)
+    if args.measure:
+        import os
+
+        load = os.getloadavg()[0]
+        print(f"\nmeasured here, ns per 64 weights (AVX2 forced, 1 thread, 256 x 4096, load {load:.2f}):")
+        for name, ns in measure().items():
+            print(f"{name:18s} {ns:7.1f}   ({MEASURED[name]})", flush=True)
     return 0
 
 
