@@ -19,8 +19,6 @@
 
 #include "wp_internal.h"
 
-#define WP_E_MEMORY (-7) /* a scratch allocation failed */
-
 static inline double py_min(double a, double b) { return b < a ? b : a; }
 static inline double py_max(double a, double b) { return b > a ? b : a; }
 static inline long long ll_min(long long a, long long b) { return b < a ? b : a; }

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._c import check, ffi, lib  # noqa: F401  (lib re-exported for the encoders)
+from .._c import check, ffi, lib, status as status_codes  # noqa: F401  (lib re-exported for the encoders)
 
 NULL = ffi.NULL
-OUT_OF_MEMORY = -7
 _CTYPES = {
     np.dtype(np.float64): "double[]", np.dtype(np.float32): "float[]", np.dtype(np.int64): "long long[]",
     np.dtype(np.int32): "int[]", np.dtype(np.int16): "short[]", np.dtype(np.uint32): "unsigned int[]",
@@ -35,7 +34,7 @@ def wptr(a: np.ndarray):
 
 def run(status: int, what: str) -> None:
     """Raise for a kernel's error status (MemoryError when its scratch memory was refused)."""
-    if status == OUT_OF_MEMORY:
+    if status == status_codes.MEMORY:
         raise MemoryError(f"{what}: the kernel could not allocate its scratch memory")
     check(status, what)
 
