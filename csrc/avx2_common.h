@@ -444,7 +444,8 @@ WP_INLINE void lut_run_table(const uint8_t *lut, int n, int es, table_slot *s)
         telescope64(s->t.planes, es);
     } else {
         uint8_t padded[64] = {0};
-        memcpy(padded, lut, (size_t)((1 << n) * es));
+        const size_t bytes = (size_t)((1 << n) * es); /* <= 16 entries here (bounded for unoptimised builds) */
+        memcpy(padded, lut, bytes < sizeof padded ? bytes : sizeof padded);
         planes16(padded, es, s->t.planes, 0);
     }
 }
