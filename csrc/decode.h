@@ -46,7 +46,6 @@ static inline void wp_sparse_element(const uint8_t *mask, long long e, const voi
 
 /* SIMD decoders: WP_OK when done, WP_NOT_COVERED when the scalar decoder must run, WP_E_SIZE
    when the mask sets more bits than the stream holds codes (nothing is written then). */
-#define WP_NOT_COVERED 1
 #if WP_X86
 int wp_lut_decode_avx512(const wp_decode_job *job);
 int wp_quant_decode_avx512(const wp_decode_job *job);
