@@ -61,7 +61,7 @@ static int fast_matvec_impl(const wp_fast_args *a, const float *x, int lut, wp_r
         quantize_activations(x + b * cols, cols, per, xq + b * cols, lane_sx + b * lanes, block_sx + b * blocks,
                              block_sum + b * blocks, prefix + b * (blocks + 1));
     wp_fast_rows rows = {a, xq, lane_sx, block_sum, prefix, lut};
-    if (a->rows >= 64) wp_parallel_for(a->rows, 16, rows_fn, &rows);
+    if (a->rows >= 64) wp_parallel_for(a->rows, wp_rows_per_range(a->rows), rows_fn, &rows);
     else rows_fn(&rows, 0, a->rows);
     free(xq), free(lane_sx), free(block_sx), free(block_sum), free(prefix);
     return WP_OK;
