@@ -273,9 +273,12 @@ def main(argv=None) -> int:
     parser.add_argument("--llc-mb", dest="llc", type=lambda v: int(float(v) * 2**20), default=None,
                         help="last-level cache to rotate inputs past (default: the size the CPU reports)")
     parser.add_argument("--json", type=Path, default=RESULTS / "kernels.json")
+    parser.add_argument("--simd", default=os.environ.get("WEIGHTPACK_SIMD") or None,
+                        help="SIMD level of the C backend (default: WEIGHTPACK_SIMD, else the best this CPU has)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     sections = args.only or ["matvec", "decompress", "runtime"]
+    backend_c.set_simd(args.simd)
     meta = dict(info(), numpy=np.__version__, python=sys.version.split()[0], argv=sys.argv[1:] if argv is None else argv)
     args.llc = args.llc or meta["llc_bytes"]
     print(describe(meta))

@@ -62,7 +62,8 @@ def info() -> dict:
     return dict(
         cpu=cpu_model(), machine=platform.machine(), flags=cpu_flags(), llc_bytes=llc_bytes(),
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        load_average=os.getloadavg()[0], simd=backend_c.set_simd(), simd_levels=list(backend_c.simd_levels()),
+        load_average=os.getloadavg()[0], simd=backend_c.SIMD_LEVELS[backend_c.lib.wp_simd_level()],  # the level in force
+        simd_levels=list(backend_c.simd_levels()),
         threads=backend_c.set_threads(), threading=backend_c.THREADING,
     )
 

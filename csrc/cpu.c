@@ -46,6 +46,33 @@ static int detect_level(void)
     return fp16 && WP_HAVE_AVX512FP16 ? WP_LEVEL_AVX512FP16 : WP_LEVEL_AVX512;
 }
 
+#if WP_HAVE_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static int amx_state = -1;
+
+static int detect_amx(void)
+{
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, 0) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    const int amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1;
+    if (!(amx_bf16 && amx_tile)) return 0;
+    /* Linux hands out the 8 KB tile state only to processes that ask for it */
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+
+int wp_cpu_has_amx(void)
+{
+    if (amx_state < 0) amx_state = detect_amx();
+    return amx_state;
+}
+#endif
+
 #elif WP_ARM64
 static const char *const LEVEL_NAMES[] = {"scalar", "neon", "fp16", "dotprod"};
 

@@ -65,6 +65,13 @@ typedef struct {
             }                                                                                                 \
     }
 
+#if WP_X86 && WP_HAVE_AMX
+/* Batches of 16 and more on AMX tiles (bf16 weights and activations): WP_OK, WP_NOT_COVERED, or
+   WP_E_MEMORY. */
+int wp_fast_amx_matvec(const wp_fast_args *a, const float *x);
+int wp_cpu_has_amx(void); /* AMX-TILE and AMX-BF16, and the kernel granted this process the tile state */
+#endif
+
 /* Rows [r0, r1) of every batch item (ctx is a wp_fast_rows). */
 #if WP_X86
 void wp_fast_rows_avx512(void *ctx, long long r0, long long r1);

@@ -20,6 +20,15 @@ static int thread_count = 1;
 
 int wp_threads(void) { return thread_count; }
 
+#define RANGES_PER_THREAD 4
+
+long long wp_rows_per_range(long long rows)
+{
+    const long long ranges = (long long)thread_count * RANGES_PER_THREAD;
+    const long long rows_each = (rows + ranges - 1) / ranges;
+    return rows_each < 16 ? 16 : (rows_each + 15) / 16 * 16;
+}
+
 #define MAX_RANGES 65535 /* ranges per call: the ticket's 16-bit fields */
 
 /* Ranges of `grain` items, at most MAX_RANGES of them (grain grows if needed). */

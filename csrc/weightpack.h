@@ -46,7 +46,8 @@ int wp_sparse_matvec(const unsigned char *mask, long long mask_len, const long l
                      long long rows, long long cols, const void *values, long long values_len, int value_half,
                      const float *x, long long x_len, long long batch, float *y, long long y_len);
 
-int wp_fast_min_level(void); /* the lowest SIMD level with fast-mode kernels, -1 if none */
+int wp_fast_min_level(void);
+int wp_fast_amx_available(void); /* fast mode runs batches of 16+ on AMX tiles at the level in force */ /* the lowest SIMD level with fast-mode kernels, -1 if none */
 int wp_fast_matvec(const unsigned char *codes, long long codes_len, int nbits, int is_signed,
                    long long rows, long long cols, const long long *row_table, long long col_block,
                    const unsigned char *table_u8, const float *table_scale, const float *table_bias, long long n_tables,

@@ -42,6 +42,13 @@
 #define WP_HAVE_AVX512FP16 0
 #endif
 
+/* AMX tile instructions: GCC 11+, clang 12+, on Linux (the kernel must grant the tile state). */
+#if WP_X86 && defined(__linux__) && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define WP_HAVE_AMX 1
+#else
+#define WP_HAVE_AMX 0
+#endif
+
 /* The instruction sets of the AVX-512 level (cpu.c checks each of them). */
 #define WP_AVX512_FEATURES "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,avx512vnni,avx2,fma,f16c,bmi2,popcnt"
 

@@ -25,6 +25,7 @@ _STATUS = {
     -5: (WeightpackError, "invalid kernel argument"),
     -6: (BackendError, "not available at the CPU level in force"),
     -7: (WeightpackError, "x contains NaN or infinity"),
+    -8: (MemoryError, "the kernel could not allocate its scratch memory"),
 }
 
 

@@ -80,7 +80,10 @@ def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     LUTs) on random data and is tested below ``FAST_RTOL`` (twice that for 1- and 2-bit LUTs).
     Layouts it does not cover (6- and 8-bit LUTs, sparse weights, float offsets, columns not in
     whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 or the aarch64 dot
-    product compute the exact product instead. A ScaledLUTTensor runs its LUT's kernel when only the
+    product compute the exact product instead. Batches of 16 and more run on AMX tiles where the
+    CPU has them (Intel Sapphire Rapids and newer, Linux): weights (the same int8-rounded LUTs and
+    stored codes) and activations rounded to bfloat16, float32 accumulation, within the same
+    bound. A ScaledLUTTensor runs its LUT's kernel when only the
     LUT is scaled, else it is decoded and multiplied with BLAS (float32, exact mode).
 
     >>> import numpy as np, weightpack as wp

@@ -65,6 +65,12 @@ def fast_mode_runs() -> bool:
     return 0 <= lib.wp_fast_min_level() <= lib.wp_simd_level()
 
 
+def fast_mode_uses_amx() -> bool:
+    """Whether fast mode runs batches of 16 and more on AMX tiles (bf16) at the level in force:
+    a CPU with AMX-BF16 at the avx512fp16 level, on Linux."""
+    return bool(lib.wp_fast_amx_available())
+
+
 def set_threads(count: int | None = None) -> int:
     """Threads for the C kernels (None = the CPUs this process may use); ``WEIGHTPACK_NUM_THREADS``
     sets it when weightpack loads. Returns the count in force."""
