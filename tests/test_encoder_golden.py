@@ -211,7 +211,7 @@ GOLDEN = {
     'quant sparse': '4d8ae8316ab4bc58b665',
     'quant lut': '7d9298a7c95c0e86d1b5',
     'gptq palettize': 'e83e53f1d47dfb2910f7',
-    'gptq palettize groups scale': '93fc9c12d14e46c12685',
+    'gptq palettize groups scale': '5b19b7c134ef8884c79d',  # per-row scales searched with grouped LUTs (issue 13)
     'gptq quantize': 'd42534b787fb9124b78f',
     'sparsegpt': 'f7bf507b6a336e97b426',
     'sparsegpt n:m': 'ee947ebb492e526a2f4b',
