@@ -144,6 +144,11 @@ class Builder:
                 self.fail(f"parameter {param!r} is missing")
             return default
         binding = self.node.inputs[param]
+        if isinstance(binding, tuple):  # a variadic parameter of constants (reshape_like's begins)
+            return [self._constant_value(param, b) for b in binding]
+        return self._constant_value(param, binding)
+
+    def _constant_value(self, param, binding):
         if isinstance(binding, Const):
             return binding.value
         if isinstance(binding, Ref) and binding.name in self.ctx.constants:
