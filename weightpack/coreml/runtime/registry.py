@@ -391,6 +391,8 @@ def type_from_value(value) -> TensorType:
     """The type of an immediate constant."""
     if isinstance(value, str):
         return TensorType((), "string")
+    if not isinstance(value, (np.ndarray, np.generic, list, tuple, int, float, bool)) and hasattr(value, "shape"):
+        return TensorType(tuple(value.shape), name_of(value.dtype))  # a weightpack tensor
     array = np.asarray(value)
     if array.dtype.kind in "US":
         return TensorType(array.shape, "string")
