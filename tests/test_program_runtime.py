@@ -441,3 +441,30 @@ def test_layer_model_is_a_program(decoder):
     model = Model([Linear(w, activation="relu")], policy="jit")
     assert isinstance(model.program, Program) and model.report is model.program.report
     assert [op.op_type for op in model.program.weight_ops()] == ["linear"]
+
+
+def test_non_finite_activations_propagate_under_every_policy():
+    w = wp.palettize(RNG.standard_normal((4, 8)).astype(np.float32), nbits=4)
+    x = np.ones((2, 8), np.float32)
+    x[0, 3] = np.nan
+    outs = [Program(op_graph("linear", {"x": x}, outputs=[np.zeros((2, 4), np.float32)], weights={"weight": w}), policy).predict({"x": x}) for policy in ("jit", "load")]
+    for out in outs:
+        (y,) = out.values()
+        assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+
+
+def test_a_failure_while_running_names_the_op():
+    graph = op_graph("reshape", {"x": np.zeros(6, np.float32), "shape": np.array([4, 2], np.int32)}, outputs=[np.zeros((4, 2), np.float32)])
+    with pytest.raises(WeightpackError, match="op 'the_op' \\(reshape\\): x of shape \\(6,\\) .* cannot take the shape \\(4, 2\\)"):
+        Program(graph).predict({"x": np.zeros(6, np.float32), "shape": np.array([4, 2], np.int32)})
+
+
+def test_observe_gets_read_only_arrays():
+    w = wp.quantize(RNG.standard_normal((4, 8)).astype(np.float32), "int8")
+    prog = Program(op_graph("linear", {"x": np.zeros((1, 8), np.float32)}, outputs=[np.zeros((1, 4), np.float32)], weights={"weight": w}))
+
+    def tamper(op, arrays):
+        arrays["x"][...] = 1
+
+    with pytest.raises(ValueError, match="read-only"):  # the callback's own error, as it raised it
+        prog.predict({"x": np.zeros((1, 8), np.float32)}, observe=tamper)

@@ -224,24 +224,39 @@ class Program:
 
     def _run(self, env) -> None:
         clock, times, frees = time.perf_counter, self._times, self._frees
-        for k, step in enumerate(self._steps):
-            t0 = clock()
-            step.run(env)
-            times[k] = clock() - t0
-            for slot in frees[k]:
-                env[slot] = None
+        k = 0
+        try:
+            for k, step in enumerate(self._steps):
+                t0 = clock()
+                step.run(env)
+                times[k] = clock() - t0
+                for slot in frees[k]:
+                    env[slot] = None
+        except Exception as err:  # a kernel's error, with the op that raised it
+            raise self._located(err, k) from None
 
     def _run_observed(self, env, observe) -> None:
         clock, times, frees = time.perf_counter, self._times, self._frees
         for k, step in enumerate(self._steps):
             for use in step.uses:
                 if use.slot is not None:
-                    observe(_weight_op(use), {param: env[slot] for param, slot in step.observed if slot not in self._weight_slot_set})
+                    observe(_weight_op(use), {param: _read_only(env[slot]) for param, slot in step.observed if slot not in self._weight_slot_set})
             t0 = clock()
-            step.run(env)
+            try:
+                step.run(env)
+            except Exception as err:
+                raise self._located(err, k) from None
             times[k] = clock() - t0
             for slot in frees[k]:
                 env[slot] = None
+
+    def _located(self, err: Exception, k: int) -> WeightpackError:
+        where = f"{self.graph.source}: {self._steps[k].node.where}"
+        text = str(err)
+        if isinstance(err, WeightpackError) and text.startswith(where):
+            return err
+        cls = type(err) if isinstance(err, WeightpackError) else WeightpackError
+        return cls(f"{where}: {text if isinstance(err, WeightpackError) else f'{type(err).__name__}: {text}'}")
 
     def _checked_inputs(self, inputs) -> list:
         if not isinstance(inputs, Mapping):
@@ -343,6 +358,14 @@ class Program:
         self.report.resident_weight_bytes = self._store.resident_bytes()
         self.report.scratch_bytes = int(self._store.scratch.nbytes)
         self.report.layer_modes = [u.mode for u in self._store.uses]
+
+
+def _read_only(array):
+    """A view ``observe`` cannot write through (the program keeps using the array)."""
+    if isinstance(array, np.ndarray) and array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
 
 
 def _weight_op(use) -> WeightOp:

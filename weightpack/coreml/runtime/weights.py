@@ -155,7 +155,17 @@ class WeightUse:
         clock = self.store.clock
         if self.mode == "fused":
             t0 = time.perf_counter()
-            y = fused_matmul(self.slot.value, x2d, backend=self.store.backend)
+            try:
+                y = fused_matmul(self.slot.value, x2d, backend=self.store.backend)
+            except WeightpackError:
+                if np.isfinite(x2d).all():
+                    raise
+                y = None  # the fused kernels refuse NaN / inf: BLAS propagates them, as a device does
+            if y is not None:
+                clock.seconds += time.perf_counter() - t0
+                return y
+            w = dense_float32(self.slot.value, self.store.backend)
+            y = x2d @ w.reshape(w.shape[0], -1).T
             clock.seconds += time.perf_counter() - t0
             return y
         w = self.dense()
