@@ -9,7 +9,9 @@
  * block of scale.  8-bit quantized weights are decoded arithmetically.  Sparse rows expand 16
  * values at a time under their mask bits (vexpandps).  Four rows share each load of x.
  */
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,avx512vnni,avx2,fma,f16c,bmi2,popcnt")
+#include "wp_target.h"
+#if WP_X86
+WP_TARGET_PUSH(WP_AVX512_FEATURES)
 #include <immintrin.h>
 #include <stdlib.h>
 
@@ -18,6 +20,7 @@
 
 #define ROW_TILE 4
 #define BATCH_TILE 4
+
 
 enum table_kind { LUT_TABLE, QUANT_TABLE };
 
@@ -78,8 +81,10 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
         const long long k_end = (j0 + c->col_block) / per;
         for (long long k = j0 / per; k < k_end; k += 16) {
             __m512i codes[ROW_TILE];
-            for (int i = 0; i < rt; i++)
+            for (int i = 0; i < rt; i++) {
+                if (!(k & 63)) __builtin_prefetch(c->codes + (r + i + rt) * len + k); /* the next tile's rows */
                 codes[i] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c->codes + (r + i) * len + k)));
+            }
             for (int p = 0; p < per; p++) {
                 __m512 xv[BATCH_TILE];
                 for (int b = 0; b < bt; b++) xv[b] = _mm512_loadu_ps(xs + ((b0 + b) * per + p) * len + k);
@@ -100,10 +105,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
     static void name(const void *args, long long r0, long long r1)                               \
     {                                                                                            \
         const wp_mv_common *c = &((const type *)args)->c;                                        \
-        float *xs = wp_split_phases(c->x, c->batch, c->cols, 8 / (n));                              \
-        if (!xs) return;                                                                         \
-        RUN_TILES(name##_tile, args, c, xs, r0, r1);                                             \
-        free(xs);                                                                                \
+        RUN_TILES(name##_tile, args, c, c->xs, r0, r1);                                          \
     }
 
 SMALL_WORKER(lut_rows_1bit, 1, LUT_TABLE, wp_lut_mv)
@@ -320,17 +322,24 @@ WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t
 WP_INLINE void fetch64(const void *args, const wp_mv_common *c, enum source src, int n, const row_state *st,
                        __m512i spread, __m512i inter0, __m512i inter1, long long k, __mmask64 m, int cnt, __m512 w[4])
 {
-    if (src == SRC_HALF || src == SRC_FLOAT) {
-        for (int h = 0; h < 4; h++) { /* 16 columns: load their values packed, widen, expand */
+    if (src == SRC_HALF) { /* 32 columns at a time: their values packed, expanded as binary16, widened */
+        const uint32_t lo = (uint32_t)m, hi = (uint32_t)(m >> 32);
+        const int c0 = (int)_mm_popcnt_u32(lo) < cnt ? (int)_mm_popcnt_u32(lo) : cnt, c1 = cnt - c0;
+        const uint16_t *values = (const uint16_t *)c->codes + k;
+        const __m512i v0 = _mm512_maskz_expand_epi16(lo, _mm512_maskz_loadu_epi16(c0 >= 32 ? ~0u : (1u << c0) - 1, values));
+        const __m512i v1 = _mm512_maskz_expand_epi16(hi, _mm512_maskz_loadu_epi16(c1 >= 32 ? ~0u : (1u << c1) - 1, values + c0));
+        w[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(v0));
+        w[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v0, 1));
+        w[2] = _mm512_cvtph_ps(_mm512_castsi512_si256(v1));
+        w[3] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v1, 1));
+        return;
+    }
+    if (src == SRC_FLOAT) {
+        for (int h = 0; h < 4; h++) { /* 16 columns: load their values packed, expand */
             const uint64_t part = (m >> (h * 16)) & 0xffff;
             const int take = (int)_mm_popcnt_u64(part) < cnt ? (int)_mm_popcnt_u64(part) : cnt;
-            if (src == SRC_HALF) {
-                const __m256i packed = _mm256_maskz_loadu_epi16((__mmask16)((1u << take) - 1), (const uint16_t *)c->codes + k);
-                w[h] = _mm512_maskz_expand_ps((__mmask16)part, _mm512_cvtph_ps(packed));
-            } else {
-                w[h] = _mm512_maskz_expand_ps((__mmask16)part,
-                    _mm512_maskz_loadu_ps((__mmask16)((1u << take) - 1), (const float *)c->codes + k));
-            }
+            w[h] = _mm512_maskz_expand_ps((__mmask16)part,
+                                          _mm512_maskz_loadu_ps((__mmask16)((1u << take) - 1), (const float *)c->codes + k));
             k += take;
             cnt -= take;
         }
@@ -363,9 +372,12 @@ WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source s
 {
     const __m512i spread = _mm512_loadu_si512(SPREAD[n < 8 ? n : 8]);
     const __m512i inter0 = _mm512_loadu_si512(INTERLEAVE[0]), inter1 = _mm512_loadu_si512(INTERLEAVE[1]);
-    __m512 acc[ROW_TILE][BATCH_TILE];
+    __m512 acc[ROW_TILE][BATCH_TILE], part[ROW_TILE][BATCH_TILE][4]; /* one chain per 16 columns of a step */
     long long k[ROW_TILE], k_end[ROW_TILE];
     start_rows(c, r, rt, bt, acc, k, k_end);
+    for (int i = 0; i < rt; i++)
+        for (int b = 0; b < bt; b++)
+            for (int q = 0; q < 4; q++) part[i][b][q] = _mm512_setzero_ps();
     for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
         row_state state[ROW_TILE];
         for (int i = 0; i < rt; i++)
@@ -380,15 +392,19 @@ WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source s
                 int cnt = (int)_mm_popcnt_u64(m);
                 if (k[i] + cnt > k_end[i]) cnt = (int)(k_end[i] - k[i]); /* never read past the row */
                 __m512 w[4];
+                WP_PREFETCH(c->codes + ((k[i] * n) >> 3));
                 fetch64(args, c, src, n, &state[i], spread, inter0, inter1, k[i], m, cnt, w);
                 k[i] += cnt;
                 for (int b = 0; b < bt; b++) {
                     const float *xb = c->x + (b0 + b) * c->cols + j;
-                    for (int q = 0; q < 4; q++) acc[i][b] = _mm512_fmadd_ps(w[q], _mm512_loadu_ps(xb + 16 * q), acc[i][b]);
+                    for (int q = 0; q < 4; q++) part[i][b][q] = _mm512_fmadd_ps(w[q], _mm512_loadu_ps(xb + 16 * q), part[i][b][q]);
                 }
             }
         }
     }
+    for (int i = 0; i < rt; i++)
+        for (int b = 0; b < bt; b++)
+            acc[i][b] = _mm512_add_ps(_mm512_add_ps(part[i][b][0], part[i][b][1]), _mm512_add_ps(part[i][b][2], part[i][b][3]));
     store_tile(c, acc, r, rt, b0, bt);
 }
 
@@ -419,36 +435,39 @@ static int chunks_fit(const wp_mv_common *c)
     return c->col_block % 16 == 0 && c->cols % c->col_block == 0;
 }
 
-wp_rows_fn wp_lut_rows_avx512(const wp_lut_mv *a)
+wp_rows_plan wp_lut_rows_avx512(const wp_lut_mv *a)
 {
     const wp_mv_common *c = &a->c;
     if (!c->mask && (c->nbits == 1 || c->nbits == 2 || c->nbits == 4) && small_codes_fit(c))
-        return c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit; /* phase-split x */
+        return WP_ROWS_SPLIT(c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit, 8 / c->nbits);
     if ((a->lut_lo || c->nbits <= 4) && steps64_fit(c)) { /* <= 4 bits: float tables; more: binary16 planes */
         static const wp_rows_fn by_bits[9] = {NULL, bytes_lut1, bytes_lut2, bytes_lut3, bytes_lut4, NULL, bytes_lut6,
                                               NULL, bytes_lut8};
-        return by_bits[c->nbits];
+        return WP_ROWS(by_bits[c->nbits]);
     }
-    if (!chunks_fit(c)) return NULL;
+    if (!chunks_fit(c)) return WP_NO_ROWS;
     static const wp_rows_fn by_bits[9] = {NULL, codes_lut1, codes_lut2, codes_lut3, codes_lut4, NULL, codes_lut6, NULL,
                                           codes_lut8};
-    return by_bits[c->nbits];
+    return WP_ROWS(by_bits[c->nbits]);
 }
 
-wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a)
+wp_rows_plan wp_quant_rows_avx512(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return quant_rows_4bit;
-    if (c->mask && c->nbits == 4 && steps64_fit(c)) return bytes_quant4;
+    if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return WP_ROWS_SPLIT(quant_rows_4bit, 2);
+    if (c->mask && c->nbits == 4 && steps64_fit(c)) return WP_ROWS(bytes_quant4);
     if (c->nbits == 8 && steps64_fit(c)) /* long blocks repay a table of the 256 decoded values */
-        return a->half_math && c->col_block >= 512 ? bytes_quant8_table : bytes_quant8;
-    if (!chunks_fit(c)) return NULL;
-    return c->nbits == 4 ? codes_quant4 : codes_quant8;
+        return WP_ROWS(a->half_math && c->col_block >= 512 ? bytes_quant8_table : bytes_quant8);
+    if (!chunks_fit(c)) return WP_NO_ROWS;
+    return WP_ROWS(c->nbits == 4 ? codes_quant4 : codes_quant8);
 }
 
-wp_rows_fn wp_sparse_rows_avx512(const wp_sparse_mv *a)
+wp_rows_plan wp_sparse_rows_avx512(const wp_sparse_mv *a)
 {
-    if (steps64_fit(&a->c)) return a->value_half ? bytes_half : bytes_float;
-    if (!chunks_fit(&a->c)) return NULL;
-    return a->value_half ? values_half : values_float;
+    if (steps64_fit(&a->c)) return WP_ROWS(a->value_half ? bytes_half : bytes_float);
+    if (!chunks_fit(&a->c)) return WP_NO_ROWS;
+    return WP_ROWS(a->value_half ? values_half : values_float);
 }
+
+WP_TARGET_POP()
+#endif

@@ -12,11 +12,19 @@
 #define WP_E_PADDING (-4)
 #define WP_E_ARG (-5)
 #define WP_NOT_AVAILABLE (-6) /* the CPU level in force lacks this kernel */
+#define WP_E_NONFINITE (-7)   /* the activations hold NaN or infinity */
 
 static inline int wp_valid_nbits(int nbits)
 {
     return nbits == 1 || nbits == 2 || nbits == 3 || nbits == 4 || nbits == 6 || nbits == 8;
 }
+
+/* Weight streams are read once, row after row. The hardware prefetchers stop at every 4 KB page
+   and the kernels do enough arithmetic per cache line that a fresh miss then stalls them, so
+   each kernel also asks for the line this far ahead of where it reads (a hint: it never faults,
+   even past the end of a buffer). 2 KB measured best of 256 B - 8 KB on the 4-row kernels. */
+#define WP_PREFETCH_BYTES 2048
+#define WP_PREFETCH(p) __builtin_prefetch((const char *)(p) + WP_PREFETCH_BYTES, 0, 3)
 
 /* Bytes of an n-bit stream of count elements, or -1 on overflow / bad arguments. */
 static inline long long wp_stream_bytes(long long count, int nbits)
@@ -34,6 +42,18 @@ static inline unsigned wp_read_bits(const uint8_t *stream, long long k, int nbit
     unsigned v = p[0];
     if (shift + (unsigned)nbits > 8) v |= (unsigned)p[1] << 8;
     return (v >> shift) & ((1u << nbits) - 1u);
+}
+
+/* Whether every value is finite (exponent bits not all ones); a loop the compiler vectorizes. */
+static inline int wp_all_finite(const float *x, long long n)
+{
+    uint32_t any = 0;
+    for (long long i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, x + i, 4);
+        any |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    return !any;
 }
 
 static inline int wp_mask_bit(const uint8_t *mask, long long e)

@@ -44,33 +44,38 @@ def assert_close_to_exact(weight, x, y):
     assert excess.max(initial=0.0) <= 0.0, f"worst excess over the bound {excess.max()}"
 
 
+def pick(draw, fixed, choices):
+    return fixed if fixed is not None else draw(st.sampled_from(choices))
+
+
 @st.composite
-def matrices(draw):
-    """A compressed (rows x cols) weight in a layout the SIMD kernels cover, and a batch size."""
+def matrices(draw, kind=None, nbits=None, data_type=None, value_dtype=None, offset_kind=None):
+    """A compressed (rows x cols) weight in a layout the SIMD kernels cover, and a batch size;
+    the keyword arguments fix a choice (the format and its element types) instead of drawing it."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rows = draw(st.sampled_from([1, 3, 4, 5, 8, 17]))
     cols = 64 * draw(st.sampled_from([1, 2, 3, 4]))
     row_groups = draw(st.sampled_from(divisors(rows)))
     col_groups = draw(st.sampled_from([d for d in divisors(cols) if (cols // d) % 16 == 0]))
     groups = (row_groups, col_groups)
-    kind = draw(st.sampled_from(["lut", "sparse_lut", "sparse", "quant", "sparse_quant"]))
+    kind = pick(draw, kind, ["lut", "sparse_lut", "sparse", "quant", "sparse_quant"])
     mask = rng.random((rows, cols)) < draw(st.sampled_from([0.0, 0.3, 0.5, 0.75, 1.0]))
     nnz = int(mask.sum())
     if kind in ("lut", "sparse_lut"):
-        nbits = draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
-        lut = rng.standard_normal(groups + (1 << nbits, 1)).astype(draw(st.sampled_from([np.float16, np.float32])))
+        nbits = pick(draw, nbits, [1, 2, 3, 4, 6, 8])
+        lut = rng.standard_normal(groups + (1 << nbits, 1)).astype(pick(draw, value_dtype, [np.float16, np.float32]))
         if kind == "lut":
             weight = wp.PalettizedTensor(rng.integers(0, 1 << nbits, (rows, cols)), lut)
         else:
             weight = wp.SparsePalettizedTensor(mask, rng.integers(0, 1 << nbits, nnz), lut)
     elif kind == "sparse":
-        weight = wp.SparseTensor(mask, rng.standard_normal(nnz).astype(draw(st.sampled_from([np.float16, np.float32]))))
+        weight = wp.SparseTensor(mask, rng.standard_normal(nnz).astype(pick(draw, value_dtype, [np.float16, np.float32])))
     else:
-        data_type = draw(st.sampled_from(["int4", "uint4", "int8", "uint8"]))
+        data_type = pick(draw, data_type, ["int4", "uint4", "int8", "uint8"])
         lo, hi = int_range(data_type)
         bits, signed = int(data_type[-1]), data_type.startswith("int")
-        scale = (rng.random(groups) * 0.1).astype(draw(st.sampled_from([np.float16, np.float32])))
-        offset_kind = draw(st.sampled_from(["none", "int", "float"]))
+        scale = (rng.random(groups) * 0.1).astype(pick(draw, value_dtype, [np.float16, np.float32]))
+        offset_kind = pick(draw, offset_kind, ["none", "int", "float"])
         offset = None
         if offset_kind == "int":
             offset = NBitArray.from_values(rng.integers(lo, hi + 1, groups), bits, signed=signed)
@@ -89,6 +94,32 @@ def matrices(draw):
 
 # The fixtures set process-wide kernel state once per test; every generated input runs under it.
 fixtures_once = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+FORMATS = (  # every kernel family the fused products have: (kind, nbits, data_type, value dtype, offset)
+    [("lut", n, None, dt, None) for n in (1, 2, 3, 4, 6, 8) for dt in (np.float16, np.float32)]
+    + [("sparse_lut", n, None, np.float16, None) for n in (2, 4, 8)]
+    + [("sparse", None, None, dt, None) for dt in (np.float16, np.float32)]
+    + [(kind, None, q, dt, off) for kind in ("quant", "sparse_quant") for q in ("int4", "uint4", "int8", "uint8")
+       for dt in (np.float16, np.float32) for off in ("none", "int", "float")]
+)
+
+
+@pytest.mark.parametrize("kind, nbits, data_type, value_dtype, offset_kind", FORMATS)
+def test_products_decode_every_weight_exactly(simd, kind, nbits, data_type, value_dtype, offset_kind):
+    """With one-hot activations each output is one decoded weight times 1 plus zeros: no rounding,
+    so the fused kernels must reproduce decompress() bit for bit (the binary16 arithmetic of
+    shift-scale included), whatever their summation order."""
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(matrices(kind, nbits, data_type, value_dtype, offset_kind))
+    def check(case):
+        weight, _ = case
+        rows, cols = matrix_shape(weight)
+        y = wp.matmul(weight, np.eye(cols, dtype=np.float32), backend="c")
+        np.testing.assert_array_equal(y.T, weight.decompress(np.float32, backend="numpy").reshape(rows, cols))
+
+    check()
 
 
 @fixtures_once
