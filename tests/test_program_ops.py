@@ -285,6 +285,14 @@ def test_reshape(shape, target, opset, expected):
     assert y.shape == expected and np.array_equal(y.reshape(-1), x.reshape(-1))
 
 
+def test_tile_by_computed_reps():
+    x = randn(2, 3)
+    (y,) = run_op("tile", {"x": x, "reps": np.array([2, 1], np.int32)}, outputs=[np.zeros((4, 3), np.float32)])
+    np.testing.assert_array_equal(y, np.tile(x, (2, 1)))
+    with pytest.raises(WeightpackError, match=r"reps \[0, 1\] must hold one positive count"):
+        run_op("tile", {"x": x, "reps": np.array([0, 1], np.int32)}, outputs=[np.zeros((4, 3), np.float32)])
+
+
 def test_reshape_by_a_computed_shape():
     x = randn(2, 6)
     (y,) = run_op("reshape", {"x": x, "shape": np.array([3, 4], np.int32)}, outputs=[np.zeros((3, 4), np.float32)])
@@ -396,6 +404,12 @@ def test_concat_of_a_constant_and_a_variable():
     (y,) = run_op("concat", {"values": [a]}, {"axis": np.int32(1)}, outputs=[np.zeros((2, 3), np.float32)])
     np.testing.assert_array_equal(y, a)
     del const
+
+
+def test_concat_of_scalars_makes_a_vector():
+    a, b = np.array(2, np.int32), np.array(5, np.int32)
+    (y,) = run_op("concat", {"values": [a, b]}, {"axis": np.int32(0)}, outputs=[np.zeros(2, np.int32)])
+    assert y.tolist() == [2, 5]
 
 
 def test_concat_refuses_mismatched_shapes():

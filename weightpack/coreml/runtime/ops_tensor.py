@@ -284,6 +284,10 @@ def concat(b):
     rank = next((v.rank for v in values if v.rank is not None), None)
     if rank is None:
         b.fail("the values must have a known rank")
+    if rank == 0:  # scalars (shape arithmetic) concatenate into a vector
+        if any(v.rank != 0 for v in values):
+            b.fail(f"values of ranks {[v.rank for v in values]} cannot be concatenated")
+        return b.emit(lambda *vs: np.stack(vs), values, [((len(values),), values[0].type.dtype)])
     axis = b.infer(lambda: normalize_axis(b.int_("axis"), rank))
     out = None
     if all(v.shape is not None for v in values):
@@ -354,16 +358,29 @@ def split(b):
     return b.emit(lambda v: tuple(np.split(v, count, axis=axis)), [x], outs)
 
 
+def _checked_reps(reps, rank, where):
+    reps = tuple(int(r) for r in np.asarray(reps).reshape(-1))
+    if (rank is not None and len(reps) != rank) or any(r < 1 for r in reps):
+        raise ShapeError(f"reps {list(reps)} must hold one positive count per dimension of x (rank {rank})")
+    return reps
+
+
 @op("tile")
 def tile(b):
     x = b.operand("x")
-    reps = b.ints("reps")
-    if x.rank is not None and len(reps) != x.rank:
-        b.fail(f"reps {list(reps)} must have one entry per dimension of x {x.type}")
-    if any(r < 1 for r in reps):
-        b.fail(f"reps {list(reps)} must be positive")
-    out = None if x.shape is None else tuple(None if d is None else d * r for d, r in zip(x.shape, reps))
-    return b.emit(lambda v: np.tile(v, reps), [x], [(out, x.type.dtype)])
+    if b.is_const("reps"):
+        reps = b.infer(lambda: _checked_reps(b.ints("reps"), x.rank, b.where))
+        out = None if x.shape is None else tuple(None if d is None else d * r for d, r in zip(x.shape, reps))
+        return b.emit(lambda v: np.tile(v, reps), [x], [(out, x.type.dtype)])
+    where = b.where
+
+    def run(v, reps):
+        try:
+            return np.tile(v, _checked_reps(reps, v.ndim, where))
+        except ShapeError as err:
+            raise WeightpackError(str(err)) from None
+
+    return b.emit(run, [x, b.operand("reps")], [(None if x.rank is None else (None,) * x.rank, x.type.dtype)])
 
 
 @op("reverse")

@@ -39,7 +39,7 @@ def load_graph(model, function: str = "main") -> Graph:
         block = func.block_specializations[func.opset]
         weight_names = set(reader.weights())
         used = _used_by_ops(block)
-        _walk(block, graph, reader, weight_names, used, f"{source}: {function}/block")
+        _walk(block, graph, reader, weight_names, used, f"{function}/block")
         graph.outputs = list(block.outputs)
         graph.weights = weight_names & set(graph.constants)
         if function == "main" and not spec.description.functions:
@@ -61,6 +61,7 @@ def _used_by_ops(block) -> set:
 
 
 def _walk(block, graph: Graph, reader: ProgramReader, weight_names: set, used: set, path: str) -> None:
+    source = graph.source
     for op in block.operations:
         name = _op_name(op)
         where = f"{path}/op {name!r} ({op.type})"
@@ -68,13 +69,13 @@ def _walk(block, graph: Graph, reader: ProgramReader, weight_names: set, used: s
             for output in op.outputs:
                 if output.name in used:  # values read only by other constexpr ops stay unread
                     graph.constants[output.name] = reader.value(output.name)
-                    graph.const_types[output.name] = _tensor_type(output.type, f"{where}, output {output.name!r}", allow_string=True)
+                    graph.const_types[output.name] = _tensor_type(output.type, f"{source}: {where}, output {output.name!r}", allow_string=True)
             continue
         inputs = {}
         for param, argument in op.inputs.items():
-            bindings = tuple(_binding(b, reader, f"{where}, parameter {param!r}") for b in argument.arguments)
+            bindings = tuple(_binding(b, reader, f"{source}: {where}, parameter {param!r}") for b in argument.arguments)
             inputs[param] = bindings[0] if len(bindings) == 1 else bindings
-        outputs = [Var(o.name, _tensor_type(o.type, f"{where}, output {o.name!r}")) for o in op.outputs]
+        outputs = [Var(o.name, _tensor_type(o.type, f"{source}: {where}, output {o.name!r}")) for o in op.outputs]
         if op.blocks:
             where += " (holds nested blocks)"
         graph.ops.append(OpNode(op.type, name, inputs, outputs, where))
