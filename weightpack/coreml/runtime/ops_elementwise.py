@@ -20,18 +20,27 @@ SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 _SPECIAL = {}
+_INV_SQRT2 = 1 / math.sqrt(2.0)
 
 
 def _special(name: str):
-    """``math.erf`` / ``math.erfc`` as compiled ufuncs (numpy has neither): built on first use."""
+    """Compiled ufuncs numpy lacks (``erf``, and exact GELU in one pass through ``erfc``, which has
+    no cancellation for negative x), built on first use."""
     if name not in _SPECIAL:
         import numba
 
-        fn = getattr(math, name)
+        signatures = ["float32(float32)", "float64(float64)"]
+        if name == "gelu":
 
-        @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True, nopython=True)
-        def ufunc(v):
-            return fn(v)
+            @numba.vectorize(signatures, cache=True, nopython=True)
+            def ufunc(v):
+                return 0.5 * v * math.erfc(-v * _INV_SQRT2)
+
+        else:
+
+            @numba.vectorize(signatures, cache=True, nopython=True)
+            def ufunc(v):
+                return math.erf(v)
 
         _SPECIAL[name] = ufunc
     return _SPECIAL[name]
@@ -39,10 +48,6 @@ def _special(name: str):
 
 def erf(x):
     return _special("erf")(x)
-
-
-def erfc(x):
-    return _special("erfc")(x)
 
 
 def sigmoid(x):
@@ -136,9 +141,8 @@ def gelu(b):
     x = b.operand("x")
     b.expect(x, FLOATS, "x")
     mode = b.str_("mode", "EXACT", allowed=("EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION"))
-    if mode == "EXACT":  # 0.5 x (1 + erf(x / sqrt 2)), as erfc: no cancellation for negative x
-        inv_sqrt2 = np.float32(1 / math.sqrt(2.0))
-        fn = lambda v: 0.5 * v * erfc(-v * inv_sqrt2)  # noqa: E731
+    if mode == "EXACT":  # 0.5 x (1 + erf(x / sqrt 2))
+        fn = _special("gelu")
     elif mode == "TANH_APPROXIMATION":
         c = np.float32(SQRT_2_OVER_PI)
         fn = lambda v: 0.5 * v * (1 + np.tanh(c * (v + 0.044715 * (v * v * v))))  # noqa: E731
@@ -179,7 +183,8 @@ def softmax(b):
         axis = b.infer(lambda: normalize_axis(axis, x.rank))
 
     def fn(v):
-        e = np.exp(v - np.max(v, axis=axis, keepdims=True))
+        e = np.subtract(v, np.max(v, axis=axis, keepdims=True))
+        np.exp(e, out=e)
         e /= np.sum(e, axis=axis, keepdims=True)
         return e
 

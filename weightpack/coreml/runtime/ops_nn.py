@@ -309,7 +309,6 @@ def layer_norm(b):
     axes = tuple(range(x.rank)) if given is None else b.infer(lambda: tuple(sorted(normalize_axes(given, x.rank))))
     eps = b.scalar("epsilon", x, 1e-5)
     norm_shape = tuple(x.shape[a] for a in axes)
-    full = tuple(x.shape[i] if i in axes else 1 for i in range(x.rank))
     extras = []
     for name in ("gamma", "beta"):
         if b.has(name):
@@ -320,15 +319,15 @@ def layer_norm(b):
     trailing = axes == tuple(range(x.rank - len(axes), x.rank))
 
     def run(v, *params):
-        mean = np.mean(v, axis=axes, keepdims=True)
-        centered = v - mean
-        y = centered / np.sqrt(np.mean(np.square(centered), axis=axes, keepdims=True) + eps)
+        y = np.subtract(v, np.mean(v, axis=axes, keepdims=True))
+        y /= np.sqrt(np.mean(np.square(y), axis=axes, keepdims=True) + eps)
         for (name, _), p in zip(extras, params):
             p = p if trailing else p.reshape(tuple(v.shape[i] if i in axes else 1 for i in range(v.ndim)))
-            y = y * p if name == "gamma" else y + p
+            if name == "gamma":
+                y *= p
+            else:
+                y += p
         return y
-
-    del full
     return b.emit(run, [x, *[o for _, o in extras]], [(x.shape, x.type.dtype)])
 
 
