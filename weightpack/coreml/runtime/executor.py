@@ -143,7 +143,7 @@ class Program:
         self._refresh_report()
 
     @classmethod
-    def load(cls, model, policy: str = "jit", *, function: str = "main", compute_precision: str = "fp32", backend=None):
+    def load(cls, model, policy: str = "jit", *, function: str = "main", compute_precision: str = "fp32", backend=None, batch_size: int = 1):
         """Load ``model`` (an .mlpackage path or a coremltools MLModel) for execution.
 
         ``policy``: ``"jit"`` (iOS 17: weights stay compressed, fused products), ``"load"``
@@ -152,11 +152,12 @@ class Program:
         fp16 values of an fp16 program; ``"fp16"`` rounds every fp16-typed value to binary16
         after each op (Core ML's fp16 storage of activations; arithmetic inside an op stays
         float32). ``backend`` picks the kernel backend (None: the fastest available).
+        ``batch_size``: the rows ``auto`` times its products at where the program leaves them open.
         """
         from .parse import load_graph
 
         graph = load_graph(model, function)
-        return cls(graph, policy, compute_precision=compute_precision, backend=backend)
+        return cls(graph, policy, compute_precision=compute_precision, backend=backend, batch_size=batch_size)
 
     # ------------------------------------------------------------------ public API
 
@@ -186,11 +187,9 @@ class Program:
             raise WeightpackError(f"tensor has shape {tuple(tensor.shape)}; weight {name!r} has shape {tuple(old.shape)}")
         if np.dtype(tensor.dtype).kind != "f" or np.dtype(tensor.dtype).itemsize not in (2, 4):
             raise WeightpackError(f"tensor decodes to {np.dtype(tensor.dtype)}; weights are float16 or float32")
-        start = time.perf_counter()
         self._store.set_weight(name, tensor)
         if name in self._ctx.weight_slots:
             self._template[self._ctx.weight_slots[name]] = self._store.slots[name].dense
-        self.report.load_seconds += time.perf_counter() - start
         self._refresh_report()
 
     def predict(self, inputs, *, observe=None) -> dict:
