@@ -35,7 +35,7 @@ UNARY_DOMAINS = {
     "floor": (-3, 3), "round": (-3, 3), "sign": (-3, 3), "sin": (-3, 3), "sinh": (-3, 3), "sqrt": (0.1, 4),
     "square": (-3, 3), "tan": (-1.2, 1.2), "tanh": (-3, 3), "relu": (-3, 3), "relu6": (-8, 8),
     "sigmoid": (-8, 8), "silu": (-8, 8), "softplus": (-30, 30), "softsign": (-3, 3),
-    "inverse": (0.5, 3), "log": (0.1, 4), "rsqrt": (0.1, 4),
+    "inverse": (0.5, 3), "log": (0.1, 4), "rsqrt": (0.1, 4), "identity": (-3, 3),
 }  # fmt: skip
 
 
@@ -43,7 +43,7 @@ UNARY_DOMAINS = {
 FORMULAS = {
     "silu": lambda x: x / (1 + np.exp(-x)), "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "softplus": lambda x: np.log1p(np.exp(x)), "softsign": lambda x: x / (1 + np.abs(x)),
-    "relu6": lambda x: np.clip(x, 0, 6), "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6), "relu": lambda x: np.maximum(x, 0), "identity": lambda x: x,
 }  # fmt: skip
 
 
