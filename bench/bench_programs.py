@@ -262,6 +262,7 @@ def bench_llama(args, cache: Path) -> dict:
         reference = model(torch_ids).numpy()
     outputs = {p: prog.predict(inputs)[prog.outputs[0]] for p, prog in programs.items()}
     kernel_share = {p: [] for p in programs}
+    dispatch_share = {p: [] for p in programs}  # latency outside every op: input checks, the loop
     op_type_ms = {}
 
     def run(policy):
@@ -270,6 +271,7 @@ def bench_llama(args, cache: Path) -> dict:
         def call():
             prog.predict(inputs)
             kernel_share[policy].append(prog.report.kernel_seconds / prog.report.latency_seconds)
+            dispatch_share[policy].append(1 - sum(prog.report.op_seconds.values()) / prog.report.latency_seconds)
             if policy == "jit":
                 for (op_type, _), seconds in prog.report.op_seconds.items():
                     op_type_ms.setdefault(op_type, []).append(seconds * 1e3)
@@ -292,6 +294,7 @@ def bench_llama(args, cache: Path) -> dict:
         "resident_bytes": {p: programs[p].report.resident_weight_bytes for p in programs},
         "resident_jit_vs_load": programs["jit"].report.resident_weight_bytes / programs["load"].report.resident_weight_bytes,
         "overhead_share": {p: 1 - statistics.median(s) for p, s in kernel_share.items()},
+        "dispatch_share": {p: statistics.median(s) for p, s in dispatch_share.items()},
         "max_rel_error_vs_torch": {p: float(np.max(np.abs(o - reference)) / np.max(np.abs(reference))) for p, o in outputs.items()},
         "jit_ms_by_op_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
     }  # fmt: skip
@@ -364,7 +367,8 @@ def main(argv=None) -> dict:
               f"jit/load x{r['jit_vs_load']:.3f}, jit/torch x{r['jit_vs_torch']:.3f}")  # fmt: skip
         print(f"  resident weights jit {r['resident_bytes']['jit'] / 1e6:.1f} MB, load {r['resident_bytes']['load'] / 1e6:.1f} MB "
               f"(x{r['resident_jit_vs_load']:.3f}); load time jit {r['load_seconds']['jit']:.2f} s, load {r['load_seconds']['load']:.2f} s")  # fmt: skip
-        print(f"  overhead (latency - kernels) jit {r['overhead_share']['jit']:.1%}, load {r['overhead_share']['load']:.1%}; "
+        print(f"  overhead (latency - kernels) jit {r['overhead_share']['jit']:.1%}, load {r['overhead_share']['load']:.1%} "
+              f"(of which outside any op: {r['dispatch_share']['jit']:.1%}, {r['dispatch_share']['load']:.1%}); "
               f"max error vs torch jit {r['max_rel_error_vs_torch']['jit']:.1e}, load {r['max_rel_error_vs_torch']['load']:.1e} "
               f"({r['torch_params_assigned']} torch weights from the program)")  # fmt: skip
         top = list(r["jit_ms_by_op_type"].items())[:8]
