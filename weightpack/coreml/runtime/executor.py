@@ -138,6 +138,7 @@ class Program:
         self._frees = self._last_uses()
         self._weight_slot_set = set(self._ctx.weight_slots.values())
         self._times = [0.0] * len(self._steps)
+        self._op_keys = [(step.node.type, step.node.name) for step in self._steps]
         self.report = Report(policy)
         self.report.load_seconds = time.perf_counter() - start
         self._refresh_report()
@@ -216,7 +217,7 @@ class Program:
             outputs[name] = np.array(value, dtype_of(self._output_dtype(name)), copy=True)
         self.report.latency_seconds = time.perf_counter() - start
         self.report.kernel_seconds = self._clock.seconds
-        self.report.op_seconds = {(s.node.type, s.node.name): t for s, t in zip(self._steps, self._times)}
+        self.report.op_seconds = dict(zip(self._op_keys, self._times))
         return outputs
 
     # ------------------------------------------------------------------ running
