@@ -197,9 +197,10 @@ class Program:
         """Run the program on ``inputs`` ({name: array}); {output name: numpy array}.
 
         Every input is checked (name, shape, dtype) before anything runs. ``observe``, if given,
-        is called as ``observe(op, arrays)`` right before each op that consumes a weight, with
-        ``op`` its :class:`WeightOp` and ``arrays`` {parameter: numpy array} of the op's
-        variable inputs (the activations entering it).
+        is called as ``observe(op, arrays)`` right before each op that consumes a weight, once
+        per weight it consumes (a linear op with a stored bias: twice, roles ``"linear"`` and
+        ``"other"``), with ``op`` the :class:`WeightOp` and ``arrays`` {parameter: read-only
+        numpy array} of the op's variable inputs (the activations entering it).
         """
         start = time.perf_counter()
         env = list(self._template)
