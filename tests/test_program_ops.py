@@ -909,3 +909,11 @@ def test_quantize_and_dequantize():
     close(d, (q.astype(np.float32) - consts["zero_point"].reshape(2, 1)) * consts["scale"].reshape(2, 1))
     with pytest.raises(FormatError, match="needs axis"):
         run_op("quantize", {"input": x}, {"scale": np.array([0.5, 0.25], np.float32), "output_dtype": "int8"}, outputs=[expected], opset=17)
+
+
+def test_exact_gelu_is_within_a_few_float32_steps_of_float64_everywhere():
+    x = np.linspace(-12, 12, 20001).astype(np.float32)
+    (y,) = run_op("gelu", {"x": x}, outputs=[x])
+    exact = np.array([0.5 * float(v) * math.erfc(-float(v) / math.sqrt(2)) for v in x])
+    steps = np.abs(y - exact) / np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.max(steps[exact != 0]) <= 4

