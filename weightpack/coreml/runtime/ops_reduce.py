@@ -20,8 +20,16 @@ def _log_sum_exp(v, axis, keepdims):
     return total if keepdims else np.squeeze(total, axis=axis)
 
 
+def _mean(v, axis, keepdims):
+    """np.mean's sum / count without its Python-level bookkeeping (a hot op of RMSNorm)."""
+    count = 1
+    for a in axis:
+        count *= v.shape[a]
+    return np.add.reduce(v, axis=axis, keepdims=keepdims) / np.asarray(count, v.dtype)
+
+
 REDUCTIONS = {
-    "reduce_sum": np.sum, "reduce_mean": np.mean, "reduce_max": np.max, "reduce_min": np.min,
+    "reduce_sum": np.sum, "reduce_mean": _mean, "reduce_max": np.max, "reduce_min": np.min,
     "reduce_prod": np.prod,
     "reduce_l1_norm": lambda v, axis, keepdims: np.sum(np.abs(v), axis=axis, keepdims=keepdims),
     "reduce_l2_norm": lambda v, axis, keepdims: np.sqrt(np.sum(v * v, axis=axis, keepdims=keepdims)),
