@@ -187,6 +187,12 @@ def test_logical_ops(op_type, fn):
         run_op(op_type, {"x": x.astype(np.int32), "y": y.astype(np.int32)}, outputs=[fn(x, y)])
 
 
+def test_square_by_pow_is_bit_exact():
+    x = randn(64) * 100
+    (y,) = run_op("pow", {"x": x}, {"y": np.float32(2)}, outputs=[x])
+    np.testing.assert_array_equal(y, np.power(x, np.float32(2)))
+
+
 def test_binary_op_with_a_constant_operand():
     x = randn(2, 3)
     (z,) = run_op("sub", {"y": x}, {"x": np.float32(1.0)}, outputs=[x])
