@@ -47,9 +47,14 @@ def scaled_dot_product_attention(b):
         clock.seconds += time.perf_counter() - t0
         if masks:
             m = masks[0]
-            scores = np.where(m, scores, np.float32(-np.inf)) if m.dtype == np.bool_ else scores + m
-        peak = np.max(scores, axis=-1, keepdims=True)
-        weights = np.exp(scores - peak)
+            if m.dtype == np.bool_:
+                scores = np.where(m, scores, np.float32(-np.inf))
+            elif np.broadcast_shapes(m.shape, scores.shape) == scores.shape:
+                scores += m
+            else:
+                scores = scores + m
+        weights = np.subtract(scores, np.max(scores, axis=-1, keepdims=True), out=scores)  # scores: a new array
+        np.exp(weights, out=weights)
         weights /= np.sum(weights, axis=-1, keepdims=True)
         t0 = time.perf_counter()
         y = np.matmul(weights, value)

@@ -59,8 +59,22 @@ def erf(x):
     return _special("erf")(x)
 
 
+def _one_plus_exp_minus(x):
+    t = np.empty_like(x)
+    np.negative(x, out=t)
+    np.exp(t, out=t)
+    t += 1
+    return t
+
+
 def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    t = _one_plus_exp_minus(x)
+    return np.reciprocal(t, out=t)
+
+
+def silu(x):
+    t = _one_plus_exp_minus(x)
+    return np.divide(x, t, out=t)
 
 
 UNARY = {
@@ -69,7 +83,7 @@ UNARY = {
     "floor": np.floor, "round": np.round, "sign": np.sign, "sin": np.sin, "sinh": np.sinh,
     "sqrt": np.sqrt, "square": np.square, "tan": np.tan, "tanh": np.tanh, "identity": lambda x: x,
     "relu": lambda x: np.maximum(x, np.zeros((), x.dtype)), "relu6": lambda x: np.clip(x, 0, 6).astype(x.dtype, copy=False),
-    "sigmoid": sigmoid, "silu": lambda x: x * sigmoid(x), "softplus": lambda x: np.logaddexp(np.zeros((), x.dtype), x),
+    "sigmoid": sigmoid, "silu": silu, "softplus": lambda x: np.logaddexp(np.zeros((), x.dtype), x),
     "softsign": lambda x: x / (1 + np.abs(x)),
 }  # fmt: skip
 # ops whose x may also be an integer tensor

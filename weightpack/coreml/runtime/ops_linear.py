@@ -36,12 +36,13 @@ def linear(b):
     if x.shape is not None and not same_dim(x.shape[-1], in_features):
         b.fail(f"x {x.type} has {x.shape[-1]} features; the weight {w_type} takes {in_features}")
     args = [x]
-    bias = None
+    bias, bias_is_zero = None, lambda: True
     if b.has("bias"):
         bias = b.operand("bias")
         if bias.shape is not None and tuple(bias.shape) != (out_features,):
             b.fail(f"bias {bias.type} must have shape ({out_features},)")
         args.append(bias)
+        bias_is_zero = b.zero_test("bias") or (lambda: False)
     out = None if x.shape is None else tuple(x.shape[:-1]) + (out_features,)
     use = b.weight("weight", "linear", matrix_side=True, rows_hint=rows_hint(b, None if x.shape is None else x.shape[:-1]))
     if use is None:  # a weight computed by the program
@@ -55,10 +56,11 @@ def linear(b):
         return b.emit(run_var, args, [(out, x.type.dtype)])
 
     def run(v, *bias):
-        y = use.matmul_nt(np.ascontiguousarray(v.reshape(-1, in_features)))
-        if bias:
+        flat = v if v.ndim == 2 else v.reshape(-1, in_features)
+        y = use.matmul_nt(flat if flat.flags.c_contiguous else np.ascontiguousarray(flat))
+        if bias and not bias_is_zero():
             y += bias[0]
-        return y.reshape(v.shape[:-1] + (out_features,))
+        return y if v.ndim == 2 else y.reshape(v.shape[:-1] + (out_features,))
 
     return b.emit(run, args, [(out, x.type.dtype)])
 

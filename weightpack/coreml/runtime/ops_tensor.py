@@ -358,6 +358,14 @@ def split(b):
     return b.emit(lambda v: tuple(np.split(v, count, axis=axis)), [x], outs)
 
 
+def tile_array(v, reps):
+    """``np.tile`` for len(reps) == v.ndim as one broadcast copy (numpy's tile copies per axis)."""
+    if v.ndim == 0:
+        return v.copy()
+    spread = np.broadcast_to(v.reshape([s for d in v.shape for s in (1, d)]), [s for r, d in zip(reps, v.shape) for s in (r, d)])
+    return spread.reshape([r * d for r, d in zip(reps, v.shape)])
+
+
 def _checked_reps(reps, rank, where):
     reps = tuple(int(r) for r in np.asarray(reps).reshape(-1))
     if (rank is not None and len(reps) != rank) or any(r < 1 for r in reps):
@@ -371,12 +379,12 @@ def tile(b):
     if b.is_const("reps"):
         reps = b.infer(lambda: _checked_reps(b.ints("reps"), x.rank, b.where))
         out = None if x.shape is None else tuple(None if d is None else d * r for d, r in zip(x.shape, reps))
-        return b.emit(lambda v: np.tile(v, reps), [x], [(out, x.type.dtype)])
+        return b.emit(lambda v: tile_array(v, reps), [x], [(out, x.type.dtype)])
     where = b.where
 
     def run(v, reps):
         try:
-            return np.tile(v, _checked_reps(reps, v.ndim, where))
+            return tile_array(v, _checked_reps(reps, v.ndim, where))
         except ShapeError as err:
             raise WeightpackError(str(err)) from None
 

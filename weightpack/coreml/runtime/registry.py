@@ -259,6 +259,20 @@ class Builder:
         self.uses.append(use)
         return use
 
+    def zero_test(self, param: str):
+        """A function telling, at run time, whether a constant parameter holds only zeros (the
+        zero bias converters give bias-free layers: its addition can be skipped); it follows
+        ``set_weight``. None for a variable."""
+        binding = self._binding(param)
+        if isinstance(binding, Ref) and binding.name in self.ctx.store.slots:
+            slot = self.ctx.store.slots[binding.name]
+            return lambda: slot.zero
+        if not self.is_const(param):
+            return None
+        value = np.asarray(self.const(param))
+        zero = value.dtype.kind == "f" and not value.any()
+        return lambda: zero
+
     def expect(self, operand: Operand, dtypes, what: str) -> None:
         """Fail unless the operand's declared dtype is one of ``dtypes``."""
         if operand.type.dtype not in dtypes:

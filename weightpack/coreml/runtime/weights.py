@@ -107,10 +107,10 @@ class WeightSlot:
     """One weight of the program: its value (as loaded, or as set by ``set_weight``) and the dense
     float32 copy the policy keeps (None when no op needs it)."""
 
-    __slots__ = ("name", "value", "dense", "uses")
+    __slots__ = ("name", "value", "dense", "uses", "zero")
 
     def __init__(self, name: str, value):
-        self.name, self.value, self.dense, self.uses = name, value, None, []
+        self.name, self.value, self.dense, self.uses, self.zero = name, value, None, [], False
 
 
 class WeightUse:
@@ -289,6 +289,7 @@ class WeightStore:
     def _materialize(self, slot: WeightSlot) -> None:
         needs_dense = any(u.mode == "dense" for u in slot.uses)
         slot.dense = dense_float32(slot.value, self.backend) if needs_dense else None
+        slot.zero = slot.dense is not None and slot.dense.dtype.kind == "f" and not slot.dense.any()
         if any(u.mode == "fused" for u in slot.uses):  # kernels build their derived data once, at load
             fused_matmul(slot.value, np.zeros((1, matrix_shape(slot.value.shape)[1]), np.float32), backend=self.backend)
 
