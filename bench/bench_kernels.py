@@ -7,18 +7,22 @@ Every figure is a ratio to a baseline timed in the same process, right beside it
   decompression of the same arrays (its iOS 18 ops' ``decompress``).
 
 Medians over many repetitions; every timed call takes the next of several copies of its input,
-so the working set exceeds the last-level cache (``--llc-mb``, 32 MB here) and the weights come
-from memory, as in a real model. Prints a table, writes JSON (``--json``).
+so the working set is at least twice the last-level cache as this CPU reports it (``--llc-mb``
+overrides) and the weights come from memory, as in a real model. Products are timed with numpy's
+BLAS calls in between (each weightpack call follows a numpy call and each numpy call a weightpack
+call: both orders, as a model alternates them; OpenBLAS's workers spin after each call) and,
+with ``--standalone``, back to back as well; ``--threads 1 2`` repeats everything per thread
+count (numpy's BLAS limited to the same count through threadpoolctl). The output starts with
+the CPU model, its flags and its cache. Prints a table, writes JSON (``--json``).
 
-    python bench/bench_kernels.py                      # everything (a few minutes)
-    python bench/bench_kernels.py --only matvec --shapes 4096x4096 --batches 1
+    python bench/bench_kernels.py                      # everything (several minutes)
+    python bench/bench_kernels.py --only matvec --shapes 4096x4096 --batches 1 --threads 1 2 --standalone
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +32,9 @@ import numpy as np
 import weightpack as wp
 from weightpack import NBitArray
 from weightpack.kernels import backend_c
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -45,8 +52,45 @@ def median_seconds(fn, inputs, repeats: int) -> float:
 
 
 def copies_for(nbytes: int, llc_bytes: int) -> int:
-    """How many copies of an input of ``nbytes`` make a working set of at least 4x the LLC."""
-    return max(2, -(-4 * llc_bytes // max(nbytes, 1)))
+    """How many copies of an input of ``nbytes`` make a working set of at least 2x the LLC."""
+    return max(2, -(-2 * llc_bytes // max(nbytes, 1)))
+
+
+def interleaved_medians(first, second, inputs_first, inputs_second, repeats: int) -> tuple[float, float]:
+    """Median wall times of first(a_i) and second(b_i) called alternately (after one warm-up each):
+    every call of one follows a call of the other."""
+    first(inputs_first[0]), second(inputs_second[0])
+    times_first, times_second = [], []
+    for i in range(repeats):
+        for fn, inputs, times in ((first, inputs_first, times_first), (second, inputs_second, times_second)):
+            arg = inputs[(i + 1) % len(inputs)]
+            start = time.perf_counter()
+            fn(arg)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times_first)), float(np.median(times_second))
+
+
+class thread_limits:
+    """weightpack's and (through threadpoolctl, when installed) the BLAS's thread count."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __enter__(self):
+        self.previous = backend_c.set_threads()
+        backend_c.set_threads(self.count)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            self.blas = None
+        else:
+            self.blas = threadpool_limits(self.count, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        backend_c.set_threads(self.previous)
+        if self.blas is not None:
+            self.blas.restore_original_limits()
 
 
 def random_lut(rng, nbits: int, groups: int = 1) -> np.ndarray:
@@ -94,15 +138,24 @@ def bench_products(args, rng) -> list[dict]:
                     for mode in modes:
                         wp.matmul(w, x[:1], backend="c", mode=mode)
                 for mode in modes:
-                    baseline = median_seconds(lambda d: x @ d.T, dense, args.repeats)
-                    seconds = median_seconds(lambda w: wp.matmul(w, x, backend="c", mode=mode), weights, args.repeats)
-                    baseline = min(baseline, median_seconds(lambda d: x @ d.T, dense, args.repeats))
-                    row = dict(test="matmul", kind=kind, mode=mode, shape=f"{rows}x{cols}", batch=batch, seconds=seconds,
-                               numpy_fp32_seconds=baseline, speedup=baseline / seconds,
-                               bits_per_weight=8 * weights[0].nbytes / (rows * cols))
-                    rows_out.append(row)
-                    print(f"matmul {kind:14s} {mode:5s} {rows}x{cols} batch {batch:2d}: {seconds * 1e3:8.3f} ms, numpy fp32 "
-                          f"{baseline * 1e3:8.3f} ms, speedup {baseline / seconds:5.2f}x", flush=True)
+                    product = lambda w: wp.matmul(w, x, backend="c", mode=mode)  # noqa: E731
+                    numpy = lambda d: x @ d.T  # noqa: E731
+                    for threads in args.threads:
+                        with thread_limits(threads):
+                            orders = [("beside BLAS", lambda: interleaved_medians(numpy, product, dense, weights, args.repeats))]
+                            if args.standalone:
+                                orders.append(("standalone", lambda: (median_seconds(numpy, dense, args.repeats),
+                                                                      median_seconds(product, weights, args.repeats))))
+                            for order, measure in orders:
+                                baseline, seconds = measure()
+                                row = dict(test="matmul", kind=kind, mode=mode, shape=f"{rows}x{cols}", batch=batch,
+                                           threads=threads, order=order, seconds=seconds, numpy_fp32_seconds=baseline,
+                                           speedup=baseline / seconds, bits_per_weight=8 * weights[0].nbytes / (rows * cols))
+                                rows_out.append(row)
+                                print(f"matmul {kind:14s} {mode:5s} {rows}x{cols} batch {batch:2d} {threads}T {order:11s}: "
+                                      f"{seconds * 1e3:8.3f} ms, numpy fp32 {baseline * 1e3:8.3f} ms, "
+                                      f"speedup {baseline / seconds:5.2f}x", flush=True)
+                del weights
     return rows_out
 
 
@@ -214,15 +267,22 @@ def main(argv=None) -> int:
     parser.add_argument("--decompress-kinds", nargs="+", default=list(DECOMPRESS_KINDS), choices=DECOMPRESS_KINDS)
     parser.add_argument("--backends", nargs="+", default=["c", "numba", "numpy"])
     parser.add_argument("--repeats", type=int, default=40)
-    parser.add_argument("--llc-mb", dest="llc", type=lambda v: int(float(v) * 2**20), default=32 * 2**20)
+    parser.add_argument("--threads", type=int, nargs="+", default=[backend_c.set_threads()],
+                        help="thread counts to measure products with (default: all CPUs)")
+    parser.add_argument("--standalone", action="store_true", help="also time products back to back, no BLAS between")
+    parser.add_argument("--llc-mb", dest="llc", type=lambda v: int(float(v) * 2**20), default=None,
+                        help="last-level cache to rotate inputs past (default: the size the CPU reports)")
     parser.add_argument("--json", type=Path, default=RESULTS / "kernels.json")
+    parser.add_argument("--simd", default=os.environ.get("WEIGHTPACK_SIMD") or None,
+                        help="SIMD level of the C backend (default: WEIGHTPACK_SIMD, else the best this CPU has)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     sections = args.only or ["matvec", "decompress", "runtime"]
-    meta = dict(machine=platform.machine(), cpus=len(os.sched_getaffinity(0)), simd=backend_c.set_simd(),
-                threads=backend_c.set_threads(), numpy=np.__version__, python=sys.version.split()[0],
-                argv=sys.argv[1:] if argv is None else argv)
-    print(f"weightpack {wp.__version__}: SIMD {meta['simd']}, {meta['threads']} threads, numpy {meta['numpy']}")
+    backend_c.set_simd(args.simd)
+    meta = dict(info(), numpy=np.__version__, python=sys.version.split()[0], argv=sys.argv[1:] if argv is None else argv)
+    args.llc = args.llc or meta["llc_bytes"]
+    print(describe(meta))
+    print(f"weightpack {wp.__version__}, numpy {meta['numpy']}; inputs rotated past {2 * args.llc / 2**20:.0f} MiB")
     results = []
     if "matvec" in sections:
         results += bench_products(args, rng)

@@ -126,6 +126,7 @@ int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits
     }
 #if WP_X86
     if (wp_simd_level() >= WP_LEVEL_AVX512 && (rc = wp_lut_decode_avx512(&job)) != WP_NOT_COVERED) return rc;
+    if (wp_simd_level() >= WP_LEVEL_AVX2 && (rc = wp_lut_decode_avx2(&job)) != WP_NOT_COVERED) return rc;
 #elif WP_ARM64
     if (wp_simd_level() >= WP_LEVEL_NEON && (rc = wp_lut_decode_neon(&job)) != WP_NOT_COVERED) return rc;
 #endif
@@ -147,6 +148,9 @@ int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long co
 #if WP_X86
     if (wp_simd_level() >= WP_LEVEL_AVX512 &&
         (rc = wp_sparse_decode_avx512(mask, count, values, n_values, elem_size, widen_half, out)) != WP_NOT_COVERED)
+        return rc;
+    if (wp_simd_level() >= WP_LEVEL_AVX2 &&
+        (rc = wp_sparse_decode_avx2(mask, count, values, n_values, elem_size, widen_half, out)) != WP_NOT_COVERED)
         return rc;
 #elif WP_ARM64
     if (wp_simd_level() >= WP_LEVEL_NEON &&
@@ -194,6 +198,7 @@ int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbi
     if ((rc = check_tables(&job)) || (rc = check_stream(mask, mask_len, count, data_len, nbits))) return rc;
 #if WP_X86
     if (wp_simd_level() >= WP_LEVEL_AVX512 && (rc = wp_quant_decode_avx512(&job)) != WP_NOT_COVERED) return rc;
+    if (wp_simd_level() >= WP_LEVEL_AVX2 && (rc = wp_quant_decode_avx2(&job)) != WP_NOT_COVERED) return rc;
 #elif WP_ARM64
     if (wp_simd_level() >= WP_LEVEL_NEON && (rc = wp_quant_decode_neon(&job)) != WP_NOT_COVERED) return rc;
 #endif

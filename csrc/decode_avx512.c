@@ -12,10 +12,10 @@ WP_TARGET_PUSH(WP_AVX512_FEATURES)
 #include <stdlib.h>
 
 #include "avx512_common.h"
-#include "decode.h"
+#include "decode_chunks.h"
 #include "wp_dispatch.h"
 
-#define CHUNK 8192 /* columns of a row per task */
+#define CHUNK WP_DECODE_CHUNK
 
 /* 64 mask bits starting at bit e (the caller guarantees e + 64 <= element count). */
 WP_INLINE uint64_t mask64(const uint8_t *mask, long long e)
@@ -26,86 +26,6 @@ WP_INLINE uint64_t mask64(const uint8_t *mask, long long e)
     return s ? (m >> s) | ((uint64_t)mask[(e >> 3) + 8] << (64 - s)) : m;
 }
 
-/* Set bits of mask in [e0, e1). */
-static long long popcount_range(const uint8_t *mask, long long e0, long long e1)
-{
-    long long n = 0, e = e0;
-    for (; e < e1 && (e & 7); e++) n += wp_mask_bit(mask, e);
-    for (; e + 64 <= e1; e += 64) {
-        uint64_t m;
-        memcpy(&m, mask + (e >> 3), 8);
-        n += _mm_popcnt_u64(m);
-    }
-    for (; e < e1; e++) n += wp_mask_bit(mask, e);
-    return n;
-}
-
-typedef void (*chunk_fn)(const wp_decode_job *job, long long r, long long j0, long long j1, long long k);
-
-typedef struct {
-    const uint8_t *mask;
-    long long cols, per_row, *counts;
-} popcount_tasks;
-
-static void count_chunks(void *ctx, long long t0, long long t1)
-{
-    const popcount_tasks *p = ctx;
-    for (long long t = t0; t < t1; t++) {
-        const long long r = t / p->per_row, j0 = t % p->per_row * CHUNK, j1 = j0 + CHUNK < p->cols ? j0 + CHUNK : p->cols;
-        p->counts[t + 1] = popcount_range(p->mask, r * p->cols + j0, r * p->cols + j1);
-    }
-}
-
-/* Per-chunk first stream element of a masked job (NULL when out of memory); starts[tasks] is the
-   mask's popcount. */
-static long long *chunk_starts(const uint8_t *mask, long long rows, long long cols, long long per_row)
-{
-    const long long tasks = rows * per_row;
-    long long *starts = malloc((size_t)(tasks + 1) * sizeof *starts);
-    if (!starts) return NULL;
-    popcount_tasks p = {mask, cols, per_row, starts};
-    wp_parallel_for(tasks, 1, count_chunks, &p);
-    starts[0] = 0;
-    for (long long t = 0; t < tasks; t++) starts[t + 1] += starts[t];
-    return starts;
-}
-
-typedef struct {
-    const wp_decode_job *job;
-    chunk_fn fn;
-    long long per_row;
-    const long long *starts;
-} chunk_tasks;
-
-static void decode_chunks(void *ctx, long long t0, long long t1)
-{
-    const chunk_tasks *c = ctx;
-    const wp_decode_job *job = c->job;
-    for (long long t = t0; t < t1; t++) {
-        const long long r = t / c->per_row, j0 = t % c->per_row * CHUNK, j1 = j0 + CHUNK < job->cols ? j0 + CHUNK : job->cols;
-        c->fn(job, r, j0, j1, job->mask ? c->starts[t] : r * job->cols + j0);
-    }
-}
-
-/* Run fn over every chunk of every row; k is the chunk's first stream element. */
-static int run_chunks(const wp_decode_job *job, chunk_fn fn)
-{
-    const long long per_row = (job->cols + CHUNK - 1) / CHUNK, tasks = job->rows * per_row;
-    long long *starts = NULL;
-    if (job->mask) {
-        if (!(starts = chunk_starts(job->mask, job->rows, job->cols, per_row))) return WP_NOT_COVERED;
-        const long long available = job->codes_len / job->nbits * 8 + (job->codes_len % job->nbits) * 8 / job->nbits;
-        if (starts[tasks] > available) {
-            free(starts);
-            return WP_E_SIZE;
-        }
-    }
-    chunk_tasks c = {job, fn, per_row, starts};
-    wp_parallel_for(tasks, 1, decode_chunks, &c);
-    free(starts);
-    return WP_OK;
-}
-
 /* Whether the 64 columns from j lie in one table. */
 WP_INLINE int one_table(const wp_decode_job *job, long long j)
 {
@@ -113,20 +33,6 @@ WP_INLINE int one_table(const wp_decode_job *job, long long j)
 }
 
 /* ---- LUT ------------------------------------------------------------------------------------ */
-
-/* One element the scalar way (row tails and table boundaries). */
-WP_INLINE void lut_element(const wp_decode_job *job, long long r, long long j, long long *k)
-{
-    const int es = job->elem_size;
-    uint8_t *dst = (uint8_t *)job->out + (job->row_out[r] + j) * es;
-    if (job->mask && !wp_mask_bit(job->mask, r * job->cols + j)) {
-        memset(dst, 0, (size_t)es);
-        return;
-    }
-    const unsigned idx = wp_read_bits(job->codes, (*k)++, job->nbits);
-    memcpy(dst, (const uint8_t *)job->lut + (((job->row_table[r] + j / job->col_block) << job->nbits) + idx) * es,
-           (size_t)es);
-}
 
 /* The table as byte planes: from the output-typed LUT (1 and 2 bytes) or the binary16 planes. */
 WP_INLINE void table_planes(const wp_decode_job *job, long long t, half_planes *p)
@@ -153,18 +59,6 @@ WP_INLINE void table_planes(const wp_decode_job *job, long long t, half_planes *
 
 
 /* ---- shift-scale ---------------------------------------------------------------------------- */
-
-WP_INLINE void quant_element(const wp_decode_job *job, long long r, long long j, long long *k)
-{
-    const long long e = r * job->cols + j;
-    float w = 0.0f;
-    if (!job->mask || wp_mask_bit(job->mask, e)) {
-        const int q = wp_code_value(wp_read_bits(job->codes, (*k)++, job->nbits), job->nbits, job->is_signed);
-        w = wp_shift_scale((float)q, job->scale, job->offset, job->row_table[r] + j / job->col_block, job->half_math);
-    }
-    if (job->out_half) ((uint16_t *)job->out)[e] = wp_float_to_half(w);
-    else ((float *)job->out)[e] = w;
-}
 
 WP_INLINE float scalar_at(const void *values, long long t, int half)
 {
@@ -194,7 +88,7 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
     long long j = j0;
     while (j < j1) {
         if (j + 64 > j1) {
-            quant_element(job, r, j++, &k);
+            wp_quant_element(job, r, j++, &k);
             continue;
         }
         const long long e = r * job->cols + j;
@@ -262,8 +156,8 @@ WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0,
     long long j = j0;
     while (j < j1) {
         if (j + 64 > j1 || !one_table(job, j)) {
-            if (quant) quant_element(job, r, j++, &k);
-            else lut_element(job, r, j++, &k);
+            if (quant) wp_quant_element(job, r, j++, &k);
+            else wp_lut_element(job, r, j++, &k);
             continue;
         }
         const long long t = job->row_table[r] + j / job->col_block, e = r * job->cols + j;
@@ -308,14 +202,14 @@ int wp_lut_decode_avx512(const wp_decode_job *job)
 {
     if (job->vsize != 1 || (job->elem_size == 4 && !job->lut_lo)) return WP_NOT_COVERED;
     if (job->mask && job->cols % 8) return WP_NOT_COVERED; /* rows start on whole mask bytes */
-    return run_chunks(job, lut_chunk);
+    return wp_run_chunks(job, lut_chunk);
 }
 
 int wp_quant_decode_avx512(const wp_decode_job *job)
 {
     if (job->mask && job->cols % 8) return WP_NOT_COVERED;
     const int long_tables = job->col_block >= (job->nbits == 8 ? 1024 : 128);
-    return run_chunks(job, job->half_math && long_tables ? quant_table_chunk : quant_chunk);
+    return wp_run_chunks(job, job->half_math && long_tables ? quant_table_chunk : quant_chunk);
 }
 
 /* ---- sparse values -------------------------------------------------------------------------- */
@@ -370,7 +264,7 @@ int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *va
                             int widen_half, void *out)
 {
     const long long tasks = (count + CHUNK - 1) / CHUNK;
-    long long *starts = chunk_starts(mask, 1, count, tasks);
+    long long *starts = wp_chunk_starts(mask, 1, count, tasks);
     if (!starts) return WP_NOT_COVERED;
     if (starts[tasks] > n_values) {
         free(starts);

@@ -61,10 +61,23 @@ static int fast_matvec_impl(const wp_fast_args *a, const float *x, int lut, wp_r
         quantize_activations(x + b * cols, cols, per, xq + b * cols, lane_sx + b * lanes, block_sx + b * blocks,
                              block_sum + b * blocks, prefix + b * (blocks + 1));
     wp_fast_rows rows = {a, xq, lane_sx, block_sum, prefix, lut};
-    if (a->rows >= 64) wp_parallel_for(a->rows, 16, rows_fn, &rows);
+    if (a->rows >= 64) wp_parallel_for(a->rows, wp_rows_per_range(a->rows), rows_fn, &rows);
     else rows_fn(&rows, 0, a->rows);
     free(xq), free(lane_sx), free(block_sx), free(block_sum), free(prefix);
     return WP_OK;
+}
+
+/* From this batch size on, fast mode runs on AMX tiles where the CPU has them (a tile holds 16
+   batch items; below that the integer dot-product kernels win). */
+#define AMX_MIN_BATCH 16
+
+int wp_fast_amx_available(void)
+{
+#if WP_X86 && WP_HAVE_AMX
+    return wp_simd_level() >= WP_LEVEL_AVX512FP16 && wp_cpu_has_amx();
+#else
+    return 0;
+#endif
 }
 
 int wp_fast_min_level(void)
@@ -102,5 +115,11 @@ int wp_fast_matvec(const unsigned char *codes, long long codes_len, int nbits, i
         if (row_table[r] < 0 || row_table[r] + (cols - 1) / col_block >= n_tables) return WP_E_RANGE;
     const wp_fast_args a = {rows, cols, codes, nbits, is_signed, row_table, col_block, table_u8, table_scale, table_bias,
                          batch, y};
+#if WP_X86 && WP_HAVE_AMX
+    if (batch >= AMX_MIN_BATCH && wp_fast_amx_available()) {
+        const int rc = wp_fast_amx_matvec(&a, x);
+        if (rc != WP_NOT_COVERED) return rc;
+    }
+#endif
     return fast_matvec_impl(&a, x, table_u8 != NULL, rows_fn);
 }

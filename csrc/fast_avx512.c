@@ -44,7 +44,7 @@ WP_INLINE float fast_row(const wp_fast_args *a, long long r, const int8_t *xq, c
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx, acc);
         }
         const float correction = (float)(prefix[(j0 + a->col_block) / WP_QBLOCK] - prefix[j0 / WP_QBLOCK]); /* sum sx_b S_b */
-        total += a->table_scale[t] * (_mm512_reduce_add_ps(acc) - a->table_bias[t] * correction);
+        total += a->table_scale[t] * (_mm512_reduce_add_ps(acc) - wp_fast_bias(a, t) * correction);
     }
     return total;
 }
@@ -64,6 +64,7 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
     const __m512i flip_all = _mm512_set1_epi8((char)(a->is_signed ? (n == 8 ? 0x80 : 0x88) : 0)); /* every code of a byte */
     for (long long k = 0; k < len; k += 64) {
         WP_PREFETCH(a->codes + r * row_bytes + k);
+        if (!(k & 255)) WP_PREFETCH(a->table_scale + t0 + k * per / WP_QBLOCK); /* a line of scales per 256 bytes */
         const __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(a->codes + r * row_bytes + k), flip_all);
         const __m512 scales = _mm512_permutexvar_ps(lane_block, _mm512_maskz_loadu_ps((__mmask16)((1u << blocks_per_step) - 1),
                                                                                         a->table_scale + t0 + k * per / WP_QBLOCK));
@@ -79,32 +80,14 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
     const long long blocks = a->cols / WP_QBLOCK;
     for (long long b = 0; b < blocks; b += 16) {
         const __mmask16 m = blocks - b >= 16 ? 0xffff : (__mmask16)((1u << (blocks - b)) - 1);
-        const __m512 sc = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a->table_scale + t0 + b), _mm512_maskz_loadu_ps(m, a->table_bias + t0 + b));
+        const __m512 bias = a->table_bias ? _mm512_maskz_loadu_ps(m, a->table_bias + t0 + b) : _mm512_set1_ps(wp_fast_bias(a, t0));
+        const __m512 sc = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a->table_scale + t0 + b), bias);
         correction = _mm512_fmadd_ps(sc, _mm512_maskz_loadu_ps(m, block_sum + b), correction);
     }
     return _mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(correction);
 }
 
-void wp_fast_rows_avx512(void *ctx, long long r0, long long r1)
-{
-    const wp_fast_rows *f = ctx;
-    const wp_fast_args *a = f->a;
-    const int n = a->nbits, lut = f->lut;
-    const long long cols = a->cols, blocks = cols / WP_QBLOCK, lanes = cols / (8 / n) / 4;
-    for (long long r = r0; r < r1; r++)
-        for (long long b = 0; b < a->batch; b++) {
-            const int8_t *q = f->xq + b * cols;
-            const float *ls = f->lane_sx + b * lanes, *bm = f->block_sum + b * blocks;
-            const double *pf = f->prefix + b * (blocks + 1);
-            if (a->col_block == WP_QBLOCK) /* quantized, one scale per block of 32 */
-                a->y[b * a->rows + r] = n == 8 ? fast_row_blocks(a, r, q, ls, bm, 8) : fast_row_blocks(a, r, q, ls, bm, 4);
-            else
-                a->y[b * a->rows + r] = n == 8   ? fast_row(a, r, q, ls, pf, 8, lut)
-                                        : n == 4 ? fast_row(a, r, q, ls, pf, 4, lut)
-                                        : n == 2 ? fast_row(a, r, q, ls, pf, 2, lut)
-                                                 : fast_row(a, r, q, ls, pf, 1, lut);
-        }
-}
+WP_FAST_ROWS(wp_fast_rows_avx512, fast_row, fast_row_blocks)
 
 WP_TARGET_POP()
 #endif

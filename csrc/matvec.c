@@ -54,7 +54,6 @@ static int check_common(const wp_mv_common *c, long long mask_len, long long x_l
 
 /* Products smaller than this many weights run on one thread: waking another costs more. */
 #define MIN_PARALLEL_WEIGHTS (1LL << 16)
-#define ROWS_PER_RANGE 16
 
 typedef struct {
     wp_rows_fn fn;
@@ -78,7 +77,7 @@ static int run_rows(wp_rows_plan plan, wp_mv_common *c, const void *args)
     }
     rows_job job = {plan.fn, args};
     const long long work = c->rows * c->cols * (c->batch < 8 ? c->batch : 8);
-    if (work >= MIN_PARALLEL_WEIGHTS) wp_parallel_for(c->rows, ROWS_PER_RANGE, rows_range, &job);
+    if (work >= MIN_PARALLEL_WEIGHTS) wp_parallel_for(c->rows, wp_rows_per_range(c->rows), rows_range, &job);
     else if (c->rows > 0) plan.fn(args, 0, c->rows);
     free(xs);
     return WP_OK;

@@ -119,6 +119,51 @@ static int small_codes_fit(const wp_mv_common *c)
     return !c->mask && c->col_block % (16 * per) == 0 && c->cols % c->col_block == 0;
 }
 
+/* ---- dense 8-bit codes: four rows share each load of x ------------------------------------- */
+
+WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, const void *unused, long long r, int rt,
+                         long long b0, int bt)
+{
+    (void)unused;
+    const wp_quant_mv *a = args;
+    __m512 acc[ROW_TILE][BATCH_TILE];
+    for (int i = 0; i < rt; i++)
+        for (int b = 0; b < bt; b++) acc[i][b] = _mm512_setzero_ps();
+    for (long long j0 = 0; j0 < c->cols; j0 += c->col_block) {
+        __m512 scale[ROW_TILE], offset[ROW_TILE];
+        for (int i = 0; i < rt; i++) {
+            const long long t = c->row_table[r + i] + j0 / c->col_block;
+            scale[i] = _mm512_set1_ps(a->half_math ? _cvtsh_ss(((const uint16_t *)a->scale)[t]) : ((const float *)a->scale)[t]);
+            offset[i] = !a->offset ? _mm512_setzero_ps()
+                        : _mm512_set1_ps(a->half_math ? _cvtsh_ss(((const uint16_t *)a->offset)[t]) : ((const float *)a->offset)[t]);
+        }
+        for (long long j = j0; j < j0 + c->col_block; j += 16) {
+            __m512 xv[BATCH_TILE];
+            for (int b = 0; b < bt; b++) xv[b] = _mm512_loadu_ps(c->x + (b0 + b) * c->cols + j);
+            for (int i = 0; i < rt; i++) {
+                const uint8_t *codes = c->codes + (r + i) * c->cols + j;
+                if (!(j & 63)) __builtin_prefetch(codes + rt * c->cols); /* the next tile's rows */
+                const __m128i bytes = _mm_loadu_si128((const __m128i *)codes);
+                __m512 v = _mm512_cvtepi32_ps(a->is_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes));
+                if (a->offset) {
+                    v = _mm512_sub_ps(v, offset[i]);
+                    if (a->half_math) v = round_half(v);
+                }
+                v = _mm512_mul_ps(scale[i], v);
+                if (a->half_math) v = round_half(v);
+                for (int b = 0; b < bt; b++) acc[i][b] = _mm512_fmadd_ps(v, xv[b], acc[i][b]);
+            }
+        }
+    }
+    store_tile(c, acc, r, rt, b0, bt);
+}
+
+static void int8_rows(const void *args, long long r0, long long r1)
+{
+    const wp_mv_common *c = &((const wp_quant_mv *)args)->c;
+    RUN_TILES(int8_tile, args, c, NULL, r0, r1);
+}
+
 /* ---- any codes, dense or under a mask, 16 columns at a time --------------------------------- */
 
 enum source { SRC_HALF, SRC_FLOAT, SRC_LUT, SRC_QUANT, SRC_QUANT_TABLE };
@@ -280,6 +325,15 @@ WP_INLINE __m512 dequantize16(const void *args, const row_state *st, __m512i q)
     return a->half_math ? round_half(v) : v;
 }
 
+/* Table t's scale and offset, broadcast (a zero offset when there is none). */
+WP_INLINE void broadcast_scale(const wp_quant_mv *a, long long t, row_state *st)
+{
+    const int h = a->half_math;
+    st->scale = _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->scale)[t]) : ((const float *)a->scale)[t]);
+    st->offset = !a->offset ? _mm512_setzero_ps()
+                            : _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->offset)[t]) : ((const float *)a->offset)[t]);
+}
+
 WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t, row_state *st)
 {
     if ((src == SRC_LUT || src == SRC_QUANT) && n <= 4) { /* a float table in one register */
@@ -294,7 +348,7 @@ WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t
     } else if (src == SRC_QUANT_TABLE) { /* 8-bit codes, binary16 arithmetic: all 256 decoded values */
         const wp_quant_mv *a = args;
         row_state arith;
-        fetch_state(args, SRC_QUANT, 8, t, &arith);
+        broadcast_scale(a, t, &arith);
         const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         uint8_t lo[256], hi[256];
         for (int q = 0; q < 16; q++) {
@@ -309,11 +363,7 @@ WP_INLINE void fetch_state(const void *args, enum source src, int n, long long t
             st->planes.hi[q] = _mm512_loadu_si512(hi + 64 * q);
         }
     } else if (src == SRC_QUANT) {
-        const wp_quant_mv *a = args;
-        const int h = a->half_math;
-        st->scale = _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->scale)[t]) : ((const float *)a->scale)[t]);
-        st->offset = !a->offset ? _mm512_setzero_ps()
-                                : _mm512_set1_ps(h ? _cvtsh_ss(((const uint16_t *)a->offset)[t]) : ((const float *)a->offset)[t]);
+        broadcast_scale(args, t, st);
     }
 }
 
@@ -456,6 +506,7 @@ wp_rows_plan wp_quant_rows_avx512(const wp_quant_mv *a)
     const wp_mv_common *c = &a->c;
     if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return WP_ROWS_SPLIT(quant_rows_4bit, 2);
     if (c->mask && c->nbits == 4 && steps64_fit(c)) return WP_ROWS(bytes_quant4);
+    if (!c->mask && c->nbits == 8 && chunks_fit(c)) return WP_ROWS(int8_rows);
     if (c->nbits == 8 && steps64_fit(c)) /* long blocks repay a table of the 256 decoded values */
         return WP_ROWS(a->half_math && c->col_block >= 512 ? bytes_quant8_table : bytes_quant8);
     if (!chunks_fit(c)) return WP_NO_ROWS;

@@ -20,6 +20,15 @@ static int thread_count = 1;
 
 int wp_threads(void) { return thread_count; }
 
+#define RANGES_PER_THREAD 4
+
+long long wp_rows_per_range(long long rows)
+{
+    const long long ranges = (long long)thread_count * RANGES_PER_THREAD;
+    const long long rows_each = (rows + ranges - 1) / ranges;
+    return rows_each < 16 ? 16 : (rows_each + 15) / 16 * 16;
+}
+
 #define MAX_RANGES 65535 /* ranges per call: the ticket's 16-bit fields */
 
 /* Ranges of `grain` items, at most MAX_RANGES of them (grain grows if needed). */
@@ -38,8 +47,18 @@ static void run_range(wp_range_fn fn, void *ctx, long long r, long long grain, l
 
 #ifdef WP_USE_OPENMP
 #include <omp.h>
+#include <pthread.h>
 
 const char *wp_threading(void) { return "openmp"; }
+
+/* libgomp's threads do not survive fork(): a child that entered a parallel region after its
+   parent used one would wait forever for them.  A forked child therefore runs serially. */
+static int forked_child = 0;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void mark_forked_child(void) { forked_child = 1; }
+
+static void register_atfork(void) { pthread_atfork(NULL, NULL, mark_forked_child); }
 
 int wp_set_threads(int n)
 {
@@ -51,7 +70,8 @@ void wp_parallel_for(long long items, long long grain, wp_range_fn fn, void *ctx
 {
     const long long ranges = range_count(items, &grain);
     if (ranges <= 0) return;
-    if (thread_count == 1 || ranges == 1) {
+    pthread_once(&atfork_once, register_atfork);
+    if (thread_count == 1 || ranges == 1 || forked_child) {
         for (long long r = 0; r < ranges; r++) run_range(fn, ctx, r, grain, items);
         return;
     }

@@ -13,6 +13,8 @@
 #define WP_E_ARG (-5)
 #define WP_NOT_AVAILABLE (-6) /* the CPU level in force lacks this kernel */
 #define WP_E_NONFINITE (-7)   /* the activations hold NaN or infinity */
+#define WP_E_MEMORY (-8)      /* a scratch allocation failed */
+#define WP_NOT_COVERED 1      /* (internal) a SIMD path declines the case: a lower one runs */
 
 static inline int wp_valid_nbits(int nbits)
 {

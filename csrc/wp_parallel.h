@@ -15,6 +15,12 @@ typedef void (*wp_range_fn)(void *ctx, long long begin, long long end);
  */
 void wp_parallel_for(long long items, long long grain, wp_range_fn fn, void *ctx);
 
+/* Rows per range when `rows` rows are split over the threads: about RANGES_PER_THREAD contiguous
+   ranges each, in multiples of 16 rows.  Long ranges keep each thread's reads sequential (the
+   prefetchers follow them); several per thread still let one take over from another whose core
+   is busy elsewhere. */
+long long wp_rows_per_range(long long rows);
+
 int wp_threads(void);
 const char *wp_threading(void); /* "pool" or "openmp" */
 int wp_set_threads(int n);

@@ -42,6 +42,13 @@
 #define WP_HAVE_AVX512FP16 0
 #endif
 
+/* AMX tile instructions: GCC 11+, clang 12+, on Linux (the kernel must grant the tile state). */
+#if WP_X86 && defined(__linux__) && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define WP_HAVE_AMX 1
+#else
+#define WP_HAVE_AMX 0
+#endif
+
 /* The instruction sets of the AVX-512 level (cpu.c checks each of them). */
 #define WP_AVX512_FEATURES "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,avx512vnni,avx2,fma,f16c,bmi2,popcnt"
 
@@ -53,7 +60,21 @@
 #define WP_LEVEL_AVX512FP16 3 /* + AVX512-FP16 (Sapphire Rapids and newer Intel server CPUs) */
 #elif WP_ARM64
 #define WP_LEVEL_NEON 1    /* Advanced SIMD (every aarch64 CPU) */
-#define WP_LEVEL_DOTPROD 2 /* + SDOT/UDOT (FEAT_DotProd: Apple M1, Graviton 2, Cortex-A76 and newer) */
+#define WP_LEVEL_FP16 2    /* + binary16 arithmetic (FEAT_FP16: fmul .8h; Apple A11 / M1, Cortex-A55 / A75 and newer) */
+#define WP_LEVEL_DOTPROD 3 /* + SDOT/UDOT (FEAT_DotProd: Apple M1, Graviton 2, Cortex-A76 and newer) */
+#endif
+
+/* aarch64 instruction sets beyond the baseline (NEON is always there).  GCC's arm_neon.h
+   declares every intrinsic but inlines the dot-product and fp16 ones only into functions of an
+   architecture that has them (armv8.2-a, where both extensions begin); clang 14 declares them only
+   under -march flags, so the kernels issue those few instructions as inline assembly, which both
+   compilers assemble inside functions of these targets. */
+#if WP_ARM64 && defined(__clang__)
+#define WP_FP16_FEATURES "fullfp16"
+#define WP_DOTPROD_FEATURES "dotprod"
+#elif WP_ARM64
+#define WP_FP16_FEATURES "arch=armv8.2-a+fp16"
+#define WP_DOTPROD_FEATURES "arch=armv8.2-a+dotprod"
 #endif
 
 #endif

@@ -7,25 +7,17 @@ import threading
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weightpack as wp
 from weightpack import kernels
-from weightpack.errors import WeightpackError
 from weightpack.ops import error_bound, matrix_shape
 
-from strategies import CASES, assert_same_bits, generators, int_range, streams
+from strategies import CASES, assert_same_bits, divisors, generators, int_range, streams
 
 nb = kernels.load("numba")
 TYPES = list(CASES)
-
-
-@pytest.fixture(params=nb.simd_levels())
-def simd(request):
-    """Every SIMD level of the numba backend this CPU runs; the best is restored afterwards."""
-    yield nb.set_simd(request.param)
-    nb.set_simd(None)
 
 
 def test_import_weightpack_does_not_import_numba():
@@ -37,11 +29,6 @@ def test_registry_order():
     assert "numba" in kernels.available()
     assert kernels.BACKENDS.index("numba") < kernels.BACKENDS.index("c")
     assert kernels._PREFERENCE == ("c", "numba", "numpy")
-
-
-def test_unknown_simd_level_is_an_error():
-    with pytest.raises(WeightpackError, match="'avx9' is unknown"):
-        nb.set_simd("avx9")
 
 
 # ---- fp16 arithmetic ---------------------------------------------------------------------------
@@ -124,17 +111,6 @@ def test_decompress_is_bit_identical_to_numpy(cls):
     check()
 
 
-@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
-def test_decompress_is_bit_identical_at_every_simd_level(cls, simd):
-    @given(CASES[cls]())
-    def check(case):
-        tensor = case.build()
-        for dtype in (None, np.float32):
-            assert_same_bits(tensor.decompress(dtype, backend="numba"), tensor.decompress(dtype, backend="numpy"))
-
-    check()
-
-
 # Rows longer than a decompression task (8192 columns), rows that end inside a 64-step, and
 # tables that change inside a task.
 LONG_SHAPES = [(2, 8192 + 136), (1, 2 * 8192 + 72), (6, 320)]
@@ -147,7 +123,7 @@ def _assert_decompress_same(tensor):
 
 @pytest.mark.parametrize("shape", LONG_SHAPES)
 @pytest.mark.parametrize("nbits", [1, 2, 3, 4, 6, 8])
-def test_long_rows_decompress_palettized(shape, nbits, simd):
+def test_long_rows_decompress_palettized(shape, nbits):
     rng = np.random.default_rng(nbits)
     indices = rng.integers(0, 1 << nbits, shape)
     mask = rng.random(shape) < 0.6
@@ -159,7 +135,7 @@ def test_long_rows_decompress_palettized(shape, nbits, simd):
 
 @pytest.mark.parametrize("shape", LONG_SHAPES)
 @pytest.mark.parametrize("data_type", ["int8", "uint8", "int4", "uint4"])
-def test_long_rows_decompress_quantized(shape, data_type, simd):
+def test_long_rows_decompress_quantized(shape, data_type):
     rng = np.random.default_rng(len(data_type))
     nbits, signed, lo, hi = _code_type(data_type)
     values = rng.integers(lo, hi + 1, shape)
@@ -177,7 +153,7 @@ def test_long_rows_decompress_quantized(shape, data_type, simd):
 
 @pytest.mark.parametrize("shape", LONG_SHAPES)
 @pytest.mark.parametrize("value_dtype", [np.float16, np.float32, np.int8])
-def test_long_rows_decompress_sparse(shape, value_dtype, simd):
+def test_long_rows_decompress_sparse(shape, value_dtype):
     rng = np.random.default_rng(3)
     for density in (0.0, 0.4, 1.0):
         mask = rng.random(shape) < density
@@ -205,7 +181,7 @@ def assert_product_within_bound(tensor, rng, batch: int) -> None:
 
 
 @pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
-def test_matmul_is_within_the_bound(cls):  # at the best SIMD level; the tests below run every level
+def test_matmul_is_within_the_bound(cls):
     @given(CASES[cls](), generators(), st.integers(1, 9))
     def check(case, rng, batch):
         assert_product_within_bound(case.build(), rng, batch)
@@ -229,7 +205,7 @@ SHAPES = [(5, 96), (3, 520), (17, 8, 9), (2, 1000), (3, 1088)]
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("nbits", [1, 2, 3, 4, 8])
-def test_palettized_fast_paths(shape, nbits, simd):
+def test_palettized_fast_paths(shape, nbits):
     rng = np.random.default_rng(nbits)
     indices = rng.integers(0, 1 << nbits, shape)
     row_groups = (shape[0], *(1,) * (len(shape) - 1))
@@ -243,7 +219,7 @@ def test_palettized_fast_paths(shape, nbits, simd):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("data_type", ["int8", "uint8", "int4", "uint4"])
-def test_quantized_fast_paths(shape, data_type, simd):
+def test_quantized_fast_paths(shape, data_type):
     rng = np.random.default_rng(len(data_type))
     nbits, signed, lo, hi = _code_type(data_type)
     values, mask = rng.integers(lo, hi + 1, shape), rng.random(shape) < 0.6
@@ -264,12 +240,51 @@ def test_quantized_fast_paths(shape, data_type, simd):
 
 @pytest.mark.parametrize("cols", [8, 24, 64, 100, 520])
 @pytest.mark.parametrize("value_dtype", [np.float16, np.float32, np.int8])
-def test_sparse_fast_paths(cols, value_dtype, simd):
+def test_sparse_fast_paths(cols, value_dtype):
     rng = np.random.default_rng(cols)
     dense = (rng.standard_normal((7, cols)) * 20).astype(value_dtype)
     for density in (0.0, 0.5, 1.0):
         mask = rng.random(dense.shape) < density
         assert_product_within_bound(wp.SparseTensor(mask, dense[mask]), rng, 5)
+
+
+# Decompression tasks (numba_decode.TASK elements) cross rows, blocks and mask bytes; product tiles
+# (numba_matmul.TILE columns) cross blocks, and rows come in groups of numba_matmul.ROWS.
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_tasks_and_tiles_cross_rows_blocks_and_mask_bytes(data):
+    from weightpack.kernels import numba_decode, numba_matmul
+
+    rng = data.draw(generators())
+    rows = data.draw(st.integers(1, 7))
+    cols = -(-numba_decode.TASK // rows) + data.draw(st.integers(-5, numba_matmul.TILE * 3))
+    shape = (rows, cols)
+    row_groups = data.draw(st.sampled_from(divisors(rows)))
+    col_groups = data.draw(st.sampled_from([d for d in divisors(cols) if d <= 64]))
+    mask = rng.random(shape) < data.draw(st.sampled_from([0.0, 0.3, 0.97, 1.0]))
+    if data.draw(st.booleans()):
+        nbits = data.draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
+        lut = (rng.standard_normal((row_groups, col_groups, 1 << nbits, 1)) * 4).astype(
+            data.draw(st.sampled_from([np.float16, np.float32])))
+        indices = rng.integers(0, 1 << nbits, shape)
+        tensors = [wp.PalettizedTensor(indices, lut), wp.SparsePalettizedTensor(mask, indices[mask], lut)]
+    else:
+        data_type = data.draw(st.sampled_from(["int8", "uint8", "int4", "uint4"]))
+        nbits, signed, lo, hi = _code_type(data_type)
+        values = rng.integers(lo, hi + 1, shape)
+        scale = (rng.random((row_groups, col_groups)) * 0.05).astype(data.draw(st.sampled_from([np.float16, np.float32])))
+        offset = data.draw(st.sampled_from([None, "int", "float"]))
+        if offset == "int":
+            offset = rng.integers(lo, hi + 1, scale.shape).astype(np.int8 if signed else np.uint8)
+        elif offset == "float":
+            offset = rng.uniform(lo, hi, scale.shape).astype(scale.dtype)
+        tensors = [wp.QuantizedTensor(wp.NBitArray.from_values(values, nbits, signed=signed), scale, offset),
+                   wp.SparseQuantizedTensor(mask, wp.NBitArray.from_values(values[mask], nbits, signed=signed), scale,
+                                            offset)]
+    tensors.append(wp.SparseTensor(mask, rng.standard_normal(int(mask.sum())).astype(np.float16)))
+    for tensor in tensors:
+        _assert_decompress_same(tensor)
+        assert_product_within_bound(tensor, rng, data.draw(st.integers(1, 6)))
 
 
 def test_products_from_many_threads_agree():

@@ -177,6 +177,33 @@ def test_output_replaces_an_existing_package_atomically(capsys, tmp_path, dense1
     assert isinstance(load(output)["l0_weight_0_to_fp16_quantized"], wp.QuantizedTensor)
 
 
+def test_output_into_missing_folders_creates_them(capsys, tmp_path, dense18):
+    """As coremltools' save does: ``compress IN new/sub/OUT`` makes new/sub."""
+    output = tmp_path / "new" / "sub" / "out.mlpackage"
+    assert run(capsys, "compress", dense18, output, "--quantize", "int8", "--weight-threshold", THRESHOLD)[0] == 0
+    assert isinstance(load(output)["l0_weight_0_to_fp16_quantized"], wp.QuantizedTensor)
+    assert os.listdir(tmp_path / "new" / "sub") == ["out.mlpackage"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "afile").write_text(""), "afile is a file"),
+    (lambda d: os.mkdir(d / "out.mlpackage"), "is not an .mlpackage; refusing"),
+    (lambda d: None, "must end with .mlpackage"),
+])
+def test_output_that_cannot_be_written_is_refused_before_any_work(capsys, tmp_path, dense18, monkeypatch, make, message):
+    from weightpack.coreml import package
+
+    make(tmp_path)
+    output = tmp_path / ("afile/sub/out.mlpackage" if "afile" in message else "out.bin" if "end with" in message else "out.mlpackage")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the input was read before the output was checked")
+
+    monkeypatch.setattr(package, "read_weights", no_work)
+    status, _, err = run(capsys, "compress", dense18, output, "--quantize", "int8")
+    assert status == 2 and message in err and err.count("\n") == 1, err
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 
@@ -251,6 +278,8 @@ def test_bad_paths_exit_2(capsys, tmp_path, dense18):
     assert_bad_input(capsys, ["compress", dense18, tmp_path / "out.bin", "--prune", "0.5"], "must end with .mlpackage", str(tmp_path / "out.bin"))
     os.mkdir(tmp_path / "keep.mlpackage")
     assert_bad_input(capsys, ["compress", dense18, tmp_path / "keep.mlpackage", "--prune", "0.5"], "is not an .mlpackage; refusing")
-    assert_bad_input(capsys, ["compress", dense18, tmp_path / "nodir" / "out.mlpackage", "--prune", "0.5"], "no such directory")
+    (tmp_path / "afile").write_text("")
+    assert_bad_input(capsys, ["compress", dense18, tmp_path / "afile" / "sub" / "out.mlpackage", "--prune", "0.5"],
+                     "afile is a file")  # fmt: skip
     assert_bad_input(capsys, ["inspect"], "the following arguments are required: MODEL.mlpackage")
     assert_bad_input(capsys, ["frobnicate"], "invalid choice: 'frobnicate'")

@@ -7,7 +7,7 @@ import pytest
 
 import weightpack as wp
 from compress_oracle import student_rows
-from weightpack.compress.batch import CompressionConfig, _from_plain, _to_plain
+from weightpack.compress.batch import CompressionConfig
 
 CONFIGS = {
     "prune": CompressionConfig(prune={"sparsity": 0.5}),
@@ -33,17 +33,61 @@ def test_thread_pool_results_equal_direct_calls():
         assert out[name] == CONFIGS[name].apply(w)
 
 
-def test_default_process_pool_and_plain_transport():
+def test_default_process_pool():
     ws = weights()
     out = wp.compress_all(ws, CONFIGS, progress=False)
     for name, w in ws.items():
         assert out[name] == CONFIGS[name].apply(w), name
 
 
-def test_transport_survives_pickling():
+@pytest.mark.parametrize("protocol", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_every_tensor_type_pickles_and_comes_back_immutable(protocol):
     for name, w in weights().items():
         t = CONFIGS[name].apply(w)
-        assert _from_plain(pickle.loads(pickle.dumps(_to_plain(t)))) == t
+        back = pickle.loads(pickle.dumps(t, protocol=protocol))
+        assert type(back) is type(t) and back == t, name
+        arrays = [a.packed if isinstance(a, wp.NBitArray) else a for a in back.arrays().values() if a is not None]
+        assert arrays and not any(a.flags.writeable for a in arrays), name
+        with pytest.raises(AttributeError, match="immutable"):
+            back.lut = None
+    bits = wp.NBitArray.from_values(np.arange(7) % 8, 3)
+    assert pickle.loads(pickle.dumps(bits, protocol=protocol)) == bits
+
+
+def test_protocol_5_sends_arrays_out_of_band_without_copies():
+    """The large arrays travel as buffers the receiver hands back; the rebuilt tensor uses them
+    where they lie (no copy) and is still immutable."""
+    t = wp.quantize(wp.prune(student_rows((256, 512), 3), 0.5), "int8")  # SparseQuantizedTensor
+    buffers = []
+    data = pickle.dumps(t, protocol=5, buffer_callback=buffers.append)
+    assert len(data) < 2000 and sum(memoryview(b).nbytes for b in buffers) >= t.nbytes  # the bytes are not in the pickle
+    received = [bytearray(b.raw()) for b in buffers]  # e.g. what a network receive filled
+    back = pickle.loads(data, buffers=received)
+    assert back == t
+    for array in (back.nonzero_data.packed, back.data_mask.packed, back.scale):
+        assert not array.flags.writeable
+        assert any(np.shares_memory(array, np.frombuffer(r, np.uint8)) for r in received)  # no copy
+
+
+def test_scaled_palettized_tensor_pickles():
+    from weightpack.calibration import ScaledPalettizedTensor
+
+    w = student_rows((16, 32), 4)
+    t = wp.gptq_palettize(w, np.eye(32), nbits=2, per_row_scale=True)
+    assert isinstance(t, ScaledPalettizedTensor) and pickle.loads(pickle.dumps(t, protocol=5)) == t
+
+
+def test_dask_cluster_of_two_worker_processes_gives_the_serial_bytes():
+    """compress_all on a dask.distributed LocalCluster (2 worker processes): byte-identical results."""
+    import distributed  # the test extra installs dask[distributed]
+    ws = weights()
+    serial = {name: CONFIGS[name].apply(w) for name, w in ws.items()}
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:  # fmt: skip
+        out = wp.compress_all(ws, CONFIGS, executor=client, progress=False)
+    assert list(out) == list(ws)
+    for name in ws:
+        assert type(out[name]) is type(serial[name]) and pickle.dumps(out[name], 5) == pickle.dumps(serial[name], 5), name
 
 
 def test_one_config_for_all_min_size_and_skipped_names():

@@ -36,6 +36,9 @@ def weights(rng):
     yield "uint8 with offsets", quantized_weight(rng, "uint8", offset=True), FAST_RTOL
     yield "int4 per block of 32", quantized_weight(rng, "int4", blocks=16), FAST_RTOL
     yield "uint4 per channel with offsets", quantized_weight(rng, "uint4", offset=True), FAST_RTOL
+    yield "uint8 per channel", quantized_weight(rng, "uint8"), FAST_RTOL  # no offset: the codes' own bias
+    yield "uint4 per block of 32", quantized_weight(rng, "uint4", blocks=16), FAST_RTOL
+    yield "int4 per block of 32 with offsets", quantized_weight(rng, "int4", blocks=16, offset=True), FAST_RTOL
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16])
@@ -89,3 +92,20 @@ def test_unknown_mode_is_an_error():
     weight = wp.QuantizedTensor(np.ones((4, 8), np.int8), np.ones((4, 1), np.float32))
     with pytest.raises(WeightpackError, match="mode='turbo'"):
         wp.matvec(weight, np.ones(8), mode="turbo")
+
+
+@pytest.mark.skipif(not backend_c.fast_mode_uses_amx(), reason="no AMX tiles on this CPU (or this OS / compiler)")
+@pytest.mark.parametrize("batch", [16, 40, 64])
+def test_batches_on_amx_tiles_are_within_the_bound(batch):
+    """Batches of 16+ run on AMX (bf16 weights and activations): within the same bound, and
+    really a different kernel from the integer dot products of the avx512 level."""
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 512)).astype(np.float32)
+    for name, weight, bound in weights(rng):
+        y = wp.matmul(weight, x, mode="fast")
+        assert relative_error(weight, x, y) < bound, name
+        try:
+            backend_c.set_simd("avx512")
+            assert not np.array_equal(y, wp.matmul(weight, x, mode="fast")), f"{name}: AMX did not run"
+        finally:
+            backend_c.set_simd()

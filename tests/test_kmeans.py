@@ -74,7 +74,7 @@ def test_one_layer_penalized_dp_finds_the_k_layer_optimum(seed, k, m, dist):
            "clumps": rng.choice([0.0, 1.0, 5.0], m) + rng.standard_normal(m) * 1e-3}[dist]
     x = np.unique(raw)
     w = rng.integers(1, 20, x.size).astype(np.float64)
-    starts, sse = kmeans.dp_solve(x, w, k)
+    starts, sse = kmeans.solve(x, w, k)
     fast = kmeans.solve_k(x, w, k)
     assert fast.size == starts.size
 
@@ -262,18 +262,6 @@ def test_same_bytes_whatever_the_thread_count(monkeypatch):
                      wp.quantize(w, "int4", granularity="per_block", block_size=32, clip_search=True, refit=True),
                      wp.palettize(w[:16], 4, cluster_dim=2)])
     assert runs[0] == runs[1] == runs[2]
-
-
-def test_lloyd_never_increases_sse():
-    rng = np.random.default_rng(3)
-    x = np.unique(rng.standard_normal(2000))
-    w = np.ones_like(x)
-    starts = np.array([0, 100, 900, 1900])  # a poor start
-    before = np.sum([np.sum((x[a:b] - x[a:b].mean()) ** 2) for a, b in zip(starts, [*starts[1:], x.size])])
-    means = kmeans.lloyd(x, w, starts, 100)
-    after = np.sum(np.min((x[:, None] - means[None, :]) ** 2, axis=1))
-    assert after < before
-    assert np.all(np.diff(means) > 0)
 
 
 def test_import_weightpack_does_not_load_numba():

@@ -44,19 +44,26 @@ def assert_close_to_exact(weight, x, y):
     assert excess.max(initial=0.0) <= 0.0, f"worst excess over the bound {excess.max()}"
 
 
+# Row lengths that are not whole vector steps (1, 8, 32, 64 columns) and blocks that end inside one.
+ODD_COLS = [1, 3, 7, 9, 17, 31, 33, 40, 63, 65, 95, 100, 129, 136, 200, 257, 300, 520]
+
+
 def pick(draw, fixed, choices):
     return fixed if fixed is not None else draw(st.sampled_from(choices))
 
 
 @st.composite
-def matrices(draw, kind=None, nbits=None, data_type=None, value_dtype=None, offset_kind=None):
-    """A compressed (rows x cols) weight in a layout the SIMD kernels cover, and a batch size;
-    the keyword arguments fix a choice (the format and its element types) instead of drawing it."""
+def matrices(draw, kind=None, nbits=None, data_type=None, value_dtype=None, offset_kind=None, any_layout=False):
+    """A compressed (rows x cols) weight and activations, in a layout the widest SIMD kernels cover
+    (columns in multiples of 64, blocks of multiples of 16), or with ``any_layout`` rows and blocks
+    of any length (table boundaries inside vector steps, rows starting inside a byte of the code
+    stream or of the mask); the keyword arguments fix a choice (the format and its element types)
+    instead of drawing it."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rows = draw(st.sampled_from([1, 3, 4, 5, 8, 17]))
-    cols = 64 * draw(st.sampled_from([1, 2, 3, 4]))
+    cols = draw(st.sampled_from(ODD_COLS)) if any_layout else 64 * draw(st.sampled_from([1, 2, 3, 4]))
     row_groups = draw(st.sampled_from(divisors(rows)))
-    col_groups = draw(st.sampled_from([d for d in divisors(cols) if (cols // d) % 16 == 0]))
+    col_groups = draw(st.sampled_from([d for d in divisors(cols) if any_layout or (cols // d) % 16 == 0]))
     groups = (row_groups, col_groups)
     kind = pick(draw, kind, ["lut", "sparse_lut", "sparse", "quant", "sparse_quant"])
     mask = rng.random((rows, cols)) < draw(st.sampled_from([0.0, 0.3, 0.5, 0.75, 1.0]))
@@ -130,6 +137,13 @@ def test_simd_layouts_on_every_level(simd, threads, case):
 
 
 @fixtures_once
+@given(matrices(any_layout=True))
+def test_any_layout_on_every_level(simd, threads, case):
+    weight, x = case
+    assert_close_to_exact(weight, x, wp.matmul(weight, x, backend="c"))
+
+
+@fixtures_once
 @given(case=any_cases(), batch=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
 def test_every_format_and_layout(backend, case, batch, seed):
     weight = case.build()
@@ -137,6 +151,27 @@ def test_every_format_and_layout(backend, case, batch, seed):
     assume(np.abs(weight.decompress(np.float32)).max(initial=0) < 1e30)  # float32 sums would overflow
     x = np.random.default_rng(seed).standard_normal((batch, cols)).astype(np.float32)
     assert_close_to_exact(weight, x, wp.matmul(weight, x, backend=backend))
+
+
+@pytest.mark.parametrize("offset", [None, 3])
+def test_binary16_scales_at_the_edges_of_binary16_range(simd, offset):
+    """int8 with fp16 scales whose products fall below binary16's normal range or round to inf:
+    the rounding of scale * q must stay Core ML's (the fast path checks its range per block)."""
+    rng = np.random.default_rng(3)
+    scales = np.array([2**-14, 2**-15, 2**-24, 0.0, -511.5, 511.75, 65504 / 131, 1e-3], np.float16).reshape(8, 1)
+    data = rng.integers(-128, 128, (8, 96)).astype(np.int8)
+    data[:, :4] = [-128, 127, 1, -1]
+    offsets = None if offset is None else NBitArray.from_values(np.full((8, 1), offset), 8, signed=True)
+    weight = wp.QuantizedTensor(data, scales, offsets)
+    x = rng.random((2, 96)).astype(np.float32) + 0.5
+    y = wp.matmul(weight, x, backend="c")
+    w = weight.decompress(np.float32, backend="numpy").astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        exact = x.astype(np.float64) @ w.T
+    finite = np.isfinite(exact)
+    np.testing.assert_array_equal(y[~finite], exact[~finite].astype(np.float32))
+    bound = error_bound(96) * (np.abs(x.astype(np.float64)) @ np.abs(np.where(np.isfinite(w), w, 0)).T) + 96 * UNDERFLOW
+    assert (np.abs(y[finite] - exact[finite]) <= bound[finite]).all()
 
 
 def test_matvec_is_a_batch_of_one(backend):

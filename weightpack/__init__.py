@@ -6,7 +6,8 @@
 >>> p.decompress().shape, p.nbytes
 ((8, 8), 32)
 
-Importing weightpack is cheap: the encoders (and numba) load on first use.
+Importing weightpack is cheap: the encoders load on first use, and their loops are C compiled at
+install (nothing is compiled when they first run); numba loads only for ``backend="numba"``.
 """
 from importlib import import_module
 

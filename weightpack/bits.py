@@ -30,6 +30,28 @@ def check_nbits(nbits, signed: bool = False, name: str = "nbits") -> int:
     return int(nbits)
 
 
+MAX_ELEMENTS = 2**63 - 1  # element counts (and byte sizes) must fit a signed 64-bit integer
+
+
+def element_count(shape, name: str = "shape") -> int:
+    """The number of elements of ``shape`` (non-negative integers), multiplied exactly: a product
+    beyond ``MAX_ELEMENTS`` (2**63 - 1) raises instead of wrapping around as int64 arithmetic would.
+
+    >>> element_count((2**31, 2**31))
+    4611686018427387904
+    >>> element_count((2**32, 2**32))
+    Traceback (most recent call last):
+    ...
+    weightpack.errors.WeightpackError: shape=(4294967296, 4294967296) has 18446744073709551616 elements, more than 2**63 - 1
+    """
+    count = 1
+    for d in shape:
+        count *= int(d)
+    if count > MAX_ELEMENTS and 0 not in shape:
+        raise WeightpackError(f"{name}={describe(tuple(shape))} has {count} elements, more than 2**63 - 1")
+    return count if 0 not in shape else 0
+
+
 def packed_nbytes(count: int, nbits: int) -> int:
     """Bytes an n-bit stream of ``count`` elements occupies: ``ceil(count * nbits / 8)``."""
     return (int(count) * check_nbits(nbits) + 7) // 8
@@ -154,7 +176,7 @@ class NBitArray:
         nbits = check_nbits(nbits, bool(signed))
         shape = _check_shape(shape, "shape")
         data = _as_bytes(packed, "packed")
-        _check_stream(data, nbits, int(np.prod(shape, dtype=np.int64)))
+        _check_stream(data, nbits, element_count(shape))
         object.__setattr__(self, "packed", _frozen(data))
         object.__setattr__(self, "nbits", nbits)
         object.__setattr__(self, "signed", bool(signed))
@@ -168,6 +190,11 @@ class NBitArray:
         packed.flags.writeable = False
         return cls(packed, nbits, arr.shape, signed=signed)
 
+    def __reduce_ex__(self, protocol):
+        """Pickling: the packed bytes go as a numpy array (protocol 5 hands them out of band,
+        uncopied); the copy that comes back is read-only and kept as is (see :func:`owned`)."""
+        return _unpickle_nbitarray, (self.packed, self.nbits, self.shape, self.signed)
+
     def __setattr__(self, name, value):
         raise AttributeError(f"NBitArray is immutable; cannot set {name!r}")
 
@@ -176,7 +203,7 @@ class NBitArray:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return element_count(self.shape)
 
     @property
     def ndim(self) -> int:
@@ -217,12 +244,28 @@ class NBitArray:
         return f"NBitArray({self.dtype_name}, shape={self.shape}, nbytes={self.nbytes})"
 
 
+def owned(value):
+    """``value`` (an array unpickled for us, or anything else) marked read-only in place, so the
+    tensor rebuilt around it keeps it without a copy: nobody else holds it. Arrays over a buffer
+    passed out of band (pickle protocol 5) are the caller's to leave alone, as pickle's contract
+    for such buffers says."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    return value
+
+
+def _unpickle_nbitarray(packed, nbits, shape, signed):
+    return NBitArray(owned(packed), nbits, shape, signed=signed)
+
+
 def _check_shape(shape, name: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of Python ints, each >= 0, whose product fits ``MAX_ELEMENTS``."""
     try:
         dims = tuple(int(d) for d in shape)
         ok = all(d >= 0 and d == s for d, s in zip(dims, shape))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise WeightpackError(f"{name}={describe(shape)} must be a sequence of non-negative integers")
+    element_count(dims, name)
     return dims

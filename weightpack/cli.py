@@ -165,8 +165,9 @@ def _compress(args) -> None:
     steps = _steps(args)  # validate the flags before any work
     from .coreml import dropin
     from .coreml.inspection import rows, table
-    from .coreml.package import read_weights, save_model
+    from .coreml.package import check_output, read_weights, save_model
 
+    check_output(args.output)  # before any work: a path it cannot write fails now, not after the work
     read_weights(_existing(args.input))  # validates the package and every blob: clear errors before coremltools reads it
     import coremltools as ct
 

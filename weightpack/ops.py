@@ -16,9 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .errors import WeightpackError, describe
+from .errors import WeightpackError, check_allocation, describe
 from .formats.base import CompressedTensor
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 UNIT_ROUNDOFF = 2.0**-24
 UNDERFLOW = 2.0**-149  # spacing of float32 subnormals
 
@@ -53,8 +54,14 @@ def _activations(x, cols: int, name: str, ndim: int) -> np.ndarray:
         want = f"({cols},)" if ndim == 1 else f"(batch, {cols})"
         raise WeightpackError(f"{name} has shape {x.shape}; the weight needs {want}")
     if x.dtype != np.float32 or not (x.flags.c_contiguous and x.flags.aligned):
+        check_allocation(x.size * 4, f"{name} of shape {x.shape} as float32")
         if not np.isfinite(x).all():
             raise WeightpackError(f"{name} contains NaN or infinity")
+        if x.dtype.itemsize > 4 and x.size and np.abs(x).max() > FLOAT32_MAX:
+            raise WeightpackError(
+                f"{name} holds {x.dtype} values too large for float32 (|{name}| up to {float(np.abs(x).max()):.4g}, "
+                f"float32's largest is {FLOAT32_MAX:.4g}); products are computed in float32: scale {name} down"
+            )
         x = np.ascontiguousarray(x, np.float32)
     return x  # the C kernels refuse NaN and infinity in float32 activations themselves
 
@@ -67,13 +74,17 @@ def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     """``x @ W.T`` for activations ``x`` of shape (batch, in): a linear layer; float32 (batch, out).
 
     ``mode="fast"`` (opt-in) quantizes the activations to int8 per block of 32 on the fly and
-    multiplies with integer dot-product instructions (AVX-512 VNNI); LUTs are rounded to int8 per
+    multiplies with integer dot-product instructions (AVX-512 VNNI, aarch64 SDOT); LUTs are rounded to int8 per
     table, quantized weights are used as stored (scales unrounded). Its error against the float64
     product, relative to the output's norm, measures 0.5% (int8, int4) to 1% (heavy-tailed 4-bit
     LUTs) on random data and is tested below ``FAST_RTOL`` (twice that for 1- and 2-bit LUTs).
     Layouts it does not cover (6- and 8-bit LUTs, sparse weights, float offsets, columns not in
-    whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 compute the exact
-    product instead.
+    whole 64-byte steps), backends other than ``c`` and CPUs without AVX-512 or the aarch64 dot
+    product compute the exact product instead. Batches of 16 and more run on AMX tiles where the
+    CPU has them (Intel Sapphire Rapids and newer, Linux): weights (the same int8-rounded LUTs and
+    stored codes) and activations rounded to bfloat16, float32 accumulation, within the same
+    bound. A ScaledLUTTensor runs its LUT's kernel when only the
+    LUT is scaled, else it is decoded and multiplied with BLAS (float32, exact mode).
 
     >>> import numpy as np, weightpack as wp
     >>> w = wp.QuantizedTensor(np.array([[1, -1], [2, 0]], np.int8), np.array([[0.5], [0.25]], np.float32))
@@ -108,4 +119,20 @@ def _prepared(weight, backend, mode: str):
         raise WeightpackError(f"weight must be a weightpack compressed tensor, got {describe(weight)}")
     if mode not in MODES:
         raise WeightpackError(f"mode={describe(mode)} is unknown; allowed: {MODES}")
+    if not weight._kernel:  # a chain of ops without its own kernel (ScaledLUTTensor)
+        return (_chained_product(weight, backend, mode), *matrix_shape(weight))
     return (kernels.product(weight, backend, mode), *matrix_shape(weight))
+
+
+def _chained_product(weight, backend, mode: str):
+    """run(x, y) for a tensor without a kernel: its kernel tensor's product, else decode + BLAS."""
+    fused = weight.kernel_tensor()
+    if fused is not None:
+        return kernels.product(fused, backend, mode)
+    rows, cols = matrix_shape(weight)
+
+    def decoded(x, y):
+        kernels.require_finite(x)
+        np.matmul(x, weight.decompress(np.float32, backend=backend).reshape(rows, cols).T, out=y)
+
+    return decoded

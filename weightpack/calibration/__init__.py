@@ -8,7 +8,7 @@
 - :func:`sparsegpt_prune`, :func:`wanda_prune`: calibrated pruning to a SparseTensor;
 - :func:`allocate_bits`: LUT bit width and granularity per layer under a size budget.
 
-Importing this package does not load numba; the sweep kernels load on first use.
+The sweep kernels are C (csrc/encode_sweep.c), compiled at install.
 """
 from .allocate import BitPlan, allocate_bits
 from .palettize import gptq_palettize

@@ -1,144 +1,48 @@
-"""Numba kernels of the column sweep: one block of columns, every row independent.
+"""Kernels of the column sweep (C, csrc/encode_sweep.c): one block of columns, every row independent.
 
 Each kernel walks the block's columns left to right and, in every row, rounds the current value,
 records the scaled error ``e = (w - q) / U[j, j]`` and subtracts ``e * U[j, l]`` from the block's
 later columns ``l``. ``W1`` (rows x B, float64, C-contiguous) is overwritten with the rounded
-values and ``err`` with the errors.
-
-Rows are processed in tiles of ``TILE``, transposed into a local buffer so that the update of a
-column is a contiguous loop over the tile's rows, which vectorises (measured 4x faster than
-row-by-row loops; every element sees the same operations in the same order, so the results are
-identical). Serial: at about 5 ms per 4096 x 128 block the kernels are a small part of a sweep,
-and threads measured slower on a shared machine. Imported only when a calibrated encoder runs
-(it loads numba).
+values and ``err`` with the errors. Serial: at about 5 ms per 4096 x 128 block the kernels are a
+small part of a sweep, and threads measured slower on a shared machine.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-TILE = 32
+from ..compress._native import lib, ptr, run, wptr
 
 
-@numba.njit(nogil=True, cache=True)
-def _load(W1, r0, m):
-    buf = np.empty((W1.shape[1], TILE))
-    for i in range(m):
-        for l in range(W1.shape[1]):
-            buf[l, i] = W1[r0 + i, l]
-    return buf
+def _f64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float64)
 
 
-@numba.njit(nogil=True, cache=True)
-def _store(buf, W1, r0, m):
-    for i in range(m):
-        for l in range(W1.shape[1]):
-            W1[r0 + i, l] = buf[l, i]
-
-
-@numba.njit(nogil=True, cache=True)
-def _spread(buf, e, U1, err, r0, m, j):
-    """Record column j's errors and subtract them from the tile's later columns."""
-    for i in range(m):
-        err[r0 + i, j] = e[i]
-    for l in range(j + 1, buf.shape[0]):
-        u = U1[j, l]
-        row = buf[l]
-        for i in range(m):
-            row[i] -= e[i] * u
-
-
-@numba.njit(nogil=True, cache=True)
 def sweep_lut(W1, U1, mids, first, values, lut_of_row, codes, err):
     """Nearest LUT entry: ``codes[r, j] = first[g, #(mids[g] < w)]`` with ``g = lut_of_row[r]``.
 
     ``mids[g]`` are the midpoints of LUT g's adjacent entries (so a value on a midpoint takes the
-    lower entry) and ``first[g, i]`` the lowest index holding entry i's value. The count is a
-    branch-free scan (it vectorises; a binary search measured 2-5x slower from mispredictions).
+    lower entry) and ``first[g, i]`` the lowest index holding entry i's value.
     """
-    rows, width = W1.shape
-    top = mids.shape[1]
-    e = np.empty(TILE)
-    for r0 in range(0, rows, TILE):
-        m = min(TILE, rows - r0)
-        buf = _load(W1, r0, m)
-        for j in range(width):
-            d = U1[j, j]
-            col = buf[j]
-            for i in range(m):
-                g = lut_of_row[r0 + i]
-                w = col[i]
-                below = 0
-                for t in range(top):
-                    below += mids[g, t] < w
-                c = first[g, below]
-                codes[r0 + i, j] = c
-                col[i] = values[g, c]
-                e[i] = (w - col[i]) / d
-            _spread(buf, e, U1, err, r0, m, j)
-        _store(buf, W1, r0, m)
+    first = np.ascontiguousarray(first, np.int64)
+    run(lib.wp_enc_sweep_lut(wptr(W1), ptr(_f64(U1)), *W1.shape, ptr(_f64(mids)), ptr(first), ptr(_f64(values)),
+                             first.shape[1], ptr(np.ascontiguousarray(lut_of_row, np.int64)), wptr(codes), wptr(err)),
+        "calibrated palettization")
 
 
-@numba.njit(nogil=True, cache=True)
 def sweep_quant(W1, U1, scale, offset, block_of_col, qmin, qmax, codes, err):
     """Linear rounding: ``q = clip(rint(w / s) + o, qmin, qmax)``, value ``s (q - o)``.
 
     ``scale``/``offset`` are (rows, blocks) float64; column j uses block ``block_of_col[j]``.
     """
-    rows, width = W1.shape
-    e = np.empty(TILE)
-    for r0 in range(0, rows, TILE):
-        m = min(TILE, rows - r0)
-        buf = _load(W1, r0, m)
-        for j in range(width):
-            d = U1[j, j]
-            b = block_of_col[j]
-            col = buf[j]
-            for i in range(m):
-                s = scale[r0 + i, b]
-                o = offset[r0 + i, b]
-                w = col[i]
-                q = np.rint(w / s) + o
-                if q < qmin:
-                    q = qmin
-                elif q > qmax:
-                    q = qmax
-                codes[r0 + i, j] = np.int16(q)
-                col[i] = s * (q - o)
-                e[i] = (w - col[i]) / d
-            _spread(buf, e, U1, err, r0, m, j)
-        _store(buf, W1, r0, m)
+    scale, offset = _f64(scale), _f64(offset)
+    run(lib.wp_enc_sweep_quant(wptr(W1), ptr(_f64(U1)), *W1.shape, ptr(scale), ptr(offset), scale.shape[1],
+                               ptr(np.ascontiguousarray(block_of_col, np.int64)), float(qmin), float(qmax), wptr(codes),
+                               wptr(err)), "calibrated quantization")
 
 
-@numba.njit(nogil=True, cache=True)
 def sweep_prune(W1, U1, keep, n, m_run, err):
     """Zero the weights ``keep`` marks False. With ``m_run > 0``, at every m_run-th column the n
     smallest ``(w / U[l, l])**2`` among the next m_run (current values; ties to the lower column)
     of each row are marked first."""
-    rows, width = W1.shape
-    e = np.empty(TILE)
-    for r0 in range(0, rows, TILE):
-        m = min(TILE, rows - r0)
-        buf = _load(W1, r0, m)
-        for j in range(width):
-            if m_run > 0 and j % m_run == 0:
-                for i in range(m):
-                    for _ in range(n):
-                        best = np.inf
-                        arg = j
-                        for l in range(j, j + m_run):
-                            if keep[r0 + i, l]:
-                                score = (buf[l, i] / U1[l, l]) ** 2
-                                if score < best:
-                                    best = score
-                                    arg = l
-                        keep[r0 + i, arg] = False
-            d = U1[j, j]
-            col = buf[j]
-            for i in range(m):
-                w = col[i]
-                if not keep[r0 + i, j]:
-                    col[i] = 0.0
-                e[i] = (w - col[i]) / d
-            _spread(buf, e, U1, err, r0, m, j)
-        _store(buf, W1, r0, m)
+    run(lib.wp_enc_sweep_prune(wptr(W1), ptr(_f64(U1)), *W1.shape, wptr(keep.view(np.uint8)), n, m_run, wptr(err)),
+        "calibrated pruning")

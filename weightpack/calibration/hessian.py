@@ -79,6 +79,24 @@ def gram_matrix(h, in_features: int, name: str = "H") -> np.ndarray:
     return arr
 
 
+def rescaled(h: np.ndarray) -> np.ndarray:
+    """H times 4**k, k the integer that brings its largest diagonal entry into [1, 4) (H itself when
+    the diagonal is all zero). Every error-feedback result depends on H only up to a common
+    scale, and a power of four scales each step of the factorisation and the sweep exactly (square
+    roots included), so results are unchanged; what changes is that an H of 1e308 (or 1e-300)
+    no longer overflows (or underflows) on the way.
+
+    >>> d = rescaled(np.eye(2) * 1e308).diagonal()
+    >>> bool(1 <= d[0] < 4), bool(d[0] == np.ldexp(1e308, -1022))
+    (True, True)
+    """
+    top = float(np.diagonal(h).max()) if h.size else 0.0
+    if not top > 0:
+        return h
+    k = int(np.floor(np.log2(top) / 2))
+    return np.ldexp(h, -2 * k) if k else h
+
+
 def check_damp(damp) -> float:
     if isinstance(damp, (bool, np.bool_)) or not isinstance(damp, numbers.Real) or not 0 < float(damp) < np.inf:
         raise WeightpackError(f"damp={describe(damp)} must be a positive finite number (relative damping, e.g. 0.01)")

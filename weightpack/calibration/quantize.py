@@ -28,7 +28,7 @@ import numpy as np
 
 from ..bits import NBitArray, value_range
 from ..compress._common import check_choice, positive_int
-from ..compress.quantization import GRANULARITIES, MODES, _quant_type
+from ..compress.quantization import GRANULARITIES, MODES, _quant_type, block_params
 from ..errors import WeightpackError, describe
 from ..formats import QuantizedTensor
 from ..formats.base import parse_int_type
@@ -161,20 +161,9 @@ class Scales:
         return np.take_along_axis(scales, best, 0)[0], np.take_along_axis(offsets, best, 0)[0]
 
     def rule(self, lo: np.ndarray, hi: np.ndarray):
-        """The data-free formulas of :func:`weightpack.compress.quantization.quantize_blocks`."""
-        qmin, qmax = self.qmin, self.qmax
-        if self.mode == "symmetric":
-            span = 2.0 * np.maximum(-lo, hi)
-            offset = np.zeros(span.shape) if self.signed else np.full(span.shape, float(qmax // 2))
-        else:
-            lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
-            span = hi - lo
-            safe = np.where(span > 0, span, 1.0)
-            offset = np.where(span > 0, np.clip(np.round((qmin * hi - qmax * lo) / safe), qmin, qmax), 0.0)
-        stored = (span / (qmax - qmin)).astype(self.dtype)
-        stored[(stored == 0) & (span > 0)] = np.finfo(self.dtype).smallest_subnormal
-        stored[span == 0] = 1
-        return stored, offset
+        """The data-free formulas of :func:`weightpack.compress.quantization.block_params`."""
+        stored, offset = block_params(lo, hi, self.qmin, self.qmax, self.signed, self.mode, self.dtype)
+        return stored, np.zeros(stored.shape) if offset is None else offset
 
 
 def _columns_per_block(shape, granularity: str, block_size) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..bits import owned
 from ..errors import WeightpackError, describe
 from ..formats import PalettizedTensor
 from ..formats.base import FLOAT_DTYPES, dtype_name, frozen_array
@@ -49,6 +50,10 @@ class ScaledPalettizedTensor:
 
     def __setattr__(self, name, value):
         raise AttributeError(f"ScaledPalettizedTensor is immutable; cannot set {name!r}")
+
+    def __reduce_ex__(self, protocol):
+        """Pickling: as the compressed tensors (the scale travels out of band with protocol 5)."""
+        return _unpickle, (self.palettized, self.scale)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -96,3 +101,7 @@ class ScaledPalettizedTensor:
 
     def __repr__(self):
         return f"ScaledPalettizedTensor({self.palettized!r}, scale={dtype_name(self.dtype)}{list(self.scale.shape)})"
+
+
+def _unpickle(palettized, scale):
+    return ScaledPalettizedTensor(palettized, owned(scale))

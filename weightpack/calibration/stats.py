@@ -13,11 +13,11 @@ are ordered like ``w.reshape(out_channels, -1)``.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
-from ..errors import FormatError, WeightpackError, describe
+from ..atomic import TempFile
+from ..errors import FormatError, WeightpackError, check_allocation, describe
 
 FORMAT_NAME = "weightpack.ActivationStats"
 FORMAT_VERSION = 1
@@ -47,6 +47,7 @@ class ActivationStats:
         if isinstance(in_features, (bool, np.bool_)) or not isinstance(in_features, (int, np.integer)) or in_features < 1:
             raise WeightpackError(f"in_features={describe(in_features)} must be a positive integer")
         self.in_features = int(in_features)
+        check_allocation(8 * self.in_features * (self.in_features if gram else 1), f"statistics of in_features={in_features}")
         self.count = 0
         self._square_sum = np.zeros(self.in_features)
         self._gram_sum = np.zeros((self.in_features, self.in_features)) if gram else None
@@ -68,6 +69,7 @@ class ActivationStats:
             raise WeightpackError(
                 f"activations have shape {arr.shape}; the last axis must be in_features={self.in_features}"
             )
+        check_allocation(arr.size * arr.itemsize, f"activations of shape {arr.shape} as rows")
         rows = arr.reshape(-1, self.in_features)
         finite = np.isfinite(rows)
         if not finite.all():
@@ -76,12 +78,19 @@ class ActivationStats:
                 f"activations contain NaN or infinity ({rows.size - np.count_nonzero(finite)} values; first at "
                 f"row {r}, channel {c}: {rows[r, c]}); only finite activations can be accumulated"
             )
+        square_sum, gram_sum = np.zeros_like(self._square_sum), None if self._gram_sum is None else np.zeros_like(self._gram_sum)
         step = max(1, CHUNK_BYTES // (8 * self.in_features))
-        for start in range(0, rows.shape[0], step):
-            chunk = rows[start : start + step].astype(np.float64)
-            self._square_sum += np.einsum("ij,ij->j", chunk, chunk)
-            if self._gram_sum is not None:
-                self._gram_sum += chunk.T @ chunk
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, rows.shape[0], step):
+                chunk = rows[start : start + step].astype(np.float64)
+                square_sum += np.einsum("ij,ij->j", chunk, chunk)
+                if gram_sum is not None:
+                    gram_sum += chunk.T @ chunk
+            square_sum += self._square_sum
+            if gram_sum is not None:
+                gram_sum += self._gram_sum
+        _check_sums(square_sum, gram_sum, float(np.abs(rows).max()) if rows.size else 0.0)
+        self._square_sum, self._gram_sum = square_sum, gram_sum
         self.count += rows.shape[0]
         return self
 
@@ -99,9 +108,11 @@ class ActivationStats:
             )
         out = ActivationStats(self.in_features, gram=self.has_gram)
         out.count = self.count + other.count
-        out._square_sum = self._square_sum + other._square_sum
-        if self.has_gram:
-            out._gram_sum = self._gram_sum + other._gram_sum
+        with np.errstate(over="ignore", invalid="ignore"):
+            out._square_sum = self._square_sum + other._square_sum
+            if self.has_gram:
+                out._gram_sum = self._gram_sum + other._gram_sum
+        _check_sums(out._square_sum, out._gram_sum, None)
         return out
 
     @property
@@ -127,19 +138,13 @@ class ActivationStats:
         }
         if self._gram_sum is not None:
             arrays["gram_sum"] = self._gram_sum
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+        temp = TempFile(path)
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            np.savez(temp.file, **arrays)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            temp.discard()
             raise
+        temp.commit()
 
     @classmethod
     def load(cls, path) -> "ActivationStats":
@@ -176,3 +181,16 @@ class ActivationStats:
     def __repr__(self):
         kind = "gram + second moments" if self.has_gram else "second moments only"
         return f"ActivationStats(in_features={self.in_features}, count={self.count}, {kind})"
+
+
+def _check_sums(square_sum: np.ndarray, gram_sum, largest) -> None:
+    """Refuse sums that overflowed float64: the statistics would be infinite (and poison every
+    encoder that reads them). Nothing is changed when this raises."""
+    if np.isfinite(square_sum).all() and (gram_sum is None or np.isfinite(gram_sum).all()):
+        return
+    where = f" (largest |x| in this batch: {largest:.4g})" if largest is not None else ""
+    raise WeightpackError(
+        f"the sums of squares overflow float64{where}: activations must stay well below 1e154 in magnitude "
+        "(squares and their sums up to 1.8e308); scale them down, e.g. by a power of two, which scales the "
+        "Gram matrix by its square and leaves every calibrated encoder's result unchanged. The statistics are unchanged"
+    )

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compress._common import float_weights
+from ..compress._common import check_bool, float_weights
 from ..errors import WeightpackError
 from . import hessian
 
@@ -77,7 +77,8 @@ class Layer:
         self.original = w.reshape(w.shape[0], -1)
         n = self.original.shape[1]
         damp = hessian.check_damp(damp)
-        gram = hessian.gram_matrix(h, n)
+        act_order = check_bool(act_order, "act_order")
+        gram = hessian.rescaled(hessian.gram_matrix(h, n))  # results depend on H only up to scale
         self.perm = hessian.activation_order(gram) if act_order else None
         precision = np.float32 if n > FLOAT32_ABOVE else np.float64
         self.U, self.damping = hessian.inverse_cholesky(gram, damp, precision, self.perm)

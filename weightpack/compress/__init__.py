@@ -9,7 +9,7 @@
 - :func:`compress_all`: a mapping of tensors on any ``concurrent.futures`` executor.
 
 Each module's docstring states its rounding and tie rules. The inputs are never modified.
-numba loads only when a compiled kernel runs.
+Their hot loops are C (csrc/encode_*.c), compiled at install: the first call is as fast as the next.
 """
 from .batch import CompressionConfig, compress_all
 from .palettization import palettize

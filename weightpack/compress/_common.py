@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from ..errors import WeightpackError, describe
+from ..errors import WeightpackError, check_allocation, describe
 from ..formats import CompressedTensor, SparseTensor
 from ..formats.base import FLOAT_DTYPES
 
@@ -20,6 +20,7 @@ def float_weights(w, name: str = "w") -> np.ndarray:
     arr = np.asarray(w)
     if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
         raise WeightpackError(f"{name} has dtype {arr.dtype}; allowed: float16, float32 (float64 is cast to float32)")
+    check_allocation(arr.size * min(arr.itemsize, 4), f"{name} of shape {arr.shape} as a contiguous {dtype_name_of(arr.dtype)} array")
     check_values(arr, name)
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -90,6 +91,7 @@ def importance_array(importance, shape, name: str = "importance") -> np.ndarray:
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise WeightpackError(f"{name} has dtype {arr.dtype}; allowed: a float or integer array")
     shape = tuple(shape)
+    check_allocation(arr.size * 4, f"{name} of shape {arr.shape} as float32")
     if arr.ndim != len(shape) or any(a not in (1, s) for a, s in zip(arr.shape, shape)):
         raise WeightpackError(
             f"{name} has shape {arr.shape}; it must have the weights' rank {len(shape)} with each dimension "

@@ -12,24 +12,17 @@ each encoder keeps its extra memory under about three times the tensor's size.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from ..bits import NBitArray
 from ..errors import WeightpackError, describe
-from ..formats import (
-    CompressedTensor,
-    PalettizedTensor,
-    QuantizedTensor,
-    SparsePalettizedTensor,
-    SparseQuantizedTensor,
-    SparseTensor,
-)
 from . import _threads
 
 STEPS = ("prune", "palettize", "quantize")
@@ -92,7 +85,8 @@ def compress_all(weights: Mapping, config, *, executor=None, progress=None) -> d
 
     ``config``: a :class:`CompressionConfig` (or its dict form) for every tensor, or a mapping from
     name to config (names it lacks are left as they are). ``executor``: a
-    ``concurrent.futures.Executor``; None runs a process pool on this machine's CPUs.
+    ``concurrent.futures.Executor`` or a ``dask.distributed.Client``; None runs a process pool on
+    this machine's CPUs (its workers start fresh, never forked: :data:`START_METHOD`).
     ``progress``: a bar on stderr; None shows it when stderr is a terminal.
 
     >>> import numpy as np
@@ -109,11 +103,9 @@ def compress_all(weights: Mapping, config, *, executor=None, progress=None) -> d
     show = sys.stderr.isatty() if progress is None else bool(progress)
     own = executor is None
     if own:
-        workers = max(1, min(_threads.thread_count(), len(weights)))
-        inner = max(1, _threads.thread_count() // workers)
-        executor = ProcessPoolExecutor(workers, initializer=_set_threads, initargs=(inner,))
-    transport = not isinstance(executor, ThreadPoolExecutor)
-    limit = 2 * max(1, getattr(executor, "_max_workers", 0) or _threads.thread_count())
+        executor = default_pool(len(weights))
+    executor, workers = _as_executor(executor)
+    limit = 2 * max(1, workers or _threads.thread_count())
     bar = _Progress(len(weights), show)
     results = {}
     try:
@@ -129,14 +121,18 @@ def compress_all(weights: Mapping, config, *, executor=None, progress=None) -> d
                     results[name] = w
                     bar.step(np.asarray(w).nbytes if isinstance(w, np.ndarray) else 0, 0)
                     continue
-                pending[executor.submit(_compress_one, name, w, configs[name], transport)] = (name, w)
+                pending[executor.submit(_compress_one, name, w, configs[name])] = (name, w)
             if not pending:
                 break
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 name, w = pending.pop(future)
-                out = future.result()
-                out = _from_plain(out) if transport else out
+                try:
+                    out = future.result()
+                except BrokenProcessPool as exc:
+                    if not own:
+                        raise  # the caller's executor: the caller's to diagnose
+                    raise _broken_pool(exc) from exc
                 results[name] = out
                 bar.step(getattr(w, "nbytes", 0), out.nbytes)
     except BaseException:
@@ -148,6 +144,20 @@ def compress_all(weights: Mapping, config, *, executor=None, progress=None) -> d
         if own:
             executor.shutdown()
     return {name: results[name] for name in weights}
+
+
+def _as_executor(executor):
+    """(a ``concurrent.futures.Executor``, its worker count or 0 if unknown) for what the caller
+    passed: an Executor, or a ``dask.distributed.Client`` (its executor; one worker per thread)."""
+    if not isinstance(executor, Executor) and callable(getattr(executor, "get_executor", None)):
+        threads = getattr(executor, "nthreads", None)
+        workers = sum(threads().values()) if callable(threads) else 0
+        return executor.get_executor(), workers
+    if not isinstance(executor, Executor):
+        raise WeightpackError(
+            f"executor={describe(executor)} must be a concurrent.futures.Executor or a dask.distributed Client"
+        )
+    return executor, getattr(executor, "_max_workers", 0)
 
 
 def _configs(weights: Mapping, config) -> dict:
@@ -173,57 +183,38 @@ def _configs(weights: Mapping, config) -> dict:
     return out
 
 
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+"""How the default pool starts its workers: from a fresh interpreter, never by forking this process
+(a fork copies the state of threads that do not exist in the child: an OpenMP runtime that ran a
+parallel kernel here would hang the first parallel kernel in a forked worker)."""
+
+
+def default_pool(tasks: int) -> ProcessPoolExecutor:
+    """The pool :func:`compress_all` uses when given no executor: one worker per CPU (at most one per
+    task), each running its kernels on its share of the CPUs, started with :data:`START_METHOD`."""
+    workers = max(1, min(_threads.thread_count(), tasks))
+    inner = max(1, _threads.thread_count() // workers)
+    context = multiprocessing.get_context(START_METHOD)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(inner,))
+
+
+def _broken_pool(exc: BaseException) -> WeightpackError:
+    return WeightpackError(
+        f"a worker of compress_all's process pool died ({exc}). Workers start a fresh Python ({START_METHOD!r}) "
+        "that imports your main script again: put the calling code under `if __name__ == \"__main__\":`, "
+        "or pass executor= (e.g. a ThreadPoolExecutor)"
+    )
+
+
 def _set_threads(count: int) -> None:
     os.environ["WEIGHTPACK_THREADS"] = str(count)
 
 
-def _compress_one(name: str, w, config: CompressionConfig, transport: bool):
+def _compress_one(name: str, w, config: CompressionConfig):
     try:
-        out = config.apply(w)
+        return config.apply(w)
     except WeightpackError as exc:
         raise WeightpackError(f"{name}: {exc}") from None
-    return _to_plain(out) if transport else out
-
-
-# --- plain-data transport (the compressed types are immutable and do not pickle themselves)
-
-_TYPES = {t.__name__: t for t in (SparseTensor, PalettizedTensor, QuantizedTensor, SparsePalettizedTensor, SparseQuantizedTensor)}
-
-
-def _to_plain(value):
-    from .scaled import ScaledLUTTensor
-
-    if isinstance(value, NBitArray):
-        return ("NBitArray", np.asarray(value.packed), value.nbits, value.shape, value.signed)
-    if isinstance(value, ScaledLUTTensor):
-        fields = {k: _to_plain(getattr(value, k)) for k in ("palettized", "lut_scale", "lut_offset", "scale")}
-        return ("ScaledLUTTensor", fields)
-    if isinstance(value, CompressedTensor):
-        fields = {k: _to_plain(v) for k, v in value.arrays().items()}
-        if hasattr(value, "vector_axis"):
-            fields["vector_axis"] = value.vector_axis
-        return (type(value).__name__, fields)
-    return value
-
-
-def _from_plain(value):
-    from .scaled import ScaledLUTTensor
-
-    if isinstance(value, np.ndarray):
-        value.flags.writeable = False  # ours (unpickled): lets the tensor keep it without a copy
-        return value
-    if not isinstance(value, tuple) or not value or not isinstance(value[0], str):
-        return value
-    kind = value[0]
-    if kind == "NBitArray":
-        _, packed, nbits, shape, signed = value
-        packed.flags.writeable = False
-        return NBitArray(packed, nbits, shape, signed=signed)
-    fields = {k: _from_plain(v) for k, v in value[1].items()}
-    if kind == "ScaledLUTTensor":
-        p = fields.pop("palettized")
-        return ScaledLUTTensor(p, **fields)
-    return _TYPES[kind](**fields)
 
 
 class _Progress:

@@ -1,48 +1,17 @@
-"""Packing the encoders' uint8 codes into Core ML's LSB-first n-bit streams (numba kernels).
+"""Packing the encoders' uint8 codes into Core ML's LSB-first n-bit streams (C kernels,
+csrc/encode_pack.c).
 
 The result is what :func:`weightpack.pack_bits` returns (element i at stream bits
-``[i*n, (i+1)*n)``, padding bits zero), built without the int64 temporaries of the general packer
-and in parallel chunks. Codes must already be below ``2**nbits``.
+``[i*n, (i+1)*n)``, padding bits zero), built without the general packer's checks and in
+parallel chunks. Codes must already be below ``2**nbits``.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from ..bits import NBitArray, packed_nbytes
 from . import _threads
-
-
-@numba.njit(nogil=True, cache=True)
-def _pack(codes, nbits, lo, hi, out):
-    """Pack ``codes[lo:hi]`` (``lo`` a multiple of 8) into ``out`` from byte ``lo * nbits // 8``."""
-    if nbits == 8:
-        for i in range(lo, hi):
-            out[i] = codes[i]
-        return
-    if nbits == 4:
-        j = lo >> 1
-        i = lo
-        while i + 1 < hi:
-            out[j] = codes[i] | (codes[i + 1] << 4)
-            i += 2
-            j += 1
-        if i < hi:
-            out[j] = codes[i]
-        return
-    j = lo * nbits // 8
-    acc = np.uint64(0)
-    filled = 0
-    for i in range(lo, hi):
-        acc |= np.uint64(codes[i]) << np.uint64(filled)
-        filled += nbits
-        while filled >= 8:
-            out[j] = np.uint8(acc & np.uint64(0xFF))
-            acc >>= np.uint64(8)
-            filled -= 8
-            j += 1
-    if filled > 0:
-        out[j] = np.uint8(acc & np.uint64(0xFF))
+from ._native import lib, ptr, run, wptr
 
 
 def pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
@@ -53,7 +22,8 @@ def pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
     """
     flat = np.ascontiguousarray(codes).reshape(-1)
     out = np.empty(packed_nbytes(flat.size, nbits), np.uint8)
-    _threads.run(lambda span: _pack(flat, nbits, span[0], span[1], out), _threads.chunks(flat.size))
+    _threads.run(lambda span: run(lib.wp_enc_pack_codes(ptr(flat), nbits, span[0], span[1], wptr(out)), "pack"),
+                 _threads.chunks(flat.size))
     out.flags.writeable = False
     return out
 
@@ -63,30 +33,11 @@ def nbit_array(codes: np.ndarray, nbits: int) -> NBitArray:
     return NBitArray(pack_codes(codes, nbits), nbits, codes.shape)
 
 
-@numba.njit(nogil=True, cache=True)
-def _select(codes, packed, out):
-    j = 0
-    for b in range(packed.shape[0]):
-        byte = packed[b]
-        while byte:
-            low = byte & -byte
-            out[j] = codes[8 * b + _bit_index(low)]
-            j += 1
-            byte ^= low
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _bit_index(low):
-    i = 0
-    while low > 1:
-        low >>= 1
-        i += 1
-    return i
-
-
 def select(codes: np.ndarray, mask: NBitArray, count: int) -> np.ndarray:
     """The codes at the set bits of the 1-bit ``mask`` (row-major), without unpacking the mask;
     ``count`` is its popcount."""
     out = np.empty(count, codes.dtype)
-    _select(np.ascontiguousarray(codes).reshape(-1), mask.packed, out)
+    flat = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
+    run(lib.wp_enc_select_codes(ptr(flat), ptr(mask.packed), mask.packed.size, wptr(out.view(np.uint8)), count),
+        "select codes")
     return out

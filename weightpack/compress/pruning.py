@@ -81,11 +81,15 @@ def prune(w, sparsity=None, *, threshold=None, block_size=None, dim=None, n_m_ra
     if n_m_ratio is not None:
         n, m = _n_m(n_m_ratio)
         dim = check_axis(1 if dim is None else dim, w.ndim, "dim")
+        length = w.shape[dim]
+        if m > length:  # one short run of all `length` elements: it prunes max(0, n - (m - length))
+            n, m = max(0, n - (m - length)), length
         return _sparse(w, _n_of_m(w, importance, n, m, dim))
     s = 0.5 if sparsity is None else sparsity
     if block_size is not None:
         block_size = positive_int(block_size, "block_size")
         dim = check_axis(0 if dim is None else dim, w.ndim, "dim")
+        block_size = min(block_size, w.shape[dim])  # a longer block is one short run of the whole axis
         return _sparse(w, _blocks(w, importance, s, block_size, dim))
     if granularity == "per_channel":
         return _sparse(w, _per_slice(w, importance, s, axis))

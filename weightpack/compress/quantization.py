@@ -158,8 +158,9 @@ def quantize_array(w: np.ndarray, block, nbits: int, signed: bool, mode: str, se
         smallest = float(np.finfo(w.dtype).smallest_subnormal)
         scale64, zero64 = qk.search(x2, imp2, scale64, zero64, lo, hi, qmin, qmax, kind, alphas, refits,
                                     w.dtype == np.float16, smallest)
-        stored = scale64.astype(w.dtype)
         offset = None if offset is None else zero64
+        stored = finite_scale(scale64.astype(w.dtype), lo, hi, qmin, qmax, offset)  # a refit may round up past the rule
+        scale64 = stored.astype(np.float64)
     q2 = qk.quantize(x2, scale64, zero64, qmin, qmax, np.int8 if signed else np.uint8)
     grid_scale = restore(None)
     return restore(q2), stored.reshape(grid_scale), None if offset is None else offset.reshape(grid_scale)
@@ -206,7 +207,33 @@ def block_params(lo, hi, qmin: int, qmax: int, signed: bool, mode: str, dtype):
     stored = (span / (qmax - qmin)).astype(dtype)
     stored[(stored == 0) & (span > 0)] = np.finfo(dtype).smallest_subnormal
     stored[span == 0] = 1
-    return stored, offset
+    return finite_scale(stored, lo, hi, qmin, qmax, offset), offset
+
+
+def finite_scale(stored: np.ndarray, lo, hi, qmin: int, qmax: int, offset=None) -> np.ndarray:
+    """``stored`` with each block's scale lowered, one representable step at a time, until the
+    block's extreme values ``lo`` and ``hi`` (float64) quantize to codes that decode to finite
+    values, ``scale * (q - offset)`` rounded to the scale's dtype (in place; returned). Every other
+    value of the block lies between them, so the whole block decodes finite. Only a scale within a
+    rounding step of the dtype's largest value / qmax moves: fp16 weights holding 65504
+    (65504 / 127 rounds up to 516, and 127 x 516 rounds to infinity in binary16).
+
+    >>> finite_scale(np.array([516.0], np.float16), np.array([-65504.0]), np.array([65504.0]), -127, 127).tolist()
+    [515.5]
+    """
+    dtype = stored.dtype
+    zero = np.zeros(stored.shape) if offset is None else offset
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        def overflows():
+            scale = stored.astype(np.float64)
+            ends = [np.clip(np.round(end / scale) + zero, qmin, qmax) - zero for end in (lo, hi)]
+            return ~(np.isfinite(stored * ends[0].astype(dtype)) & np.isfinite(stored * ends[1].astype(dtype)))
+
+        bad = overflows()
+        while bad.any():
+            stored[bad] = np.nextafter(stored[bad], dtype.type(0))
+            bad = overflows()
+    return stored
 
 
 def quantize_blocks(w: np.ndarray, block: tuple[int, ...], nbits: int, signed: bool, mode: str):

@@ -20,9 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import WeightpackError, describe
+from ..errors import WeightpackError
 from ..formats import PalettizedTensor, QuantizedTensor, SparsePalettizedTensor
-from ..formats.base import BYTE_INT_DTYPES, FLOAT_DTYPES, CompressedTensor, check_block_shape, dtype_name, frozen_array
+from ..formats.base import (
+    BYTE_INT_DTYPES,
+    FLOAT_DTYPES,
+    CompressedTensor,
+    check_block_shape,
+    dtype_name,
+    frozen_array,
+    output_array,
+)
 
 
 class ScaledLUTTensor(CompressedTensor):
@@ -101,24 +109,36 @@ class ScaledLUTTensor(CompressedTensor):
         """The palettized part with the float LUT: what ``constexpr_lut_to_dense`` outputs."""
         return self.palettized if self.lut_scale is None else with_lut(self.palettized, self.float_lut())
 
+    def _constructor_args(self) -> dict:
+        return {"palettized": self.palettized, "lut_scale": self.lut_scale, "lut_offset": self.lut_offset, "scale": self.scale}
+
     def arrays(self) -> dict:
         return {**self.palettized.arrays(), "lut_scale": self.lut_scale, "lut_offset": self.lut_offset, "scale": self.scale}
 
     def _attrs(self) -> tuple:
         return self.palettized._attrs()
 
-    def decompress(self, dtype=None, backend=None) -> np.ndarray:
-        """The dense tensor of the chained Core ML ops, cast to ``dtype`` (natural, fp16 or fp32)."""
-        try:
-            out_dtype = self.dtype if dtype is None else np.dtype(dtype)
-        except TypeError:
-            out_dtype = None
-        if out_dtype not in FLOAT_DTYPES:
-            raise WeightpackError(f"dtype={describe(dtype)} is not available for ScaledLUTTensor; allowed: fp16, fp32")
+    def decompress(self, dtype=None, backend=None, out=None) -> np.ndarray:
+        """The dense tensor of the chained Core ML ops, cast to ``dtype`` (natural, fp16 or fp32);
+        ``out`` as for :meth:`CompressedTensor.decompress`.
+
+        >>> lut = np.array([-2, 2], np.int8).reshape(1, 2, 1)
+        >>> t = ScaledLUTTensor(PalettizedTensor(np.array([0, 1, 1]), lut), lut_scale=np.full((1, 1, 1), 0.5, np.float16))
+        >>> buf = np.empty(3, np.float32)
+        >>> t.decompress(out=buf) is buf, buf.tolist()
+        (True, [-1.0, 1.0, 1.0])
+        """
+        out = output_array(self, dtype, out)
         dense = self.unscaled().decompress(backend=backend)
         if self.scale is not None:
             dense = _shift_scale(dense, self.scale)
-        return dense.astype(out_dtype, copy=False)
+        out[...] = dense
+        return out
+
+    def kernel_tensor(self):
+        """A tensor with a product kernel that computes the same products, or None: the LUT
+        dequantized (exactly as decoding does) when there is no output scale."""
+        return self.derived("kernel_tensor", self.unscaled) if self.scale is None else None
 
 
 def with_lut(p, lut):

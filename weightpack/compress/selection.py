@@ -1,4 +1,4 @@
-"""Choosing which weights to prune, in O(n) (numba kernels).
+"""Choosing which weights to prune, in O(n) (C kernels, csrc/encode_select.c).
 
 Scores are compared through monotone unsigned keys: the bits of ``|w|`` (float16: 15 bits,
 float32: 31 bits) or of a float32 score ``float32(|w|) * float32(importance)``. The k smallest keys
@@ -9,25 +9,10 @@ uint1 mask and the kept values, in row-major order.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from . import _threads
-
-
-def _key(a, i):  # pragma: no cover - replaced by the overload inside numba
-    raise NotImplementedError
-
-
-@overload(_key, inline="always")
-def _key_impl(a, i):
-    """The magnitude bits of element i: float16 15 bits, float32 31 bits (a non-negative float32
-    score keeps all its bits)."""
-    if a.dtype == types.uint16:
-        return lambda a, i: np.uint32(a[i] & 0x7FFF)
-    return lambda a, i: np.uint32(a[i] & 0x7FFFFFFF)
+from ._native import NULL, lib, ptr, run, scalar, wptr
 
 
 def score_keys(w: np.ndarray, importance) -> np.ndarray:
@@ -40,20 +25,15 @@ def score_keys(w: np.ndarray, importance) -> np.ndarray:
     return score.reshape(-1).view(np.uint32)
 
 
-@numba.njit(nogil=True, cache=True)
 def histogram_high(keys, lo, hi, shift, counts):
-    """counts[key >> shift] += 1 for elements lo..hi-1."""
-    for i in range(lo, hi):
-        counts[_key(keys, i) >> shift] += 1
+    """counts[key >> shift] += 1 for elements lo..hi-1 (keys: the magnitude bits, float16 15 bits,
+    float32 31 bits; a non-negative float32 score keeps all its bits)."""
+    run(lib.wp_enc_histogram_high(ptr(keys), keys.dtype == np.uint16, lo, hi, shift, wptr(counts)), "prune")
 
 
-@numba.njit(nogil=True, cache=True)
 def histogram_low(keys, lo, hi, bucket, counts):
     """counts[key & 0xFFFF] += 1 for the elements whose key >> 16 == bucket."""
-    for i in range(lo, hi):
-        k = _key(keys, i)
-        if (k >> 16) == bucket:
-            counts[k & 0xFFFF] += 1
+    run(lib.wp_enc_histogram_low(ptr(keys), keys.dtype == np.uint16, lo, hi, bucket, wptr(counts)), "prune")
 
 
 def kth_key(keys: np.ndarray, k: int, parts) -> tuple[int, np.ndarray, np.ndarray]:
@@ -84,58 +64,26 @@ def kth_key(keys: np.ndarray, k: int, parts) -> tuple[int, np.ndarray, np.ndarra
     return (bucket << 16) | sub, below + sub_hist[:, :sub].sum(axis=1), sub_hist[:, sub]
 
 
-@numba.njit(nogil=True, cache=True)
 def write_sparse(keys, wbits, lo, hi, T, quota, prune_all, mask, values, offset, total):
     """Prune keys < T and the first ``quota`` keys == T of lo..hi-1 (all with ``prune_all``); keep the
     rest unless zero. Returns the number kept. With a non-empty ``mask``, also sets its bytes lo//8..
-    (lo a multiple of 8) and writes the ``total`` kept ``wbits`` to ``values[offset:offset + total]``
-    (the store is unconditional while inside that range: no unpredictable branch per element)."""
-    kept = 0
-    write = mask.shape[0] > 0
-    for start in range(lo, hi, 8):
-        byte = 0
-        for j in range(min(8, hi - start)):
-            i = start + j
-            k = _key(keys, i)
-            nonzero = _key(wbits, i) != 0
-            bit = (k > T) & nonzero
-            if k == T:
-                if quota > 0:
-                    quota -= 1
-                else:
-                    bit = nonzero
-            if prune_all:
-                bit = False
-            byte |= np.uint8(bit) << j
-            if write and kept < total:
-                values[offset + kept] = wbits[i]
-            kept += bit
-        if write:
-            mask[start >> 3] = byte
-    return kept
+    (lo a multiple of 8) and writes the ``total`` kept ``wbits`` to ``values[offset:offset + total]``."""
+    kept = scalar("long long")
+    write = mask.size > 0
+    run(lib.wp_enc_write_sparse(ptr(keys), keys.dtype == np.uint16, ptr(wbits), wbits.dtype == np.uint16, lo, hi, int(T),
+                                quota, prune_all, wptr(mask) if write else NULL,
+                                wptr(values) if write and values.size else NULL, offset, total, kept), "prune")
+    return kept[0]
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
 def write_kept_from(keys, wbits, lo, hi, T, mask, values, offset, total):
     """:func:`write_sparse` for the common case without a tie quota: keep every key >= T whose
-    weight is nonzero (branch-free but for the store guard). Returns the number kept."""
-    ks = keys[lo:hi]
-    ws = wbits[lo:hi]
-    dst = values[offset:offset + total]
-    out = mask[lo >> 3:(hi + 7) >> 3]
-    kept = 0
-    n = hi - lo
-    for blk in range((n + 7) >> 3):
-        byte = 0
-        base = blk << 3
-        for j in range(min(8, n - base)):
-            bit = (_key(ks, base + j) >= T) & (_key(ws, base + j) != 0)
-            byte |= np.int64(bit) << j
-            if kept < total:
-                dst[kept] = ws[base + j]
-            kept += bit
-        out[blk] = byte
-    return kept
+    weight is nonzero. Returns the number kept."""
+    kept = scalar("long long")
+    run(lib.wp_enc_write_kept_from(ptr(keys), keys.dtype == np.uint16, ptr(wbits), wbits.dtype == np.uint16, lo, hi,
+                                   int(T), wptr(mask), wptr(values) if values.size else NULL, offset, total, kept),
+        "prune")
+    return kept[0]
 
 
 def prune_smallest(wbits: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,53 +129,14 @@ def prune_smallest(wbits: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndar
     return mask, values
 
 
-@numba.njit(nogil=True, cache=True)
 def select_rows(keys2, k, r0, r1, pruned2):
     """Per row r0..r1-1 of ``keys2`` [R, M]: mark the k smallest keys (ties: lower index first)."""
-    M = keys2.shape[1]
-    buf = np.empty(M, keys2.dtype)
-    for r in range(r0, r1):
-        if k <= 0:
-            pruned2[r, :] = False
-            continue
-        if k >= M:
-            pruned2[r, :] = True
-            continue
-        buf[:] = keys2[r]
-        T = np.partition(buf, k - 1)[k - 1]
-        below = 0
-        for j in range(M):
-            if keys2[r, j] < T:
-                below += 1
-        quota = k - below
-        for j in range(M):
-            v = keys2[r, j]
-            drop = v < T
-            if not drop and v == T and quota > 0:
-                quota -= 1
-                drop = True
-            pruned2[r, j] = drop
+    run(lib.wp_enc_select_rows(ptr(keys2), keys2.dtype == np.uint16, keys2.shape[1], k, r0, r1,
+                               wptr(pruned2.view(np.uint8))), "prune")
 
 
-@numba.njit(nogil=True, cache=True)
 def select_n_of_m(keys2, n, m, r0, r1, pruned2):
     """In every run of m consecutive elements of each row: mark the n smallest keys (ties: lower index
     first). A last run of r < m elements marks max(0, n - (m - r)): coremltools pads it with zeros."""
-    D = keys2.shape[1]
-    order = np.empty(m, np.int64)
-    for r in range(r0, r1):
-        for start in range(0, D, m):
-            size = min(m, D - start)
-            count = n - (m - size)
-            for j in range(size):
-                pruned2[r, start + j] = False
-            if count <= 0:
-                continue
-            for j in range(size):  # insertion sort of (key, index)
-                q = j
-                while q > 0 and keys2[r, start + order[q - 1]] > keys2[r, start + j]:
-                    order[q] = order[q - 1]
-                    q -= 1
-                order[q] = j
-            for j in range(min(count, size)):
-                pruned2[r, start + order[j]] = True
+    run(lib.wp_enc_select_n_of_m(ptr(keys2), keys2.dtype == np.uint16, keys2.shape[1], n, m, r0, r1,
+                                 wptr(pruned2.view(np.uint8))), "prune")

@@ -54,10 +54,8 @@ types a size that is not a multiple of the element size. It reads ``count`` only
 """
 from __future__ import annotations
 
-import contextlib
-import mmap
+import mmap as _mmap
 import os
-import secrets
 import struct
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -65,6 +63,7 @@ from types import MappingProxyType
 import numpy as np
 
 from ..bits import NBitArray
+from ..atomic import TempFile
 from ..errors import FormatError, WeightpackError, describe
 
 VERSION = 2
@@ -206,18 +205,15 @@ class BlobWriter:
     def __init__(self, path):
         self.path = os.fspath(path)
         self._file = None
-        self._temp_path = None
+        self._temp = None
         self._count = 0
         self._end = 0
 
     def __enter__(self) -> "BlobWriter":
-        if self._temp_path is not None:
+        if self._temp is not None:
             raise WeightpackError(f"BlobWriter for {self.path} is already open")
-        folder, name = os.path.split(os.path.abspath(self.path))
-        temp_path = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        self._file = os.fdopen(os.open(temp_path, flags, 0o666), "wb")  # 0o666: the umask applies, as for open()
-        self._temp_path = temp_path
+        self._temp = TempFile(self.path)  # also removes what killed writers of this path left
+        self._file = self._temp.file
         self._file.write(_HEADER.pack(0, VERSION))
         self._count, self._end = 0, _HEADER.size
         return self
@@ -269,42 +265,27 @@ class BlobWriter:
         try:
             self._file.seek(0)
             self._file.write(_HEADER.pack(self._count, VERSION))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-            os.replace(self._temp_path, self.path)
         except BaseException:
             self._discard()
             raise
-        self._temp_path = None
-        _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+        temp, self._temp, self._file = self._temp, None, None
+        temp.commit()
         return False
 
     def _discard(self) -> None:
-        """Close and delete the temporary file, if any (errors closing it do not matter: it goes)."""
-        file, temp_path = self._file, self._temp_path
-        self._file = self._temp_path = None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
-        if temp_path is not None and os.path.exists(temp_path):
-            os.unlink(temp_path)
-
-
-def _fsync_directory(folder: str) -> None:
-    """Make a rename in ``folder`` durable (POSIX; Windows has no directory handles to sync)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        """Close and delete the temporary file, if any: nothing more may be written or committed."""
+        temp, self._temp, self._file = self._temp, None, None
+        if temp is not None:
+            temp.discard()
 
 
 class BlobReader:
     """Memory-maps a weight.bin read-only and hands out zero-copy views of its blobs.
+
+    With ``mmap=False`` it reads the whole file into memory instead and hands out views of that
+    copy: use it when another program may rewrite or truncate the file in place while the arrays
+    are in use (the views of a mapping would then change under you, or the process would die
+    with SIGBUS on touching a page the file no longer has).
 
     ``nbytes`` is the file's size, ``count`` the header's blob count (only iteration uses it).
     Arrays it returns are read-only views of the mapping and stay valid after :meth:`close`
@@ -327,13 +308,13 @@ class BlobReader:
     >>> del values; tmp.cleanup()
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, mmap: bool = True):
         self.path = os.fspath(path)
         with open(self.path, "rb") as file:
             file_size = os.fstat(file.fileno()).st_size
             if file_size < _HEADER.size:
                 raise self._corrupt(0, f"needs {_HEADER.size} bytes, the file has {file_size}", "header")
-            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._map = _mmap.mmap(file.fileno(), 0, access=_mmap.ACCESS_READ) if mmap else file.read()
         self.nbytes = len(self._map)
         count, version = _HEADER.unpack_from(self._map, 0)
         if version != VERSION:
@@ -439,7 +420,8 @@ class BlobReader:
         """Release the mapping (views already handed out keep it alive until they are gone)."""
         if self._map is not None:
             try:
-                self._map.close()
+                if isinstance(self._map, _mmap.mmap):
+                    self._map.close()
             except BufferError:
                 pass  # arrays still view it; it is unmapped when the last one is collected
             self._map = None
@@ -451,7 +433,7 @@ class BlobReader:
         self.close()
         return False
 
-    def _mapping(self) -> mmap.mmap:
+    def _mapping(self):
         if self._map is None:
             raise WeightpackError(f"BlobReader for {self.path} is closed")
         return self._map

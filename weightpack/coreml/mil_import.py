@@ -39,8 +39,9 @@ bits, the derived part computed (small, not zero-copy):
 - a shift-scale of other float data is evaluated as Core ML's reference does
   (:func:`float_shift_scale`) and returned dense.
 
-Anything else (a sparse half-chain consumed directly, an unknown op) raises
-:class:`WeightpackError`. A malformed file raises :class:`FormatError`.
+Anything else (a sparse half-chain consumed directly, an unknown op, a mask read as a weight) and
+every malformed value (an unknown data type, a missing parameter, shapes that do not fit, an
+element count beyond 2**63 - 1) raises :class:`FormatError` naming the op.
 
 Only coremltools' generated protobuf classes are used (importing them imports coremltools).
 """
@@ -52,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 from coremltools.proto import MIL_pb2
 
-from ..bits import NBitArray
+from ..bits import NBitArray, element_count
 from ..compress.scaled import ScaledLUTTensor
 from ..errors import FormatError, WeightpackError
 from ..formats import (
@@ -124,18 +125,20 @@ class ProgramReader:
     """Reads the weights of one function of an ML program (``spec``: a ``CoreML.Specification.Model``).
 
     ``weights_dir`` is the package's weights folder: blob file names are looked up there by their
-    base name, as coremltools does.
+    base name, as coremltools does. ``mmap=False`` reads each weight file into memory instead of
+    mapping it (:class:`~weightpack.coreml.blob.BlobReader`).
     """
 
-    def __init__(self, spec, weights_dir, function: str = "main", source: str = "model"):
+    def __init__(self, spec, weights_dir, function: str = "main", source: str = "model", *, mmap: bool = True):
         self.source = source
+        self.mmap = mmap
         self.weights_dir = os.fspath(weights_dir) if weights_dir is not None else None
         kind = spec.WhichOneof("Type")
         if kind != "mlProgram":
-            raise WeightpackError(f"{source} is not an ML program (it is a {kind or 'model with no type'}); only ML programs hold compressed weights")
+            raise FormatError(f"{source} is not an ML program (it is a {kind or 'model with no type'}); only ML programs hold compressed weights")
         functions = spec.mlProgram.functions
         if function not in functions:
-            raise WeightpackError(f"{source} has no function {function!r}; it has: {', '.join(functions) or 'none'}")
+            raise FormatError(f"{source} has no function {function!r}; it has: {', '.join(functions) or 'none'}")
         func = functions[function]
         if func.opset not in func.block_specializations:
             raise FormatError(f"{source}: function {function!r} has no block for its opset {func.opset!r}")
@@ -159,7 +162,13 @@ class ProgramReader:
                 if op.type == "const" and (stored_value is None or not stored_value.HasField("blobFileValue")):
                     continue  # small immediate constants (axes, shapes, ...) are not weights
                 value = self.value(output.name)  # first: it refuses cycles, which _chain would follow forever
-                chain, stored = self._chain(output.name)
+                if not isinstance(value, (CompressedTensor, np.ndarray)):
+                    consumer = next(u for u in users if not u.op_type.startswith("constexpr_"))
+                    raise FormatError(
+                        f"{self.source}: op {_op_name(op)!r} ({op.type}): its output {output.name!r} is a "
+                        f"{type(value).__name__}, not a weight, yet {consumer.op_type} op {consumer.name!r} reads it as one"
+                    )
+                chain, stored = self._guarded(op, lambda where: self._chain(output.name))
                 found[output.name] = Weight(output.name, value, tuple(users), chain, stored)
         return found
 
@@ -188,22 +197,33 @@ class ProgramReader:
             self._consumers.setdefault(output, []).append(Consumer(BLOCK_OUTPUT, BLOCK_OUTPUT, ""))
 
     def _chain(self, name: str) -> tuple[tuple, tuple]:
-        """(op types producing ``name``, upstream first; the arrays they store)."""
+        """(op types producing ``name``, upstream first; the arrays they store, each once: a blob
+        two ops share, e.g. the mask of a joint op and of the sparse_to_dense after it, counts once)."""
+        types, entries = self._chain_entries(name)
+        stored = {}
+        for key, entry in entries:
+            stored.setdefault(key, entry)
+        return tuple(dict.fromkeys(types)), tuple(stored.values())
+
+    def _chain_entries(self, name: str) -> tuple[list, list]:
         op, _ = self._producers[name]
-        types, stored = [], []
+        types, entries = [], []
         for param, value in _params(op).items():
             if isinstance(value, _Ref):
                 if value.name in self._producers:
-                    more_types, more_stored = self._chain(value.name)
+                    more_types, more_entries = self._chain_entries(value.name)
                     types.extend(more_types)
-                    stored.extend(more_stored)
+                    entries.extend(more_entries)
             elif param not in _NOT_STORED:
                 array = self.decode(value, f"{self.source}: op {_op_name(op)!r}, parameter {param!r}")
                 if isinstance(array, (np.ndarray, NBitArray)):
-                    proto_type = MIL_pb2.DataType.Name(value.type.tensorType.dataType)
+                    proto_type = _type_name(value.type.tensorType.dataType, _op_name(op))
                     dtype = _BLOB_DTYPES.get(proto_type, proto_type.lower())
-                    stored.append((_op_name(op), op.type, param, dtype, int(array.nbytes)))
-        return tuple(dict.fromkeys(types + [op.type])), tuple(dict.fromkeys(stored))
+                    entry = (_op_name(op), op.type, param, dtype, int(array.nbytes))
+                    blob = value.blobFileValue if value.WhichOneof("value") == "blobFileValue" else None
+                    key = ("blob", os.path.basename(blob.fileName), blob.offset) if blob is not None else entry
+                    entries.append((key, entry))
+        return types + [op.type], entries
 
     # ----------------------------------------------------------------------------- values
 
@@ -232,23 +252,26 @@ class ProgramReader:
     def _build(self, op, index: int):
         builder = _BUILDERS.get(op.type)
         if builder is None:
-            raise WeightpackError(f"{self.source}: op {_op_name(op)!r} ({op.type}): weightpack does not know this op")
+            raise FormatError(f"{self.source}: op {_op_name(op)!r} ({op.type}): weightpack does not know this op")
         return self._guarded(op, lambda where: builder(self, _Params(self, op, where), index))
 
     def _guarded(self, op, build):
-        """``build(where)``, with errors prefixed by the op they concern."""
+        """``build(where)``; any error becomes a FormatError naming the (innermost) op it concerns:
+        whatever a model's ops hold that weightpack cannot read is a problem of the file."""
         where = f"{self.source}: op {_op_name(op)!r} ({op.type})"
         try:
             return build(where)
-        except WeightpackError as err:  # FormatError included: keep the class, name the innermost op
+        except WeightpackError as err:
             if str(err).startswith(f"{self.source}: op "):
-                raise
-            raise type(err)(f"{where}: {err}") from None
+                raise err if isinstance(err, FormatError) else FormatError(str(err)) from None
+            raise FormatError(f"{where}: {err}") from None
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError, AttributeError) as err:
+            raise FormatError(f"{where}: {type(err).__name__}: {err}") from None
 
     def decode(self, value, where: str):
         """A proto ``Value`` as a numpy array, an NBitArray (sub-byte types) or a str."""
         tensor_type = value.type.tensorType
-        dtype_name = MIL_pb2.DataType.Name(tensor_type.dataType)
+        dtype_name = _type_name(tensor_type.dataType, where)
         shape = []
         for dim in tensor_type.dimensions:
             if dim.WhichOneof("dimension") != "constant":
@@ -273,9 +296,9 @@ class ProgramReader:
         if path not in self._readers:
             if not os.path.isfile(path):
                 raise FormatError(f"{where}: weight file {path} is missing")
-            self._readers[path] = BlobReader(path)
+            self._readers[path] = BlobReader(path, mmap=self.mmap)
+        count = element_count(shape, "the declared shape")  # before reading: a wrapped count would match a small blob
         data = self._readers[path].read(blob_value.offset, blob_dtype)
-        count = int(np.prod(shape, dtype=np.int64))
         if data.size != count:
             raise FormatError(
                 f"{where}: the blob at offset {blob_value.offset} of {path} holds {data.size} elements, "
@@ -314,9 +337,15 @@ class _Params:
                 value = value.decompress()
         return value
 
-    def integer(self, key: str):
-        value = self.array(key, required=False)
-        return None if value is None else int(np.asarray(_plain(value)).reshape(()))
+    def integer(self, key: str, required: bool = False):
+        """A scalar integer parameter (None when optional and absent)."""
+        value = self.array(key, required=required)
+        if value is None:
+            return None
+        value = np.asarray(_plain(value))
+        if value.size != 1 or value.dtype.kind not in "iu":
+            raise FormatError(f"{self.where}: parameter {key!r} must be one integer, got {value.dtype} of shape {value.shape}")
+        return int(value.reshape(()))
 
 
 def _params(op) -> dict:
@@ -330,6 +359,14 @@ def _params(op) -> dict:
     return params
 
 
+def _type_name(code: int, where: str) -> str:
+    """MIL's name of a tensor DataType code; a code outside its enum is a FormatError."""
+    try:
+        return MIL_pb2.DataType.Name(code)
+    except ValueError:
+        raise FormatError(f"{where}: tensor data type {code} is not one of MIL's types") from None
+
+
 def _op_name(op) -> str:
     name = op.attributes.get("name")
     if name is not None and name.immediateValue.tensor.strings.values:
@@ -339,7 +376,7 @@ def _op_name(op) -> str:
 
 def _immediate(tensor, dtype_name: str, shape: tuple, where: str):
     kind = tensor.WhichOneof("value")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = element_count(shape, "the declared shape")
     if kind == "strings":
         values = list(tensor.strings.values)
         return values[0] if not shape and values else values
@@ -384,6 +421,8 @@ def float_shift_scale(data: np.ndarray, scale: np.ndarray, offset) -> np.ndarray
     [[0.5, 1.5]]
     """
     dtype = scale.dtype
+    if scale.ndim != data.ndim or (offset is not None and np.ndim(offset) != data.ndim):
+        raise FormatError(f"scale of shape {scale.shape} must have the rank of the data's shape {data.shape}")
     for axis, (n, m) in enumerate(zip(data.shape, scale.shape)):
         if m == 0 or n % m:
             raise FormatError(f"scale shape {scale.shape} does not divide the data shape {data.shape}")
@@ -547,7 +586,7 @@ def _affine_dequantize(reader, params, index):
     scale = np.asarray(params.array("scale"))
     zero_point = np.asarray(_plain(params.array("zero_point")))
     rank = data.ndim
-    axis = params.integer("axis")
+    axis = params.integer("axis", required=True)
     if rank == 0 or not -rank <= axis < rank:
         raise FormatError(f"{params.where}: axis {axis} is outside a rank-{rank} tensor")
     axis %= rank
@@ -565,7 +604,10 @@ def _affine_dequantize(reader, params, index):
 
 
 def _zero_point_offset(zero_point: np.ndarray, data_dtype, scale_dtype, where: str):
-    """iOS16's zero point as a weightpack offset that decodes to the same bits."""
+    """iOS16's zero point as a weightpack offset that decodes to the same bits (None for all zeros:
+    ``q - 0`` is exact in every dtype, and iOS16 writers store zeros for an offset-free tensor)."""
+    if not np.any(zero_point):
+        return None
     if zero_point.dtype == data_dtype:
         return zero_point
     info = np.iinfo(data_dtype)

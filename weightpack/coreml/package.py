@@ -25,16 +25,15 @@ PalettizedTensor(shape=(32, 64), dtype=fp16, indices=uint4[32, 64], lut=fp16[1, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import secrets
-import shutil
 
 import numpy as np
 
 from ..errors import FormatError, WeightpackError, describe
 from ..formats.base import FLOAT_DTYPES, dtype_name
-from .blob import _fsync_directory
+from ..atomic import recover_folder, replace_folder
 from .targets import SPEC_VERSIONS, parse_target, target_for_spec
 from .values import is_weight
 
@@ -44,7 +43,7 @@ PACKAGE_SUFFIX = ".mlpackage"
 # ------------------------------------------------------------------------------------- reading
 
 
-def load(model, *, function: str = "main") -> dict:
+def load(model, *, function: str = "main", mmap: bool = True) -> dict:
     """{weight name: weightpack tensor or numpy array} for every weight of ``model``, in program order.
 
     ``model`` is the path of an .mlpackage or a coremltools MLModel. Weight names are the names
@@ -52,16 +51,22 @@ def load(model, *, function: str = "main") -> dict:
     consts). Compressed weights come back as weightpack tensors whose arrays are read-only views
     of the memory-mapped weight.bin; dense weights (``const`` ops stored in weight.bin) as numpy
     views. How each constexpr chain maps to a type: :mod:`.mil_import`.
+
+    ``mmap=False`` reads weight.bin into memory (one copy of the file) and returns views of that
+    copy: the tensors stay valid whatever happens to the file afterwards. With the default
+    mapping, a program that rewrites or truncates weight.bin *in place* while the tensors are in
+    use changes them under you, or kills this process with SIGBUS when it touches a page the file
+    no longer has (replacing the file by a rename, as weightpack and coremltools save, is safe).
     """
-    return {name: weight.value for name, weight in read_weights(model, function=function).items()}
+    return {name: weight.value for name, weight in read_weights(model, function=function, mmap=mmap).items()}
 
 
-def read_weights(model, *, function: str = "main") -> dict:
+def read_weights(model, *, function: str = "main", mmap: bool = True) -> dict:
     """{name: :class:`~weightpack.coreml.mil_import.Weight`}: each weight with its consumers and op chain."""
     from .mil_import import ProgramReader
 
     spec, weights_dir, source = _open(model)
-    reader = ProgramReader(spec, weights_dir, function, source)
+    reader = ProgramReader(spec, weights_dir, function, source, mmap=mmap)
     try:
         return reader.weights()
     finally:
@@ -75,6 +80,8 @@ def _open(model):
     if not isinstance(model, (str, os.PathLike)):
         raise WeightpackError(f"model={describe(model)} must be an .mlpackage path or a coremltools MLModel")
     path = os.fspath(model)
+    with contextlib.suppress(OSError):  # e.g. a read-only folder: read what is there
+        recover_folder(path)  # a save killed mid-swap: finish it before reading
     if not os.path.exists(path):
         raise WeightpackError(f"{path}: no such file or directory")
     model_file, weights_dir = package_items(path)
@@ -194,48 +201,47 @@ def float_dtype(name: str, value) -> np.dtype:
         raise WeightpackError(f"weights[{name!r}] decodes to {dtype_name(dtype)}; Core ML layers take fp16 or fp32 weights")
     if value.ndim == 0:
         raise WeightpackError(f"weights[{name!r}] is a scalar; weights have at least one dimension")
+    if 0 in tuple(value.shape):
+        raise WeightpackError(
+            f"weights[{name!r}] has shape {tuple(value.shape)}, no elements; Core ML cannot store an empty weight"
+        )
     return dtype
 
 
 def save_model(mlmodel, path) -> None:
     """Save an ML program MLModel as ``path`` (an .mlpackage) atomically.
 
-    The package is written to a hidden folder beside ``path``, its files fsynced, then renamed into
-    place; an existing package at ``path`` is replaced only once the new one is complete. ``path``
-    must end with .mlpackage; an existing ``path`` that is not a package is never overwritten.
+    At every instant ``path`` holds the complete previous package or the complete new one, even if
+    the process is killed: the package is written complete into a private folder beside ``path``,
+    fsynced, then swapped with the previous one in one step (:mod:`weightpack.atomic`); what a
+    killed save left is recovered or removed by the next save or load of ``path``. ``path`` must
+    end with .mlpackage; an existing ``path`` that is not a package is never overwritten. Missing
+    parent folders are created, as coremltools' ``save`` does.
+    """
+    path = check_output(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    replace_folder(path, mlmodel.save)
+
+
+def check_output(path) -> str:
+    """``path`` as an absolute path where :func:`save_model` can write a package, or raise saying why
+    not: it must end with .mlpackage, not be something else than a package, and its nearest existing
+    parent folder must be a writable folder (missing folders below it are created on saving).
+    A save a kill interrupted there is recovered first.
     """
     path = os.path.abspath(os.fspath(path))
     if not path.endswith(PACKAGE_SUFFIX):
         raise WeightpackError(f"{path}: the output path must end with {PACKAGE_SUFFIX}")
+    folder = os.path.dirname(path)
+    if os.path.isdir(folder):
+        recover_folder(path)  # a killed save may have left the previous package aside
     if os.path.lexists(path) and not os.path.isfile(os.path.join(path, "Manifest.json")):
         raise WeightpackError(f"{path} exists and is not an .mlpackage; refusing to replace it")
-    folder, base = os.path.split(path)
-    if not os.path.isdir(folder):
-        raise WeightpackError(f"{folder}: no such directory")
-    token = secrets.token_hex(6)
-    temp = os.path.join(folder, f".{base[: -len(PACKAGE_SUFFIX)]}.{token}.tmp{PACKAGE_SUFFIX}")
-    old = os.path.join(folder, f".{base[: -len(PACKAGE_SUFFIX)]}.{token}.old{PACKAGE_SUFFIX}")
-    try:
-        mlmodel.save(temp)
-        _fsync_tree(temp)
-        if os.path.lexists(path):
-            os.replace(path, old)
-        os.replace(temp, path)
-        _fsync_directory(folder)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        if os.path.lexists(old) and not os.path.lexists(path):
-            os.replace(old, path)  # put the previous package back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_tree(root: str) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(folder)
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise WeightpackError(f"{folder}: cannot create the output folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WeightpackError(f"{existing}: no permission to write the output there")
+    return path

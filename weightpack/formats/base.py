@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bits import SIGNED_NBITS, SUPPORTED_NBITS, NBitArray, _frozen, value_range
-from ..errors import WeightpackError, describe
+from ..bits import SIGNED_NBITS, SUPPORTED_NBITS, NBitArray, _frozen, element_count, owned, value_range
+from ..errors import WeightpackError, check_allocation, describe
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 BYTE_INT_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))
@@ -25,6 +25,7 @@ def frozen_array(value, name: str, allowed_dtypes, ndim=None) -> np.ndarray:
         raise WeightpackError(f"{name} has dtype {arr.dtype}; allowed: {_names(allowed_dtypes)}")
     if ndim is not None and arr.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
         raise WeightpackError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
+    check_allocation(arr.nbytes, f"{name} of shape {arr.shape} as a contiguous array")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise WeightpackError(f"{name} contains NaN or infinity")
     return _frozen(np.ascontiguousarray(arr))
@@ -52,6 +53,7 @@ def int_array(value, name: str, allowed: tuple[str, ...], as_type: str | None = 
         raw = np.asarray(value)
         if raw.dtype.kind not in "iu":
             raise WeightpackError(f"{name} must hold integers, got dtype {raw.dtype}")
+        check_allocation(raw.size, f"{name} of shape {raw.shape} as bytes")
         if as_type is None:
             if raw.dtype not in BYTE_INT_DTYPES:
                 raise WeightpackError(
@@ -73,6 +75,7 @@ def mask_array(mask, name: str = "mask") -> NBitArray:
     """A 1-bit mask: an NBitArray of uint1, or a boolean / 0-1 integer array to pack."""
     if not isinstance(mask, NBitArray):
         raw = np.asarray(mask)
+        check_allocation(raw.size, f"{name} of shape {raw.shape} as bytes")
         if raw.dtype.kind not in "biu":
             raise WeightpackError(f"{name} must be boolean or 0/1 integers, got dtype {raw.dtype}")
         if raw.dtype.kind != "b" and raw.size and (raw.min() < 0 or raw.max() > 1):
@@ -129,6 +132,27 @@ class CompressedTensor:
     def __delattr__(self, name):
         raise AttributeError(f"{type(self).__name__} is immutable; cannot delete {name!r}")
 
+    def __reduce_ex__(self, protocol):
+        """Pickling (process pools, Dask, Ray, caches): the constructor's arguments, arrays as numpy
+        arrays, so protocol 5 sends large ones out of band without a copy; the tensor is rebuilt,
+        validated and immutable, around the unpickled arrays (no copy).
+
+        >>> import pickle, numpy as np, weightpack as wp
+        >>> t = wp.palettize(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), nbits=2)
+        >>> buffers = []
+        >>> data = pickle.dumps(t, protocol=5, buffer_callback=buffers.append)
+        >>> back = pickle.loads(data, buffers=buffers)
+        >>> back == t, len(buffers), back.lut.flags.writeable
+        (True, 2, False)
+        """
+        return _unpickle_tensor, (type(self), self._constructor_args())
+
+    def _constructor_args(self) -> dict:
+        args = dict(self.arrays())
+        if hasattr(self, "vector_axis"):
+            args["vector_axis"] = self.vector_axis
+        return args
+
     def _init(self, **fields):
         object.__setattr__(self, "_cache", {})
         for key, value in fields.items():
@@ -161,7 +185,7 @@ class CompressedTensor:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return element_count(self.shape)
 
     @property
     def ndim(self) -> int:
@@ -184,27 +208,7 @@ class CompressedTensor:
         """
         from .. import kernels
 
-        if dtype is None and out is not None:
-            dtype = getattr(out, "dtype", None)
-        try:
-            out_dtype = self.dtype if dtype is None else np.dtype(dtype)
-        except TypeError:  # not a dtype at all, e.g. "float" misspelt
-            out_dtype = None
-        if out_dtype is None or out_dtype not in (self.dtype, *FLOAT_DTYPES):
-            raise WeightpackError(
-                f"dtype={describe(dtype)} is not available for {type(self).__name__}; allowed: "
-                f"{dtype_name(self.dtype)} (natural), fp16, fp32"
-            )
-        if out is None:
-            out = np.empty(self.shape, out_dtype)
-        elif not (
-            isinstance(out, np.ndarray) and out.shape == self.shape and out.dtype == out_dtype
-            and out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
-        ):
-            raise WeightpackError(
-                f"out must be a C-contiguous, aligned, writeable {dtype_name(out_dtype)} array of shape "
-                f"{self.shape}, got {describe(out)}"
-            )
+        out = output_array(self, dtype, out)
         kernels.kernel(backend, self._kernel)(self, out)
         return out
 
@@ -232,6 +236,43 @@ class CompressedTensor:
             f"{type(self).__name__}(shape={self.shape}, dtype={dtype_name(self.dtype)}, "
             f"{', '.join(parts)}, nbytes={self.nbytes})"
         )
+
+
+def _unpickle_tensor(cls, args: dict):
+    return cls(**{key: owned(value) for key, value in args.items()})
+
+
+def output_array(tensor, dtype, out) -> np.ndarray:
+    """``out`` checked for ``tensor.decompress(dtype, out=out)``, or a new array to decode into."""
+    out_dtype = output_dtype(tensor, dtype, out)
+    if out is None:
+        return np.empty(tensor.shape, out_dtype)
+    if not (
+        isinstance(out, np.ndarray) and out.shape == tensor.shape and out.dtype == out_dtype
+        and out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
+    ):
+        raise WeightpackError(
+            f"out must be a C-contiguous, aligned, writeable {dtype_name(out_dtype)} array of shape "
+            f"{tensor.shape}, got {describe(out)}"
+        )
+    return out
+
+
+def output_dtype(tensor, dtype, out) -> np.dtype:
+    """The dtype ``decompress(dtype, out=out)`` produces: ``dtype``, else ``out``'s, else the
+    tensor's natural one; it must be the natural dtype, fp16 or fp32 (the error names which
+    argument brought a wrong one)."""
+    given, name = (dtype, "dtype") if dtype is not None or out is None else (getattr(out, "dtype", out), "out")
+    try:
+        out_dtype = tensor.dtype if given is None else np.dtype(given)
+    except TypeError:  # not a dtype at all, e.g. "float" misspelt
+        out_dtype = None
+    if out_dtype is None or out_dtype not in (tensor.dtype, *FLOAT_DTYPES):
+        what = f"out has dtype {out_dtype}, which" if name == "out" and out_dtype is not None else f"{name}={describe(given)}"
+        raise WeightpackError(
+            f"{what} is not available for {type(tensor).__name__}; allowed: {dtype_name(tensor.dtype)} (natural), fp16, fp32"
+        )
+    return out_dtype
 
 
 def _nbytes(value) -> int:

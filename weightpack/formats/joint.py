@@ -45,6 +45,7 @@ class SparsePalettizedTensor(MaskedTensor):
             )
         check_block_shape(mask.shape, lut.shape[:-2], "lut's group dimensions")
         vector_axis = check_vector_axis(vector_axis, lut.shape[-1], mask.ndim)
+        expanded_shape(mask.shape, vector_axis, lut.shape[-1])  # its element count must fit too
         self._init(indices_mask=mask, indices_nonzero_data=indices, lut=lut, vector_axis=vector_axis)
 
     @property

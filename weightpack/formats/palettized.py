@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bits import NBitArray
+from ..bits import NBitArray, element_count
 from ..errors import WeightpackError, describe
 from .base import BYTE_INT_DTYPES, FLOAT_DTYPES, CompressedTensor, check_block_shape, frozen_array, int_array
 
@@ -64,6 +64,7 @@ def expanded_shape(shape, vector_axis, vector_size: int) -> tuple[int, ...]:
     out = list(shape)
     if vector_axis is not None:
         out[vector_axis] *= vector_size
+        element_count(out, "the expanded shape (indices' shape, vector axis times the LUT's vector size)")
     return tuple(out)
 
 
@@ -90,6 +91,7 @@ class PalettizedTensor(CompressedTensor):
             )
         check_block_shape(indices.shape, lut.shape[:-2], "lut's group dimensions")
         vector_axis = check_vector_axis(vector_axis, lut.shape[-1], indices.ndim)
+        expanded_shape(indices.shape, vector_axis, lut.shape[-1])  # its element count must fit too
         self._init(indices=indices, lut=lut, vector_axis=vector_axis)
 
     @property

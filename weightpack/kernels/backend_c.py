@@ -27,9 +27,11 @@ def _level_names() -> tuple[str, ...]:
 
 
 SIMD_LEVELS = _level_names()  # this architecture's levels, lowest first
-"""x86_64: scalar, avx2, avx512, avx512fp16; aarch64: scalar, neon, dotprod."""
+"""x86_64: scalar, avx2, avx512, avx512fp16; aarch64: scalar, neon, fp16, dotprod."""
 THREADING = ffi.string(lib.wp_threading()).decode()
 """How the C kernels run threads: "pool" (weightpack's own) or "openmp" (chosen at build time)."""
+COMPILER = ffi.string(lib.wp_compiler()).decode()
+"""The compiler that built the C kernels, e.g. "gcc 12.2.0"."""
 
 
 def _cpu_count() -> int:
@@ -61,6 +63,12 @@ def set_simd(name: str | None = None) -> str:
 def fast_mode_runs() -> bool:
     """Whether fast mode (int8 activations, integer dot products) has kernels at the level in force."""
     return 0 <= lib.wp_fast_min_level() <= lib.wp_simd_level()
+
+
+def fast_mode_uses_amx() -> bool:
+    """Whether fast mode runs batches of 16 and more on AMX tiles (bf16) at the level in force:
+    a CPU with AMX-BF16 at the avx512fp16 level, on Linux."""
+    return bool(lib.wp_fast_amx_available())
 
 
 def set_threads(count: int | None = None) -> int:
@@ -308,11 +316,14 @@ def _fast_tables_lut(lut: np.ndarray):
 
 
 def _fast_tables_quant(t):
-    """Per-table scale and bias (2**(n-1) for signed codes, plus the integer offset)."""
+    """Per-table scale and bias (2**(n-1) for signed codes, plus the integer offset); no biases
+    without an offset (the kernel knows the codes' own)."""
+    scale = np.ascontiguousarray(t.scale.reshape(-1), np.float32)
+    if t.offset is None:
+        return None, scale, None
     bias = np.full(t.scale.size, float(1 << (t.data.nbits - 1)) if t.data.signed else 0.0)
-    if t.offset is not None:
-        bias = bias + t.offset.values(backend="c").reshape(-1).astype(np.float64)
-    return None, np.ascontiguousarray(t.scale.reshape(-1), np.float32), bias.astype(np.float32)
+    bias = bias + t.offset.values(backend="c").reshape(-1).astype(np.float64)
+    return None, scale, bias.astype(np.float32)
 
 
 def _fast_runner(t, codes: NBitArray, plan, tables, exact):
@@ -322,7 +333,8 @@ def _fast_runner(t, codes: NBitArray, plan, tables, exact):
     args = (
         buffer(codes.packed), codes.packed.size, codes.nbits, int(codes.signed),
         plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
-        _NULL if table_u8 is None else buffer(table_u8), buffer(table_scale, "float[]"), buffer(table_bias, "float[]"),
+        _NULL if table_u8 is None else buffer(table_u8), buffer(table_scale, "float[]"),
+        _NULL if table_bias is None else buffer(table_bias, "float[]"),
         plan.n_tables,
     )
     function, from_buffer, declined = lib.wp_fast_matvec, ffi.from_buffer, (lib_status.NOT_AVAILABLE, lib_status.ARG)
