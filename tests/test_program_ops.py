@@ -341,13 +341,17 @@ def test_shape_ops_match_coremltools(op_type, params, shape):
 
 def _cumsum_reverse_exclusive(x):
     total = np.cumsum(x[:, ::-1], axis=1)[:, ::-1]
-    return total - x
+    return np.concatenate([total[:, 1:], np.zeros((x.shape[0], 1), x.dtype)], axis=1)
+
+
+def _cumsum_exclusive(x):
+    return np.concatenate([np.zeros((x.shape[0], 1), x.dtype), np.cumsum(x, axis=-1)[:, :-1]], axis=1)
 
 
 NUMPY_SHAPE_OPS = {  # cases coremltools' value inference does not compute (or computes wrongly)
     ("squeeze", ("axes",), (1, 3, 4)): lambda x: x,
     ("cumsum", ("axis", "exclusive", "reverse"), (2, 4)): _cumsum_reverse_exclusive,
-    ("cumsum", ("axis", "exclusive"), (2, 4)): lambda x: np.cumsum(x, axis=-1) - x,
+    ("cumsum", ("axis", "exclusive"), (2, 4)): _cumsum_exclusive,
     ("sliding_windows", ("axis", "size", "stride"), (2, 7, 3)): lambda x: np.stack([x[:, i : i + 3] for i in (0, 2, 4)], axis=1),
 }
 
