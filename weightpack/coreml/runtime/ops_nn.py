@@ -102,6 +102,21 @@ def _conv_params(b, layout: str):
     return (x, w_type, kernel, *_spatial_params(b, x, kernel), b.int_("groups", 1))
 
 
+def _weight_argument(b, role: str, args: list):
+    """Register the conv weight (a constant's use, or for a computed weight one more argument after
+    x) and return ``split(rest) -> (dense weight, bias or None)`` for the step's extra arguments."""
+    use = b.weight("weight", role)
+    if use is None:
+        args.insert(1, b.operand("weight"))
+
+    def split(rest):
+        weight = use.dense() if use is not None else rest[0]
+        bias = rest[-1] if len(rest) > (0 if use is not None else 1) else None
+        return weight, bias
+
+    return split
+
+
 @op("conv")
 def conv(b):
     x, w_type, kernel, strides, dilations, pad_type, custom, groups = _conv_params(b, "C_out, C_in / groups")
@@ -119,14 +134,11 @@ def conv(b):
         pads = conv_pads(pad_type, x.shape[2:], kernel, strides, dilations, custom)
         sizes = [None] * len(kernel) if pads is None else [_out_size(n, p, k, s, d) for n, p, k, s, d in zip(x.shape[2:], pads, kernel, strides, dilations)]
         out = (x.shape[0], c_out, *sizes)
-    use = b.weight("weight", "conv")
-    if use is None:
-        args.insert(1, b.operand("weight"))
+    split = _weight_argument(b, "conv", args)
     clock = b.clock
 
     def run(v, *rest):
-        weight = use.dense() if use is not None else rest[0]
-        bias = rest[-1] if len(rest) > (0 if use is not None else 1) else None
+        weight, bias = split(rest)
         pads = conv_pads(pad_type, v.shape[2:], kernel, strides, dilations, custom)
         return conv_nd(v, weight, bias, strides, dilations, pads, groups, clock)
 
@@ -191,14 +203,11 @@ def conv_transpose(b):
     if x.shape is not None:
         sizes = target or tuple(_transposed_size(n, k, s, d, pad_type, custom[2 * i : 2 * i + 2]) for i, (n, k, s, d) in enumerate(zip(x.shape[2:], kernel, strides, dilations)))
         out = (x.shape[0], c_out, *sizes)
-    use = b.weight("weight", "conv_transpose")
-    if use is None:
-        args.insert(1, b.operand("weight"))
+    split = _weight_argument(b, "conv_transpose", args)
     clock = b.clock
 
     def run(v, *rest):
-        weight = use.dense() if use is not None else rest[0]
-        bias = rest[-1] if len(rest) > (0 if use is not None else 1) else None
+        weight, bias = split(rest)
         return conv_transpose_nd(v, weight, bias, strides, dilations, pad_type, custom, groups, target, clock)
 
     return b.emit(run, args, [(out, x.type.dtype)])

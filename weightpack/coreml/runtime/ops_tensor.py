@@ -601,11 +601,7 @@ def gather(b):
         i = checked_indices(i, v.shape[axis], where)
         if batch_dims == 0:
             return np.take(v, i, axis=axis)
-        batch = v.shape[:batch_dims]
-        vs = v.reshape((-1,) + v.shape[batch_dims:])
-        ixs = i.reshape((-1,) + i.shape[batch_dims:])
-        parts = [np.take(vv, ii, axis=axis - batch_dims) for vv, ii in zip(vs, ixs)]
-        return np.stack(parts).reshape(batch + parts[0].shape)
+        return per_batch(v, i, batch_dims, lambda vv, ii: np.take(vv, ii, axis=axis - batch_dims))
 
     return b.emit(run, [x, indices], [(out, x.type.dtype)])
 
@@ -623,6 +619,13 @@ def gather_along_axis(b):
         [x, indices],
         [(indices.shape, x.type.dtype)],
     )
+
+
+def per_batch(v, i, batch_dims: int, gather_one):
+    """``gather_one(x_b, indices_b)`` over the leading ``batch_dims`` dimensions both share, stacked."""
+    batch = v.shape[:batch_dims]
+    parts = [gather_one(vv, ii) for vv, ii in zip(v.reshape((-1,) + v.shape[batch_dims:]), i.reshape((-1,) + i.shape[batch_dims:]))]
+    return np.stack(parts).reshape(batch + parts[0].shape)
 
 
 def _nd_index(v, i, where, offset=0):
@@ -646,11 +649,7 @@ def gather_nd(b):
     def run(v, i):
         if batch_dims == 0:
             return v[_nd_index(v, i, where)]
-        batch = v.shape[:batch_dims]
-        vs = v.reshape((-1,) + v.shape[batch_dims:])
-        ixs = i.reshape((-1,) + i.shape[batch_dims:])
-        parts = [vv[_nd_index(vv, ii, where)] for vv, ii in zip(vs, ixs)]
-        return np.stack(parts).reshape(batch + parts[0].shape)
+        return per_batch(v, i, batch_dims, lambda vv, ii: vv[_nd_index(vv, ii, where)])
 
     return b.emit(run, [x, indices], [(out, x.type.dtype)])
 

@@ -61,8 +61,20 @@ def runtime_dtype(dtype_name: str, precision: str = "fp32") -> np.dtype:
     return dtype_of(dtype_name)
 
 
+class _Typed:
+    """``shape`` and ``rank`` of the declared ``type``."""
+
+    @property
+    def shape(self):
+        return self.type.shape
+
+    @property
+    def rank(self):
+        return self.type.rank
+
+
 @dataclass
-class Operand:
+class Operand(_Typed):
     """A parameter's argument at load: a variable (``slot`` in the environment) or a constant
     (``value``, in its runtime dtype), with its declared ``type``."""
 
@@ -75,29 +87,13 @@ class Operand:
     def is_const(self) -> bool:
         return self.slot is None
 
-    @property
-    def shape(self):
-        return self.type.shape
-
-    @property
-    def rank(self):
-        return self.type.rank
-
 
 @dataclass(frozen=True)
-class Declared:
+class Declared(_Typed):
     """What :meth:`Builder.peek` tells about a parameter."""
 
     type: TensorType
     is_const: bool
-
-    @property
-    def shape(self):
-        return self.type.shape
-
-    @property
-    def rank(self):
-        return self.type.rank
 
 
 class Step:
