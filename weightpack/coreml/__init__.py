@@ -5,9 +5,11 @@
   .mlpackage files, built and parsed with coremltools;
 - :func:`prune_weights`, :func:`palettize_weights`, :func:`linear_quantize_weights`,
   :func:`decompress_weights`, :func:`get_weights_metadata` (:mod:`.dropin`): coremltools'
-  post-training API, computed by weightpack.
+  post-training API, computed by weightpack;
+- :class:`Program` (:mod:`.runtime`): run an ML program on Linux, like ``MLModel.predict``.
 
-Everything but :mod:`.blob` imports coremltools, on first use of a name here.
+Everything but :mod:`.blob` and :mod:`.runtime` imports coremltools, on first use of a name here
+(:meth:`Program.load` reads the protobuf with it).
 """
 from importlib import import_module
 
@@ -22,6 +24,9 @@ _LAZY = {
     "linear_quantize_weights": ".dropin",
     "decompress_weights": ".dropin",
     "get_weights_metadata": ".metadata",
+    "Program": ".runtime",
+    "WeightOp": ".runtime",
+    "covered_ops": ".runtime",
 }
 
 

@@ -1,0 +1,358 @@
+"""``Program``: load an ML program once, then run it like ``MLModel.predict``.
+
+At load every op is resolved to a compiled step (its constants bound, its weights prepared by
+the policy, its declared types checked); ``predict`` checks the inputs, then runs the steps in
+order over a list of variable slots and returns the outputs.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import FormatError, WeightpackError, describe
+from ..values import is_weight
+from .graph import Const, Graph, Ref, dtype_of
+from .registry import OPS, Builder, Operand, covered_ops, runtime_dtype, type_from_value
+from .report import KernelClock, Report
+from .weights import POLICIES, WeightStore, dense_float32
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class WeightOp:
+    """An op that consumes a weight (a weight.bin constant or a constexpr chain).
+
+    ``name`` / ``op_type``: the op; ``weight_name``: the weight's variable (the key of
+    :meth:`Program.set_weight`); ``weight``: its value (weightpack tensor or numpy array, as
+    loaded or as last set); ``param``: the op's parameter it feeds; ``role``: ``"linear"``
+    (weight (out, in), ``y = x @ W.T + b``), ``"matmul"`` (``param`` ``"x"`` or ``"y"`` of
+    ``matmul``, ``transpose`` its transpose flag), ``"conv"`` (weight (C_out, C_in / groups,
+    *kernel)), ``"conv_transpose"`` (weight (C_in, C_out / groups, *kernel)), ``"gather"``
+    (an embedding table, rows looked up) or ``"other"``; ``matrix_side``: the weight as stored is
+    the (out, in) matrix of a product ``x @ W.T`` (linear; matmul ``y`` with ``transpose_y``;
+    matmul ``x`` without ``transpose_x``, whose "x" is then the other operand transposed);
+    ``mode``: how the policy runs it (``dense``, ``fused``, ``scratch``, ``rows``).
+    """
+
+    name: str
+    op_type: str
+    weight_name: str
+    weight: object
+    param: str
+    role: str
+    transpose: bool
+    matrix_side: bool
+    mode: str
+
+
+class _Context:
+    """Compile-time state: declared types, environment slots, constants and weights."""
+
+    def __init__(self, graph: Graph, store: WeightStore, precision: str, clock, batch_size: int):
+        self.graph, self.store, self.precision, self.clock = graph, store, precision, clock
+        self.source, self.opset, self.constants = graph.source, graph.opset, graph.constants
+        self.batch_size = batch_size
+        self.types = {}  # var name -> declared TensorType, as vars get defined
+        self.slots = {}  # var name -> environment index
+        self.weight_slots = {}  # weight name read as a plain operand -> environment index
+        self.const_slots = {}  # constant that is a program output -> environment index
+
+    def slot_of(self, name: str) -> int:
+        if name not in self.slots:
+            self.slots[name] = len(self.slots)
+        return self.slots[name]
+
+    def dense_constant(self, name: str):
+        return dense_float32(self.constants[name], self.store.backend)
+
+    def operand(self, binding, what: str, builder: Builder) -> Operand:
+        param = what.removeprefix("parameter ").strip("'")
+        if isinstance(binding, Const):
+            return Operand(None, _runtime_const(binding.value), type_from_value(binding.value), param)
+        if not isinstance(binding, Ref):
+            builder.fail(f"{what} is not a variable or a value")
+        name = binding.name
+        if name in self.types:
+            return Operand(self.slots[name], None, self.types[name], param)
+        if name in self.constants:
+            ctype = self.graph.const_types.get(name) or type_from_value(self.constants[name])
+            if name in self.store.slots:  # a weight read as a plain tensor: dense, from the environment
+                builder.weight(param, "other")
+                if name not in self.weight_slots:
+                    self.weight_slots[name] = self.slot_of(name)
+                return Operand(self.weight_slots[name], None, ctype, param)
+            return Operand(None, _runtime_const(self.constants[name]), ctype, param)
+        builder.fail(f"{what} reads {name!r}, which is neither an input nor the output of an earlier op")
+
+
+def _runtime_const(value):
+    """An immediate constant in its runtime dtype: floats as float32, the rest as stored."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.dtype != np.float32:
+        return value.astype(np.float32)
+    return value
+
+
+class Program:
+    """An ML program loaded for execution on Linux (numpy + weightpack's kernels).
+
+    >>> import numpy as np, weightpack as wp
+    >>> from weightpack.runtime import Linear, Model
+    >>> w = wp.palettize(np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32), nbits=4)
+    >>> prog = Model([Linear(w, activation="relu")], policy="jit").program
+    >>> sorted(prog.inputs), prog.outputs, prog.report.layer_modes
+    (['x'], ['y'], ['fused'])
+    >>> y = prog.predict({"x": np.ones((2, 8), np.float32)})["y"]
+    >>> y.shape, bool((y >= 0).all())
+    ((2, 4), True)
+    """
+
+    def __init__(self, graph: Graph, policy: str = "jit", *, compute_precision: str = "fp32", backend=None, batch_size: int = 1):
+        if policy not in POLICIES:
+            raise WeightpackError(f"policy={describe(policy)} is unknown; allowed: {', '.join(POLICIES)}")
+        if compute_precision not in PRECISIONS:
+            raise WeightpackError(f"compute_precision={describe(compute_precision)} is unknown; allowed: {', '.join(PRECISIONS)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise WeightpackError(f"batch_size={describe(batch_size)} must be a positive integer")
+        _refuse_uncovered(graph)
+        start = time.perf_counter()
+        self.graph, self.policy, self.compute_precision = graph, policy, compute_precision
+        self._clock = KernelClock()
+        weights = {name: graph.constants[name] for name in graph.constants if name in graph.weights}
+        self._store = WeightStore(weights, policy, self._clock, backend)
+        self._steps, self._ctx = self._compile(batch_size)
+        self._store.finish()
+        self._template = self._make_template()
+        self._frees = self._last_uses()
+        self._weight_slot_set = set(self._ctx.weight_slots.values())
+        self._times = [0.0] * len(self._steps)
+        self.report = Report(policy)
+        self.report.load_seconds = time.perf_counter() - start
+        self._refresh_report()
+
+    @classmethod
+    def load(cls, model, policy: str = "jit", *, function: str = "main", compute_precision: str = "fp32", backend=None):
+        """Load ``model`` (an .mlpackage path or a coremltools MLModel) for execution.
+
+        ``policy``: ``"jit"`` (iOS 17: weights stay compressed, fused products), ``"load"``
+        (iOS 16: decompressed at load, BLAS) or ``"auto"`` (the faster per op, timed at load).
+        ``compute_precision``: ``"fp32"`` computes every float value in float32, including the
+        fp16 values of an fp16 program; ``"fp16"`` rounds every fp16-typed value to binary16
+        after each op (Core ML's fp16 storage of activations; arithmetic inside an op stays
+        float32). ``backend`` picks the kernel backend (None: the fastest available).
+        """
+        from .parse import load_graph
+
+        graph = load_graph(model, function)
+        return cls(graph, policy, compute_precision=compute_precision, backend=backend)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def inputs(self) -> dict:
+        """{name: (shape tuple, numpy dtype)} as the program declares them (None: any size)."""
+        return self.graph.describe_inputs()
+
+    @property
+    def outputs(self) -> list:
+        return list(self.graph.outputs)
+
+    def weight_ops(self) -> list:
+        """Every op that consumes a weight, in program order: a list of :class:`WeightOp`."""
+        return [_weight_op(u) for u in self._store.uses]
+
+    def set_weight(self, name: str, tensor) -> None:
+        """Replace the weight ``name`` (a :class:`WeightOp` ``weight_name``) by ``tensor`` (a
+        weightpack tensor or a float array of the same shape); later calls use it, prepared as
+        the policy prepares weights at load."""
+        if name not in self._store.slots:
+            raise WeightpackError(f"the program has no weight named {describe(name)}; weight_ops() lists its weights")
+        old = self._store.slots[name].value
+        if not is_weight(tensor):
+            raise WeightpackError(f"tensor must be a weightpack tensor or a numpy array, got {describe(tensor)}")
+        if tuple(tensor.shape) != tuple(old.shape):
+            raise WeightpackError(f"tensor has shape {tuple(tensor.shape)}; weight {name!r} has shape {tuple(old.shape)}")
+        if np.dtype(tensor.dtype).kind != "f" or np.dtype(tensor.dtype).itemsize not in (2, 4):
+            raise WeightpackError(f"tensor decodes to {np.dtype(tensor.dtype)}; weights are float16 or float32")
+        start = time.perf_counter()
+        self._store.set_weight(name, tensor)
+        if name in self._ctx.weight_slots:
+            self._template[self._ctx.weight_slots[name]] = self._store.slots[name].dense
+        self.report.load_seconds += time.perf_counter() - start
+        self._refresh_report()
+
+    def predict(self, inputs, *, observe=None) -> dict:
+        """Run the program on ``inputs`` ({name: array}); {output name: numpy array}.
+
+        Every input is checked (name, shape, dtype) before anything runs. ``observe``, if given,
+        is called as ``observe(op, arrays)`` right before each op that consumes a weight, with
+        ``op`` its :class:`WeightOp` and ``arrays`` {parameter: numpy array} of the op's
+        variable inputs (the activations entering it).
+        """
+        start = time.perf_counter()
+        env = list(self._template)
+        for slot, array in self._checked_inputs(inputs):
+            env[slot] = array
+        self._clock.seconds = 0.0
+        if observe is None:
+            self._run(env)
+        else:
+            self._run_observed(env, observe)
+        outputs = {}
+        for name in self.graph.outputs:
+            value = env[self._ctx.slots[name]]
+            outputs[name] = np.array(value, dtype_of(self._output_dtype(name)), copy=True)
+        self.report.latency_seconds = time.perf_counter() - start
+        self.report.kernel_seconds = self._clock.seconds
+        self.report.op_seconds = {(s.node.type, s.node.name): t for s, t in zip(self._steps, self._times)}
+        return outputs
+
+    # ------------------------------------------------------------------ running
+
+    def _run(self, env) -> None:
+        clock, times, frees = time.perf_counter, self._times, self._frees
+        for k, step in enumerate(self._steps):
+            t0 = clock()
+            step.run(env)
+            times[k] = clock() - t0
+            for slot in frees[k]:
+                env[slot] = None
+
+    def _run_observed(self, env, observe) -> None:
+        clock, times, frees = time.perf_counter, self._times, self._frees
+        for k, step in enumerate(self._steps):
+            for use in step.uses:
+                if use.slot is not None:
+                    observe(_weight_op(use), {param: env[slot] for param, slot in step.observed if slot not in self._weight_slot_set})
+            t0 = clock()
+            step.run(env)
+            times[k] = clock() - t0
+            for slot in frees[k]:
+                env[slot] = None
+
+    def _checked_inputs(self, inputs) -> list:
+        if not isinstance(inputs, Mapping):
+            raise WeightpackError(f"inputs must be a dict of name -> array, got {describe(inputs)}")
+        declared = {v.name: v.type for v in self.graph.inputs}
+        missing = [name for name in declared if name not in inputs]
+        if missing:
+            raise WeightpackError(f"inputs lack {', '.join(map(repr, missing))}; the program takes {_signature(declared)}")
+        extra = [name for name in inputs if name not in declared]
+        if extra:
+            raise WeightpackError(f"inputs {', '.join(map(repr, extra))} are not inputs of the program; it takes {_signature(declared)}")
+        checked = []
+        for name, vtype in declared.items():
+            array = inputs[name]
+            if not isinstance(array, (np.ndarray, np.generic)):
+                if not isinstance(array, (list, tuple, int, float, bool)):
+                    raise WeightpackError(f"input {name!r} must be a numpy array, got {describe(array)}")
+                array = np.asarray(array)
+            want = dtype_of(vtype.dtype)
+            if _kind(array.dtype) != _kind(want):
+                raise WeightpackError(f"input {name!r} has dtype {array.dtype}; the program takes {vtype}")
+            self._check_shape(name, array.shape, vtype)
+            if want.kind in "iu" and array.size and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max):
+                raise WeightpackError(f"input {name!r} holds values outside the {want} range of {vtype}")
+            value = array.astype(want, copy=False).astype(runtime_dtype(vtype.dtype), copy=False)
+            checked.append((self._ctx.slots[name], value))
+        return checked
+
+    def _check_shape(self, name: str, shape, vtype) -> None:
+        declared = vtype.shape
+        if declared is not None and (len(shape) != len(declared) or any(d is not None and d != s for d, s in zip(declared, shape))):
+            raise WeightpackError(f"input {name!r} has shape {tuple(shape)}; the program takes {vtype}")
+        flexible = self.graph.input_shapes.get(name)
+        if flexible is None:
+            return
+        kind, allowed = flexible
+        if kind == "enumerated" and tuple(shape) not in allowed:
+            raise WeightpackError(f"input {name!r} has shape {tuple(shape)}; the program takes one of {allowed}")
+        if kind == "range" and (
+            len(shape) != len(allowed) or any(s < lo or (hi is not None and s > hi) for s, (lo, hi) in zip(shape, allowed))
+        ):
+            ranges = ", ".join(f"{lo}..{'' if hi is None else hi}" for lo, hi in allowed)
+            raise WeightpackError(f"input {name!r} has shape {tuple(shape)}; the program takes dimensions in ({ranges})")
+
+    def _output_dtype(self, name: str) -> str:
+        if name in self._ctx.types:
+            return self._ctx.types[name].dtype
+        return self.graph.const_types.get(name, type_from_value(self.graph.constants[name])).dtype
+
+    # ------------------------------------------------------------------ compiling
+
+    def _compile(self, batch_size: int):
+        ctx = _Context(self.graph, self._store, self.compute_precision, self._clock, batch_size)
+        for var in self.graph.inputs:
+            if var.name in ctx.types:
+                raise FormatError(f"{self.graph.source}: input {var.name!r} is declared twice")
+            ctx.types[var.name] = var.type
+            ctx.slot_of(var.name)
+        steps = []
+        for node in self.graph.ops:
+            builder = Builder(node, ctx)
+            step = OPS[node.type](builder)
+            for var in node.outputs:
+                if var.name in ctx.types or var.name in self.graph.constants:
+                    builder.fail(f"output {var.name!r} redefines an existing variable")
+                ctx.types[var.name] = var.type
+            steps.append(step)
+        for name in self.graph.outputs:
+            if name in ctx.types:
+                continue
+            if name in self.graph.constants:
+                ctx.const_slots[name] = ctx.slot_of(name)
+                continue
+            raise FormatError(f"{self.graph.source}: the program output {name!r} is produced by no op")
+        return steps, ctx
+
+    def _make_template(self) -> list:
+        template = [None] * len(self._ctx.slots)
+        for name, slot in self._ctx.weight_slots.items():
+            template[slot] = self._store.slots[name].dense
+        for name, slot in self._ctx.const_slots.items():
+            template[slot] = _runtime_const(dense_float32(self.graph.constants[name]))
+        return template
+
+    def _last_uses(self) -> list:
+        """Per step, the slots no later step reads (released to keep peak memory low)."""
+        keep = {self._ctx.slots[name] for name in self.graph.outputs}
+        last = {}
+        for k, step in enumerate(self._steps):
+            for _, slot in step.observed:
+                last[slot] = k
+        frees = [[] for _ in self._steps]
+        for slot, k in last.items():
+            if slot not in keep:
+                frees[k].append(slot)
+        return [tuple(f) for f in frees]
+
+    def _refresh_report(self) -> None:
+        self.report.resident_weight_bytes = self._store.resident_bytes()
+        self.report.scratch_bytes = int(self._store.scratch.nbytes)
+        self.report.layer_modes = [u.mode for u in self._store.uses]
+
+
+def _weight_op(use) -> WeightOp:
+    return WeightOp(use.op.name, use.op.type, use.slot.name, use.slot.value, use.param, use.role, use.transpose, use.matrix_side, use.mode)
+
+
+def _kind(dtype) -> str:
+    kind = np.dtype(dtype).kind
+    return "i" if kind in "iu" else kind
+
+
+def _signature(declared: dict) -> str:
+    return ", ".join(f"{name}: {vtype}" for name, vtype in declared.items())
+
+
+def _refuse_uncovered(graph: Graph) -> None:
+    covered = covered_ops()
+    for node in graph.ops:
+        if node.type not in OPS:
+            raise WeightpackError(
+                f"{graph.source}: {node.where}: op type {node.type!r} is not covered by weightpack's executor; "
+                f"covered ops: {', '.join(covered)}"
+            )

@@ -1,0 +1,59 @@
+"""``scaled_dot_product_attention`` (iOS18): ``softmax(Q K^T / sqrt(E) + mask) V``.
+
+A boolean mask keeps the positions where it is true (the others get -inf); a float mask is
+added to the scores. A row whose every position is masked comes out NaN, as in PyTorch.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .registry import op
+from .shapes import broadcast, same_dim
+
+FLOATS = ("fp16", "fp32")
+
+
+@op("scaled_dot_product_attention")
+def scaled_dot_product_attention(b):
+    q, k, v = b.operand("query"), b.operand("key"), b.operand("value")
+    for name, operand in (("query", q), ("key", k), ("value", v)):
+        b.expect(operand, FLOATS, name)
+        if operand.rank is not None and operand.rank < 3:
+            b.fail(f"{name} must have rank 3 or more (batch, ..., sequence, embedding), got {operand.type}")
+    args = [q, k, v]
+    out = None
+    if q.shape is not None and k.shape is not None and v.shape is not None:
+        if not same_dim(q.shape[-1], k.shape[-1]) or not same_dim(k.shape[-2], v.shape[-2]):
+            b.fail(f"query {q.type}, key {k.type} and value {v.type} do not fit (E of query and key, S of key and value)")
+        batch = b.infer(lambda: broadcast(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])))
+        out = batch + (q.shape[-2], v.shape[-1])
+    mask = None
+    if b.has("attn_mask"):
+        mask = b.operand("attn_mask")
+        b.expect(mask, FLOATS + ("bool",), "attn_mask")
+        if out is not None and mask.shape is not None:
+            b.infer(lambda: broadcast(tuple(mask.shape), out[:-1] + (k.shape[-2],)))
+        args.append(mask)
+    clock = b.clock
+    embed = q.shape[-1] if q.shape is not None else None
+
+    def run(query, key, value, *masks):
+        scale = np.float32(1.0 / math.sqrt(query.shape[-1] if embed is None else embed))
+        t0 = time.perf_counter()
+        scores = np.matmul(query * scale, np.swapaxes(key, -1, -2))
+        clock.seconds += time.perf_counter() - t0
+        if masks:
+            m = masks[0]
+            scores = np.where(m, scores, np.float32(-np.inf)) if m.dtype == np.bool_ else scores + m
+        peak = np.max(scores, axis=-1, keepdims=True)
+        weights = np.exp(scores - peak)
+        weights /= np.sum(weights, axis=-1, keepdims=True)
+        t0 = time.perf_counter()
+        y = np.matmul(weights, value)
+        clock.seconds += time.perf_counter() - t0
+        return y
+
+    return b.emit(run, args, [(out, q.type.dtype)])

@@ -1,0 +1,54 @@
+"""What running a program costs: load time, resident weight bytes, scratch, latency, per-op time."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class KernelClock:
+    """Seconds spent inside numeric kernels (BLAS products, weightpack's fused products and
+    decompression) during one call; ops add to it around each kernel call."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self):
+        self.seconds = 0.0
+
+
+@dataclass
+class Report:
+    """Costs of a loaded program (``Program.report``).
+
+    - ``load_seconds``: parsing excluded, from the first weight prepared to the program ready
+      (decompression of the ``load`` policy, the ``auto`` policy's timing runs, kernel set-up);
+    - ``resident_weight_bytes``: bytes the weights keep in memory to run: dense float32 arrays,
+      compressed arrays (with the derived data kernels keep beside them);
+    - ``scratch_bytes``: the one buffer ops decompress into right before they run (jit / auto);
+    - ``latency_seconds``: wall time of the last ``predict`` (input checks included);
+    - ``op_seconds``: {(op type, op name): seconds} of the last call, in program order;
+    - ``kernel_seconds``: the part of the last call spent inside kernels (BLAS, fused products,
+      decompression); ``latency_seconds - kernel_seconds`` is the interpretation overhead plus
+      the elementwise numpy work;
+    - ``layer_modes``: how each weight op runs, in program order: ``"dense"`` (decompressed at
+      load, BLAS), ``"fused"`` (compressed, weightpack's fused product), ``"scratch"``
+      (decompressed into the scratch buffer before the op), ``"rows"`` (an embedding lookup
+      decoding only the rows it gathers).
+    """
+
+    policy: str
+    load_seconds: float = 0.0
+    resident_weight_bytes: int = 0
+    scratch_bytes: int = 0
+    latency_seconds: float = 0.0
+    op_seconds: dict = field(default_factory=dict)
+    kernel_seconds: float = 0.0
+    layer_modes: list = field(default_factory=list)
+
+    @property
+    def last_latency_seconds(self) -> float:
+        """The latency of the last call (the name :class:`weightpack.runtime.Model` used)."""
+        return self.latency_seconds
+
+    @property
+    def overhead_seconds(self) -> float:
+        """``latency_seconds - kernel_seconds`` of the last call."""
+        return self.latency_seconds - self.kernel_seconds
