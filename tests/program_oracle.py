@@ -124,6 +124,15 @@ def check_output(where: str, actual, expected: np.ndarray, bound: float, dtype) 
         f"(got {actual.reshape(-1)[worst]!r}, expected {expected.reshape(-1)[worst]!r})")
 
 
+def declared_output_dtypes(mlmodel) -> dict:
+    """{output name: numpy dtype} as the model's description declares them."""
+    from coremltools.proto import FeatureTypes_pb2
+
+    codes = FeatureTypes_pb2.ArrayFeatureType
+    dtypes = {codes.FLOAT16: np.float16, codes.FLOAT32: np.float32, codes.DOUBLE: np.float64, codes.INT32: np.int32}
+    return {o.name: np.dtype(dtypes[o.type.multiArrayType.dataType]) for o in mlmodel.get_spec().description.output}
+
+
 def output_dtype(entry: dict, expected: np.ndarray):
     """The dtype a fixture program declares for an output like ``expected``."""
     if expected.dtype.kind in "iub":

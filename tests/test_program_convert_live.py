@@ -112,14 +112,15 @@ def test_fresh_conversion_matches_torch(model_name, target, precision, policy):
     mlmodel, model, x = converted(model_name, target, precision)
     program = wpc.Program.load(mlmodel, policy=policy)
     assert set(program.inputs) == {"x"}
-    outputs = program.predict({"x": x})
+    outputs = program.predict(oracle.program_inputs(program, {"x": x}))  # fp16 programs from iOS16 on take float16
     expected = torch_outputs(model, x, torch.float64)
     assert list(program.outputs) == MODELS[model_name][2]
+    dtypes = oracle.declared_output_dtypes(mlmodel)
     for name, f64, f32 in zip(program.outputs, expected, torch_outputs(model, x, torch.float32)):
         depth = model.rounding_depth()
         oracle.check_output(f"torch float32 {name}", f32, f64, oracle.torch_bound(f64, depth, "fp32"), np.float64)
         bound = oracle.torch_bound(f64, depth, precision)
-        oracle.check_output(f"{model_name}-{target}-{precision} [{policy}] {name}", outputs[name], f64, bound, np.float32)
+        oracle.check_output(f"{model_name}-{target}-{precision} [{policy}] {name}", outputs[name], f64, bound, dtypes[name])
 
 
 @pytest.mark.parametrize("policy", ["jit", "load"])
@@ -129,9 +130,12 @@ def test_fresh_palettized_conversion_matches_its_decompressed_form(model_name, p
     config = cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_grouped_channel",
                                                            group_size=16, weight_threshold=256))
     compressed = wpc.palettize_weights(mlmodel, config)
-    reference = wpc.Program.load(cto.decompress_weights(compressed), policy="load").predict({"x": x})
-    outputs = wpc.Program.load(compressed, policy=policy).predict({"x": x})
-    for name in reference:
-        dense = np.asarray(reference[name], np.float64)
-        bound = oracle.summation_bound(dense, model.rounding_depth(), float16_output=False)
-        oracle.check_output(f"{model_name} palettized [{policy}] {name}", outputs[name], dense, bound, np.float32)
+    dense_program = wpc.Program.load(cto.decompress_weights(compressed), policy="load")
+    reference = dense_program.predict(oracle.program_inputs(dense_program, {"x": x}))
+    program = wpc.Program.load(compressed, policy=policy)
+    outputs = program.predict(oracle.program_inputs(program, {"x": x}))
+    for name, dtype in oracle.declared_output_dtypes(compressed).items():
+        dense = np.asarray(reference[name])
+        assert dense.dtype == dtype, name
+        bound = oracle.summation_bound(dense, model.rounding_depth(), float16_output=dtype == np.float16)
+        oracle.check_output(f"{model_name} palettized [{policy}] {name}", outputs[name], dense, bound, dtype)
