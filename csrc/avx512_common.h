@@ -1,5 +1,5 @@
 /*
- * Helpers shared by the AVX-512 kernel files (include after their `#pragma GCC target`).
+ * Helpers shared by the AVX-512 kernel files (include after their WP_TARGET_PUSH(WP_AVX512_FEATURES)).
  *
  * Codes of any width are brought to one byte each: the n*8 bytes behind 64 codes are spread one
  * qword per 8 codes (vpermb) and each code is cut out at its bit offset (vpmultishiftqb).  Codes
@@ -12,7 +12,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#define WP_INLINE static inline __attribute__((always_inline))
+#include "wp_target.h"
+
 #define RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
 WP_INLINE __m512 round_half(__m512 v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, RNE)); }

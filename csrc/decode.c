@@ -124,7 +124,11 @@ int wp_lut_decode(const unsigned char *indices, long long indices_len, int nbits
         const long long o0 = row_out[r], last = o0 + (cols - 1) * col_stride + (long long)(vsize - 1) * v_stride;
         if (o0 < 0 || last >= out_len) return WP_E_RANGE;
     }
-    if (wp_simd_level() >= 2 && (rc = wp_lut_decode_avx512(&job)) != WP_NOT_COVERED) return rc;
+#if WP_X86
+    if (wp_simd_level() >= WP_LEVEL_AVX512 && (rc = wp_lut_decode_avx512(&job)) != WP_NOT_COVERED) return rc;
+#elif WP_ARM64
+    if (wp_simd_level() >= WP_LEVEL_NEON && (rc = wp_lut_decode_neon(&job)) != WP_NOT_COVERED) return rc;
+#endif
     if (mask && (rc = check_masked_stream(mask, count, indices_len, nbits))) return rc;
     lut_decode_scalar(&job);
     return WP_OK;
@@ -140,9 +144,15 @@ int wp_sparse_decode(const unsigned char *mask, long long mask_len, long long co
     if ((elem_size != 1 && elem_size != 2 && elem_size != 4) || (widen_half && elem_size != 2)) return WP_E_ARG;
     int rc = check_stream(mask, mask_len, count, n_values * elem_size, 8 * elem_size);
     if (rc) return rc;
-    if (wp_simd_level() >= 2 &&
+#if WP_X86
+    if (wp_simd_level() >= WP_LEVEL_AVX512 &&
         (rc = wp_sparse_decode_avx512(mask, count, values, n_values, elem_size, widen_half, out)) != WP_NOT_COVERED)
         return rc;
+#elif WP_ARM64
+    if (wp_simd_level() >= WP_LEVEL_NEON &&
+        (rc = wp_sparse_decode_neon(mask, count, values, n_values, elem_size, widen_half, out)) != WP_NOT_COVERED)
+        return rc;
+#endif
     if ((rc = check_masked_stream(mask, count, n_values * elem_size, 8 * elem_size))) return rc;
     long long k = 0;
     for (long long e = 0; e < count; e++) wp_sparse_element(mask, e, values, &k, elem_size, widen_half, out);
@@ -182,7 +192,11 @@ int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbi
                                NULL, NULL, NULL, 1, out_half ? 2 : 4, NULL, 1, 1,
                                scale, offset, half_math, out, out_half};
     if ((rc = check_tables(&job)) || (rc = check_stream(mask, mask_len, count, data_len, nbits))) return rc;
-    if (wp_simd_level() >= 2 && (rc = wp_quant_decode_avx512(&job)) != WP_NOT_COVERED) return rc;
+#if WP_X86
+    if (wp_simd_level() >= WP_LEVEL_AVX512 && (rc = wp_quant_decode_avx512(&job)) != WP_NOT_COVERED) return rc;
+#elif WP_ARM64
+    if (wp_simd_level() >= WP_LEVEL_NEON && (rc = wp_quant_decode_neon(&job)) != WP_NOT_COVERED) return rc;
+#endif
     if (mask && (rc = check_masked_stream(mask, count, data_len, nbits))) return rc;
     shift_scale_decode_scalar(&job);
     return WP_OK;

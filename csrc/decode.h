@@ -3,6 +3,7 @@
 #define WP_DECODE_H
 
 #include "wp_internal.h"
+#include "wp_target.h"
 
 /* A tensor walked as rows x cols (see weightpack/kernels/plan.py), already validated. */
 typedef struct {
@@ -46,9 +47,16 @@ static inline void wp_sparse_element(const uint8_t *mask, long long e, const voi
 /* SIMD decoders: WP_OK when done, WP_NOT_COVERED when the scalar decoder must run, WP_E_SIZE
    when the mask sets more bits than the stream holds codes (nothing is written then). */
 #define WP_NOT_COVERED 1
+#if WP_X86
 int wp_lut_decode_avx512(const wp_decode_job *job);
 int wp_quant_decode_avx512(const wp_decode_job *job);
 int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
                             int widen_half, void *out);
+#elif WP_ARM64
+int wp_lut_decode_neon(const wp_decode_job *job);
+int wp_quant_decode_neon(const wp_decode_job *job);
+int wp_sparse_decode_neon(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
+                          int widen_half, void *out);
+#endif
 
 #endif

@@ -5,13 +5,11 @@
  * float32 output of binary16-exact tables), float32 tables by vpermps / vpermt2ps / gather.
  * Elements that do not fill a whole 64-step inside one table go through the scalar code.
  */
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,avx512vnni,avx2,fma,f16c,bmi2,popcnt")
+#include "wp_target.h"
+#if WP_X86
+WP_TARGET_PUSH(WP_AVX512_FEATURES)
 #include <immintrin.h>
 #include <stdlib.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "avx512_common.h"
 #include "decode.h"
@@ -44,7 +42,20 @@ static long long popcount_range(const uint8_t *mask, long long e0, long long e1)
 
 typedef void (*chunk_fn)(const wp_decode_job *job, long long r, long long j0, long long j1, long long k);
 
-/* Run fn over every chunk of every row; k is the chunk's first stream element. */
+typedef struct {
+    const uint8_t *mask;
+    long long cols, per_row, *counts;
+} popcount_tasks;
+
+static void count_chunks(void *ctx, long long t0, long long t1)
+{
+    const popcount_tasks *p = ctx;
+    for (long long t = t0; t < t1; t++) {
+        const long long r = t / p->per_row, j0 = t % p->per_row * CHUNK, j1 = j0 + CHUNK < p->cols ? j0 + CHUNK : p->cols;
+        p->counts[t + 1] = popcount_range(p->mask, r * p->cols + j0, r * p->cols + j1);
+    }
+}
+
 /* Per-chunk first stream element of a masked job (NULL when out of memory); starts[tasks] is the
    mask's popcount. */
 static long long *chunk_starts(const uint8_t *mask, long long rows, long long cols, long long per_row)
@@ -52,14 +63,28 @@ static long long *chunk_starts(const uint8_t *mask, long long rows, long long co
     const long long tasks = rows * per_row;
     long long *starts = malloc((size_t)(tasks + 1) * sizeof *starts);
     if (!starts) return NULL;
-#pragma omp parallel for schedule(static) num_threads(wp_threads()) if (tasks > 1)
-    for (long long t = 0; t < tasks; t++) {
-        const long long r = t / per_row, j0 = t % per_row * CHUNK, j1 = j0 + CHUNK < cols ? j0 + CHUNK : cols;
-        starts[t + 1] = popcount_range(mask, r * cols + j0, r * cols + j1);
-    }
+    popcount_tasks p = {mask, cols, per_row, starts};
+    wp_parallel_for(tasks, 1, count_chunks, &p);
     starts[0] = 0;
     for (long long t = 0; t < tasks; t++) starts[t + 1] += starts[t];
     return starts;
+}
+
+typedef struct {
+    const wp_decode_job *job;
+    chunk_fn fn;
+    long long per_row;
+    const long long *starts;
+} chunk_tasks;
+
+static void decode_chunks(void *ctx, long long t0, long long t1)
+{
+    const chunk_tasks *c = ctx;
+    const wp_decode_job *job = c->job;
+    for (long long t = t0; t < t1; t++) {
+        const long long r = t / c->per_row, j0 = t % c->per_row * CHUNK, j1 = j0 + CHUNK < job->cols ? j0 + CHUNK : job->cols;
+        c->fn(job, r, j0, j1, job->mask ? c->starts[t] : r * job->cols + j0);
+    }
 }
 
 /* Run fn over every chunk of every row; k is the chunk's first stream element. */
@@ -75,11 +100,8 @@ static int run_chunks(const wp_decode_job *job, chunk_fn fn)
             return WP_E_SIZE;
         }
     }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(wp_threads()) if (tasks > 1)
-    for (long long t = 0; t < tasks; t++) {
-        const long long r = t / per_row, j0 = t % per_row * CHUNK, j1 = j0 + CHUNK < job->cols ? j0 + CHUNK : job->cols;
-        fn(job, r, j0, j1, job->mask ? starts[t] : r * job->cols + j0);
-    }
+    chunk_tasks c = {job, fn, per_row, starts};
+    wp_parallel_for(tasks, 1, decode_chunks, &c);
     free(starts);
     return WP_OK;
 }
@@ -298,26 +320,27 @@ int wp_quant_decode_avx512(const wp_decode_job *job)
 
 /* ---- sparse values -------------------------------------------------------------------------- */
 
-int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
-                            int widen_half, void *out)
+typedef struct {
+    const uint8_t *mask;
+    long long count;
+    const void *values;
+    int elem_size, widen_half;
+    void *out;
+    const long long *starts;
+} sparse_tasks;
+
+static void expand_chunks(void *ctx, long long t0, long long t1)
 {
-    const long long tasks = (count + CHUNK - 1) / CHUNK;
-    long long *starts = chunk_starts(mask, 1, count, tasks);
-    if (!starts) return WP_NOT_COVERED;
-    if (starts[tasks] > n_values) {
-        free(starts);
-        return WP_E_SIZE;
-    }
-    const int out_size = widen_half ? 4 : elem_size;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(wp_threads()) if (tasks > 1)
-    for (long long t = 0; t < tasks; t++) {
-        const long long e1 = (t + 1) * CHUNK < count ? (t + 1) * CHUNK : count;
-        long long k = starts[t], e = t * CHUNK;
-        const uint8_t *src = values;
-        uint8_t *dst = out;
-        const int lanes = 64 / elem_size; /* values per expand */
+    const sparse_tasks *s = ctx;
+    const int elem_size = s->elem_size, widen_half = s->widen_half, out_size = widen_half ? 4 : elem_size;
+    const int lanes = 64 / elem_size; /* values per expand */
+    const uint8_t *src = s->values;
+    uint8_t *dst = s->out;
+    for (long long t = t0; t < t1; t++) {
+        const long long e1 = (t + 1) * CHUNK < s->count ? (t + 1) * CHUNK : s->count;
+        long long k = s->starts[t], e = t * CHUNK;
         for (; e + 64 <= e1; e += 64) {
-            const uint64_t m = mask64(mask, e);
+            const uint64_t m = mask64(s->mask, e);
             for (int part = 0; part < elem_size; part++) {
                 const uint64_t pm = lanes == 64 ? m : (m >> (part * lanes)) & ((1ULL << lanes) - 1);
                 const int take = (int)_mm_popcnt_u64(pm);
@@ -339,8 +362,25 @@ int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *va
                 k += take;
             }
         }
-        for (; e < e1; e++) wp_sparse_element(mask, e, src, &k, elem_size, widen_half, dst);
+        for (; e < e1; e++) wp_sparse_element(s->mask, e, src, &k, elem_size, widen_half, dst);
     }
+}
+
+int wp_sparse_decode_avx512(const uint8_t *mask, long long count, const void *values, long long n_values, int elem_size,
+                            int widen_half, void *out)
+{
+    const long long tasks = (count + CHUNK - 1) / CHUNK;
+    long long *starts = chunk_starts(mask, 1, count, tasks);
+    if (!starts) return WP_NOT_COVERED;
+    if (starts[tasks] > n_values) {
+        free(starts);
+        return WP_E_SIZE;
+    }
+    sparse_tasks s = {mask, count, values, elem_size, widen_half, out, starts};
+    wp_parallel_for(tasks, 1, expand_chunks, &s);
     free(starts);
     return WP_OK;
 }
+
+WP_TARGET_POP()
+#endif

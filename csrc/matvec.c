@@ -1,7 +1,7 @@
 /*
  * Fused decompress + matrix-vector / matrix-matrix products: the weight is decoded a row at a time
  * in registers and never written to memory.  Entry points validate every size, pick the best row
- * worker for the CPU level in force, and split the rows over OpenMP threads.  The scalar workers
+ * worker for the CPU level in force, and split the rows over threads (wp_parallel_for).  The scalar workers
  * here are the portable path and the definition the SIMD workers must reproduce (up to the order
  * of the float32 summation).
  */
@@ -10,9 +10,6 @@
 
 #include <stdlib.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define BATCH_TILE 8
 
@@ -35,6 +32,7 @@ static int check_common(const wp_mv_common *c, long long mask_len, long long x_l
     if (c->cols && c->batch > INT64_MAX / c->cols) return WP_E_SIZE;
     if (c->rows && c->batch > INT64_MAX / c->rows) return WP_E_SIZE;
     if (x_len != c->batch * c->cols || y_len != c->batch * c->rows) return WP_E_SIZE;
+    if (!wp_all_finite(c->x, x_len)) return WP_E_NONFINITE;
     const long long count = c->rows * c->cols;
     const long long available = c->codes_len / code_bits * 8 + (c->codes_len % code_bits) * 8 / code_bits;
     if (c->mask) {
@@ -54,24 +52,36 @@ static int check_common(const wp_mv_common *c, long long mask_len, long long x_l
     return WP_OK;
 }
 
-/* Run fn over all rows, split into contiguous ranges (multiples of 16 rows) across threads. */
-static void run_rows(wp_rows_fn fn, const void *args, long long rows)
+/* Products smaller than this many weights run on one thread: waking another costs more. */
+#define MIN_PARALLEL_WEIGHTS (1LL << 16)
+#define ROWS_PER_RANGE 16
+
+typedef struct {
+    wp_rows_fn fn;
+    const void *args;
+} rows_job;
+
+static void rows_range(void *ctx, long long r0, long long r1)
 {
-    int threads = wp_threads();
-    if (threads > 1 && rows >= 64) {
-#pragma omp parallel num_threads(threads)
-        {
-#ifdef _OPENMP
-            const long long t = omp_get_thread_num(), n = omp_get_num_threads();
-#else
-            const long long t = 0, n = 1;
-#endif
-            long long r0 = rows * t / n / 16 * 16, r1 = t == n - 1 ? rows : rows * (t + 1) / n / 16 * 16;
-            if (r1 > r0) fn(args, r0, r1);
-        }
-    } else if (rows > 0) {
-        fn(args, 0, rows);
+    const rows_job *job = ctx;
+    job->fn(job->args, r0, r1);
+}
+
+/* Run the chosen worker over all rows, split into ranges of 16 rows across threads; x is split
+   into phases first when the worker asked for it. Returns WP_E_SIZE when out of memory. */
+static int run_rows(wp_rows_plan plan, wp_mv_common *c, const void *args)
+{
+    float *xs = NULL;
+    if (plan.phases) {
+        if (!(xs = wp_split_phases(c->x, c->batch, c->cols, plan.phases))) return WP_E_SIZE;
+        c->xs = xs;
     }
+    rows_job job = {plan.fn, args};
+    const long long work = c->rows * c->cols * (c->batch < 8 ? c->batch : 8);
+    if (work >= MIN_PARALLEL_WEIGHTS) wp_parallel_for(c->rows, ROWS_PER_RANGE, rows_range, &job);
+    else if (c->rows > 0) plan.fn(args, 0, c->rows);
+    free(xs);
+    return WP_OK;
 }
 
 /* Walk row r's codes in order, calling BODY with j (column), k (stream element) and t (table,
@@ -139,6 +149,23 @@ static void sparse_rows_scalar(const void *args, long long r0, long long r1)
     }
 }
 
+/* Pick the best row worker of this kind for the level in force (the scalar one when no SIMD
+   worker covers the case) and run it. */
+#if WP_X86
+#define SIMD_ROWS(kind, a, level)                                                                \
+    (level >= WP_LEVEL_AVX512 && wp_##kind##_rows_avx512(a).fn ? wp_##kind##_rows_avx512(a)       \
+     : level >= WP_LEVEL_AVX2 ? wp_##kind##_rows_avx2(a) : WP_NO_ROWS)
+#elif WP_ARM64
+#define SIMD_ROWS(kind, a, level) (level >= WP_LEVEL_NEON ? wp_##kind##_rows_neon(a) : WP_NO_ROWS)
+#else
+#define SIMD_ROWS(kind, a, level) WP_NO_ROWS
+#endif
+#define SELECT_ROWS(kind, a)                                                                     \
+    do {                                                                                         \
+        const wp_rows_plan plan_ = SIMD_ROWS(kind, a, wp_simd_level());                          \
+        return run_rows(plan_.fn ? plan_ : WP_ROWS(kind##_rows_scalar), &(a)->c, a);             \
+    } while (0)
+
 int wp_lut_matvec(const unsigned char *codes, long long codes_len, int nbits,
                   const unsigned char *mask, long long mask_len, const long long *row_start,
                   long long rows, long long cols, const long long *row_table, long long col_block,
@@ -146,15 +173,12 @@ int wp_lut_matvec(const unsigned char *codes, long long codes_len, int nbits,
                   const float *x, long long x_len, long long batch, float *y, long long y_len)
 {
     if (!wp_valid_nbits(nbits) || !row_table || !lut || (!lut_lo != !lut_hi)) return WP_E_ARG;
-    wp_lut_mv a = {{rows, cols, batch, x, y, codes, codes_len, nbits, mask, row_start, row_table, col_block, n_tables},
+    wp_lut_mv a = {{rows, cols, batch, x, y, NULL, codes, codes_len, nbits, mask, row_start, row_table, col_block,
+                    n_tables},
                    lut, lut_lo, lut_hi};
     int rc = check_common(&a.c, mask_len, x_len, y_len, nbits);
     if (rc) return rc;
-    wp_rows_fn fn = NULL;
-    if (wp_simd_level() >= 2) fn = wp_lut_rows_avx512(&a);
-    if (!fn && wp_simd_level() >= 1) fn = wp_lut_rows_avx2(&a);
-    run_rows(fn ? fn : lut_rows_scalar, &a, rows);
-    return WP_OK;
+    SELECT_ROWS(lut, &a);
 }
 
 int wp_quant_matvec(const unsigned char *codes, long long codes_len, int nbits, int is_signed,
@@ -164,15 +188,12 @@ int wp_quant_matvec(const unsigned char *codes, long long codes_len, int nbits, 
                     const float *x, long long x_len, long long batch, float *y, long long y_len)
 {
     if ((nbits != 4 && nbits != 8) || !row_table || !scale) return WP_E_ARG;
-    wp_quant_mv a = {{rows, cols, batch, x, y, codes, codes_len, nbits, mask, row_start, row_table, col_block, n_tables},
+    wp_quant_mv a = {{rows, cols, batch, x, y, NULL, codes, codes_len, nbits, mask, row_start, row_table, col_block,
+                      n_tables},
                      is_signed, half_math, scale, offset};
     int rc = check_common(&a.c, mask_len, x_len, y_len, nbits);
     if (rc) return rc;
-    wp_rows_fn fn = NULL;
-    if (wp_simd_level() >= 2) fn = wp_quant_rows_avx512(&a);
-    if (!fn && wp_simd_level() >= 1) fn = wp_quant_rows_avx2(&a);
-    run_rows(fn ? fn : quant_rows_scalar, &a, rows);
-    return WP_OK;
+    SELECT_ROWS(quant, &a);
 }
 
 int wp_sparse_matvec(const unsigned char *mask, long long mask_len, const long long *row_start,
@@ -180,14 +201,10 @@ int wp_sparse_matvec(const unsigned char *mask, long long mask_len, const long l
                      const float *x, long long x_len, long long batch, float *y, long long y_len)
 {
     if (!mask) return WP_E_ARG;
-    wp_sparse_mv a = {{rows, cols, batch, x, y, (const uint8_t *)values, values_len, value_half ? 16 : 32, mask,
+    wp_sparse_mv a = {{rows, cols, batch, x, y, NULL, (const uint8_t *)values, values_len, value_half ? 16 : 32, mask,
                        row_start, NULL, cols > 0 ? cols : 1, 0},
                       value_half};
     int rc = check_common(&a.c, mask_len, x_len, y_len, value_half ? 16 : 32);
     if (rc) return rc;
-    wp_rows_fn fn = NULL;
-    if (wp_simd_level() >= 2) fn = wp_sparse_rows_avx512(&a);
-    if (!fn && wp_simd_level() >= 1) fn = wp_sparse_rows_avx2(&a);
-    run_rows(fn ? fn : sparse_rows_scalar, &a, rows);
-    return WP_OK;
+    SELECT_ROWS(sparse, &a);
 }

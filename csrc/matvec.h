@@ -3,12 +3,14 @@
 #define WP_MATVEC_H
 
 #include "wp_internal.h"
+#include "wp_target.h"
 
 /* Y[b][r] = sum_j W[r][j] * X[b][j] for b < batch; W is rows x cols, decoded on the fly. */
 typedef struct {
     long long rows, cols, batch;
     const float *x; /* batch x cols */
     float *y;       /* batch x rows */
+    const float *xs; /* x split into phases (wp_split_phases) when the row worker asked for it */
     /* weight stream: n-bit codes, dense (code of W[r][j] is element r*cols+j) or sparse (mask
        bit r*cols+j set; codes of row r start at row_start[r]) */
     const uint8_t *codes;
@@ -67,12 +69,30 @@ float *wp_split_phases(const float *x, long long batch, long long cols, int per)
 /* A row worker computes Y for rows [r0, r1) of every batch entry. */
 typedef void (*wp_rows_fn)(const void *args, long long r0, long long r1);
 
-/* SIMD selectors return NULL when they do not cover the case (the scalar worker runs then). */
-wp_rows_fn wp_lut_rows_avx512(const wp_lut_mv *a);
-wp_rows_fn wp_lut_rows_avx2(const wp_lut_mv *a);
-wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a);
-wp_rows_fn wp_quant_rows_avx2(const wp_quant_mv *a);
-wp_rows_fn wp_sparse_rows_avx512(const wp_sparse_mv *a);
-wp_rows_fn wp_sparse_rows_avx2(const wp_sparse_mv *a);
+/* What a selector chose: the row worker, and the phase count x must be split into for it
+   (0: x as given).  The entry point splits x once per call, before the rows run in parallel. */
+typedef struct {
+    wp_rows_fn fn;
+    int phases;
+} wp_rows_plan;
+
+#define WP_ROWS(fn) ((wp_rows_plan){fn, 0})
+#define WP_ROWS_SPLIT(fn, phases) ((wp_rows_plan){fn, phases})
+#define WP_NO_ROWS ((wp_rows_plan){NULL, 0})
+
+/* SIMD selectors return WP_NO_ROWS when they do not cover the case (a lower level's worker, in
+   the end the scalar one, runs then).  Each exists only on its architecture. */
+#if WP_X86
+wp_rows_plan wp_lut_rows_avx512(const wp_lut_mv *a);
+wp_rows_plan wp_lut_rows_avx2(const wp_lut_mv *a);
+wp_rows_plan wp_quant_rows_avx512(const wp_quant_mv *a);
+wp_rows_plan wp_quant_rows_avx2(const wp_quant_mv *a);
+wp_rows_plan wp_sparse_rows_avx512(const wp_sparse_mv *a);
+wp_rows_plan wp_sparse_rows_avx2(const wp_sparse_mv *a);
+#elif WP_ARM64
+wp_rows_plan wp_lut_rows_neon(const wp_lut_mv *a);
+wp_rows_plan wp_quant_rows_neon(const wp_quant_mv *a);
+wp_rows_plan wp_sparse_rows_neon(const wp_sparse_mv *a);
+#endif
 
 #endif

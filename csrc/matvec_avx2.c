@@ -9,7 +9,9 @@
  * float values expand 8 columns at a time through a table of lane permutations per mask byte.
  * Other layouts (sparse LUT / quantized codes, 3/6/8-bit LUTs) run the portable scalar worker.
  */
-#pragma GCC target("avx2,fma,f16c,bmi2")
+#include "wp_target.h"
+#if WP_X86
+WP_TARGET_PUSH("avx2,fma,f16c,bmi2,popcnt")
 #include <immintrin.h>
 #include <stdlib.h>
 
@@ -17,7 +19,6 @@
 
 #define ROW_TILE 4
 #define BATCH_TILE 2
-#define WP_INLINE static inline __attribute__((always_inline))
 #define RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
 typedef struct { __m256 lo, hi; } table16;
@@ -120,10 +121,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
     static void name(const void *args, long long r0, long long r1)                               \
     {                                                                                            \
         const wp_mv_common *c = &((const type *)args)->c;                                        \
-        float *xs = wp_split_phases(c->x, c->batch, c->cols, 8 / (n));                           \
-        if (!xs) return;                                                                         \
-        RUN_TILES(name##_tile, args, c, xs, r0, r1);                                             \
-        free(xs);                                                                                \
+        RUN_TILES(name##_tile, args, c, c->xs, r0, r1);                                          \
     }
 
 SMALL_WORKER(lut_rows_1bit, 1, LUT_TABLE, wp_lut_mv)
@@ -168,19 +166,19 @@ static int small_codes_fit(const wp_mv_common *c)
     return !c->mask && c->col_block % (8 * per) == 0 && c->cols % c->col_block == 0;
 }
 
-wp_rows_fn wp_lut_rows_avx2(const wp_lut_mv *a)
+wp_rows_plan wp_lut_rows_avx2(const wp_lut_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    if (!(c->nbits == 1 || c->nbits == 2 || c->nbits == 4) || !small_codes_fit(c)) return NULL;
-    return c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit;
+    if (!(c->nbits == 1 || c->nbits == 2 || c->nbits == 4) || !small_codes_fit(c)) return WP_NO_ROWS;
+    return WP_ROWS_SPLIT(c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit, 8 / c->nbits);
 }
 
-wp_rows_fn wp_quant_rows_avx2(const wp_quant_mv *a)
+wp_rows_plan wp_quant_rows_avx2(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    if (c->mask) return NULL;
-    if (c->nbits == 4) return small_codes_fit(c) ? quant_rows_4bit : NULL;
-    return (c->col_block % 8 == 0 && c->cols % c->col_block == 0) ? quant_rows_8bit : NULL;
+    if (c->mask) return WP_NO_ROWS;
+    if (c->nbits == 4) return small_codes_fit(c) ? WP_ROWS_SPLIT(quant_rows_4bit, 2) : WP_NO_ROWS;
+    return (c->col_block % 8 == 0 && c->cols % c->col_block == 0) ? WP_ROWS(quant_rows_8bit) : WP_NO_ROWS;
 }
 
 /* ---- sparse rows: 8 columns at a time ------------------------------------------------------ */
@@ -302,7 +300,10 @@ static void sparse_rows(const void *args, long long r0, long long r1)
     RUN_TILES(sparse_tile, args, c, NULL, r0, r1);
 }
 
-wp_rows_fn wp_sparse_rows_avx2(const wp_sparse_mv *a)
+wp_rows_plan wp_sparse_rows_avx2(const wp_sparse_mv *a)
 {
-    return a->c.cols % 8 == 0 ? sparse_rows : NULL; /* rows start on whole mask bytes */
+    return a->c.cols % 8 == 0 ? WP_ROWS(sparse_rows) : WP_NO_ROWS; /* rows start on whole mask bytes */
 }
+
+WP_TARGET_POP()
+#endif

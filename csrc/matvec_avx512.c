@@ -9,7 +9,9 @@
  * block of scale.  8-bit quantized weights are decoded arithmetically.  Sparse rows expand 16
  * values at a time under their mask bits (vexpandps).  Four rows share each load of x.
  */
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi,avx512vbmi2,avx512vnni,avx2,fma,f16c,bmi2,popcnt")
+#include "wp_target.h"
+#if WP_X86
+WP_TARGET_PUSH(WP_AVX512_FEATURES)
 #include <immintrin.h>
 #include <stdlib.h>
 
@@ -100,10 +102,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
     static void name(const void *args, long long r0, long long r1)                               \
     {                                                                                            \
         const wp_mv_common *c = &((const type *)args)->c;                                        \
-        float *xs = wp_split_phases(c->x, c->batch, c->cols, 8 / (n));                              \
-        if (!xs) return;                                                                         \
-        RUN_TILES(name##_tile, args, c, xs, r0, r1);                                             \
-        free(xs);                                                                                \
+        RUN_TILES(name##_tile, args, c, c->xs, r0, r1);                                          \
     }
 
 SMALL_WORKER(lut_rows_1bit, 1, LUT_TABLE, wp_lut_mv)
@@ -419,36 +418,39 @@ static int chunks_fit(const wp_mv_common *c)
     return c->col_block % 16 == 0 && c->cols % c->col_block == 0;
 }
 
-wp_rows_fn wp_lut_rows_avx512(const wp_lut_mv *a)
+wp_rows_plan wp_lut_rows_avx512(const wp_lut_mv *a)
 {
     const wp_mv_common *c = &a->c;
     if (!c->mask && (c->nbits == 1 || c->nbits == 2 || c->nbits == 4) && small_codes_fit(c))
-        return c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit; /* phase-split x */
+        return WP_ROWS_SPLIT(c->nbits == 4 ? lut_rows_4bit : c->nbits == 2 ? lut_rows_2bit : lut_rows_1bit, 8 / c->nbits);
     if ((a->lut_lo || c->nbits <= 4) && steps64_fit(c)) { /* <= 4 bits: float tables; more: binary16 planes */
         static const wp_rows_fn by_bits[9] = {NULL, bytes_lut1, bytes_lut2, bytes_lut3, bytes_lut4, NULL, bytes_lut6,
                                               NULL, bytes_lut8};
-        return by_bits[c->nbits];
+        return WP_ROWS(by_bits[c->nbits]);
     }
-    if (!chunks_fit(c)) return NULL;
+    if (!chunks_fit(c)) return WP_NO_ROWS;
     static const wp_rows_fn by_bits[9] = {NULL, codes_lut1, codes_lut2, codes_lut3, codes_lut4, NULL, codes_lut6, NULL,
                                           codes_lut8};
-    return by_bits[c->nbits];
+    return WP_ROWS(by_bits[c->nbits]);
 }
 
-wp_rows_fn wp_quant_rows_avx512(const wp_quant_mv *a)
+wp_rows_plan wp_quant_rows_avx512(const wp_quant_mv *a)
 {
     const wp_mv_common *c = &a->c;
-    if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return quant_rows_4bit;
-    if (c->mask && c->nbits == 4 && steps64_fit(c)) return bytes_quant4;
+    if (!c->mask && c->nbits == 4 && small_codes_fit(c)) return WP_ROWS_SPLIT(quant_rows_4bit, 2);
+    if (c->mask && c->nbits == 4 && steps64_fit(c)) return WP_ROWS(bytes_quant4);
     if (c->nbits == 8 && steps64_fit(c)) /* long blocks repay a table of the 256 decoded values */
-        return a->half_math && c->col_block >= 512 ? bytes_quant8_table : bytes_quant8;
-    if (!chunks_fit(c)) return NULL;
-    return c->nbits == 4 ? codes_quant4 : codes_quant8;
+        return WP_ROWS(a->half_math && c->col_block >= 512 ? bytes_quant8_table : bytes_quant8);
+    if (!chunks_fit(c)) return WP_NO_ROWS;
+    return WP_ROWS(c->nbits == 4 ? codes_quant4 : codes_quant8);
 }
 
-wp_rows_fn wp_sparse_rows_avx512(const wp_sparse_mv *a)
+wp_rows_plan wp_sparse_rows_avx512(const wp_sparse_mv *a)
 {
-    if (steps64_fit(&a->c)) return a->value_half ? bytes_half : bytes_float;
-    if (!chunks_fit(&a->c)) return NULL;
-    return a->value_half ? values_half : values_float;
+    if (steps64_fit(&a->c)) return WP_ROWS(a->value_half ? bytes_half : bytes_float);
+    if (!chunks_fit(&a->c)) return WP_NO_ROWS;
+    return WP_ROWS(a->value_half ? values_half : values_float);
 }
+
+WP_TARGET_POP()
+#endif

@@ -24,10 +24,12 @@ int wp_shift_scale_decode(const unsigned char *data, long long data_len, int nbi
                           void *out, long long out_len, int out_half);
 
 int wp_cpu_simd_level(void);
+const char *wp_simd_level_name(int level);
 int wp_set_simd_level(int level);
 int wp_simd_level(void);
 int wp_set_threads(int n);
 int wp_threads(void);
+const char *wp_threading(void);
 
 int wp_lut_matvec(const unsigned char *codes, long long codes_len, int nbits,
                   const unsigned char *mask, long long mask_len, const long long *row_start,
@@ -43,6 +45,7 @@ int wp_sparse_matvec(const unsigned char *mask, long long mask_len, const long l
                      long long rows, long long cols, const void *values, long long values_len, int value_half,
                      const float *x, long long x_len, long long batch, float *y, long long y_len);
 
+int wp_fast_min_level(void); /* the lowest SIMD level with fast-mode kernels, -1 if none */
 int wp_fast_matvec(const unsigned char *codes, long long codes_len, int nbits, int is_signed,
                    long long rows, long long cols, const long long *row_table, long long col_block,
                    const unsigned char *table_u8, const float *table_scale, const float *table_bias, long long n_tables,

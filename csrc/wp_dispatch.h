@@ -2,7 +2,9 @@
 #ifndef WP_DISPATCH_H
 #define WP_DISPATCH_H
 
-int wp_simd_level(void); /* 0 scalar, 1 AVX2, 2 AVX-512 */
-int wp_threads(void);
+#include "wp_parallel.h"
+#include "wp_target.h"
+
+int wp_simd_level(void); /* the level in force: WP_LEVEL_* of wp_target.h */
 
 #endif

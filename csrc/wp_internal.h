@@ -12,6 +12,7 @@
 #define WP_E_PADDING (-4)
 #define WP_E_ARG (-5)
 #define WP_NOT_AVAILABLE (-6) /* the CPU level in force lacks this kernel */
+#define WP_E_NONFINITE (-7)   /* the activations hold NaN or infinity */
 
 static inline int wp_valid_nbits(int nbits)
 {
@@ -34,6 +35,18 @@ static inline unsigned wp_read_bits(const uint8_t *stream, long long k, int nbit
     unsigned v = p[0];
     if (shift + (unsigned)nbits > 8) v |= (unsigned)p[1] << 8;
     return (v >> shift) & ((1u << nbits) - 1u);
+}
+
+/* Whether every value is finite (exponent bits not all ones); a loop the compiler vectorizes. */
+static inline int wp_all_finite(const float *x, long long n)
+{
+    uint32_t any = 0;
+    for (long long i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, x + i, 4);
+        any |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    return !any;
 }
 
 static inline int wp_mask_bit(const uint8_t *mask, long long e)

@@ -14,7 +14,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 class status:
     """The C kernels' status codes (csrc/wp_internal.h)."""
 
-    OK, NBITS, SIZE, RANGE, PADDING, ARG, NOT_AVAILABLE = 0, -1, -2, -3, -4, -5, -6
+    OK, NBITS, SIZE, RANGE, PADDING, ARG, NOT_AVAILABLE, NONFINITE = 0, -1, -2, -3, -4, -5, -6, -7
 
 
 _STATUS = {
@@ -24,6 +24,7 @@ _STATUS = {
     -4: (FormatError, "nonzero padding bits"),
     -5: (WeightpackError, "invalid kernel argument"),
     -6: (BackendError, "not available at the CPU level in force"),
+    -7: (WeightpackError, "x contains NaN or infinity"),
 }
 
 

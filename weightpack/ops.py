@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .errors import WeightpackError, describe
 from .formats.base import CompressedTensor
 
@@ -37,7 +38,10 @@ def matrix_shape(weight: CompressedTensor) -> tuple[int, int]:
     shape = weight.shape
     if len(shape) == 1:
         return 1, shape[0]
-    return shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    cols = 1
+    for size in shape[1:]:
+        cols *= size
+    return shape[0], cols
 
 
 def _activations(x, cols: int, name: str, ndim: int) -> np.ndarray:
@@ -48,14 +52,11 @@ def _activations(x, cols: int, name: str, ndim: int) -> np.ndarray:
     if x.ndim != ndim or x.shape[-1] != cols:
         want = f"({cols},)" if ndim == 1 else f"(batch, {cols})"
         raise WeightpackError(f"{name} has shape {x.shape}; the weight needs {want}")
-    if not np.isfinite(x).all():
-        raise WeightpackError(f"{name} contains NaN or infinity")
-    return np.require(x, np.float32, ["C_CONTIGUOUS", "ALIGNED"])
-
-
-def _check_weight(weight) -> None:
-    if not isinstance(weight, CompressedTensor):
-        raise WeightpackError(f"weight must be a weightpack compressed tensor, got {describe(weight)}")
+    if x.dtype != np.float32 or not (x.flags.c_contiguous and x.flags.aligned):
+        if not np.isfinite(x).all():
+            raise WeightpackError(f"{name} contains NaN or infinity")
+        x = np.ascontiguousarray(x, np.float32)
+    return x  # the C kernels refuse NaN and infinity in float32 activations themselves
 
 
 MODES = ("exact", "fast")
@@ -79,20 +80,10 @@ def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     >>> wp.matmul(w, np.array([[1.0, 2.0], [3.0, 4.0]])).tolist()
     [[-0.5, 0.5], [-0.5, 1.5]]
     """
-    from . import kernels
-
-    _check_weight(weight)
-    if mode not in MODES:
-        raise WeightpackError(f"mode={describe(mode)} is unknown; allowed: {MODES}")
-    rows, cols = matrix_shape(weight)
+    run, rows, cols = _prepared(weight, backend, mode)
     x = _activations(x, cols, "x", 2)
     y = np.empty((x.shape[0], rows), np.float32)
-    kind = weight._kernel.removeprefix("decompress_")
-    if mode == "fast":
-        fast = getattr(kernels.get(backend), "fast_matmul_" + kind, None)
-        if fast is not None and fast(weight, x, y):
-            return y
-    kernels.kernel(backend, "matmul_" + kind)(weight, x, y)
+    run(x, y)
     return y
 
 
@@ -104,6 +95,17 @@ def matvec(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     >>> wp.matvec(w, np.array([1.0, 10.0])).tolist()
     [2.0, 43.0]
     """
-    _check_weight(weight)
-    x = _activations(x, matrix_shape(weight)[1], "x", 1)
-    return matmul(weight, x.reshape(1, -1), backend=backend, mode=mode).reshape(-1)
+    run, rows, cols = _prepared(weight, backend, mode)
+    x = _activations(x, cols, "x", 1)
+    y = np.empty(rows, np.float32)
+    run(x.reshape(1, cols), y.reshape(1, rows))
+    return y
+
+
+def _prepared(weight, backend, mode: str):
+    """The weight's product function (prepared once per tensor, backend and mode) and its shape."""
+    if not isinstance(weight, CompressedTensor):
+        raise WeightpackError(f"weight must be a weightpack compressed tensor, got {describe(weight)}")
+    if mode not in MODES:
+        raise WeightpackError(f"mode={describe(mode)} is unknown; allowed: {MODES}")
+    return (kernels.product(weight, backend, mode), *matrix_shape(weight))

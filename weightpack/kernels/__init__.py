@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from ..errors import BackendError, describe
+from ..errors import BackendError, WeightpackError, describe
 
 BACKENDS = ("numpy", "numba", "c")
 _PREFERENCE = ("c", "numba", "numpy")  # fastest first, for "auto"
@@ -81,3 +81,51 @@ def kernel(name, op: str):
         return getattr(backend, op)
     except AttributeError:
         raise BackendError(f"backend {backend.__name__.rsplit('_', 1)[-1]!r} does not implement {op!r}") from None
+
+
+def product(tensor, name=None, mode: str = "exact"):
+    """run(x, y) computing ``y = x @ W.T`` with ``tensor`` as W (float32 C-contiguous x of shape
+    (batch, in), y of shape (batch, out)), on backend ``name`` (as :func:`get`).
+
+    Prepared once per tensor, backend and mode, and kept beside the tensor's derived data: the
+    fixed cost of a call is then the call itself (a backend with ``prepare_matmul`` builds its
+    arguments once; the others are looked up once).
+    """
+    if name is None:
+        name = os.environ.get("WEIGHTPACK_BACKEND") or "auto"
+    return tensor.derived(("product", name, mode), lambda: _prepare_product(tensor, name, mode))
+
+
+def _prepare_product(tensor, name, mode: str):
+    op = "matmul_" + tensor._kernel.removeprefix("decompress_")
+    for candidate in (_PREFERENCE if name == "auto" else (name,)):
+        module = load(candidate) if name != "auto" else _loadable(candidate)
+        if module is None or not hasattr(module, op):
+            continue
+        prepare = getattr(module, "prepare_matmul", None)
+        if prepare is not None:
+            return prepare(tensor, mode)
+        run = getattr(module, op)
+
+        def checked(x, y):
+            require_finite(x)
+            run(tensor, x, y)
+
+        return checked
+    kernel(name, op)  # raises the BackendError naming what is missing
+    raise AssertionError("unreachable")
+
+
+def require_finite(x) -> None:
+    """Refuse activations holding NaN or infinity (the C kernels check them themselves)."""
+    import numpy as np
+
+    if not np.isfinite(x).all():
+        raise WeightpackError("x contains NaN or infinity")
+
+
+def _loadable(name):
+    try:
+        return load(name)
+    except BackendError:
+        return None

@@ -12,10 +12,24 @@ import numpy as np
 from .._c import buffer, check, ffi, lib, status as lib_status
 from ..bits import NBitArray
 from ..errors import WeightpackError, describe
+from . import require_finite
 from .plan import matrix_plan, row_plan, row_starts
 
 _NULL = ffi.NULL
-SIMD_LEVELS = ("scalar", "avx2", "avx512")
+
+
+def _level_names() -> tuple[str, ...]:
+    names, level = [], 0
+    while (name := lib.wp_simd_level_name(level)) != _NULL:
+        names.append(ffi.string(name).decode())
+        level += 1
+    return tuple(names)
+
+
+SIMD_LEVELS = _level_names()  # this architecture's levels, lowest first
+"""x86_64: scalar, avx2, avx512, avx512fp16; aarch64: scalar, neon, dotprod."""
+THREADING = ffi.string(lib.wp_threading()).decode()
+"""How the C kernels run threads: "pool" (weightpack's own) or "openmp" (chosen at build time)."""
 
 
 def _cpu_count() -> int:
@@ -25,20 +39,28 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def set_simd(name: str | None = None) -> str:
-    """Use SIMD level ``name`` ('scalar', 'avx2', 'avx512'; None = the best this CPU has).
-
-    A level above what the CPU supports falls back to the best supported one. Returns the level in
-    force. ``WEIGHTPACK_SIMD`` sets it when weightpack loads.
-    """
-    if name is not None and name not in SIMD_LEVELS:
-        raise WeightpackError(f"SIMD level {describe(name)} is unknown; allowed: {SIMD_LEVELS}")
-    return SIMD_LEVELS[lib.wp_set_simd_level(-1 if name is None else SIMD_LEVELS.index(name))]
-
-
 def simd_levels() -> tuple[str, ...]:
     """Every level this CPU can run, lowest first (the tests run each of them)."""
     return SIMD_LEVELS[: lib.wp_cpu_simd_level() + 1]
+
+
+def set_simd(name: str | None = None) -> str:
+    """Use SIMD level ``name`` (one of :func:`simd_levels`; None = the best this CPU has).
+
+    Returns the level in force. ``WEIGHTPACK_SIMD`` sets it when weightpack loads. A level this CPU
+    lacks is refused (it would stop the process with an illegal instruction).
+    """
+    if name is None:
+        return SIMD_LEVELS[lib.wp_set_simd_level(-1)]
+    if name not in simd_levels():
+        what = "is unknown" if name not in SIMD_LEVELS else "needs instructions this CPU lacks"
+        raise WeightpackError(f"SIMD level {describe(name)} {what}; this CPU has {simd_levels()}")
+    return SIMD_LEVELS[lib.wp_set_simd_level(SIMD_LEVELS.index(name))]
+
+
+def fast_mode_runs() -> bool:
+    """Whether fast mode (int8 activations, integer dot products) has kernels at the level in force."""
+    return 0 <= lib.wp_fast_min_level() <= lib.wp_simd_level()
 
 
 def set_threads(count: int | None = None) -> int:
@@ -163,16 +185,32 @@ def _row_starts(t, mask: NBitArray, plan):
     return t.derived("row_starts", lambda: row_starts(mask.packed, plan.rows, plan.cols))
 
 
-def _matmul_decompressed(t, x: np.ndarray, y: np.ndarray) -> None:
+def _decompressed_product(t):
     """Layouts without a fused kernel (vector LUTs, tables across several trailing axes):
     decompress with the C decoder, then multiply (the weight is materialized)."""
-    w = np.empty(t.shape, np.float32)
-    globals()[t._kernel](t, w)
-    np.matmul(x, w.reshape(y.shape[1], -1).T, out=y)
+    decode = globals()[t._kernel]
+
+    def run(x: np.ndarray, y: np.ndarray) -> None:
+        require_finite(x)
+        w = np.empty(t.shape, np.float32)
+        decode(t, w)
+        np.matmul(x, w.reshape(y.shape[1], -1).T, out=y)
+
+    return run
 
 
-def _activations(x: np.ndarray, y: np.ndarray):
-    return buffer(x, "float[]"), x.size, x.shape[0], buffer(y, "float[]", writable=True), y.size
+def _runner(function, what: str, *weight_args):
+    """run(x, y): ``function(*weight_args, x, x.size, batch, y, y.size)``, the weight's buffers
+    prepared once (cffi pointers keep their arrays alive)."""
+    from_buffer = ffi.from_buffer
+
+    def run(x: np.ndarray, y: np.ndarray) -> None:
+        status = function(*weight_args, from_buffer("float[]", x), x.size, x.shape[0],
+                          from_buffer("float[]", y, require_writable=True), y.size)
+        if status:
+            check(status, what)
+
+    return run
 
 
 def _half_planes(lut: np.ndarray):
@@ -191,42 +229,33 @@ def _half_planes(lut: np.ndarray):
     return planes
 
 
-def _lut_matmul(t, codes: NBitArray, mask, plan, x, y) -> None:
+def _mask_args(t, mask, plan):
+    if mask is None:
+        return _NULL, 0, _NULL
+    return buffer(mask.packed), mask.packed.size, _int64(_row_starts(t, mask, plan))
+
+
+def _lut_product(t, codes: NBitArray, mask, groups):
+    plan = _matrix_plan(t, codes.shape if mask is None else mask.shape, groups)
+    if plan is None or t.vector_size != 1:
+        return _decompressed_product(t)
     lut = t.derived("lut_f32", lambda: np.ascontiguousarray(t.lut.astype(np.float32).reshape(-1)))
     planes = t.derived("lut_half_planes", lambda: _half_planes(t.lut))
-    mask_buf, mask_len, starts = _NULL, 0, _NULL
-    if mask is not None:
-        mask_buf, mask_len, starts = buffer(mask.packed), mask.packed.size, _int64(_row_starts(t, mask, plan))
-    status = lib.wp_lut_matvec(
+    return _runner(
+        lib.wp_lut_matvec, "lut_matvec",
         buffer(codes.packed), codes.packed.size, codes.nbits,
-        mask_buf, mask_len, starts,
+        *_mask_args(t, mask, plan),
         plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
         buffer(lut, "float[]"),
         _NULL if planes is None else buffer(planes[0]), _NULL if planes is None else buffer(planes[1]),
         plan.n_tables,
-        *_activations(x, y),
     )
-    check(status, "lut_matvec")
 
 
-def matmul_palettized(t, x: np.ndarray, y: np.ndarray) -> None:
-    plan = _matrix_plan(t, t.indices.shape, t.group_shape)
-    if plan is None or t.vector_size != 1:
-        return _matmul_decompressed(t, x, y)
-    _lut_matmul(t, t.indices, None, plan, x, y)
-
-
-def matmul_sparse_palettized(t, x: np.ndarray, y: np.ndarray) -> None:
-    plan = _matrix_plan(t, t.indices_mask.shape, t.lut.shape[:-2])
-    if plan is None or t.vector_size != 1:
-        return _matmul_decompressed(t, x, y)
-    _lut_matmul(t, t.indices_nonzero_data, t.indices_mask, plan, x, y)
-
-
-def _quant_matmul(t, codes: NBitArray, mask, x, y) -> None:
+def _quant_product(t, codes: NBitArray, mask):
     plan = _matrix_plan(t, t.shape, t.scale.shape)
     if plan is None:
-        return _matmul_decompressed(t, x, y)
+        return _decompressed_product(t)
     scale = np.ascontiguousarray(t.scale)
     offset = _NULL
     if t.offset is not None:
@@ -235,40 +264,35 @@ def _quant_matmul(t, codes: NBitArray, mask, x, y) -> None:
             return np.ascontiguousarray(values.astype(scale.dtype))
 
         offset = buffer(t.derived("offset_in_scale_dtype", convert))
-    mask_buf, mask_len, starts = _NULL, 0, _NULL
-    if mask is not None:
-        mask_buf, mask_len, starts = buffer(mask.packed), mask.packed.size, _int64(_row_starts(t, mask, plan))
-    status = lib.wp_quant_matvec(
+    return _runner(
+        lib.wp_quant_matvec, "quant_matvec",
         buffer(codes.packed), codes.packed.size, codes.nbits, int(codes.signed),
-        mask_buf, mask_len, starts,
+        *_mask_args(t, mask, plan),
         plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
         buffer(scale), offset, plan.n_tables, int(scale.dtype == np.float16),
-        *_activations(x, y),
     )
-    check(status, "quant_matvec")
 
 
-def matmul_quantized(t, x: np.ndarray, y: np.ndarray) -> None:
-    _quant_matmul(t, t.data, None, x, y)
-
-
-def matmul_sparse_quantized(t, x: np.ndarray, y: np.ndarray) -> None:
-    _quant_matmul(t, t.nonzero_data, t.data_mask, x, y)
-
-
-def matmul_sparse(t, x: np.ndarray, y: np.ndarray) -> None:
-    rows = y.shape[1]
+def _sparse_product(t):
     plan = _matrix_plan(t, t.shape, (1,) * len(t.shape))
     values = t.nonzero_data
     if isinstance(values, NBitArray) or values.dtype.kind != "f":
         values = t.derived("values_f32", lambda: t.nonzero_data.values(backend="c").astype(np.float32)
                            if isinstance(t.nonzero_data, NBitArray) else t.nonzero_data.astype(np.float32))
-    status = lib.wp_sparse_matvec(
+    return _runner(
+        lib.wp_sparse_matvec, "sparse_matvec",
         buffer(t.mask.packed), t.mask.packed.size, _int64(_row_starts(t, t.mask, plan)),
-        rows, plan.cols, buffer(values), values.nbytes, int(values.dtype == np.float16),
-        *_activations(x, y),
+        plan.rows, plan.cols, buffer(values), values.nbytes, int(values.dtype == np.float16),
     )
-    check(status, "sparse_matvec")
+
+
+_EXACT_PRODUCTS = {
+    "palettized": lambda t: _lut_product(t, t.indices, None, t.group_shape),
+    "sparse_palettized": lambda t: _lut_product(t, t.indices_nonzero_data, t.indices_mask, t.lut.shape[:-2]),
+    "quantized": lambda t: _quant_product(t, t.data, None),
+    "sparse_quantized": lambda t: _quant_product(t, t.nonzero_data, t.data_mask),
+    "sparse": _sparse_product,
+}
 
 
 # ---- fast mode: int8 activations, integer dot products ----------------------------------------
@@ -291,36 +315,55 @@ def _fast_tables_quant(t):
     return None, np.ascontiguousarray(t.scale.reshape(-1), np.float32), bias.astype(np.float32)
 
 
-def _fast(t, codes: NBitArray, plan, tables, x, y) -> bool:
+def _fast_runner(t, codes: NBitArray, plan, tables, exact):
+    """run(x, y) in fast mode; the exact product where the kernel declines (CPU level in force,
+    layout) at call time."""
     table_u8, table_scale, table_bias = tables
-    status = lib.wp_fast_matvec(
+    args = (
         buffer(codes.packed), codes.packed.size, codes.nbits, int(codes.signed),
         plan.rows, plan.cols, _int64(plan.row_table), plan.col_block,
         _NULL if table_u8 is None else buffer(table_u8), buffer(table_scale, "float[]"), buffer(table_bias, "float[]"),
         plan.n_tables,
-        *_activations(x, y),
     )
-    if status in (lib_status.NOT_AVAILABLE, lib_status.ARG):
-        return False
-    check(status, "fast_matvec")
-    return True
+    function, from_buffer, declined = lib.wp_fast_matvec, ffi.from_buffer, (lib_status.NOT_AVAILABLE, lib_status.ARG)
+
+    def run(x: np.ndarray, y: np.ndarray) -> None:
+        status = function(*args, from_buffer("float[]", x), x.size, x.shape[0],
+                          from_buffer("float[]", y, require_writable=True), y.size)
+        if status in declined:
+            exact(x, y)
+        elif status:
+            check(status, "fast_matvec")
+
+    return run
 
 
-def fast_matmul_palettized(t, x: np.ndarray, y: np.ndarray) -> bool:
-    """Fast mode for LUTs of <= 16 scalar entries (LUT rounded to int8 per table); False when not covered."""
-    if t.vector_size != 1 or t.nbits not in (1, 2, 4):
-        return False
-    plan = _matrix_plan(t, t.indices.shape, t.group_shape)
-    if plan is None:
-        return False
-    return _fast(t, t.indices, plan, t.derived("fast_lut_tables", lambda: _fast_tables_lut(t.lut)), x, y)
+def _fast_product(t, exact):
+    """Fast mode for LUTs of <= 16 scalar entries (LUT rounded to int8 per table) and 4/8-bit codes
+    with integer (or no) offsets; None when the layout is not covered."""
+    kind = t._kernel.removeprefix("decompress_")
+    if kind == "palettized" and t.vector_size == 1 and t.nbits in (1, 2, 4):
+        plan = _matrix_plan(t, t.indices.shape, t.group_shape)
+        if plan is not None:
+            return _fast_runner(t, t.indices, plan, t.derived("fast_lut_tables", lambda: _fast_tables_lut(t.lut)), exact)
+    if kind == "quantized" and (t.offset is None or isinstance(t.offset, NBitArray)):
+        plan = _matrix_plan(t, t.shape, t.scale.shape)
+        if plan is not None:
+            return _fast_runner(t, t.data, plan, t.derived("fast_quant_tables", lambda: _fast_tables_quant(t)), exact)
+    return None
 
 
-def fast_matmul_quantized(t, x: np.ndarray, y: np.ndarray) -> bool:
-    """Fast mode for 4- and 8-bit codes with integer (or no) offsets; False when not covered."""
-    if t.offset is not None and not isinstance(t.offset, NBitArray):
-        return False
-    plan = _matrix_plan(t, t.shape, t.scale.shape)
-    if plan is None:
-        return False
-    return _fast(t, t.data, plan, t.derived("fast_quant_tables", lambda: _fast_tables_quant(t)), x, y)
+def prepare_matmul(t, mode: str = "exact"):
+    """run(x, y): ``y = x @ W.T`` for float32 C-contiguous ``x`` (batch, in) and ``y`` (batch, out),
+    with every buffer of the weight prepared once (callers keep it: see kernels.product)."""
+    exact = _EXACT_PRODUCTS[t._kernel.removeprefix("decompress_")](t)
+    if mode == "fast":
+        return _fast_product(t, exact) or exact
+    return exact
+
+
+def _matmul(t, x: np.ndarray, y: np.ndarray) -> None:
+    prepare_matmul(t)(x, y)
+
+
+matmul_palettized = matmul_sparse_palettized = matmul_quantized = matmul_sparse_quantized = matmul_sparse = _matmul
