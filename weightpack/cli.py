@@ -4,6 +4,10 @@
 - ``weightpack inspect MODEL.mlpackage [--json]``: how every weight of a Core ML model is stored;
 - ``weightpack compress IN.mlpackage OUT.mlpackage [...]``: compress a Core ML model's weights
   with weightpack's encoders (coremltools' post-training options, or its OptimizationConfig yaml).
+- ``weightpack run MODEL --inputs x.npz [--out y.npz] [--policy jit]``: run a Core ML ML program
+  on Linux (:class:`weightpack.coreml.Program`);
+- ``weightpack diff REF CAND --inputs x.npz [--json]``: run two programs on the same inputs and
+  compare their outputs (SNR, cosine, max abs error, top-1 agreement).
 
 Bad input (a missing path, not an ML program, a corrupted weight.bin, a config the target cannot
 express, an option weightpack does not support) prints one line on stderr and exits with status
@@ -62,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--config", metavar="FILE.yaml", help="a coremltools OptimizationConfig in yaml, instead of the flags above")
     compress.add_argument("--weight-threshold", type=int, default=2048, metavar="N",
                           help="compress only weights with more than N elements (default 2048, as coremltools)")  # fmt: skip
+    _program_parsers(commands)
     return parser
 
 
@@ -78,6 +83,10 @@ def main(argv=None) -> int:
             demo.main(as_json=args.json, seed=args.seed)
         elif args.command == "inspect":
             _inspect(args)
+        elif args.command in ("run", "diff"):
+            from . import cli_programs
+
+            cli_programs.run(args) if args.command == "run" else cli_programs.diff(args)
         else:
             _compress(args)
     except BrokenPipeError:  # e.g. `weightpack inspect M | head`: the reader left, which is fine
@@ -242,6 +251,23 @@ def _yaml_config(path: str):
     if len(kinds) != 1:
         raise WeightpackError(f"{path}: the config must hold one kind of op config (pruner, palettizer or quantizer), found {len(kinds)}")
     return kinds.pop(), config
+
+
+def _program_parsers(commands) -> None:
+    """The ``run`` and ``diff`` subcommands (implemented in :mod:`weightpack.cli_programs`)."""
+    policies = ("jit", "load", "auto")
+    run = commands.add_parser("run", help="run a Core ML ML program on inputs from an .npz file")
+    run.add_argument("model", metavar="MODEL")
+    run.add_argument("--inputs", required=True, metavar="X.npz", help="the inputs, one array per input name")
+    run.add_argument("--out", metavar="Y.npz", help="write the outputs there (default: print a summary)")
+    run.add_argument("--policy", choices=policies, default="jit", help="weight policy (default jit)")
+    run.add_argument("--function", default="main", help="the program's function (default main)")
+    diff = commands.add_parser("diff", help="compare the outputs of two Core ML programs on the same inputs")
+    diff.add_argument("reference", metavar="REF")
+    diff.add_argument("candidate", metavar="CAND")
+    diff.add_argument("--inputs", required=True, metavar="X.npz", help="the inputs, one array per input name")
+    diff.add_argument("--policy", choices=policies, default="jit", help="weight policy of both runs (default jit)")
+    diff.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
 class _ProgressBar:

@@ -1,4 +1,6 @@
-"""Run a model of layers with compressed weights the way Core ML's runtimes do.
+"""Run a model of layers with compressed weights the way Core ML's runtimes do: a thin builder of
+programs for :class:`weightpack.coreml.Program`, the one runtime (its module documents the
+policies).
 
 - ``"load"`` (iOS 16): every weight is decompressed once, when the model loads, to dense float32;
   inference then uses dense BLAS products. Memory and speed are those of the float model.
@@ -21,21 +23,16 @@
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from .coreml.runtime.report import Report
+from .coreml.runtime.weights import POLICIES
 from .errors import WeightpackError, describe
 from .formats.base import CompressedTensor
-from .ops import matmul
 
-POLICIES = ("load", "jit", "auto")
-ACTIVATIONS = {
-    None: lambda y: y,
-    "relu": lambda y: np.maximum(y, 0, out=y),
-    "gelu": lambda y: 0.5 * y * (1.0 + np.tanh(0.7978845608028654 * (y + 0.044715 * y**3))),
-}
+ACTIVATIONS = (None, "relu", "gelu")  # gelu: the tanh approximation
 
 
 def _check_weight(weight, name: str, rank) -> None:
@@ -93,16 +90,6 @@ class Conv2d:
             raise WeightpackError(f"input shape {input_shape} is smaller than the {kh}x{kw} kernel")
         return (input_shape[0], out, h, w)
 
-    def patches(self, x: np.ndarray) -> np.ndarray:
-        """im2col: (batch * H' * W', C * kh * kw) patches of x."""
-        _, channels, kh, kw = self.weight.shape
-        if self.padding:
-            p = self.padding
-            x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, :: self.stride, :: self.stride]
-        batch, _, h, w = windows.shape[:4]
-        return np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5)).reshape(batch * h * w, channels * kh * kw)
-
 
 def _check_common(layer) -> None:
     if layer.activation not in ACTIVATIONS:
@@ -113,38 +100,13 @@ def _check_common(layer) -> None:
             raise WeightpackError(f"bias has shape {layer.bias.shape}; expected ({layer.weight.shape[0]},)")
 
 
-@dataclass
-class Report:
-    """What a model costs: load time, the bytes weights keep resident, the shared scratch buffer,
-    and the latency of the last inference."""
-
-    policy: str
-    load_seconds: float = 0.0
-    resident_weight_bytes: int = 0
-    scratch_bytes: int = 0
-    last_latency_seconds: float = 0.0
-    layer_modes: list = field(default_factory=list)
-
-
-def _layout(weight: CompressedTensor) -> tuple:
-    """What the kernels' speed depends on: the type, the shape and each array's type and shape."""
-    arrays = tuple(
-        (name, getattr(a, "dtype_name", None) or str(a.dtype), a.shape) for name, a in weight.arrays().items() if a is not None
-    )
-    return (type(weight).__name__, weight.shape, arrays)
-
-
-def _weight_bytes(weight) -> int:
-    if isinstance(weight, CompressedTensor):
-        return weight.nbytes + weight.derived_nbytes
-    return int(weight.nbytes)
-
-
 class Model:
-    """A sequence of Linear / Conv2d layers run under a decompression policy.
+    """A sequence of Linear / Conv2d layers run under a decompression policy: a program of
+    ``linear`` / ``conv`` ops and activations, run by :class:`weightpack.coreml.Program`.
 
     ``batch_size`` is the batch the ``"auto"`` policy optimises for; ``backend`` picks the kernel
-    backend of the fused products and of decompression.
+    backend of the fused products and of decompression. ``report`` is the program's
+    :class:`~weightpack.coreml.runtime.Report` (``layer_modes``: one mode per layer).
     """
 
     def __init__(self, layers, policy: str = "jit", *, batch_size: int = 1, backend=None):
@@ -152,85 +114,54 @@ class Model:
             raise WeightpackError(f"policy={describe(policy)} is unknown; allowed: {POLICIES}")
         if not layers or not all(isinstance(layer, (Linear, Conv2d)) for layer in layers):
             raise WeightpackError("layers must be a non-empty sequence of Linear and Conv2d layers")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise WeightpackError(f"batch_size={describe(batch_size)} must be a positive integer")
+        from .coreml.runtime import Program
+
         self.layers, self.policy, self.backend = list(layers), policy, backend
-        self.report = Report(policy)
-        self._decisions = {}  # layout signature -> measured choice, so equal layers are timed once
-        start = time.perf_counter()
-        self._weights, self._modes = [], []
-        for layer in self.layers:
-            mode = self._choose_mode(layer, batch_size)
-            weight = layer.weight
-            if mode == "dense" and isinstance(weight, CompressedTensor):
-                weight = weight.decompress(np.float32, backend=backend)
-            elif mode == "dense":
-                weight = np.ascontiguousarray(weight, np.float32)
-            self._weights.append(weight)
-            self._modes.append(mode)
-        scratch = [int(np.prod(l.weight.shape)) * 4 for l, m in zip(self.layers, self._modes) if m == "scratch"]
-        self._scratch = np.empty(max(scratch, default=0) // 4, np.float32)
-        self.report.load_seconds = time.perf_counter() - start
-        self.report.resident_weight_bytes = sum(_weight_bytes(w) for w in self._weights)
-        self.report.scratch_bytes = int(self._scratch.nbytes)
-        self.report.layer_modes = list(self._modes)
+        self.program = Program(_graph(self.layers), policy, backend=backend, batch_size=batch_size)
 
-    def _choose_mode(self, layer, batch_size: int) -> str:
-        """'dense' (decompressed at load), 'fused' (linear, compressed) or 'scratch' (conv, compressed)."""
-        if not isinstance(layer.weight, CompressedTensor) or self.policy == "load":
-            return "dense"
-        jit_mode = "fused" if isinstance(layer, Linear) else "scratch"
-        if self.policy == "jit":
-            return jit_mode
-        key = (type(layer).__name__, _layout(layer.weight), batch_size)
-        if key not in self._decisions:
-            self._decisions[key] = self._measured_jit_faster(layer, batch_size)
-        return jit_mode if self._decisions[key] else "dense"
-
-    def _measured_jit_faster(self, layer, batch_size: int, repeats: int = 9) -> bool:
-        """The cost model: time both ways on this layer's weight at this batch (medians of a
-        warmed-up run of each; the fused kernel first, before BLAS's worker threads are awake)."""
-        rows, cols = layer.weight.shape[0], int(np.prod(layer.weight.shape[1:]))
-        if isinstance(layer, Conv2d):
-            return False  # a convolution's batch is batch * H' * W': dense BLAS wins
-        x = np.random.default_rng(0).standard_normal((batch_size, cols)).astype(np.float32)
-        dense = layer.weight.decompress(np.float32, backend=self.backend).reshape(rows, cols)
-
-        def median(fn):
-            fn()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return float(np.median(times))
-
-        jit = median(lambda: matmul(layer.weight, x, backend=self.backend))
-        return jit < median(lambda: x @ dense.T)
+    @property
+    def report(self) -> Report:
+        return self.program.report
 
     def __call__(self, x) -> np.ndarray:
         """Run every layer on ``x`` (batch, features) or (batch, C, H, W); float32 out."""
         x = np.asarray(x, np.float32)
-        start = time.perf_counter()
-        for layer, weight, mode in zip(self.layers, self._weights, self._modes):
-            layer.output_shape(x.shape)
-            if isinstance(layer, Conv2d):
-                batch = x.shape[0]
-                _, _, h, w = layer.output_shape(x.shape)
-                y = self._product(weight, mode, layer.patches(x)).reshape(batch, h, w, -1).transpose(0, 3, 1, 2)
-            else:
-                y = self._product(weight, mode, x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1] + (-1,))
-            if layer.bias is not None:
-                y = y + (layer.bias.reshape(-1, 1, 1) if isinstance(layer, Conv2d) else layer.bias)
-            x = np.ascontiguousarray(ACTIVATIONS[layer.activation](y), np.float32)
-        self.report.last_latency_seconds = time.perf_counter() - start
-        return x
+        shape = x.shape
+        for layer in self.layers:  # the layers' own checks: clear messages before anything runs
+            shape = layer.output_shape(shape)
+        return self.program.predict({"x": x})["y"]
 
-    def _product(self, weight, mode: str, x: np.ndarray) -> np.ndarray:
-        if mode == "fused":
-            return matmul(weight, x, backend=self.backend)
-        if mode == "scratch":
-            dense = self._scratch[: weight.size].reshape(weight.shape)
-            weight.decompress(np.float32, backend=self.backend, out=dense)
-            weight = dense
-        return x @ weight.reshape(weight.shape[0], -1).T
+
+def _graph(layers):
+    """The program of a layer stack: input ``x``, one ``linear`` / ``conv`` op (+ activation) per
+    layer, output ``y``; weights are the layers' tensors, biases immediate constants."""
+    from .coreml.runtime.graph import Const, Graph, OpNode, Ref, TensorType, Var
+
+    graph = Graph(inputs=[Var("x", TensorType(None, "fp32"))], outputs=[], source="layer model")
+    current = "x"
+    for i, layer in enumerate(layers):
+        weight = f"layer{i}_weight"
+        graph.constants[weight] = layer.weight
+        graph.weights.add(weight)
+        graph.const_types[weight] = TensorType(tuple(layer.weight.shape), "fp32")
+        inputs = {"x": Ref(current), "weight": Ref(weight)}
+        if layer.bias is not None:
+            inputs["bias"] = Const(layer.bias)
+        if isinstance(layer, Conv2d):
+            inputs.update(strides=Const(np.array([layer.stride] * 2, np.int32)), pad_type=Const("custom"),
+                          pad=Const(np.array([layer.padding] * 4, np.int32)))  # fmt: skip
+        out = f"layer{i}_out"
+        kind = "conv" if isinstance(layer, Conv2d) else "linear"
+        graph.ops.append(OpNode(kind, f"layer{i}", inputs, [Var(out, TensorType(None, "fp32"))]))
+        if layer.activation is not None:
+            act = {"x": Ref(out)}
+            if layer.activation == "gelu":
+                act["mode"] = Const("TANH_APPROXIMATION")
+            graph.ops.append(OpNode(layer.activation, f"layer{i}_{layer.activation}", act, [Var(f"{out}_act", TensorType(None, "fp32"))]))
+            out = f"{out}_act"
+        current = out
+    graph.ops[-1].outputs[0] = Var("y", graph.ops[-1].outputs[0].type)
+    graph.outputs = ["y"]
+    return graph

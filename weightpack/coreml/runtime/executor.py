@@ -69,6 +69,15 @@ class _Context:
     def dense_constant(self, name: str):
         return dense_float32(self.constants[name], self.store.backend)
 
+    def type_of(self, binding, what: str, builder: Builder):
+        if isinstance(binding, Const):
+            return type_from_value(binding.value)
+        if isinstance(binding, Ref) and binding.name in self.types:
+            return self.types[binding.name]
+        if isinstance(binding, Ref) and binding.name in self.constants:
+            return self.graph.const_types.get(binding.name) or type_from_value(self.constants[binding.name])
+        return self.operand(binding, what, builder).type  # reports the missing variable
+
     def operand(self, binding, what: str, builder: Builder) -> Operand:
         param = what.removeprefix("parameter ").strip("'")
         if isinstance(binding, Const):

@@ -27,13 +27,13 @@ def rows_hint(b, shape) -> int:
 def linear(b):
     x = b.operand("x")
     b.expect(x, NUMBERS, "x")
-    if x.rank is None or x.rank < 1:
+    if x.rank == 0:
         b.fail(f"x must have rank 1 or more, got {x.type}")
     w_type = b.type_of("weight")
     if w_type.rank != 2:
         b.fail(f"weight must be a matrix (out, in), got {w_type}")
     out_features, in_features = w_type.shape
-    if not same_dim(x.shape[-1], in_features):
+    if x.shape is not None and not same_dim(x.shape[-1], in_features):
         b.fail(f"x {x.type} has {x.shape[-1]} features; the weight {w_type} takes {in_features}")
     args = [x]
     bias = None
@@ -42,8 +42,8 @@ def linear(b):
         if bias.shape is not None and tuple(bias.shape) != (out_features,):
             b.fail(f"bias {bias.type} must have shape ({out_features},)")
         args.append(bias)
-    out = tuple(x.shape[:-1]) + (out_features,)
-    use = b.weight("weight", "linear", matrix_side=True, rows_hint=rows_hint(b, x.shape[:-1]))
+    out = None if x.shape is None else tuple(x.shape[:-1]) + (out_features,)
+    use = b.weight("weight", "linear", matrix_side=True, rows_hint=rows_hint(b, None if x.shape is None else x.shape[:-1]))
     if use is None:  # a weight computed by the program
         w = b.operand("weight")
         args.insert(1, w)
@@ -95,7 +95,7 @@ def _t(v, flag):
 
 @op("matmul")
 def matmul(b):
-    x, y = b.operand("x"), b.operand("y")
+    x, y = b.peek("x"), b.peek("y")
     b.expect(x, NUMBERS, "x")
     b.expect(y, NUMBERS, "y")
     tx, ty = b.bool_("transpose_x", False), b.bool_("transpose_y", False)
@@ -111,8 +111,8 @@ def matmul(b):
                 flat = np.ascontiguousarray(v.reshape(-1, k))
                 return use.matmul_nt(flat).reshape(v.shape[:-1] + (n,))
 
-            return b.emit(run_right, [x], [(out, dtype)])
-        return b.emit(lambda v: _dense_product(b, _t(v, tx), _t(use.dense(), ty)), [x], [(out, dtype)])
+            return b.emit(run_right, [b.operand("x")], [(out, dtype)])
+        return b.emit(lambda v: _dense_product(b, _t(v, tx), _t(use.dense(), ty)), [b.operand("x")], [(out, dtype)])
     if x.is_const and not y.is_const:
         use = b.weight("x", "matmul", transpose=tx, matrix_side=not tx and x.rank == 2, rows_hint=rows_hint(b, (y.shape or (None,))[1:]))
         if use.matrix_side:  # W @ y = (y.T @ W.T).T with W the (out, in) matrix
@@ -125,9 +125,9 @@ def matmul(b):
                 flat = np.ascontiguousarray(vt.reshape(-1, k))
                 return np.swapaxes(use.matmul_nt(flat).reshape(vt.shape[:-1] + (m,)), -1, -2)
 
-            return b.emit(run_left, [y], [(out, dtype)])
-        return b.emit(lambda v: _dense_product(b, _t(use.dense(), tx), _t(v, ty)), [y], [(out, dtype)])
-    return b.emit(lambda u, v: _dense_product(b, _t(u, tx), _t(v, ty)), [x, y], [(out, dtype)])
+            return b.emit(run_left, [b.operand("y")], [(out, dtype)])
+        return b.emit(lambda v: _dense_product(b, _t(use.dense(), tx), _t(v, ty)), [b.operand("y")], [(out, dtype)])
+    return b.emit(lambda u, v: _dense_product(b, _t(u, tx), _t(v, ty)), [b.operand("x"), b.operand("y")], [(out, dtype)])
 
 
 def _dense_product(b, u, v):

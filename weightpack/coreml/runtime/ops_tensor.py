@@ -552,7 +552,7 @@ def checked_indices(indices, size: int, where: str):
 
 @op("gather")
 def gather(b):
-    x, indices = b.operand("x"), b.operand("indices")
+    x, indices = b.peek("x"), b.operand("indices")
     b.expect(indices, INDEX, "indices")
     batch_dims = b.int_("batch_dims", 0)
     if x.rank is None or indices.rank is None:
@@ -569,6 +569,8 @@ def gather(b):
     if use is not None:
         rows = x.shape[0]
         return b.emit(lambda i: use.rows(checked_indices(i, rows, where)), [indices], [(out, x.type.dtype)])
+
+    x = b.operand("x")
 
     def run(v, i):
         i = checked_indices(i, v.shape[axis], where)

@@ -84,6 +84,22 @@ class Operand:
         return self.type.rank
 
 
+@dataclass(frozen=True)
+class Declared:
+    """What :meth:`Builder.peek` tells about a parameter."""
+
+    type: TensorType
+    is_const: bool
+
+    @property
+    def shape(self):
+        return self.type.shape
+
+    @property
+    def rank(self):
+        return self.type.rank
+
+
 class Step:
     """A compiled op: ``run(env)`` reads its inputs from ``env`` and writes its outputs there."""
 
@@ -207,7 +223,16 @@ class Builder:
     # ------------------------------------------------------------------ operands
 
     def type_of(self, param: str) -> TensorType:
-        return self.operand(param).type
+        """The declared type of a parameter's argument (nothing is registered)."""
+        binding = self._binding(param)
+        if isinstance(binding, tuple):
+            self.fail(f"parameter {param!r} takes one value, got {len(binding)}")
+        return self.ctx.type_of(binding, f"parameter {param!r}", self)
+
+    def peek(self, param: str) -> "Declared":
+        """A parameter's declared type and whether it is a constant, nothing registered (for
+        weights, which :meth:`weight` registers in their role)."""
+        return Declared(self.type_of(param), self.is_const(param))
 
     def operand(self, param: str) -> Operand:
         binding = self._binding(param)

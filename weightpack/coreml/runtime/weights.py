@@ -59,32 +59,41 @@ def matrix_shape(shape) -> tuple[int, int]:
     return (1, shape[0]) if len(shape) == 1 else (shape[0], int(np.prod(shape[1:], dtype=np.int64)))
 
 
-def take_rows(value, rows: np.ndarray, backend=None):
-    """Rows ``rows`` (along axis 0) of a palettized or quantized tensor, float32, decoding only them;
-    None when the tensor's layout does not allow it (then the caller decompresses it whole)."""
+def rows_supported(value) -> bool:
+    """Whether :func:`take_rows` decodes rows of this tensor on their own: palettized (scalar LUTs)
+    or quantized, with each row a whole number of bytes."""
     if isinstance(value, PalettizedTensor) and value.vector_axis is None:
-        bits, groups = value.indices, value.lut
-        parts = lambda sel: {"indices": None, "lut": groups[sel]}  # noqa: E731
+        bits = value.indices
     elif isinstance(value, QuantizedTensor):
-        bits, groups = value.data, value.scale
-        parts = lambda sel: {"scale": groups[sel], "offset": None if value.offset is None else value.offset[sel]}  # noqa: E731
+        bits = value.data
     else:
-        return None
-    shape = value.shape
-    row_bits = int(np.prod(shape[1:], dtype=np.int64)) * bits.nbits
-    if row_bits % 8 or len(shape) < 1:
-        return None
+        return False
+    return len(value.shape) >= 1 and (int(np.prod(value.shape[1:], dtype=np.int64)) * bits.nbits) % 8 == 0
+
+
+def take_rows(value, rows: np.ndarray, backend=None) -> np.ndarray:
+    """Rows ``rows`` (along axis 0, non-negative) of a tensor :func:`rows_supported` accepts,
+    float32, decoding only those rows: their bytes and their groups' LUTs or scales."""
     from ...bits import NBitArray
 
-    rows = np.asarray(rows, np.int64)
-    packed = np.ascontiguousarray(bits.packed.reshape(shape[0], row_bits // 8)[rows])
-    sub_bits = NBitArray(packed.reshape(-1), bits.nbits, (rows.size,) + tuple(shape[1:]), signed=bits.signed)
+    shape = value.shape
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    if rows.size == 0:
+        return np.empty((0,) + tuple(shape[1:]), np.float32)
+    bits, groups = (value.indices, value.lut) if isinstance(value, PalettizedTensor) else (value.data, value.scale)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * bits.nbits // 8
+    packed = np.ascontiguousarray(bits.packed.reshape(shape[0], row_bytes)[rows]).reshape(-1)
+    sub_bits = NBitArray(packed, bits.nbits, (rows.size,) + tuple(shape[1:]), signed=bits.signed)
     group_rows = rows // (shape[0] // groups.shape[0])
-    arrays = parts(group_rows)
     if isinstance(value, PalettizedTensor):
-        sub = PalettizedTensor(sub_bits, arrays["lut"])
+        sub = PalettizedTensor(sub_bits, groups[group_rows])
     else:
-        sub = QuantizedTensor(sub_bits, arrays["scale"], arrays["offset"])
+        offset = value.offset
+        if isinstance(offset, NBitArray):
+            offset = NBitArray.from_values(offset.values()[group_rows], offset.nbits, signed=offset.signed)
+        elif offset is not None:
+            offset = offset[group_rows]
+        sub = QuantizedTensor(sub_bits, groups[group_rows], offset)
     return sub.decompress(np.float32, backend=backend)
 
 
@@ -235,7 +244,7 @@ class WeightStore:
             use.mode = "dense"
         elif use.role == "gather":
             if self.policy == "jit":
-                use.mode = "rows" if take_rows(value, np.zeros(0, np.int64)) is not None else "scratch"
+                use.mode = "rows" if rows_supported(value) else "scratch"
             else:
                 use.mode = "dense"
         elif use.role in PRODUCT_ROLES and use.matrix_side and has_fused_kernel(value):
