@@ -206,10 +206,11 @@ class Program:
         for slot, array in self._checked_inputs(inputs):
             env[slot] = array
         self._clock.seconds = 0.0
-        if observe is None:
-            self._run(env)
-        else:
-            self._run_observed(env, observe)
+        with np.errstate(all="ignore"):  # inf / NaN are results, as on a device, not warnings
+            if observe is None:
+                self._run(env)
+            else:
+                self._run_observed(env, observe)
         outputs = {}
         for name in self.graph.outputs:
             value = env[self._ctx.slots[name]]

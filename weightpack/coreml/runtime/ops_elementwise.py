@@ -19,25 +19,30 @@ NUMBERS = ("fp16", "fp32", "int32", "int8", "uint8", "int16", "uint16")
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _erf_ufunc():
-    """``math.erf`` as a compiled ufunc (numpy has no erf): built on first use."""
-    global _ERF
-    if _ERF is None:
+_SPECIAL = {}
+
+
+def _special(name: str):
+    """``math.erf`` / ``math.erfc`` as compiled ufuncs (numpy has neither): built on first use."""
+    if name not in _SPECIAL:
         import numba
 
+        fn = getattr(math, name)
+
         @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True, nopython=True)
-        def erf(v):
-            return math.erf(v)
+        def ufunc(v):
+            return fn(v)
 
-        _ERF = erf
-    return _ERF
-
-
-_ERF = None
+        _SPECIAL[name] = ufunc
+    return _SPECIAL[name]
 
 
 def erf(x):
-    return _erf_ufunc()(x)
+    return _special("erf")(x)
+
+
+def erfc(x):
+    return _special("erfc")(x)
 
 
 def sigmoid(x):
@@ -131,9 +136,9 @@ def gelu(b):
     x = b.operand("x")
     b.expect(x, FLOATS, "x")
     mode = b.str_("mode", "EXACT", allowed=("EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION"))
-    if mode == "EXACT":
+    if mode == "EXACT":  # 0.5 x (1 + erf(x / sqrt 2)), as erfc: no cancellation for negative x
         inv_sqrt2 = np.float32(1 / math.sqrt(2.0))
-        fn = lambda v: 0.5 * v * (1 + erf(v * inv_sqrt2))  # noqa: E731
+        fn = lambda v: 0.5 * v * erfc(-v * inv_sqrt2)  # noqa: E731
     elif mode == "TANH_APPROXIMATION":
         c = np.float32(SQRT_2_OVER_PI)
         fn = lambda v: 0.5 * v * (1 + np.tanh(c * (v + 0.044715 * (v * v * v))))  # noqa: E731
@@ -248,3 +253,64 @@ def cast(b):
     else:
         fn = lambda v: v.astype(target)  # noqa: E731
     return b.emit(fn, [x], [(x.shape, dtype)])
+
+
+def _affine_params(b, x):
+    """(scale, zero point or None) of quantize / dequantize: scalars, or vectors along ``axis``."""
+    scale = np.asarray(b.const("scale"))
+    zero_point = b.const("zero_point", None)
+    given = b.has("axis")
+    if scale.ndim > 1 or (zero_point is not None and np.asarray(zero_point).ndim > 1):
+        b.fail("scale and zero_point must be scalars or vectors")
+    if scale.ndim == 1 or (zero_point is not None and np.asarray(zero_point).ndim == 1):
+        if not given or x.rank is None:
+            b.fail("a vector scale or zero_point needs axis")
+        axis = b.infer(lambda: normalize_axis(b.int_("axis"), x.rank))
+        shape = [1] * x.rank
+        shape[axis] = -1
+        for name, value in (("scale", scale), ("zero_point", zero_point)):
+            if value is not None and np.asarray(value).ndim == 1 and x.shape[axis] is not None and np.asarray(value).size != x.shape[axis]:
+                b.fail(f"{name} has {np.asarray(value).size} values; axis {axis} of the input has {x.shape[axis]}")
+        scale = scale.reshape(shape) if scale.ndim == 1 else scale
+        if zero_point is not None:
+            zero_point = np.asarray(zero_point)
+            zero_point = zero_point.reshape(shape) if zero_point.ndim == 1 else zero_point
+    elif given:
+        b.fail("axis must not be given for a scalar scale and zero_point")
+    if np.any(scale == 0):
+        b.fail("scale holds 0")
+    return scale.astype(np.float32), None if zero_point is None else np.asarray(zero_point).astype(np.float32)
+
+
+@op("quantize")
+def quantize(b):
+    """iOS17: ``clip(round(x / scale) + zero_point)`` to int8 / uint8 (round half to even)."""
+    x = b.operand("input")
+    b.expect(x, FLOATS, "input")
+    dtype = b.str_("output_dtype", allowed=("int8", "uint8"))
+    scale, zero_point = _affine_params(b, x)
+    info = np.iinfo(np.int8 if dtype == "int8" else np.uint8)
+
+    def run(v):
+        q = np.round(v / scale)
+        if zero_point is not None:
+            q = q + zero_point
+        return np.clip(q, info.min, info.max).astype(info.dtype)
+
+    return b.emit(run, [x], [(x.shape, dtype)])
+
+
+@op("dequantize")
+def dequantize(b):
+    """iOS17: ``scale * (x - zero_point)``, in the scale's dtype (float32 arithmetic)."""
+    x = b.operand("input")
+    b.expect(x, ("int8", "uint8"), "input")
+    scale, zero_point = _affine_params(b, x)
+    dtype = np.asarray(b.const("scale")).dtype
+    out = "fp16" if dtype == np.float16 else "fp32"
+
+    def run(v):
+        w = v.astype(np.float32)
+        return (w - zero_point if zero_point is not None else w) * scale
+
+    return b.emit(run, [x], [(x.shape, out)])

@@ -91,16 +91,20 @@ def _pad_spatial(x, pads, value=0.0):
 # --------------------------------------------------------------------------------- conv
 
 
-@op("conv")
-def conv(b):
+def _conv_params(b, layout: str):
+    """(x, weight type, kernel, strides, dilations, pad_type, custom pad, groups) of a conv op."""
     x = b.operand("x")
     b.expect(x, FLOATS, "x")
     w_type = b.type_of("weight")
     if w_type.rank is None or not 3 <= w_type.rank <= 5:
-        b.fail(f"weight must have rank 3 to 5 (C_out, C_in / groups, *kernel), got {w_type}")
+        b.fail(f"weight must have rank 3 to 5 ({layout}, *kernel), got {w_type}")
     kernel = tuple(w_type.shape[2:])
-    strides, dilations, pad_type, custom = _spatial_params(b, x, kernel)
-    groups = b.int_("groups", 1)
+    return (x, w_type, kernel, *_spatial_params(b, x, kernel), b.int_("groups", 1))
+
+
+@op("conv")
+def conv(b):
+    x, w_type, kernel, strides, dilations, pad_type, custom, groups = _conv_params(b, "C_out, C_in / groups")
     c_out, c_in_g = w_type.shape[:2]
     if groups < 1 or c_out % groups or (x.shape is not None and not same_dim(x.shape[1], c_in_g * groups)):
         b.fail(f"x {x.type} with groups={groups} does not fit the weight {w_type} (C_in must be {c_in_g} x groups, C_out divisible by groups)")
@@ -168,16 +172,9 @@ def conv_nd(x, w, bias, strides, dilations, pads, groups, clock):
 
 @op("conv_transpose")
 def conv_transpose(b):
-    x = b.operand("x")
-    b.expect(x, FLOATS, "x")
-    w_type = b.type_of("weight")
-    if w_type.rank is None or not 3 <= w_type.rank <= 5:
-        b.fail(f"weight must have rank 3 to 5 (C_in, C_out / groups, *kernel), got {w_type}")
-    kernel = tuple(w_type.shape[2:])
-    strides, dilations, pad_type, custom = _spatial_params(b, x, kernel)
+    x, w_type, kernel, strides, dilations, pad_type, custom, groups = _conv_params(b, "C_in, C_out / groups")
     if pad_type == "same_lower":
         b.fail("pad_type 'same_lower' is not defined for conv_transpose; allowed: valid, same, custom")
-    groups = b.int_("groups", 1)
     c_in, c_out_g = w_type.shape[:2]
     if groups < 1 or c_in % groups or (x.shape is not None and not same_dim(x.shape[1], c_in)):
         b.fail(f"x {x.type} with groups={groups} does not fit the weight {w_type}")

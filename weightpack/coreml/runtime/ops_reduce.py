@@ -31,17 +31,25 @@ REDUCTIONS = {
 }  # fmt: skip
 
 
+def _ranked_x(b, axis_default=None):
+    """The x operand (a number tensor of known rank) and, given a default, its normalized ``axis``."""
+    x = b.operand("x")
+    b.expect(x, NUMBERS, "x")
+    if x.rank is None:
+        b.fail("x must have a known rank")
+    if axis_default is None:
+        return x
+    return x, b.infer(lambda: normalize_axis(b.int_("axis", axis_default), x.rank))
+
+
 def _reduced(shape, axes, keep):
     return tuple(1 if i in axes else d for i, d in enumerate(shape) if keep or i not in axes)
 
 
 @op(*REDUCTIONS)
 def reduce(b):
-    x = b.operand("x")
-    b.expect(x, NUMBERS, "x")
+    x = _ranked_x(b)
     keep = b.bool_("keep_dims", False)
-    if x.rank is None:
-        b.fail("x must have a known rank")
     given = b.ints("axes", None)
     axes = tuple(range(x.rank)) if given is None else b.infer(lambda: normalize_axes(given, x.rank))
     fn = REDUCTIONS[b.type]
@@ -53,11 +61,7 @@ def reduce(b):
 
 @op("reduce_argmax", "reduce_argmin")
 def reduce_arg(b):
-    x = b.operand("x")
-    b.expect(x, NUMBERS, "x")
-    if x.rank is None:
-        b.fail("x must have a known rank")
-    axis = b.infer(lambda: normalize_axis(b.int_("axis", -1), x.rank))
+    x, axis = _ranked_x(b, -1)
     keep = b.bool_("keep_dims", False)
     dtype = b.str_("output_dtype", "int32", allowed=("int32", "uint16")) if b.opset >= 17 else "int32"
     pick = np.argmax if b.type == "reduce_argmax" else np.argmin
@@ -70,22 +74,14 @@ def _order(v, axis, ascending):
 
 @op("argsort")
 def argsort(b):
-    x = b.operand("x")
-    b.expect(x, NUMBERS, "x")
-    if x.rank is None:
-        b.fail("x must have a known rank")
-    axis = b.infer(lambda: normalize_axis(b.int_("axis", -1), x.rank))
+    x, axis = _ranked_x(b, -1)
     ascending = b.bool_("ascending", False)
     return b.emit(lambda v: _order(v, axis, ascending), [x], [(x.shape, "int32")])
 
 
 @op("topk")
 def topk(b):
-    x = b.operand("x")
-    b.expect(x, NUMBERS, "x")
-    if x.rank is None:
-        b.fail("x must have a known rank")
-    axis = b.infer(lambda: normalize_axis(b.int_("axis", -1), x.rank))
+    x, axis = _ranked_x(b, -1)
     k = b.int_("k", 1)
     ascending = b.bool_("ascending", False)
     with_indices = b.bool_("return_indices", True) if b.opset >= 16 else True
@@ -114,11 +110,7 @@ def topk(b):
 
 @op("cumsum")
 def cumsum(b):
-    x = b.operand("x")
-    b.expect(x, NUMBERS, "x")
-    if x.rank is None:
-        b.fail("x must have a known rank")
-    axis = b.infer(lambda: normalize_axis(b.int_("axis", 0), x.rank))
+    x, axis = _ranked_x(b, 0)
     exclusive, reverse = b.bool_("exclusive", False), b.bool_("reverse", False)
 
     def run(v):

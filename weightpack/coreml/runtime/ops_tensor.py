@@ -115,7 +115,7 @@ def flatten2d(b):
     axis = b.int_("axis", 1)
     if not -x.rank <= axis <= x.rank:
         b.fail(f"axis {axis} is outside [{-x.rank}, {x.rank}]")
-    axis = axis % (x.rank + 1) if axis < 0 else axis
+    axis = axis + x.rank if axis < 0 else axis
     out = (product(x.shape[:axis]), product(x.shape[axis:]))
     return b.emit(lambda v: v.reshape(int(np.prod(v.shape[:axis])), -1), [x], [(out, x.type.dtype)])
 

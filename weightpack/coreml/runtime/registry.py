@@ -144,6 +144,11 @@ class Builder:
                 self.fail(f"parameter {param!r} is missing")
             return default
         binding = self.node.inputs[param]
+        if isinstance(binding, tuple):  # a variadic parameter of constants (reshape_like's begins)
+            return [self._constant_value(param, b) for b in binding]
+        return self._constant_value(param, binding)
+
+    def _constant_value(self, param, binding):
         if isinstance(binding, Const):
             return binding.value
         if isinstance(binding, Ref) and binding.name in self.ctx.constants:
@@ -151,44 +156,36 @@ class Builder:
             return value if isinstance(value, (np.ndarray, str, list)) else self.ctx.dense_constant(binding.name)
         self.fail(f"parameter {param!r} must be a constant; it is bound to a variable")
 
-    def int_(self, param: str, default=MISSING) -> int:
+    def _one(self, param, default, kinds, what):
         value = self.const(param, default)
         array = np.asarray(value)
-        if array.size != 1 or array.dtype.kind not in "iub":
-            self.fail(f"parameter {param!r} must be one integer, got {_show(value)}")
-        return int(array.reshape(()))
+        if array.size != 1 or array.dtype.kind not in kinds:
+            self.fail(f"parameter {param!r} must be one {what}, got {_show(value)}")
+        return array.reshape(())
+
+    def _vector(self, param, default, kinds, what, convert):
+        value = self.const(param, default)
+        if value is None:
+            return None
+        array = np.asarray(value)
+        if array.dtype.kind not in kinds or array.ndim > 1:
+            self.fail(f"parameter {param!r} must be a vector of {what}, got {_show(value)}")
+        return tuple(convert(v) for v in array.reshape(-1))
+
+    def int_(self, param: str, default=MISSING) -> int:
+        return int(self._one(param, default, "iub", "integer"))
 
     def ints(self, param: str, default=MISSING) -> tuple:
-        value = self.const(param, default)
-        if value is None:
-            return None
-        array = np.asarray(value)
-        if array.dtype.kind not in "iu" or array.ndim > 1:
-            self.fail(f"parameter {param!r} must be a vector of integers, got {_show(value)}")
-        return tuple(int(v) for v in array.reshape(-1))
+        return self._vector(param, default, "iu", "integers", int)
 
     def bool_(self, param: str, default=MISSING) -> bool:
-        value = self.const(param, default)
-        array = np.asarray(value)
-        if array.size != 1 or array.dtype.kind not in "bi":
-            self.fail(f"parameter {param!r} must be one boolean, got {_show(value)}")
-        return bool(array.reshape(()))
+        return bool(self._one(param, default, "bi", "boolean"))
 
     def bools(self, param: str, default=MISSING):
-        value = self.const(param, default)
-        if value is None:
-            return None
-        array = np.asarray(value)
-        if array.dtype.kind not in "bi" or array.ndim > 1:
-            self.fail(f"parameter {param!r} must be a vector of booleans, got {_show(value)}")
-        return tuple(bool(v) for v in array.reshape(-1))
+        return self._vector(param, default, "bi", "booleans", bool)
 
     def float_(self, param: str, default=MISSING) -> float:
-        value = self.const(param, default)
-        array = np.asarray(value)
-        if array.size != 1 or array.dtype.kind not in "fiu":
-            self.fail(f"parameter {param!r} must be one number, got {_show(value)}")
-        return float(array.reshape(()))
+        return float(self._one(param, default, "fiu", "number"))
 
     def str_(self, param: str, default=MISSING, allowed=None) -> str:
         value = self.const(param, default)
@@ -386,6 +383,8 @@ def type_from_value(value) -> TensorType:
     """The type of an immediate constant."""
     if isinstance(value, str):
         return TensorType((), "string")
+    if not isinstance(value, (np.ndarray, np.generic, list, tuple, int, float, bool)) and hasattr(value, "shape"):
+        return TensorType(tuple(value.shape), name_of(value.dtype))  # a weightpack tensor
     array = np.asarray(value)
     if array.dtype.kind in "US":
         return TensorType(array.shape, "string")
