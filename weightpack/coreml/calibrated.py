@@ -1,0 +1,240 @@
+"""``compress``: a Core ML model in, a compressed one out, calibrated on real inputs when given them.
+
+The drop-in compressors (:mod:`.dropin`) choose which weights are compressed and in which layout,
+exactly as without calibration; with ``calibration`` inputs every chosen weight that a linear,
+constant-matrix matmul or conv op reads (:func:`weightpack.calibration.collect.calibrated_weights`)
+is encoded by the calibrated encoder of its op config instead:
+
+=====================================================  =========================================
+op config                                              calibrated encoder
+=====================================================  =========================================
+OpPalettizerConfig kmeans, per_tensor or               ``gptq_palettize(w, H, nbits, group_size)``
+per_grouped_channel along the output axis
+  + enable_per_channel_scale                           ``per_row_scale=True``: one searched scale
+                                                       per *output row* (coremltools' data-free
+                                                       scale is per input channel)
+OpLinearQuantizerConfig per_tensor / per_channel /     ``gptq_quantize(w, H, dtype, mode,
+per_block along the input axis                         granularity, block_size)``
+OpMagnitudePrunerConfig target_sparsity, or n_m_ratio  ``sparsegpt_prune(w, H, sparsity | n_m)``
+along the input axis of a 2-D weight
+=====================================================  =========================================
+
+Everything else (uniform or custom LUTs, vector LUTs, block pruning, threshold pruning, weights no
+calibrated op reads, such as embedding tables) keeps its data-free encoding. In a joint
+compression the first stage is calibrated and the later ones (the nonzeros' palettization or
+quantization) are data-free.
+
+Sequential (default): weights are encoded in program order, each on statistics gathered with the
+earlier weights already compressed (:class:`weightpack.calibration.sequential.SequentialStats`).
+
+Without ``calibration`` the result is exactly the drop-in compressors' (the data-free path).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from ..errors import WeightpackError, describe
+from . import op_configs
+
+log = logging.getLogger("weightpack")
+
+
+def compress(model, config, *, calibration=None, output=None, sequential: bool = True, target=None,
+             plan=None, progress=None, report=None):
+    """Compress ``model`` (an .mlpackage path, a coremltools MLModel or a Program loaded from a
+    package) with ``config``: a coremltools ``OptimizationConfig`` or a list of them applied in
+    order (a joint compression, iOS18). ``calibration``: inputs for
+    :func:`weightpack.calibration.collect` (an .npz path, a dict of stacked arrays or an iterable
+    of input dicts), None for the data-free result. ``plan``: {weight name: (nbits, group_size)}
+    overriding a palettization's width per weight (see :func:`weightpack.calibration.plan_program`).
+    ``progress(done, total, name)`` after each candidate weight; ``report(line)`` gets one line per
+    encoded weight. Writes ``output`` (an .mlpackage, atomically) and returns its path when given,
+    else returns the new MLModel.
+
+    >>> import weightpack.coreml as wpc, coremltools.optimize.coreml as cto   # doctest: +SKIP
+    >>> cfg = cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=4))        # doctest: +SKIP
+    >>> wpc.compress("bert.mlpackage", cfg, calibration="x.npz", output="bert4.mlpackage")  # doctest: +SKIP
+    """
+    from .dropin import linear_quantize_weights, palettize_weights, prune_weights
+    from .package import check_output, read_weights, save_model
+
+    steps = _steps(config)
+    path, mlmodel = _model(model)
+    if output is not None:
+        output = check_output(output)
+    encoder = None
+    if calibration is not None:
+        if path is None:
+            raise WeightpackError("calibration needs the model's .mlpackage path (an MLModel saved to disk), to run it")
+        read_weights(path)
+        encoder = CalibratedEncoder(path, calibration, sequential=sequential, plan=plan, report=report)
+    elif plan is not None:
+        encoder = CalibratedEncoder(None, None, plan=plan, report=report)
+    compressors = {"prune": prune_weights, "palettize": palettize_weights, "quantize": linear_quantize_weights}
+    for index, (kind, cfg) in enumerate(steps):
+        mlmodel = compressors[kind](mlmodel, cfg, joint_compression=index > 0, target=target, progress=progress,
+                                    encoder=encoder if index == 0 else None)  # fmt: skip
+    if encoder is not None:
+        encoder.close()
+    if output is None:
+        return mlmodel
+    save_model(mlmodel, output)
+    return output
+
+
+def _steps(config) -> list:
+    import coremltools.optimize.coreml as cto
+
+    configs = list(config) if isinstance(config, (list, tuple)) else [config]
+    if not configs:
+        raise WeightpackError("config is empty: give an OptimizationConfig or a list of them")
+    steps = []
+    for cfg in configs:
+        if not isinstance(cfg, cto.OptimizationConfig):
+            raise WeightpackError(f"config must be a coremltools OptimizationConfig or a list of them, got {describe(cfg)}")
+        entries = [cfg.global_config, *cfg.op_type_configs.values(), *cfg.op_name_configs.values()]
+        kinds = {k for e in entries if e is not None for k, types in op_configs.KINDS.items() if isinstance(e, types)}
+        if len(kinds) != 1:
+            raise WeightpackError(f"each OptimizationConfig must hold one kind of op config (pruner, palettizer or quantizer), found {len(kinds)}")
+        steps.append((kinds.pop(), cfg))
+    return steps
+
+
+def _model(model):
+    """(package path or None, MLModel) of what ``compress`` was given."""
+    import coremltools as ct
+
+    from .runtime import Program
+
+    if isinstance(model, Program):
+        model = model.graph.source
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise WeightpackError(f"{path}: no such file or directory")
+        from .package import read_weights
+
+        read_weights(path)  # validates the package and every blob before coremltools reads it
+        return path, ct.models.MLModel(path, skip_model_load=True)
+    if hasattr(model, "get_spec"):
+        return getattr(model, "package_path", None), model
+    raise WeightpackError(f"model={describe(model)} must be an .mlpackage path, a coremltools MLModel or a Program")
+
+
+class CalibratedEncoder:
+    """The drop-in compressors' ``encoder``: calibrated encoders on sequential statistics."""
+
+    def __init__(self, path, calibration, *, sequential=True, plan=None, report=None):
+        from ..calibration.sequential import SequentialStats
+
+        self.stats = None if path is None else SequentialStats(path, calibration, sequential=sequential)
+        self.plan = dict(plan or {})
+        self.report = report
+        self.count = 0
+
+    def __call__(self, kind, op, op_config, default):
+        name = op.outputs[0].name
+        start = time.perf_counter()
+        weights = op.outputs[0].val
+        calibrated = self.stats is not None and name in self.stats.layouts
+        tensor, how = None, "data-free"
+        if calibrated:
+            tensor, how = self._calibrated(kind, op, op_config, weights, name)
+        if tensor is None and kind == "palettize" and name in self.plan:
+            from ..compress import palettize
+
+            nbits, group = self.plan[name]
+            tensor, how = palettize(weights, nbits, group_size=group), f"palettize {_option(nbits, group)} (planned, data-free)"
+        if tensor is None:
+            result = default()
+        else:
+            result = (op.outputs[0], tensor, f"{op.name}{_SUFFIX[kind]}")
+        value = None if result is None or isinstance(result[1], str) else result[1]
+        if self.stats is not None:
+            self.stats.finish(name, value)
+        self.count += 1
+        if self.report is not None:
+            what = how if value is not None else "left as it is" if result is None else f"left as it is: {result[1]}"
+            self.report(f"[{self.count}] {name} {'x'.join(map(str, weights.shape))}: {what} ({time.perf_counter() - start:.2f} s)")
+        return result
+
+    def _calibrated(self, kind, op, op_config, weights, name):
+        """(tensor, description) by the calibrated encoder, or (None, why not) when it does not apply."""
+        from coremltools.optimize import _utils as ct_utils
+
+        from ..calibration import gptq_palettize, gptq_quantize, sparsegpt_prune
+
+        if kind == "palettize":
+            if op_config.mode.lower() != "kmeans" or op_config.cluster_dim != 1:
+                return None, "data-free"
+            blocks, axis = ct_utils.infer_block_sizes(op, op_config, weights, return_channel_axis=True)
+            if blocks is None or axis not in (0, None) or any(b not in (0, n) for b, n in zip(blocks[1:], weights.shape[1:])):
+                return None, "data-free"
+            group = blocks[0] if blocks[0] not in (0, weights.shape[0]) else None
+            nbits = op_config.nbits
+            if name in self.plan:
+                nbits, group = self.plan[name]
+            if group is not None and weights.shape[0] % group:
+                return None, "data-free"
+            stats = self._stats(name)
+            scaled = bool(op_config.enable_per_channel_scale)
+            tensor = gptq_palettize(weights, stats, nbits, group_size=group, per_row_scale=scaled)
+            return tensor, f"gptq_palettize {_option(nbits, group)}{' + per-row scale' if scaled else ''}, {stats.count} rows"
+        if kind == "quantize":
+            blocks = ct_utils.infer_block_sizes(op, op_config, weights)
+            granularity = _granularity(blocks, weights.shape)
+            if granularity is None:
+                return None, "data-free"
+            mode = "symmetric" if op_config.mode == "LINEAR_SYMMETRIC" else "asymmetric"
+            dtype = op_configs.quant_dtype(op_config)
+            stats = self._stats(name)
+            block = blocks[1] if granularity == "per_block" else None
+            tensor = gptq_quantize(weights, stats, dtype, mode=mode, granularity=granularity, block_size=block)
+            return tensor, f"gptq_quantize {dtype} {granularity}{'' if block is None else f' {block}'}, {stats.count} rows"
+        if not isinstance(op_config, op_configs.KINDS["prune"][0]) or op_config.block_size is not None:
+            return None, "data-free"
+        if op_config.n_m_ratio is not None:
+            n, m = (int(v) for v in op_config.n_m_ratio)
+            if weights.ndim != 2 or op_config.dim not in (None, 1) or m > weights.shape[1] / 2 or not op_config._check_const_op_is_valid(op):
+                return None, "data-free"
+            stats = self._stats(name)
+            return sparsegpt_prune(weights, stats, n_m=(n, m)), f"sparsegpt_prune {n}:{m}, {stats.count} rows"
+        stats = self._stats(name)
+        sparsity = float(op_config.target_sparsity)
+        return sparsegpt_prune(weights, stats, sparsity), f"sparsegpt_prune {sparsity:.0%}, {stats.count} rows"
+
+    def _stats(self, name):
+        stats = self.stats.stats(name)
+        if stats.count < stats.in_features:
+            log.warning(
+                "weight %s: %d calibration rows for %d input features; a well-conditioned H needs at least %d "
+                "(several times more is better): it is damped as SPEC.md section 10.2 says",
+                name, stats.count, stats.in_features, stats.in_features,
+            )
+        return stats
+
+    def close(self) -> None:
+        self.stats = None
+
+
+_SUFFIX = {"palettize": "_palettized", "quantize": "_quantized", "prune": "_sparsified"}
+
+
+def _option(nbits, group) -> str:
+    return f"{nbits}-bit" + ("" if group is None else f", one LUT per {group} rows")
+
+
+def _granularity(blocks, shape):
+    """gptq_quantize's granularity for coremltools' block sizes, or None if it has no equal."""
+    if blocks is None or len(blocks) != len(shape) or any(b not in (0, n) for b, n in zip(blocks[2:], shape[2:])):
+        return None
+    out, inp = blocks[0], blocks[1]
+    if out in (0, shape[0]) and inp in (0, shape[1]):
+        return "per_tensor" if out == 0 or shape[0] == 1 else None
+    if out != 1:
+        return None
+    if inp in (0, shape[1]):
+        return "per_channel"
+    return "per_block" if shape[1] % inp == 0 else None
