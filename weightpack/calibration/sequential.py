@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from ..coreml.runtime.graph import Ref
 from .collect import _Stacked, as_program, batches, calibrated_weights, collect
 
@@ -35,10 +37,13 @@ class SequentialStats:
 
     ``program``: a Program (its weights are replaced as weights are finished) or a path;
     ``inputs``: as :func:`~.collect.collect` takes them (an iterator is read once and kept).
+    ``weight_threshold``: weights of rank >= 2 with more elements than this (and the calibrated
+    ones) are expected to be finished; a pass waits for them (smaller ones are taken as final:
+    if one is finished after all, the statistics it makes stale are gathered again).
     ``passes`` counts the passes over the inputs so far.
     """
 
-    def __init__(self, program, inputs, *, sequential: bool = True, progress=None):
+    def __init__(self, program, inputs, *, sequential: bool = True, weight_threshold: int = 2048, progress=None):
         self.program = as_program(program)
         source = batches(inputs, self.program)
         if not isinstance(source, (_Stacked, Sequence)):
@@ -46,7 +51,10 @@ class SequentialStats:
         self.source, self.sequential, self.progress = source, bool(sequential), progress
         self.layouts = calibrated_weights(self.program)
         self.upstream = upstream_weights(self.program)
-        self.tracked = {op.weight_name for op in self.program.weight_ops() if len(op.weight.shape) >= 2}
+        self.tracked = set(self.layouts) | {
+            op.weight_name for op in self.program.weight_ops()
+            if len(op.weight.shape) >= 2 and int(np.prod(op.weight.shape)) > weight_threshold
+        }  # fmt: skip
         self.done, self._fresh, self.passes = set(), {}, 0
 
     def stats(self, name: str):

@@ -53,9 +53,11 @@ def compress(model, config, *, calibration=None, output=None, sequential: bool =
     encoded weight. Writes ``output`` (an .mlpackage, atomically) and returns its path when given,
     else returns the new MLModel.
 
-    >>> import weightpack.coreml as wpc, coremltools.optimize.coreml as cto   # doctest: +SKIP
-    >>> cfg = cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=4))        # doctest: +SKIP
-    >>> wpc.compress("bert.mlpackage", cfg, calibration="x.npz", output="bert4.mlpackage")  # doctest: +SKIP
+    For example (``x.npz``: one stacked array per input of the model)::
+
+        import weightpack.coreml as wpc, coremltools.optimize.coreml as cto
+        cfg = cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=4))
+        wpc.compress("bert.mlpackage", cfg, calibration="x.npz", output="bert4.mlpackage")
     """
     from .dropin import linear_quantize_weights, palettize_weights, prune_weights
     from .package import check_output, read_weights, save_model
