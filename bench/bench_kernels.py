@@ -70,27 +70,13 @@ def interleaved_medians(first, second, inputs_first, inputs_second, repeats: int
     return float(np.median(times_first)), float(np.median(times_second))
 
 
-class thread_limits:
+def thread_limits(count: int):
     """weightpack's and (through threadpoolctl, when installed) the BLAS's thread count."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __enter__(self):
-        self.previous = backend_c.set_threads()
-        backend_c.set_threads(self.count)
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            self.blas = None
-        else:
-            self.blas = threadpool_limits(self.count, user_api="blas")
-        return self
-
-    def __exit__(self, *exc):
-        backend_c.set_threads(self.previous)
-        if self.blas is not None:
-            self.blas.restore_original_limits()
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return wp.threads(count)
+    return wp.threads(count, blas=count)
 
 
 def random_lut(rng, nbits: int, groups: int = 1) -> np.ndarray:
