@@ -269,3 +269,43 @@ def test_measured_plan_keeps_its_budget_and_never_loses_to_uniform():
         plan_program(prog, stats, inputs, bits_per_weight=1.0, nbits=(2, 4), sensitivity=True)
     proxy = plan_program(prog, stats, bits_per_weight=3.0, nbits=(2, 4))
     assert proxy.nbytes <= proxy.budget_nbytes and len(proxy.layers) == 14  # 13 linears + the token embedding table
+
+
+def test_conv_model_calibrated_n_m_along_input_channels(tmp_path):
+    """2:4 on conv weights runs along C_in (coremltools' axis 1) and beats magnitude 2:4 on held-out images."""
+    import coremltools.optimize.coreml as cto
+
+    import weightpack.coreml as wpc
+    from weightpack.calibration.plan import OutputError
+
+    cnn = package_path("cnn-iOS18-fp16")
+    rng = np.random.default_rng(0)
+    calibration = {"image": rng.standard_normal((32, 3, 16, 16)).astype(np.float32)}
+    config = cto.OptimizationConfig(cto.OpMagnitudePrunerConfig(n_m_ratio=(2, 4)))
+    paths = [wpc.compress(cnn, config, output=str(tmp_path / "free.mlpackage")),
+             wpc.compress(cnn, config, calibration=calibration, output=str(tmp_path / "cal.mlpackage"))]  # fmt: skip
+    sparse = {n: v for n, v in wpc.load(paths[1]).items() if n.endswith("_sparsified")}
+    assert {"input_5_weight_0_to_fp16_sparsified", "down_weight_to_fp16_sparsified"} <= set(sparse)
+    for value in sparse.values():
+        kept = np.moveaxis(value.mask.values().astype(bool).reshape(value.shape), 1, -1).reshape(-1, 4)
+        assert kept.sum(axis=1).max() <= 2 and value.sparsity >= 0.5
+    reference = as_program(cnn)
+    error = OutputError(reference, {"image": rng.standard_normal((8, 3, 16, 16)).astype(np.float32)})
+    snrs = []
+    for path in paths:
+        for name, value in wp_load_dense(path).items():
+            reference.set_weight(name, value)
+        snrs.append(-10 * np.log10(error()))
+    assert snrs[1] > snrs[0] + 2, snrs
+
+
+def test_too_few_rows_warn_naming_both_counts(tmp_path, caplog):
+    import coremltools.optimize.coreml as cto
+
+    import weightpack.coreml as wpc
+
+    config = cto.OptimizationConfig(cto.OpLinearQuantizerConfig(dtype="int8"))
+    with caplog.at_level("WARNING", logger="weightpack"):
+        wpc.compress(BERT, config, calibration=bert_inputs(1, 0), output=str(tmp_path / "o.mlpackage"))
+    assert "weight pooler_weight: 2 calibration rows for 64 input features" in caplog.text
+    assert "layers_0_q_weight: 32 calibration rows for 64 input features" in caplog.text

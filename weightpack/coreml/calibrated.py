@@ -158,7 +158,7 @@ class CalibratedEncoder:
             self.stats.finish(name, value)
         self.count += 1
         if self.report is not None:
-            what = how if value is not None else "left as it is" if result is None else f"left as it is: {result[1]}"
+            what = how if value is not None else "left as it is"
             self.report(f"[{self.count}] {name} {'x'.join(map(str, weights.shape))}: {what} ({time.perf_counter() - start:.2f} s)")
         return result
 
@@ -199,10 +199,11 @@ class CalibratedEncoder:
             return None, "data-free"
         if op_config.n_m_ratio is not None:
             n, m = (int(v) for v in op_config.n_m_ratio)
-            if weights.ndim != 2 or op_config.dim not in (None, 1) or m > weights.shape[1] / 2 or not op_config._check_const_op_is_valid(op):
+            channels = weights.shape[1]
+            if op_config.dim not in (None, 1) or m > channels / 2 or channels % m or not op_config._check_const_op_is_valid(op):
                 return None, "data-free"
             stats = self._stats(name)
-            return sparsegpt_prune(weights, stats, n_m=(n, m)), f"sparsegpt_prune {n}:{m}, {stats.count} rows"
+            return n_of_m_along_inputs(weights, stats, n, m), f"sparsegpt_prune {n}:{m}, {stats.count} rows"
         stats = self._stats(name)
         sparsity = float(op_config.target_sparsity)
         return sparsegpt_prune(weights, stats, sparsity), f"sparsegpt_prune {sparsity:.0%}, {stats.count} rows"
@@ -219,6 +220,31 @@ class CalibratedEncoder:
 
     def close(self) -> None:
         self.stats = None
+
+
+def n_of_m_along_inputs(w, stats, n: int, m: int):
+    """SparseGPT with n of every m consecutive *input channels* pruned (coremltools' n:m along
+    axis 1), also for a conv weight (out, C_in, *kernel): its columns are visited kernel tap by
+    tap, so that each run of m lies along C_in, then the result is put back in the original layout.
+    """
+    import numpy as np
+
+    from ..calibration import sparsegpt_prune
+    from ..formats import SparseTensor
+
+    if w.ndim == 2:
+        return sparsegpt_prune(w, stats, n_m=(n, m))
+    out, channels = w.shape[:2]
+    taps = int(np.prod(w.shape[2:]))
+    order = (np.arange(channels)[None, :] * taps + np.arange(taps)[:, None]).reshape(-1)  # tap-major columns
+    gram = stats.gram[order][:, order]
+    pruned = sparsegpt_prune(w.reshape(out, channels, taps).transpose(0, 2, 1).reshape(out, -1), gram, n_m=(n, m))
+
+    def back(a):
+        return a.reshape(out, taps, channels).transpose(0, 2, 1).reshape(w.shape)
+
+    mask = back(pruned.mask.values().astype(bool))
+    return SparseTensor(mask, back(pruned.decompress())[mask])
 
 
 _SUFFIX = {"palettize": "_palettized", "quantize": "_quantized", "prune": "_sparsified"}
