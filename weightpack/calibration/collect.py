@@ -17,8 +17,9 @@ A weight is calibrated only when every op reading it is one of these, with the s
 operand stored (in, out) are not): :func:`calibrated_weights` lists them.
 
 Streaming: each batch runs once and its activations are folded into the statistics as the
-program reaches each op; memory is that of the statistics plus one batch. A pass stops as soon
-as the last op it observes has been reached.
+program reaches each op; memory is that of the statistics plus one batch's activations (plus the
+stacked input arrays themselves when given as an .npz or a dict; an iterable of input dicts is
+consumed as it goes). A pass stops as soon as the last op it observes has been reached.
 
 Inputs (:func:`batches`): an .npz path, a dict of stacked arrays (first axis: sample) or an
 iterable of input dicts. A stacked array with one more axis than the input is split along its

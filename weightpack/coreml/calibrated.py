@@ -219,6 +219,9 @@ class CalibratedEncoder:
         return stats
 
     def close(self) -> None:
+        if self.stats is not None and self.report is not None:
+            mode = "sequential" if self.stats.sequential else "statistics of the original model"
+            self.report(f"{self.stats.passes} pass{'es' if self.stats.passes != 1 else ''} over the calibration inputs ({mode})")
         self.stats = None
 
 
