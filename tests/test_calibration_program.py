@@ -309,3 +309,24 @@ def test_too_few_rows_warn_naming_both_counts(tmp_path, caplog):
         wpc.compress(BERT, config, calibration=bert_inputs(1, 0), output=str(tmp_path / "o.mlpackage"))
     assert "weight pooler_weight: 2 calibration rows for 64 input features" in caplog.text
     assert "layers_0_q_weight: 32 calibration rows for 64 input features" in caplog.text
+
+
+@settings(max_examples=20, deadline=None)
+@given(samples=st.integers(1, 5), length=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_stacked_forms_of_a_free_length_input_agree(samples, length, seed):
+    """The decoder takes input_ids (1, ?): (samples, length) rows and (samples, 1, length) give the same batches."""
+    prog = llama_program()
+    ids = np.random.default_rng(seed).integers(0, 64, (samples, length)).astype(np.int32)
+    flat = collect(prog, {"input_ids": ids}, weights=["layers_0_q_weight"])["layers_0_q_weight"]
+    nested = collect(prog, {"input_ids": ids[:, None, :]}, weights=["layers_0_q_weight"])["layers_0_q_weight"]
+    assert flat.count == nested.count == samples * length
+    assert np.array_equal(flat.gram, nested.gram)
+
+
+_LLAMA = []
+
+
+def llama_program():
+    if not _LLAMA:
+        _LLAMA.append(as_program(package_path("llama-iOS16-fp32")))
+    return _LLAMA[0]
