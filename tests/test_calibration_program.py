@@ -330,3 +330,51 @@ def llama_program():
     if not _LLAMA:
         _LLAMA.append(as_program(package_path("llama-iOS16-fp32")))
     return _LLAMA[0]
+
+
+# ------------------------------------------------------------------------------------- input-error correction
+
+
+def test_corrected_target_compensates_the_compressed_inputs():
+    w1, w2, prog = two_linears(3)
+    x = np.random.default_rng(4).standard_normal((64, 8)).astype(np.float32)
+    first, second = [op.weight_name for op in prog.weight_ops()]
+    seq = SequentialStats(prog, {"x": x}, correct_inputs=True)
+    stats = seq.stats(first)
+    assert seq.target(first, w1, stats) is w1  # inputs unchanged: the layer's own weights
+    small = wp.palettize(w1, nbits=2)
+    seq.finish(first, small)
+    stats = seq.stats(second)
+    target = seq.target(second, w2, stats)
+    original = np.maximum(x @ w1.T, 0).astype(np.float64)
+    compressed = np.maximum(x @ small.decompress(np.float32).T, 0).astype(np.float64)
+    want = original @ w2.T.astype(np.float64)
+    plain = np.sum((want - compressed @ w2.T.astype(np.float64)) ** 2)
+    corrected = np.sum((want - compressed @ target.T.astype(np.float64)) ** 2)
+    assert corrected < 0.5 * plain, (corrected, plain)
+    best = np.linalg.lstsq(compressed, want, rcond=None)[0].T  # the undamped optimum
+    assert corrected < 1.05 * np.sum((want - compressed @ best.T) ** 2) + 1e-3 * plain
+    with pytest.raises(WeightpackError, match="needs sequential=True"):
+        SequentialStats(prog, {"x": x}, sequential=False, correct_inputs=True)
+
+
+def test_corrected_inputs_gain_on_the_decoder(tmp_path):
+    import coremltools.optimize.coreml as cto
+
+    import weightpack.coreml as wpc
+    from weightpack.calibration.plan import OutputError
+
+    llama = package_path("llama-iOS16-fp32")
+    rng = np.random.default_rng(5)
+    calibration = {"input_ids": rng.integers(0, 64, (24, 1, 32)).astype(np.int32)}
+    config = cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=4))
+    paths = [wpc.compress(llama, config, calibration=calibration, output=str(tmp_path / "seq.mlpackage")),
+             wpc.compress(llama, config, calibration=calibration, correct_inputs=True, output=str(tmp_path / "fix.mlpackage"))]  # fmt: skip
+    reference = as_program(llama)
+    error = OutputError(reference, {"input_ids": rng.integers(0, 64, (8, 1, 32)).astype(np.int32)})
+    snrs = []
+    for path in paths:
+        for name, value in wp_load_dense(path).items():
+            reference.set_weight(name, value)
+        snrs.append(-10 * np.log10(error()))
+    assert snrs[1] > snrs[0] + 2, snrs

@@ -303,12 +303,12 @@ def collect(program, inputs, *, weights=None, gram: bool = True, progress=None) 
     stats = {name: ActivationStats(available[name], gram=gram) for name in names}
     source = batches(inputs, program)
     total = len(source) if hasattr(source, "__len__") else None
-    watched = {op.name for op in program.weight_ops() if op.weight_name in stats}
+    watched = watched_ops(program, stats)
     count = 0
     for batch in source:
         if not isinstance(batch, Mapping):
             raise WeightpackError(f"each calibration batch must be a dict of name -> array, got {describe(batch)}")
-        _observe_batch(program, batch, stats, watched)
+        observe_batch(program, batch, stats, watched, lambda name, rows: stats[name].update(rows))
         count += 1
         if progress is not None and total:
             progress(count, total)
@@ -317,13 +317,15 @@ def collect(program, inputs, *, weights=None, gram: bool = True, progress=None) 
     return ProgramStats(stats, count)
 
 
-def _observe_batch(program, batch, stats: dict, watched: set) -> None:
+def observe_batch(program, batch, names, watched: set, sink) -> None:
+    """Run ``program`` on ``batch``, calling ``sink(name, rows)`` with the activation rows of each
+    weight in ``names`` (:func:`_rows`), stopping once every op in ``watched`` has been seen."""
     left = set(watched)
 
     def observe(op, arrays):
-        if op.weight_name in stats and op.role in ROLES:
+        if op.weight_name in names and op.role in ROLES:
             for rows in _rows(program, op, arrays):
-                stats[op.weight_name].update(rows)
+                sink(op.weight_name, rows)
             left.discard(op.name)
             if not left:
                 raise _Done
@@ -332,6 +334,11 @@ def _observe_batch(program, batch, stats: dict, watched: set) -> None:
         program.predict(batch, observe=observe)
     except _Done:
         pass
+
+
+def watched_ops(program, names) -> set:
+    """The ops reading the weights ``names``."""
+    return {op.name for op in program.weight_ops() if op.weight_name in names}
 
 
 def as_program(program):

@@ -41,13 +41,15 @@ from . import op_configs
 log = logging.getLogger("weightpack")
 
 
-def compress(model, config, *, calibration=None, output=None, sequential: bool = True, target=None,
-             plan=None, progress=None, report=None):
+def compress(model, config, *, calibration=None, output=None, sequential: bool = True, correct_inputs: bool = False,
+             target=None, plan=None, progress=None, report=None):
     """Compress ``model`` (an .mlpackage path, a coremltools MLModel or a Program loaded from a
     package) with ``config``: a coremltools ``OptimizationConfig`` or a list of them applied in
     order (a joint compression, iOS18). ``calibration``: inputs for
     :func:`weightpack.calibration.collect` (an .npz path, a dict of stacked arrays or an iterable
-    of input dicts), None for the data-free result. ``plan``: {weight name: (nbits, group_size)}
+    of input dicts), None for the data-free result. ``correct_inputs``: with ``sequential``, each
+    weight also compensates the error its compressed inputs carry (aims at the original model's
+    outputs; :mod:`weightpack.calibration.sequential`). ``plan``: {weight name: (nbits, group_size)}
     overriding a palettization's width per weight (see :func:`weightpack.calibration.plan_program`).
     ``progress(done, total, name)`` after each candidate weight; ``report(line)`` gets one line per
     encoded weight. Writes ``output`` (an .mlpackage, atomically) and returns its path when given,
@@ -71,7 +73,7 @@ def compress(model, config, *, calibration=None, output=None, sequential: bool =
         if path is None:
             raise WeightpackError("calibration needs the model's .mlpackage path (an MLModel saved to disk), to run it")
         read_weights(path)
-        encoder = CalibratedEncoder(path, calibration, sequential=sequential, plan=plan, report=report)
+        encoder = CalibratedEncoder(path, calibration, sequential=sequential, correct_inputs=correct_inputs, plan=plan, report=report)
     elif plan is not None:
         encoder = CalibratedEncoder(None, None, plan=plan, report=report)
     compressors = {"prune": prune_weights, "palettize": palettize_weights, "quantize": linear_quantize_weights}
@@ -128,10 +130,12 @@ def _model(model):
 class CalibratedEncoder:
     """The drop-in compressors' ``encoder``: calibrated encoders on sequential statistics."""
 
-    def __init__(self, path, calibration, *, sequential=True, plan=None, report=None):
+    def __init__(self, path, calibration, *, sequential=True, correct_inputs=False, plan=None, report=None):
         from ..calibration.sequential import SequentialStats
 
-        self.stats = None if path is None else SequentialStats(path, calibration, sequential=sequential)
+        self.stats = None
+        if path is not None:
+            self.stats = SequentialStats(path, calibration, sequential=sequential, correct_inputs=correct_inputs)
         self.plan = dict(plan or {})
         self.report = report
         self.count = 0
@@ -180,9 +184,9 @@ class CalibratedEncoder:
                 nbits, group = self.plan[name]
             if group is not None and weights.shape[0] % group:
                 return None, "data-free"
-            stats = self._stats(name)
+            stats, w = self._stats(name, weights)
             scaled = bool(op_config.enable_per_channel_scale)
-            tensor = gptq_palettize(weights, stats, nbits, group_size=group, per_row_scale=scaled)
+            tensor = gptq_palettize(w, stats, nbits, group_size=group, per_row_scale=scaled)
             return tensor, f"gptq_palettize {_option(nbits, group)}{' + per-row scale' if scaled else ''}, {stats.count} rows"
         if kind == "quantize":
             blocks = ct_utils.infer_block_sizes(op, op_config, weights)
@@ -191,9 +195,9 @@ class CalibratedEncoder:
                 return None, "data-free"
             mode = "symmetric" if op_config.mode == "LINEAR_SYMMETRIC" else "asymmetric"
             dtype = op_configs.quant_dtype(op_config)
-            stats = self._stats(name)
+            stats, w = self._stats(name, weights)
             block = blocks[1] if granularity == "per_block" else None
-            tensor = gptq_quantize(weights, stats, dtype, mode=mode, granularity=granularity, block_size=block)
+            tensor = gptq_quantize(w, stats, dtype, mode=mode, granularity=granularity, block_size=block)
             return tensor, f"gptq_quantize {dtype} {granularity}{'' if block is None else f' {block}'}, {stats.count} rows"
         if not isinstance(op_config, op_configs.KINDS["prune"][0]) or op_config.block_size is not None:
             return None, "data-free"
@@ -202,13 +206,14 @@ class CalibratedEncoder:
             channels = weights.shape[1]
             if op_config.dim not in (None, 1) or m > channels / 2 or channels % m or not op_config._check_const_op_is_valid(op):
                 return None, "data-free"
-            stats = self._stats(name)
-            return n_of_m_along_inputs(weights, stats, n, m), f"sparsegpt_prune {n}:{m}, {stats.count} rows"
-        stats = self._stats(name)
+            stats, w = self._stats(name, weights)
+            return n_of_m_along_inputs(w, stats, n, m), f"sparsegpt_prune {n}:{m}, {stats.count} rows"
+        stats, w = self._stats(name, weights)
         sparsity = float(op_config.target_sparsity)
-        return sparsegpt_prune(weights, stats, sparsity), f"sparsegpt_prune {sparsity:.0%}, {stats.count} rows"
+        return sparsegpt_prune(w, stats, sparsity), f"sparsegpt_prune {sparsity:.0%}, {stats.count} rows"
 
-    def _stats(self, name):
+    def _stats(self, name, weights):
+        """(the weight's ActivationStats, the weights its encoder aims at)."""
         stats = self.stats.stats(name)
         if stats.count < stats.in_features:
             log.warning(
@@ -216,7 +221,7 @@ class CalibratedEncoder:
                 "(several times more is better): it is damped as SPEC.md section 10.2 says",
                 name, stats.count, stats.in_features, stats.in_features,
             )
-        return stats
+        return stats, self.stats.target(name, weights, stats)
 
     def close(self) -> None:
         if self.stats is not None and self.report is not None:
