@@ -214,19 +214,25 @@ def test_calibrated_weights_decode_to_the_encoders_result(compressed):
 
 
 def test_calibration_beats_data_free_on_held_out_inputs(compressed):
-    from weightpack.calibration.plan import OutputError
-
     paths, _, _ = compressed
     held_out = bert_inputs(8, 7)
-    reference = as_program(BERT)
+    snrs = held_out_snrs(BERT, paths, held_out)
+    free, cal, seq = snrs
+    assert cal > free + 0.3 and seq > free + 0.3, snrs
+
+
+def held_out_snrs(model, paths, held_out) -> list:
+    """Output SNR (dB) of each compressed package against ``model`` on ``held_out`` inputs."""
+    from weightpack.calibration.plan import OutputError
+
+    reference = as_program(model)
     error = OutputError(reference, held_out)
     snrs = []
     for path in paths:
         for name, value in wp_load_dense(path).items():
             reference.set_weight(name, value)
         snrs.append(-10 * np.log10(error()))
-    free, cal, seq = snrs
-    assert cal > free + 0.3 and seq > free + 0.3, snrs
+    return snrs
 
 
 def wp_load_dense(path):
@@ -276,7 +282,6 @@ def test_conv_model_calibrated_n_m_along_input_channels(tmp_path):
     import coremltools.optimize.coreml as cto
 
     import weightpack.coreml as wpc
-    from weightpack.calibration.plan import OutputError
 
     cnn = package_path("cnn-iOS18-fp16")
     rng = np.random.default_rng(0)
@@ -289,13 +294,7 @@ def test_conv_model_calibrated_n_m_along_input_channels(tmp_path):
     for value in sparse.values():
         kept = np.moveaxis(value.mask.values().astype(bool).reshape(value.shape), 1, -1).reshape(-1, 4)
         assert kept.sum(axis=1).max() <= 2 and value.sparsity >= 0.5
-    reference = as_program(cnn)
-    error = OutputError(reference, {"image": rng.standard_normal((8, 3, 16, 16)).astype(np.float32)})
-    snrs = []
-    for path in paths:
-        for name, value in wp_load_dense(path).items():
-            reference.set_weight(name, value)
-        snrs.append(-10 * np.log10(error()))
+    snrs = held_out_snrs(cnn, paths, {"image": rng.standard_normal((8, 3, 16, 16)).astype(np.float32)})
     assert snrs[1] > snrs[0] + 2, snrs
 
 
@@ -362,7 +361,6 @@ def test_corrected_inputs_gain_on_the_decoder(tmp_path):
     import coremltools.optimize.coreml as cto
 
     import weightpack.coreml as wpc
-    from weightpack.calibration.plan import OutputError
 
     llama = package_path("llama-iOS16-fp32")
     rng = np.random.default_rng(5)
@@ -370,11 +368,5 @@ def test_corrected_inputs_gain_on_the_decoder(tmp_path):
     config = cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=4))
     paths = [wpc.compress(llama, config, calibration=calibration, output=str(tmp_path / "seq.mlpackage")),
              wpc.compress(llama, config, calibration=calibration, correct_inputs=True, output=str(tmp_path / "fix.mlpackage"))]  # fmt: skip
-    reference = as_program(llama)
-    error = OutputError(reference, {"input_ids": rng.integers(0, 64, (8, 1, 32)).astype(np.int32)})
-    snrs = []
-    for path in paths:
-        for name, value in wp_load_dense(path).items():
-            reference.set_weight(name, value)
-        snrs.append(-10 * np.log10(error()))
+    snrs = held_out_snrs(llama, paths, {"input_ids": rng.integers(0, 64, (8, 1, 32)).astype(np.int32)})
     assert snrs[1] > snrs[0] + 2, snrs
