@@ -139,7 +139,7 @@ def bench_model(model: str, quick: bool, scratch: Path) -> dict:
     for k, (label, config) in enumerate(configs(quick, tables)):
         out = {}
         for variant, kwargs in (("data-free", {}), ("calibrated", {"calibration": calibration, "sequential": False}),
-                                ("sequential", {"calibration": calibration}),
+                                ("sequential", {"calibration": calibration, "correct_inputs": False}),
                                 ("corrected", {"calibration": calibration, "correct_inputs": True})):  # fmt: skip
             path = str(scratch / f"{model}-{k}-{variant}.mlpackage")
             _, seconds = timed(lambda: wpc.compress(source, config, output=path, target="iOS18", **kwargs))
@@ -164,14 +164,15 @@ def bench_model(model: str, quick: bool, scratch: Path) -> dict:
         nbytes = sum(-(-w.size * nbits // 8) + (1 << nbits) * w.dtype.itemsize for w, _ in layers.values())
         config = [cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=nbits))]
         uniform_path = str(scratch / f"{model}-uniform{nbits}.mlpackage")
-        wpc.compress(source, config, calibration=calibration, output=uniform_path, target="iOS18")
+        wpc.compress(source, config, calibration=calibration, output=uniform_path, target="iOS18", correct_inputs=False)
         result = {"uniform": evaluate(uniform_path)}
         seconds = {}
         for label, sensitive in (("proxy", False), ("sensitivity", True)):
             def run():
                 plan = plan_program(source, stats, calibration, nbytes=nbytes, group_sizes=(None, 16), sensitivity=sensitive)
                 path = str(scratch / f"{model}-{label}{nbits}.mlpackage")
-                wpc.compress(source, config, calibration=calibration, output=path, target="iOS18", plan=plan_options(plan))
+                wpc.compress(source, config, calibration=calibration, output=path, target="iOS18", plan=plan_options(plan),
+                             correct_inputs=False)  # fmt: skip
                 return path, plan
 
             (path, plan), seconds[label] = timed(run)

@@ -336,7 +336,8 @@ def test_compress_calibrate_eval_end_to_end(capsys, tmp_path, bert_calibration):
         (["--prune", "0.5", "--n-m", "2:4"], "sparsegpt_prune 2:4"),
         (["--palettize", "3", "--group-size", "16", "--per-channel-scale"], "gptq_palettize 3-bit, one LUT per 16 rows + per-row scale"),
         (["--prune", "0.5", "--palettize", "4"], "sparsegpt_prune 50%"),
-        (["--palettize", "4", "--correct-inputs"], "9 passes over the calibration inputs (sequential)"),
+        (["--palettize", "4"], "9 passes over the calibration inputs (sequential, inputs corrected)"),
+        (["--palettize", "4", "--no-correct-inputs"], "9 passes over the calibration inputs (sequential)"),
     ],
 )
 def test_compress_calibrate_every_kind(capsys, tmp_path, bert_calibration, flags, method):
@@ -373,6 +374,4 @@ def test_compress_calibrate_bad_input_exit_2(capsys, tmp_path, bert_calibration)
     assert_bad_input(capsys, ["compress", model, output, "--size", "0.001", "--calibrate", x], "below the minimum reachable", output)
     assert_bad_input(capsys, ["compress", model, output, "--bits-per-weight", "3", "--quantize", "int8"], "plan a palettization", output)
     assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--sensitivity"], "--sensitivity needs --calibrate", output)
-    assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--correct-inputs"], "--correct-inputs needs --calibrate", output)
-    assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--calibrate", x, "--correct-inputs", "--no-sequential"],
-                     "needs sequential calibration", output)  # fmt: skip
+    assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--no-correct-inputs"], "--no-correct-inputs needs --calibrate", output)

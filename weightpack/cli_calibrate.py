@@ -1,8 +1,8 @@
 """``weightpack compress`` with calibration inputs, a size budget or a held-out evaluation.
 
 - ``--calibrate X.npz``: the calibrated encoders of :func:`weightpack.coreml.compress` (sequential
-  unless ``--no-sequential``; ``--correct-inputs``: each layer also compensates the error of its
-  compressed inputs); one progress line per weight on stderr.
+  unless ``--no-sequential``; each layer also compensates the error of its compressed inputs
+  unless ``--no-correct-inputs``); one progress line per weight on stderr.
 - ``--bits-per-weight B`` / ``--size MB``: palettization with each layer's width (and, with
   ``--group-size G`` on iOS18, its granularity) chosen under the budget by
   :func:`weightpack.calibration.plan_program` from the model's statistics (``--sensitivity``:
@@ -37,11 +37,9 @@ def run(args, steps) -> None:
         raise WeightpackError("give --bits-per-weight or --size, not both")
     if budget and (len(steps) != 1 or steps[0][0] != "palettize" or args.config is not None):
         raise WeightpackError("--bits-per-weight/--size plan a palettization: combine them with --palettize/--group-size only")
-    for flag in ("sensitivity", "no_sequential", "correct_inputs"):
+    for flag in ("sensitivity", "no_sequential", "no_correct_inputs"):
         if getattr(args, flag) and not args.calibrate:
             raise WeightpackError(f"--{flag.replace('_', '-')} needs --calibrate")
-    if args.correct_inputs and args.no_sequential:
-        raise WeightpackError("--correct-inputs needs sequential calibration: drop --no-sequential")
     if args.sensitivity and not budget:
         raise WeightpackError("--sensitivity needs a budget: --bits-per-weight or --size")
     check_output(args.output)
@@ -56,7 +54,7 @@ def run(args, steps) -> None:
         plan = _plan(args, program, calibration, collect, say)
     start = time.perf_counter()
     compress(args.input, configs, calibration=calibration, output=args.output, sequential=not args.no_sequential,
-             correct_inputs=args.correct_inputs, target=args.target, plan=plan, report=lambda line: say(line))  # fmt: skip
+             correct_inputs=not (args.no_correct_inputs or args.no_sequential), target=args.target, plan=plan, report=lambda line: say(line))  # fmt: skip
     say(f"compressed in {time.perf_counter() - start:.1f} s{' (calibrated)' if calibration is not None else ''}")
     print(table(rows(args.output)))
     if held_out is None:
