@@ -91,6 +91,7 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
             wp_quant_element(job, r, j++, &k);
             continue;
         }
+        MCA_BEGIN("quant");
         const long long e = r * job->cols + j;
         const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
         const int cnt = (int)_mm_popcnt_u64(m);
@@ -123,6 +124,7 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
             if (job->out_half) _mm256_storeu_si256((__m256i *)((uint16_t *)job->out + e + 16 * q), _mm512_cvtps_ph(w, RNE));
             else _mm512_storeu_ps((float *)job->out + e + 16 * q, w);
         }
+        MCA_END();
         j += 64;
     }
 }
@@ -166,6 +168,7 @@ WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0,
             else table_planes(job, t, &planes);
             table = t;
         }
+        MCA_BEGIN("planes");
         const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
         const int cnt = (int)_mm_popcnt_u64(m);
         __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
@@ -184,6 +187,7 @@ WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0,
             planes_to_floats(lo, hi, inter0, inter1, w);
             for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)dst + 16 * q, w[q]);
         }
+        MCA_END();
         j += 64;
     }
 }
@@ -234,6 +238,7 @@ static void expand_chunks(void *ctx, long long t0, long long t1)
         const long long e1 = (t + 1) * CHUNK < s->count ? (t + 1) * CHUNK : s->count;
         long long k = s->starts[t], e = t * CHUNK;
         for (; e + 64 <= e1; e += 64) {
+            MCA_BEGIN("expand");
             const uint64_t m = mask64(s->mask, e);
             for (int part = 0; part < elem_size; part++) {
                 const uint64_t pm = lanes == 64 ? m : (m >> (part * lanes)) & ((1ULL << lanes) - 1);
@@ -255,6 +260,7 @@ static void expand_chunks(void *ctx, long long t0, long long t1)
                 }
                 k += take;
             }
+            MCA_END();
         }
         for (; e < e1; e++) wp_sparse_element(s->mask, e, src, &k, elem_size, widen_half, dst);
     }
