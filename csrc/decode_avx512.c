@@ -26,12 +26,6 @@ WP_INLINE uint64_t mask64(const uint8_t *mask, long long e)
     return s ? (m >> s) | ((uint64_t)mask[(e >> 3) + 8] << (64 - s)) : m;
 }
 
-/* Whether the 64 columns from j lie in one table. */
-WP_INLINE int one_table(const wp_decode_job *job, long long j)
-{
-    return j / job->col_block == (j + 63) / job->col_block;
-}
-
 /* ---- LUT ------------------------------------------------------------------------------------ */
 
 /* The table as byte planes: from the output-typed LUT (1 and 2 bytes) or the binary16 planes. */
@@ -147,7 +141,7 @@ WP_INLINE void quant_planes(const wp_decode_job *job, long long t, half_planes *
 }
 
 /* Decode [j0, j1) of row r through byte planes: a LUT's, or (quant) the table of every code's
-   value under binary16 arithmetic. Elements outside whole 64-steps of one table go one by one. */
+   value under binary16 arithmetic. A table's elements short of a whole 64-step go one by one. */
 WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k, int quant)
 {
     const int n = job->nbits, es = job->elem_size;
@@ -156,39 +150,41 @@ WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0,
     long long table = -1;
     half_planes planes;
     long long j = j0;
-    while (j < j1) {
-        if (j + 64 > j1 || !one_table(job, j)) {
-            if (quant) wp_quant_element(job, r, j++, &k);
-            else wp_lut_element(job, r, j++, &k);
-            continue;
-        }
-        const long long t = job->row_table[r] + j / job->col_block, e = r * job->cols + j;
-        if (t != table) {
+    while (j < j1) { /* one table's columns [j, end) at a time: one division per table, none per step */
+        const long long block = j / job->col_block, t = job->row_table[r] + block;
+        const long long end = (block + 1) * job->col_block < j1 ? (block + 1) * job->col_block : j1;
+        if (j + 64 <= end && t != table) {
             if (quant) quant_planes(job, t, &planes);
             else table_planes(job, t, &planes);
             table = t;
         }
-        MCA_BEGIN("planes");
-        const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
-        const int cnt = (int)_mm_popcnt_u64(m);
-        __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
-        if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
-        k += cnt;
-        __m512i lo, hi;
-        plane_lookup(&planes, codes, m, n, &lo, &hi);
-        uint8_t *dst = (uint8_t *)job->out + e * es;
-        if (es == 1) {
-            _mm512_storeu_si512(dst, lo);
-        } else if (es == 2) {
-            _mm512_storeu_si512(dst, _mm512_permutex2var_epi8(lo, inter0, hi));
-            _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi8(lo, inter1, hi));
-        } else {
-            __m512 w[4];
-            planes_to_floats(lo, hi, inter0, inter1, w);
-            for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)dst + 16 * q, w[q]);
+        for (; j + 64 <= end; j += 64) {
+            MCA_BEGIN("planes");
+            const long long e = r * job->cols + j;
+            const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
+            const int cnt = (int)_mm_popcnt_u64(m);
+            __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
+            if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
+            k += cnt;
+            __m512i lo, hi;
+            plane_lookup(&planes, codes, m, n, &lo, &hi);
+            uint8_t *dst = (uint8_t *)job->out + e * es;
+            if (es == 1) {
+                _mm512_storeu_si512(dst, lo);
+            } else if (es == 2) {
+                _mm512_storeu_si512(dst, _mm512_permutex2var_epi8(lo, inter0, hi));
+                _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi8(lo, inter1, hi));
+            } else {
+                __m512 w[4];
+                planes_to_floats(lo, hi, inter0, inter1, w);
+                for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)dst + 16 * q, w[q]);
+            }
+            MCA_END();
         }
-        MCA_END();
-        j += 64;
+        for (; j < end; j++) { /* the table's last elements short of a whole step */
+            if (quant) wp_quant_element(job, r, j, &k);
+            else wp_lut_element(job, r, j, &k);
+        }
     }
 }
 
