@@ -26,6 +26,17 @@ WP_INLINE uint64_t mask64(const uint8_t *mask, long long e)
     return s ? (m >> s) | ((uint64_t)mask[(e >> 3) + 8] << (64 - s)) : m;
 }
 
+/* The codes of the 64 elements from element e, one per byte (sparse: expanded under their mask
+   bits *m, zero elsewhere); *k, the stream position, moves past them. */
+WP_INLINE __m512i step_codes(const wp_decode_job *job, long long e, __m512i spread, long long *k, __mmask64 *m)
+{
+    *m = job->mask ? mask64(job->mask, e) : ~0ULL;
+    const int cnt = (int)_mm_popcnt_u64(*m);
+    const __m512i codes = cnt ? load_codes64(job->codes, *k, job->nbits, cnt, spread) : _mm512_setzero_si512();
+    *k += cnt;
+    return job->mask ? _mm512_maskz_expand_epi8(*m, codes) : codes;
+}
+
 /* ---- LUT ------------------------------------------------------------------------------------ */
 
 /* The table as byte planes: from the output-typed LUT (1 and 2 bytes) or the binary16 planes. */
@@ -87,11 +98,8 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
         }
         MCA_BEGIN("quant");
         const long long e = r * job->cols + j;
-        const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
-        const int cnt = (int)_mm_popcnt_u64(m);
-        __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
-        if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
-        k += cnt;
+        __mmask64 m;
+        const __m512i codes = step_codes(job, e, spread, &k, &m);
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++) {
             const long long jq = j + 16 * q;
@@ -161,11 +169,8 @@ WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0,
         for (; j + 64 <= end; j += 64) {
             MCA_BEGIN("planes");
             const long long e = r * job->cols + j;
-            const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
-            const int cnt = (int)_mm_popcnt_u64(m);
-            __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
-            if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
-            k += cnt;
+            __mmask64 m;
+            const __m512i codes = step_codes(job, e, spread, &k, &m);
             __m512i lo, hi;
             plane_lookup(&planes, codes, m, n, &lo, &hi);
             uint8_t *dst = (uint8_t *)job->out + e * es;
