@@ -60,7 +60,8 @@ ISAS = {
     "avx512": Isa(
         "mca_avx512.c", ("znver4", "sapphirerapids", "skylake-avx512", "icelake-server"), "gcc", "llvm-mca-19", "avx512",
         {"lut4": "product_lut4_small", "lut4-g16": "product_lut4_small", "lut2": "product_lut2_small",
-         "lut6": "product_lut6_bytes", "lut8": "product_lut8_bytes", "int8": "product_int8_f16scale_convert",
+         "lut6": "product_lut6_bytes", "lut8": "product_lut8_bytes", "lut8-f32": "product_lut8_f32lut_gather",
+         "int8": "product_int8_f16scale_convert",
          "int8@avx512fp16": "product_int8_f16scale_vmulph", "int8-f32": "product_int8_f32scale",
          "int4-b32": "product_int4_block32_small_outer", "sparse50": "product_sparse_fp16_bytes",
          "sparse75": "product_sparse_fp16_bytes", "sparse50-lut4": "product_sparse_lut4_bytes",
@@ -81,24 +82,123 @@ def compile_harness(isa: Isa, compiler: str) -> str:
         for part in isa.parts)
 
 
-def enclosing_loop(lines: list[str], anchor: int, depth: int = 0) -> list[str] | None:
-    """The instructions of the smallest loop (a label and a later jump back to it) around line
-    anchor that holds vector instructions; depth 1: the smallest loop around that one, and so on."""
-    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"(\.L\w+):", line))}
-    loops = []
+INSTRUCTION = re.compile(r"\s+[a-z]")  # not a label, directive or comment
+JUMP = re.compile(r"\s+(j\w+)\s+(\S+)")
+
+
+def basic_blocks(lines: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """A function's basic blocks (their line numbers, in layout order) and each one's successors."""
+    blocks, current = [], []
     for i, line in enumerate(lines):
-        m = re.match(r"\s+j\w+\s+(\.L\w+)", line)
-        if m and m.group(1) in labels and labels[m.group(1)] <= anchor <= i:
-            body = [line for line in lines[labels[m.group(1)] + 1:i + 1] if not re.match(r"\s*(#|\.|$)", line)]
-            if any(re.search(r"%[xyz]mm", line) for line in body):  # not a scalar skip loop
-                loops.append((i - labels[m.group(1)], labels[m.group(1)], i, body))
-    found = None
-    for _ in range(depth + 1):
-        inside = [loop for loop in loops if found is None or (loop[1] <= found[1] and loop[2] >= found[2] and loop[0] > found[0])]
-        if not inside:
-            return None
-        found = min(inside)
-    return found[3]
+        if re.match(r"\.L\w+:", line) and any(INSTRUCTION.match(lines[j]) or lines[j].endswith(":") for j in current):
+            blocks.append(current)
+            current = []
+        current.append(i)
+        if JUMP.match(line) or re.match(r"\s+ret", line):
+            blocks.append(current)
+            current = []
+    blocks.append(current)
+    labels = {m.group(1): b for b, block in enumerate(blocks) for i in block if (m := re.match(r"(\.L\w+):", lines[i]))}
+    successors = []
+    for b, block in enumerate(blocks):
+        last = next((lines[i] for i in reversed(block) if INSTRUCTION.match(lines[i])), "")
+        jump = JUMP.match(last)
+        falls = not re.match(r"\s+(jmp|ret)", last) and b + 1 < len(blocks)
+        successors.append(([labels[jump.group(2)]] if jump and jump.group(2) in labels else []) + ([b + 1] if falls else []))
+    return blocks, successors
+
+
+def natural_loops(successors: list[list[int]]) -> dict[int, set[int]]:
+    """{header: the blocks of its loop} for every natural loop (back edges to a block that
+    dominates their source; several back edges to one header make one loop)."""
+    count = len(successors)
+    predecessors = [[] for _ in range(count)]
+    for b, succ in enumerate(successors):
+        for s in succ:
+            predecessors[s].append(b)
+    reached, stack = {0}, [0]
+    while stack:
+        for s in successors[stack.pop()]:
+            if s not in reached:
+                reached.add(s)
+                stack.append(s)
+    dominators = [set(reached) if b in reached else set() for b in range(count)]
+    dominators[0] = {0}
+    changed = True
+    while changed:
+        changed = False
+        for b in sorted(reached - {0}):
+            new = set.intersection(*(dominators[p] for p in predecessors[b] if p in reached)) | {b}
+            if new != dominators[b]:
+                dominators[b], changed = new, True
+    loops: dict[int, set[int]] = {}
+    for source, succ in enumerate(successors):
+        for header in succ:
+            if header in dominators[source]:  # back edge: the loop is what reaches source without header
+                body, stack = loops.setdefault(header, {header}), [source]
+                while stack:
+                    b = stack.pop()
+                    if b not in body:
+                        body.add(b)
+                        stack.extend(predecessors[b])
+    return loops
+
+
+def hot_path(lines: list[str], anchor: int, depth: int = 0) -> list[str] | None:
+    """The instructions of one pass through the smallest natural loop around line anchor that holds
+    vector instructions (depth 1: the smallest loop around that one, inner loops passed once), in
+    the order they run: of the paths from the loop's header through the anchor's block back to
+    the header, the one with the most vector (ymm / zmm) instructions and, among those, the
+    fewest instructions, i.e. without detours that add only scalar work (a prefetch every few
+    steps, the clamp at a row's end).  Blocks of the loop that the compiler laid out away from the
+    anchor's run of blocks (scalar tails, lane-by-lane fallbacks at table boundaries) are cold
+    paths and take no part."""
+    blocks, successors = basic_blocks(lines)
+    home = next(b for b, block in enumerate(blocks) if anchor in block)
+    instructions = [[lines[i] for i in block if INSTRUCTION.match(lines[i])] for block in blocks]
+    weight = [(sum(bool(re.search(r"%[yz]mm", line)) for line in block), -len(block)) for block in instructions]
+    loops = natural_loops(successors)
+    around = sorted((h for h, loop in loops.items() if home in loop and any(weight[b][0] for b in loop)),
+                    key=lambda h: len(loops[h]))
+    if depth >= len(around):
+        return None
+    header, found = around[depth], loops[around[depth]]
+    first, last = home, home  # the blocks laid out in one run with the anchor's: the rest are cold
+    while first - 1 in found:
+        first -= 1
+    while last + 1 in found:
+        last += 1
+    if first <= header <= last:
+        found = set(range(first, last + 1))
+    # the loop as a DAG: its back edges and those of the loops inside it cut
+    back_edges = {(u, h) for h, loop in loops.items() if h in found for u in loop if h in successors[u]}
+    edges = {b: [s for s in successors[b] if s in found and (b, s) not in back_edges] for b in found}
+    add = lambda w, b: (w[0] + weight[b][0], w[1] + weight[b][1])
+    order, seen = [], set()
+
+    def visit(b):  # depth-first post-order: reversed, a topological order of the DAG
+        seen.add(b)
+        for s in edges[b]:
+            if s not in seen:
+                visit(s)
+        order.append(b)
+
+    visit(header)
+    into = {header: (weight[header], [header])}  # best path from the header into each block
+    for b in reversed(order):
+        for s in edges[b]:
+            if b in into and (s not in into or add(into[b][0], s) > into[s][0]):
+                into[s] = (add(into[b][0], s), into[b][1] + [s])
+    back = {}  # best path from each block back to the header
+    for b in order:
+        tails = [((0, 0), [])] if header in successors[b] else []
+        tails += [back[s] for s in edges[b] if s in back]
+        if tails:
+            w, path = max(tails, key=lambda t: t[0])
+            back[b] = (add(w, b), [b] + path)
+    if home not in into or home not in back:
+        return None
+    return [line for b in into[home][1] + back[home][1][1:] for line in instructions[b]]
 
 
 def functions(asm: str) -> dict[str, list[str]]:
@@ -122,7 +222,7 @@ def regions(asm: str) -> dict[str, tuple[int, str]]:
         # a marked body may be copied (loop versions, peeled passes): take its tightest loop, or
         # with "outer" in the name the loop around that (one pass per table: the table's set-up counts)
         depth = 1 if "outer" in match.group(1).split("_") else 0
-        loops = [loop for i in (named or [markers[0][0]]) if (loop := enclosing_loop(lines, i, depth))]
+        loops = [loop for i in (named or [markers[0][0]]) if (loop := hot_path(lines, i, depth))]
         if loops:
             found[match.group(1)] = (int(match.group(2)), "\n".join(min(loops, key=len)) + "\n")
     return found
@@ -142,13 +242,18 @@ def predicts(isa: Isa, name: str, cpu: str) -> bool:
 
 
 def make_measured_weight(kind: str, rows: int, cols: int, rng):
-    """bench_kernels.py's weight of this kind, or one of the two kinds it lacks: int8-f32 (float32
-    scales per row) and sparse50-int8 (50% sparse, int8 nonzeros, binary16 scales per row)."""
+    """bench_kernels.py's weight of this kind, or one of the kinds it lacks: lut8-f32 (an 8-bit
+    LUT of float32 values that binary16 cannot hold), int8-f32 (float32 scales per row) and
+    sparse50-int8 (50% sparse, int8 nonzeros, binary16 scales per row)."""
     import numpy as np
 
     import weightpack as wp
     from bench_kernels import make_weight
+    from weightpack import NBitArray
 
+    if kind == "lut8-f32":
+        codes = NBitArray(rng.integers(0, 256, rows * cols, dtype=np.uint8), 8, (rows, cols))
+        return wp.PalettizedTensor(codes, np.sort(rng.standard_normal((1, 1, 256, 1)) * 0.02, axis=2).astype(np.float32))
     if kind == "int8-f32":
         data = rng.integers(-127, 128, (rows, cols)).astype(np.int8)
         return wp.QuantizedTensor(data, (rng.random((rows, 1)) * 1e-3).astype(np.float32))
@@ -159,9 +264,9 @@ def make_measured_weight(kind: str, rows: int, cols: int, rng):
     return make_weight(kind, rows, cols, rng)
 
 
-def measure(isa: Isa, rows: int = 256, cols: int = 4096) -> dict[str, float]:
-    """ns per 64 weights of each format of isa.measured, one thread, at the ISA's level (or the
-    level the format names)."""
+def measure(isa: Isa, only: str | None = None, rows: int = 256, cols: int = 4096) -> dict[str, float]:
+    """ns per 64 weights of each format of isa.measured (whose loop's name contains `only`), one
+    thread, at the ISA's level (or the level the format names)."""
     import numpy as np
 
     import weightpack as wp
@@ -173,7 +278,7 @@ def measure(isa: Isa, rows: int = 256, cols: int = 4096) -> dict[str, float]:
     x = rng.standard_normal((1, cols)).astype(np.float32)
     out = np.empty((rows, cols), np.float32)
     figures = {}
-    for name in isa.measured:
+    for name in (name for name, loop in isa.measured.items() if not only or only in loop):
         what, _, kind = name.rpartition(" ")
         kind, _, level = kind.partition("@")
         backend_c.set_simd(level or isa.level)
@@ -227,7 +332,7 @@ def main(argv=None) -> int:
         print(f"\n{describe()}")
         print(f"measured here, ns per 64 weights ({isa.level} forced unless @level, 1 thread, 256 x 4096, "
               f"load {os.getloadavg()[0]:.2f}):")
-        for name, ns in measure(isa).items():
+        for name, ns in measure(isa, args.only).items():
             print(f"{name:22s} {ns:7.1f}   ({isa.measured[name]})", flush=True)
     return 0
 

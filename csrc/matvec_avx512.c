@@ -230,7 +230,10 @@ WP_INLINE __m512 fetch_weights(const void *args, const wp_mv_common *c, enum sou
         const __m512 high = _mm512_permutex2var_ps(tab->t[2], codes, tab->t[3]);
         return _mm512_mask_blend_ps(_mm512_test_epi32_mask(codes, _mm512_set1_epi32(32)), low, high);
     }
-    return _mm512_i32gather_ps(codes, tab->mem, 4); /* 8-bit LUT: 256 floats stay in L1 */
+    /* 8-bit LUT: 256 floats stay in L1.  A gather merges into its destination register: gathering
+       into zeros under the mask of the lanes in use (lanes past cnt are never used) keeps the compiler
+       from handing it the register of the last FMA, which chained every gather to the one before */
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)((1u << cnt) - 1), codes, tab->mem, 4);
 }
 
 /* Zero a tile's accumulators and find where each of its rows' stream elements start and end. */
