@@ -114,20 +114,31 @@ def _build_can_use_amx() -> bool:
     return sys.platform == "linux" and {"amx_bf16", "amx_tile", "avx512_fp16"} <= _cpu_flags() and compiler_ok
 
 
-def test_amx_is_used_wherever_the_build_and_cpu_allow_it():
-    """Guards the skip below: on a CPU with AMX, a build that can use it does (at its best level)."""
+def _amx_at_the_best_level() -> bool:
     try:
         backend_c.set_simd()
-        assert backend_c.fast_mode_uses_amx() == _build_can_use_amx()
+        return backend_c.fast_mode_uses_amx()
     finally:
         backend_c.set_simd(os.environ.get("WEIGHTPACK_SIMD") or None)
 
 
-@pytest.mark.skipif(not backend_c.fast_mode_uses_amx(), reason="no AMX here: the CPU lacks it, or this compiler lacks AVX512-FP16 intrinsics (gcc < 12, clang < 15)")
+def test_amx_is_used_wherever_the_build_and_cpu_allow_it():
+    """Guards the skip below: on a CPU with AMX, a build that can use it does (at its best level)."""
+    assert _amx_at_the_best_level() == _build_can_use_amx()
+
+
+@pytest.fixture
+def best_level():
+    backend_c.set_simd()
+    yield
+    backend_c.set_simd(os.environ.get("WEIGHTPACK_SIMD") or None)
+
+
+@pytest.mark.skipif(not _amx_at_the_best_level(), reason="no AMX here: the CPU lacks it, or this compiler lacks AVX512-FP16 intrinsics (gcc < 12, clang < 15)")
 @pytest.mark.parametrize("batch", [16, 40, 64])
-def test_batches_on_amx_tiles_are_within_the_bound(batch):
-    """Batches of 16+ run on AMX (bf16 weights and activations): within the same bound, and
-    really a different kernel from the integer dot products of the avx512 level."""
+def test_batches_on_amx_tiles_are_within_the_bound(batch, best_level):
+    """Batches of 16+ run on AMX (bf16 weights and activations; the avx512fp16 level): within the
+    same bound, and really a different kernel from the integer dot products of the avx512 level."""
     rng = np.random.default_rng(batch)
     x = rng.standard_normal((batch, 512)).astype(np.float32)
     for name, weight, bound in weights(rng):
