@@ -145,3 +145,8 @@ int wp_enc_vector_nearest(const void *x, int half, const double *table, const fl
                           const double *centers, long long q, long long *labels);
 int wp_enc_vector_lloyd(const void *x, int half, const double *table, const float *wt, long long n, long long dims,
                         double *centers, long long q, long long max_iter, double tol, double *err_out);
+
+/* ---- the ML-program executor's fused elementwise chains (csrc/rmsnorm.c): float32, bit for bit
+ * numpy's results of the ops they replace ---- */
+int wp_rmsnorm_f32(const float *x, long long rows, long long n, float eps_add, float eps_rsqrt,
+                   const float *w, long long w_len, float *y, long long y_len);

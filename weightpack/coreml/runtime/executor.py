@@ -14,6 +14,7 @@ import numpy as np
 
 from ...errors import FormatError, WeightpackError, describe
 from ..values import is_weight
+from .fusion import fuse
 from .graph import Const, Graph, Ref, dtype_of
 from .registry import OPS, Builder, Operand, covered_ops, runtime_dtype, type_from_value
 from .report import KernelClock, Report
@@ -135,9 +136,13 @@ class Program:
         self._steps, self._ctx = self._compile(batch_size)
         self._store.finish()
         self._template = self._make_template()
-        self._frees = self._last_uses()
+        self._frees = self._last_uses([(k, step.run, [slot for _, slot in step.observed]) for k, step in enumerate(self._steps)])
+        self._fused = fuse(self._steps, self._ctx, self.graph.outputs)
+        self._plan = self._fused_plan()
+        self._plan_frees = self._last_uses(self._plan)
         self._weight_slot_set = set(self._ctx.weight_slots.values())
-        self._times = [0.0] * len(self._steps)
+        self._times = [0.0] * len(self._steps)  # per op, of the last observed call
+        self._plan_times = [0.0] * len(self._steps)  # per op, of the last call: a fused chain's on its last op
         self._op_keys = [(step.node.type, step.node.name) for step in self._steps]
         self.report = Report(policy)
         self.report.load_seconds = time.perf_counter() - start
@@ -210,31 +215,47 @@ class Program:
         with np.errstate(all="ignore"):  # inf / NaN are results, as on a device, not warnings
             if observe is None:
                 self._run(env)
+                times = self._plan_times
             else:
                 self._run_observed(env, observe)
+                times = self._times
         outputs = {}
         for name in self.graph.outputs:
             value = env[self._ctx.slots[name]]
             outputs[name] = np.array(value, dtype_of(self._output_dtype(name)), copy=True)
         self.report.latency_seconds = time.perf_counter() - start
         self.report.kernel_seconds = self._clock.seconds
-        self.report.op_seconds = dict(zip(self._op_keys, self._times))
+        self.report.op_seconds = dict(zip(self._op_keys, times))
         return outputs
 
     # ------------------------------------------------------------------ running
 
     def _run(self, env) -> None:
-        clock, times, frees = time.perf_counter, self._times, self._frees
+        """Every op in order, fused chains (:mod:`.fusion`) as one step each."""
+        clock, times, frees = time.perf_counter, self._plan_times, self._plan_frees
         k = 0
         try:
-            for k, step in enumerate(self._steps):
+            for j, (k, run, _) in enumerate(self._plan):
                 t0 = clock()
-                step.run(env)
+                run(env)
                 times[k] = clock() - t0
-                for slot in frees[k]:
+                for slot in frees[j]:
                     env[slot] = None
         except Exception as err:  # a kernel's error, with the op that raised it
             raise self._located(err, k) from None
+
+    def _fused_plan(self) -> list:
+        """(index of the op that stands for the step, run, slots read) per step of ``_run``: a
+        fused chain stands in for its ops, at its last op."""
+        chains = {chain.last: chain for chain in self._fused}
+        inside = {k for chain in self._fused for k in range(chain.first, chain.last)}
+        plan = []
+        for k, step in enumerate(self._steps):
+            if k in chains:
+                plan.append((k, chains[k].run, list(chains[k].reads)))
+            elif k not in inside:
+                plan.append((k, step.run, [slot for _, slot in step.observed]))
+        return plan
 
     def _run_observed(self, env, observe) -> None:
         clock, times, frees = time.perf_counter, self._times, self._frees
@@ -342,14 +363,14 @@ class Program:
             template[slot] = _runtime_const(dense_float32(self.graph.constants[name]))
         return template
 
-    def _last_uses(self) -> list:
-        """Per step, the slots no later step reads (released to keep peak memory low)."""
+    def _last_uses(self, plan) -> list:
+        """Per step of ``plan``, the slots no later step reads (released to keep peak memory low)."""
         keep = {self._ctx.slots[name] for name in self.graph.outputs}
         last = {}
-        for k, step in enumerate(self._steps):
-            for _, slot in step.observed:
-                last[slot] = k
-        frees = [[] for _ in self._steps]
+        for j, (_, _, reads) in enumerate(plan):
+            for slot in reads:
+                last[slot] = j
+        frees = [[] for _ in plan]
         for slot, k in last.items():
             if slot not in keep:
                 frees[k].append(slot)
@@ -359,6 +380,7 @@ class Program:
         self.report.resident_weight_bytes = self._store.resident_bytes()
         self.report.scratch_bytes = int(self._store.scratch.nbytes)
         self.report.layer_modes = [u.mode for u in self._store.uses]
+        self.report.fused_chains = [(chain.kind, chain.ops) for chain in self._fused]
 
 
 def _read_only(array):

@@ -1,0 +1,155 @@
+"""Fused chains of the executor (weightpack/coreml/runtime/fusion.py): bit-identical to the ops
+they replace, found only where the chain is exactly the pattern, and the fixtures' programs give
+the same bits fused (predict) and op by op (predict with observe)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from program_oracle import manifest, package_path, program_inputs, reference
+from weightpack._c import ffi, lib
+from weightpack.coreml.runtime import Program
+from weightpack.coreml.runtime.graph import Const, Graph, OpNode, Ref, TensorType, Var
+
+
+def numpy_rmsnorm(x, w, eps_add, eps_rsqrt):
+    """The unfused ops' numpy calls (ops_elementwise / ops_reduce), in order."""
+    s = np.add.reduce(np.square(x), axis=(x.ndim - 1,), keepdims=True) / np.asarray(x.shape[-1], np.float32)
+    return (x * (1.0 / np.sqrt((s + eps_add) + eps_rsqrt))) * w
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 700), st.integers(1, 3), st.integers(-4, 4), st.sampled_from([0.0, 1e-12, 1e-6, 1e-5]))
+def test_rmsnorm_kernel_is_bit_identical_to_numpy(n, rows, exponent, eps):
+    rng = np.random.default_rng(n * 7 + rows)
+    x = (rng.standard_normal((rows, n)) * 10.0 ** rng.uniform(exponent - 2, exponent + 2, (rows, n))).astype(np.float32)
+    w = rng.standard_normal(n).astype(np.float32)
+    y = np.empty_like(x)
+    status = lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", x), rows, n, 1e-5, eps, ffi.from_buffer("float[]", w), n,
+                                ffi.from_buffer("float[]", y, require_writable=True), y.size)  # fmt: skip
+    assert status == 0
+    expected = numpy_rmsnorm(x, w, np.float32(1e-5), np.float32(eps))
+    assert y.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("n", [2048, 5632, 4097, 100_003])
+def test_rmsnorm_kernel_is_bit_identical_on_long_rows(n):
+    x = np.random.default_rng(n).standard_normal((2, n)).astype(np.float32)
+    w = np.linspace(0.5, 1.5, n, dtype=np.float32)
+    y = np.empty_like(x)
+    assert lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", x), 2, n, 1e-5, 0.0, ffi.from_buffer("float[]", w), n,
+                              ffi.from_buffer("float[]", y, require_writable=True), y.size) == 0  # fmt: skip
+    assert y.tobytes() == numpy_rmsnorm(x, w, np.float32(1e-5), np.float32(0.0)).tobytes()
+
+
+def test_rmsnorm_kernel_refuses_inconsistent_sizes():
+    x, w, y = np.ones((2, 8), np.float32), np.ones(8, np.float32), np.empty((2, 8), np.float32)
+    args = (ffi.from_buffer("float[]", x), 2, 8, 1e-5, 0.0, ffi.from_buffer("float[]", w))
+    y_ptr = ffi.from_buffer("float[]", y, require_writable=True)
+    assert lib.wp_rmsnorm_f32(*args, 7, y_ptr, 16) != 0
+    assert lib.wp_rmsnorm_f32(*args, 8, y_ptr, 15) != 0
+
+
+def rmsnorm_graph(n=16, weight_as="weight", shared=False, dtype="fp32", axes=(-1,), two=2.0, eps_dtype=np.float32):
+    """x -> [x*x via pow] -> reduce_mean -> add eps -> rsqrt -> mul x -> mul w -> y (and x + y)."""
+    t = TensorType((None, 3, n), dtype)
+    scalar = TensorType((None, 1, n) if axes == (1,) else (None, 3, 1), dtype)
+    w = (1 + 0.1 * np.arange(n)).astype(np.float16 if dtype == "fp16" else np.float32)
+    g = Graph(inputs=[Var("x", t)], outputs=["out"] + (["sq"] if shared else []), source="rmsnorm test")
+    if weight_as == "weight":
+        g.constants["norm_w"], g.const_types["norm_w"] = w, TensorType((n,), dtype)
+        g.weights.add("norm_w")
+        w_binding = Ref("norm_w")
+    else:
+        w_binding = Const(w)
+    g.ops += [
+        OpNode("pow", "p", {"x": Ref("x"), "y": Const(np.array(two, np.float32))}, [Var("sq", t)]),
+        OpNode("reduce_mean", "m", {"x": Ref("sq"), "axes": Const(np.array(axes, np.int32)), "keep_dims": Const(np.array(True))}, [Var("ms", scalar)]),
+        OpNode("add", "a", {"x": Ref("ms"), "y": Const(np.array(1e-5, eps_dtype))}, [Var("var", scalar)]),
+        OpNode("rsqrt", "r", {"x": Ref("var"), "epsilon": Const(np.array(1e-6, np.float32))}, [Var("inv", scalar)]),
+        OpNode("mul", "mx", {"x": Ref("x"), "y": Ref("inv")}, [Var("normed", t)]),
+        OpNode("mul", "mw", {"x": Ref("normed"), "y": w_binding}, [Var("y", t)]),
+        OpNode("add", "residual", {"x": Ref("x"), "y": Ref("y")}, [Var("out", t)]),
+    ]  # fmt: skip
+    return g
+
+
+def observed_and_fused(prog, feeds):
+    fused = prog.predict(feeds)
+    seen = []
+    op_by_op = prog.predict(feeds, observe=lambda op, arrays: seen.append(op.name))
+    return fused, op_by_op, seen
+
+
+@pytest.mark.parametrize("weight_as", ["weight", "const"])
+@pytest.mark.parametrize("policy", ["jit", "load"])
+def test_rmsnorm_chain_is_fused_and_bit_identical(weight_as, policy):
+    prog = Program(rmsnorm_graph(weight_as=weight_as), policy)
+    assert [kind for kind, _ in prog.report.fused_chains] == ["rmsnorm"]
+    assert prog.report.fused_chains[0][1] == ("p", "m", "a", "r", "mx", "mw")
+    x = (np.random.default_rng(0).standard_normal((4, 3, 16)) * 3).astype(np.float32)
+    fused, op_by_op, seen = observed_and_fused(prog, {"x": x})
+    assert fused["out"].tobytes() == op_by_op["out"].tobytes()
+    assert seen == (["mw"] if weight_as == "weight" else [])
+    times = prog.predict({"x": x}) and prog.report.op_seconds
+    assert times[("mul", "mw")] > 0 and times[("pow", "p")] == 0.0  # the chain's time on its last op
+
+
+def test_rmsnorm_chain_follows_set_weight():
+    prog = Program(rmsnorm_graph(), "jit")
+    x = np.random.default_rng(1).standard_normal((2, 3, 16)).astype(np.float32)
+    before = prog.predict({"x": x})["out"]
+    prog.set_weight("norm_w", np.full(16, 2.0, np.float32))
+    fused, op_by_op, _ = observed_and_fused(prog, {"x": x})
+    assert fused["out"].tobytes() == op_by_op["out"].tobytes()
+    assert not np.array_equal(before, fused["out"])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [dict(shared=True), dict(axes=(1,)), dict(two=3.0), dict(eps_dtype=np.int32)],
+    ids=["intermediate-is-an-output", "other-axis", "pow-3", "integer-epsilon"],
+)
+def test_chains_that_differ_from_the_pattern_are_not_fused(variant):
+    prog = Program(rmsnorm_graph(**variant), "jit")
+    assert prog.report.fused_chains == []
+
+
+def test_fp16_precision_does_not_fuse():
+    assert Program(rmsnorm_graph(), "jit", compute_precision="fp16").report.fused_chains == []
+
+
+def test_fused_chain_falls_back_to_the_ops_on_inputs_it_does_not_take():
+    prog = Program(rmsnorm_graph(), "jit")  # x is (?, 3, 16): an empty batch goes op by op
+    out = prog.predict({"x": np.zeros((0, 3, 16), np.float32)})["out"]
+    assert out.shape == (0, 3, 16)
+
+
+def test_fused_chain_keeps_the_callers_array_and_non_contiguous_inputs_work():
+    prog = Program(rmsnorm_graph(), "jit")
+    base = np.random.default_rng(2).standard_normal((2, 3, 32)).astype(np.float32)
+    x = base[:, :, ::2]  # a strided view
+    keep = x.copy()
+    fused, op_by_op, _ = observed_and_fused(prog, {"x": x})
+    assert fused["out"].tobytes() == op_by_op["out"].tobytes()
+    assert np.array_equal(x, keep)
+
+
+FIXTURES = sorted(name for name in manifest() if name.startswith("llama") or name in ("bert-iOS16-fp32", "bert-iOS18-fp16"))
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_fixture_programs_give_the_same_bits_fused_and_op_by_op(name):
+    entry = manifest()[name]
+    prog = Program.load(package_path(name), "jit")
+    feeds = program_inputs(prog, reference(entry["reference"])["inputs"])
+    fused, op_by_op, _ = observed_and_fused(prog, feeds)
+    for key in fused:
+        assert fused[key].tobytes() == op_by_op[key].tobytes(), key
+
+
+def test_a_fixture_decoder_has_its_norms_fused():
+    name = next(n for n in FIXTURES if n.startswith("llama") and "fp32" in n)
+    prog = Program.load(package_path(name), "jit")
+    assert any(kind == "rmsnorm" for kind, _ in prog.report.fused_chains)
