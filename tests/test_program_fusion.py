@@ -153,3 +153,43 @@ def test_a_fixture_decoder_has_its_norms_fused():
     name = next(n for n in FIXTURES if n.startswith("llama") and "fp32" in n)
     prog = Program.load(package_path(name), "jit")
     assert any(kind == "rmsnorm" for kind, _ in prog.report.fused_chains)
+
+
+def moves_graph(static=True, intermediate_output=False, reps=(2, 1, 1)):
+    """x (3, 4, 5) -> transpose -> tile -> reshape -> relu (a chain of moves, then an op)."""
+    dims = (3, 4, 5) if static else (None, 4, 5)
+    tiled = (4 * reps[0], 3 * reps[1], 5 * reps[2]) if static else (None, None, 5)
+    flat = (int(np.prod(tiled)),) if static else (None,)
+    g = Graph(inputs=[Var("x", TensorType(dims, "fp32"))], outputs=["y"] + (["t"] if intermediate_output else []), source="moves test")
+    g.ops += [
+        OpNode("transpose", "tr", {"x": Ref("x"), "perm": Const(np.array([1, 0, 2], np.int32))}, [Var("t", TensorType(dims[1::-1] + (5,), "fp32"))]),
+        OpNode("tile", "ti", {"x": Ref("t"), "reps": Const(np.array(reps, np.int32))}, [Var("u", TensorType(tiled, "fp32"))]),
+        OpNode("reshape", "re", {"x": Ref("u"), "shape": Const(np.array([-1], np.int32))}, [Var("v", TensorType(flat, "fp32"))]),
+        OpNode("relu", "act", {"x": Ref("v")}, [Var("y", TensorType(flat, "fp32"))]),
+    ]  # fmt: skip
+    return g
+
+
+def test_a_chain_of_moves_with_a_tile_is_one_gather_with_the_same_bits():
+    prog = Program(moves_graph(), "jit")
+    assert prog.report.fused_chains == [("moves", ("tr", "ti", "re"))]
+    x = np.random.default_rng(3).standard_normal((3, 4, 5)).astype(np.float32)
+    fused, op_by_op, _ = observed_and_fused(prog, {"x": x})
+    assert fused["y"].tobytes() == op_by_op["y"].tobytes()
+    expected = np.maximum(np.tile(x.transpose(1, 0, 2), (2, 1, 1)).reshape(-1), 0)
+    assert fused["y"].tobytes() == expected.tobytes()
+
+
+def test_moves_are_not_fused_on_a_dynamic_shape():
+    assert Program(moves_graph(static=False), "jit").report.fused_chains == []
+
+
+@pytest.mark.parametrize("variant", [dict(intermediate_output=True), dict(reps=(1, 1, 1))], ids=["intermediate-is-an-output", "tile-of-ones"])
+def test_moves_chains_stop_at_a_shared_value_and_stay_exact(variant):
+    prog = Program(moves_graph(**variant), "jit")
+    ops = ("ti", "re") if variant.get("intermediate_output") else ("tr", "ti", "re")
+    assert prog.report.fused_chains == [("moves", ops)]
+    x = np.arange(60, dtype=np.float32).reshape(3, 4, 5) - 30
+    fused, op_by_op, _ = observed_and_fused(prog, {"x": x})
+    for key in fused:
+        assert fused[key].tobytes() == op_by_op[key].tobytes()

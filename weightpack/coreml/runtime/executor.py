@@ -248,7 +248,7 @@ class Program:
         """(index of the op that stands for the step, run, slots read) per step of ``_run``: a
         fused chain stands in for its ops, at its last op."""
         chains = {chain.last: chain for chain in self._fused}
-        inside = {k for chain in self._fused for k in range(chain.first, chain.last)}
+        inside = {k for chain in self._fused for k in chain.members[:-1]}
         plan = []
         for k, step in enumerate(self._steps):
             if k in chains:

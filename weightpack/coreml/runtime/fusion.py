@@ -12,7 +12,12 @@ Chains:
 
 - ``rmsnorm``: ``pow(x, 2) -> reduce_mean(last axis, keep_dims) -> add(eps) -> rsqrt(epsilon) ->
   mul(x, .) -> mul(., w)`` with a constant vector ``w`` over the last axis (C kernel
-  ``csrc/rmsnorm.c``: numpy's pairwise summation, the same float32 roundings).
+  ``csrc/rmsnorm.c``: numpy's pairwise summation, the same float32 roundings);
+- ``moves``: a chain of data movements with a ``tile`` among them (``transpose``, ``reshape``,
+  ``tile``, ``squeeze``, ``expand_dims``; the head repeats of grouped-query attention) on an input
+  of static shape: one gather through the index map the chain computes, found at load by running
+  the ops themselves on the element numbers (the ops need not be adjacent: the gather runs where
+  the chain's last op runs).
 """
 from __future__ import annotations
 
@@ -26,13 +31,18 @@ F32 = np.dtype(np.float32)
 
 
 class Fused:
-    """A fused chain: ``run(env)`` does what the steps ``first..last`` do; ``reads``: the
-    environment slots it reads; ``kind``: the chain's name; ``ops``: its op names."""
+    """A fused chain: ``run(env)`` does what the steps ``members`` (indices, ascending) do, where
+    the last of them runs; ``reads``: the environment slots it reads; ``kind``: the chain's name;
+    ``ops``: its op names."""
 
-    __slots__ = ("kind", "first", "last", "run", "reads", "ops")
+    __slots__ = ("kind", "members", "run", "reads", "ops")
 
-    def __init__(self, kind, first, last, run, reads, ops):
-        self.kind, self.first, self.last, self.run, self.reads, self.ops = kind, first, last, run, reads, ops
+    def __init__(self, kind, members, run, reads, ops):
+        self.kind, self.members, self.run, self.reads, self.ops = kind, tuple(members), run, reads, ops
+
+    @property
+    def last(self) -> int:
+        return self.members[-1]
 
 
 def fuse(steps, ctx, outputs) -> list:
@@ -46,15 +56,15 @@ def fuse(steps, ctx, outputs) -> list:
             for b in binding if isinstance(binding, tuple) else (binding,):
                 if isinstance(b, Ref):
                     readers.setdefault(b.name, set()).add(k)
-    found, k = [], 0
-    while k < len(steps):
-        chain = _rmsnorm(steps, k, ctx, readers, set(outputs))
+    found, taken, outputs = [], set(), set(outputs)
+    for k in range(len(steps)):
+        if k in taken:
+            continue
+        chain = _rmsnorm(steps, k, ctx, readers, outputs) or _moves(steps, k, ctx, readers, outputs, taken)
         if chain is not None:
             found.append(chain)
-            k = chain.last + 1
-        else:
-            k += 1
-    return found
+            taken.update(chain.members)
+    return sorted(found, key=lambda chain: chain.last)
 
 
 # ---------------------------------------------------------------------- matching helpers
@@ -106,7 +116,7 @@ def _is_float(ctx, name) -> bool:
 
 
 def _rmsnorm(steps, k, ctx, readers, outputs):
-    if k + 6 > len(steps):
+    if k + 6 > len(steps) or steps[k].node.type != "pow":
         return None
     nodes = [steps[k + i].node for i in range(6)]
     if [n.type for n in nodes] != ["pow", "reduce_mean", "add", "rsqrt", "mul", "mul"]:
@@ -177,7 +187,7 @@ def _rmsnorm(steps, k, ctx, readers, outputs):
         env[out_slot] = y
 
     reads = (x_slot,) if read_weight is None else (x_slot, read_weight)
-    return Fused("rmsnorm", k, k + 5, run, reads, tuple(node.name for node in nodes))
+    return Fused("rmsnorm", range(k, k + 6), run, reads, tuple(node.name for node in nodes))
 
 
 def _vector(ctx, node, param, n, rank):
@@ -197,3 +207,61 @@ def _vector(ctx, node, param, n, rank):
 def _is_float_const(ctx, name) -> bool:
     t = ctx.graph.const_types.get(name)
     return t is None or t.dtype in FLOATS
+
+
+# ---------------------------------------------------------------------- moves
+
+MOVES = ("transpose", "reshape", "tile", "squeeze", "expand_dims")
+MAX_MAPPED = 1 << 24  # element numbers ride through the ops as float32: exact below 2**24
+
+
+def _moves(steps, k, ctx, readers, outputs, taken):
+    node = steps[k].node
+    if node.type not in MOVES or not _only_x_varies(ctx, node):
+        return None
+    x = _ref(node, "x")
+    xtype = ctx.types.get(x)
+    if xtype is None or xtype.shape is None or None in xtype.shape or int(np.prod(xtype.shape)) >= MAX_MAPPED:
+        return None
+    members = [k]
+    while True:
+        out = _out(steps[members[-1]].node)
+        following = readers.get(out, set())
+        if out is None or out in outputs or len(following) != 1:
+            break
+        (j,) = following
+        nxt = steps[j].node
+        if j in taken or nxt.type not in MOVES or _ref(nxt, "x") != out or not _only_x_varies(ctx, nxt):
+            break
+        members.append(j)
+    if len(members) < 2 or not any(steps[j].node.type == "tile" for j in members):
+        return None
+    x_slot, out_slot = ctx.slots[x], ctx.slots[_out(steps[members[-1]].node)]
+    shape = tuple(xtype.shape)
+    env = [None] * len(ctx.slots)
+    env[x_slot] = np.arange(int(np.prod(shape)), dtype=F32).reshape(shape)
+    try:
+        for j in members:
+            steps[j].run(env)
+    except Exception:  # noqa: BLE001 - a chain the ops refuse at this shape stays unfused
+        return None
+    index = np.asarray(env[out_slot]).astype(np.intp)
+    member_runs = [steps[j].run for j in members]
+
+    def run(env):
+        v = env[x_slot]
+        if v.shape != shape:
+            for member in member_runs:
+                member(env)
+            return
+        env[out_slot] = np.take(v, index)
+
+    return Fused("moves", members, run, (x_slot,), tuple(steps[j].node.name for j in members))
+
+
+def _only_x_varies(ctx, node) -> bool:
+    """Whether every parameter of ``node`` but ``x`` is a constant."""
+    return all(
+        param == "x" or isinstance(b, Const) or (isinstance(b, Ref) and b.name in ctx.constants and b.name not in ctx.store.slots)
+        for param, b in node.inputs.items()
+    ) and isinstance(node.inputs.get("x"), Ref)

@@ -43,19 +43,21 @@ def scaled_dot_product_attention(b):
     def run(query, key, value, *masks):
         scale = np.float32(1.0 / math.sqrt(query.shape[-1] if embed is None else embed))
         t0 = time.perf_counter()
-        scores = np.matmul(query * scale, np.swapaxes(key, -1, -2))
+        scores = np.matmul(query * scale, key.swapaxes(-1, -2))
         clock.seconds += time.perf_counter() - t0
         if masks:
             m = masks[0]
             if m.dtype == np.bool_:
                 scores = np.where(m, scores, np.float32(-np.inf))
-            elif np.broadcast_shapes(m.shape, scores.shape) == scores.shape:
-                scores += m
+            elif m.ndim <= scores.ndim and all(d in (1, s) for d, s in zip(m.shape[::-1], scores.shape[::-1])):
+                scores += m  # the mask broadcasts into the scores: in place
             else:
                 scores = scores + m
-        weights = np.subtract(scores, np.max(scores, axis=-1, keepdims=True), out=scores)  # scores: a new array
+        # ufunc reductions: what np.max / np.sum call, without their Python wrappers (this op runs
+        # once per layer at batch 1, where those wrappers cost more than the arithmetic)
+        weights = np.subtract(scores, np.maximum.reduce(scores, axis=-1, keepdims=True), out=scores)  # scores: a new array
         np.exp(weights, out=weights)
-        weights /= np.sum(weights, axis=-1, keepdims=True)
+        weights /= np.add.reduce(weights, axis=-1, keepdims=True)
         t0 = time.perf_counter()
         y = np.matmul(weights, value)
         clock.seconds += time.perf_counter() - t0
