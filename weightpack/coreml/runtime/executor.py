@@ -16,6 +16,7 @@ from ...errors import FormatError, WeightpackError, describe
 from ..values import is_weight
 from .fusion import fuse
 from .graph import Const, Graph, Ref, dtype_of
+from . import threads as thread_choice
 from .registry import OPS, Builder, Operand, covered_ops, runtime_dtype, type_from_value
 from .report import KernelClock, Report
 from .weights import POLICIES, WeightStore, dense_float32
@@ -120,13 +121,15 @@ class Program:
     ((2, 4), True)
     """
 
-    def __init__(self, graph: Graph, policy: str = "jit", *, compute_precision: str = "fp32", backend=None, batch_size: int = 1):
+    def __init__(self, graph: Graph, policy: str = "jit", *, compute_precision: str = "fp32", backend=None, batch_size: int = 1, threads=None):
         if policy not in POLICIES:
             raise WeightpackError(f"policy={describe(policy)} is unknown; allowed: {', '.join(POLICIES)}")
         if compute_precision not in PRECISIONS:
             raise WeightpackError(f"compute_precision={describe(compute_precision)} is unknown; allowed: {', '.join(PRECISIONS)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise WeightpackError(f"batch_size={describe(batch_size)} must be a positive integer")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise WeightpackError(f"threads={describe(threads)} must be a positive integer or None (measured at load)")
         _refuse_uncovered(graph)
         start = time.perf_counter()
         self.graph, self.policy, self.compute_precision = graph, policy, compute_precision
@@ -145,11 +148,16 @@ class Program:
         self._plan_times = [0.0] * len(self._steps)  # per op, of the last call: a fused chain's on its last op
         self._op_keys = [(step.node.type, step.node.name) for step in self._steps]
         self.report = Report(policy)
+        self._threads = None  # weightpack's C kernel threads during predict (None: the process's)
+        self._choose_threads(threads)
+        chosen = self.report
+        self.report = Report(policy, threads=chosen.threads, thread_seconds=chosen.thread_seconds, blas_threads=chosen.blas_threads)
         self.report.load_seconds = time.perf_counter() - start
         self._refresh_report()
 
     @classmethod
-    def load(cls, model, policy: str = "jit", *, function: str = "main", compute_precision: str = "fp32", backend=None, batch_size: int = 1):
+    def load(cls, model, policy: str = "jit", *, function: str = "main", compute_precision: str = "fp32", backend=None, batch_size: int = 1,
+             threads=None):  # fmt: skip
         """Load ``model`` (an .mlpackage path or a coremltools MLModel) for execution.
 
         ``policy``: ``"jit"`` (iOS 17: weights stay compressed, fused products), ``"load"``
@@ -159,11 +167,15 @@ class Program:
         after each op (Core ML's fp16 storage of activations; arithmetic inside an op stays
         float32). ``backend`` picks the kernel backend (None: the fastest available).
         ``batch_size``: the rows ``auto`` times its products at where the program leaves them open.
+        ``threads``: weightpack's kernel threads during ``predict``; None (default): when weights
+        run compressed (``jit`` / ``auto``) on several CPUs, the count that runs the whole program
+        fastest, measured at load (:mod:`.threads`; ``report.threads`` and
+        ``report.thread_seconds`` tell), else the process's setting.
         """
         from .parse import load_graph
 
         graph = load_graph(model, function)
-        return cls(graph, policy, compute_precision=compute_precision, backend=backend, batch_size=batch_size)
+        return cls(graph, policy, compute_precision=compute_precision, backend=backend, batch_size=batch_size, threads=threads)
 
     # ------------------------------------------------------------------ public API
 
@@ -212,13 +224,21 @@ class Program:
         for slot, array in self._checked_inputs(inputs):
             env[slot] = array
         self._clock.seconds = 0.0
-        with np.errstate(all="ignore"):  # inf / NaN are results, as on a device, not warnings
-            if observe is None:
-                self._run(env)
-                times = self._plan_times
-            else:
-                self._run_observed(env, observe)
-                times = self._times
+        lib = self._kernel_lib if self._threads is not None else None
+        before = lib.wp_threads() if lib is not None else None
+        if before is not None and before != self._threads:
+            lib.wp_set_threads(self._threads)
+        try:
+            with np.errstate(all="ignore"):  # inf / NaN are results, as on a device, not warnings
+                if observe is None:
+                    self._run(env)
+                    times = self._plan_times
+                else:
+                    self._run_observed(env, observe)
+                    times = self._times
+        finally:
+            if before is not None and before != self._threads:
+                lib.wp_set_threads(before)
         outputs = {}
         for name in self.graph.outputs:
             value = env[self._ctx.slots[name]]
@@ -227,6 +247,26 @@ class Program:
         self.report.kernel_seconds = self._clock.seconds
         self.report.op_seconds = dict(zip(self._op_keys, times))
         return outputs
+
+    # ------------------------------------------------------------------ threads
+
+    def _choose_threads(self, threads) -> None:
+        """Fix weightpack's kernel threads for ``predict``: ``threads`` if given, else (weights
+        running compressed, several CPUs) the fastest count for the whole program (:mod:`.threads`)."""
+        kernels = thread_choice.c_kernels()
+        self._kernel_lib = None if kernels is None else kernels.lib
+        self.report.blas_threads = thread_choice.blas_threads()
+        if kernels is None:
+            return
+        if threads is not None:
+            self._threads = threads
+        elif self.policy != "load" and any(u.mode != "dense" for u in self._store.uses) and thread_choice.cpu_count() > 1:
+            candidates = sorted({1, thread_choice.cpu_count()})
+            try:
+                self._threads, self.report.thread_seconds = thread_choice.choose(self, candidates)
+            except WeightpackError:  # zeros are no valid input of this program: keep the process's count
+                self._threads = None
+        self.report.threads = self._threads if self._threads is not None else int(self._kernel_lib.wp_threads())
 
     # ------------------------------------------------------------------ running
 

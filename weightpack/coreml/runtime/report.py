@@ -32,6 +32,10 @@ class Report:
       the elementwise numpy work;
     - ``fused_chains``: the chains of ops ``predict`` runs as one step (:mod:`.fusion`): a list of
       (chain kind, op names);
+    - ``threads``: weightpack's kernel threads during ``predict`` (chosen at load, see
+      :mod:`.threads`, or given); ``thread_seconds``: {threads: median seconds of a call} as
+      measured at load to choose (empty when not measured); ``blas_threads``: the threads of
+      numpy's BLAS (threadpoolctl's report; None without threadpoolctl);
     - ``layer_modes``: how each weight op runs, in program order: ``"dense"`` (decompressed at
       load, BLAS), ``"fused"`` (compressed, weightpack's fused product), ``"scratch"``
       (decompressed into the scratch buffer before the op), ``"rows"`` (an embedding lookup
@@ -47,6 +51,9 @@ class Report:
     kernel_seconds: float = 0.0
     layer_modes: list = field(default_factory=list)
     fused_chains: list = field(default_factory=list)
+    threads: int | None = None
+    thread_seconds: dict = field(default_factory=dict)
+    blas_threads: int | None = None
 
     @property
     def last_latency_seconds(self) -> float:
