@@ -193,3 +193,43 @@ def test_moves_chains_stop_at_a_shared_value_and_stay_exact(variant):
     fused, op_by_op, _ = observed_and_fused(prog, {"x": x})
     for key in fused:
         assert fused[key].tobytes() == op_by_op[key].tobytes()
+
+
+def rotary_graph(with_cos=False, minus=-1.0, sin_shape=(1, 1, 8), rot_is_output=False):
+    """q (1, 4, 2, 8) -> q * [cos] + concat(-q[..., 4:], q[..., :4]) * sin -> relu."""
+    t, half = TensorType((1, 4, 2, 8), "fp32"), TensorType((1, 4, 2, 4), "fp32")
+    rng = np.random.default_rng(5)
+    sin = rng.standard_normal(sin_shape).astype(np.float16)
+    g = Graph(inputs=[Var("q", t)], outputs=["y"] + (["rot"] if rot_is_output else []), source="rotary test")
+    ints = lambda *v: Const(np.array(v, np.int32))  # noqa: E731
+    masks = Const(np.array([True, True, True, False]))
+    g.ops += [
+        OpNode("slice_by_index", "hi", {"x": Ref("q"), "begin": ints(0, 0, 0, 4), "end": ints(0, 0, 0, 0), "begin_mask": Const(np.array([True, True, True, False])),
+                                        "end_mask": Const(np.array([True, True, True, True]))}, [Var("q_hi", half)]),
+        OpNode("mul", "neg", {"x": Ref("q_hi"), "y": Const(np.array(minus, np.float16))}, [Var("q_neg", half)]),
+        OpNode("slice_by_index", "lo", {"x": Ref("q"), "begin": ints(0, 0, 0, 0), "end": ints(0, 0, 0, 4), "begin_mask": Const(np.array([True, True, True, True])),
+                                        "end_mask": masks}, [Var("q_lo", half)]),
+        OpNode("concat", "cat", {"values": (Ref("q_neg"), Ref("q_lo")), "axis": Const(np.array(-1, np.int32)), "interleave": Const(np.array(False))}, [Var("rot", t)]),
+        OpNode("mul", "msin", {"x": Ref("rot"), "y": Const(sin)}, [Var("rs", t)]),
+    ]  # fmt: skip
+    base = "q"
+    if with_cos:
+        g.ops.append(OpNode("mul", "mcos", {"x": Ref("q"), "y": Const(rng.standard_normal((1, 1, 2, 8)).astype(np.float16))}, [Var("qc", t)]))
+        base = "qc"
+    g.ops += [OpNode("add", "sum", {"x": Ref(base), "y": Ref("rs")}, [Var("r", t)]), OpNode("relu", "act", {"x": Ref("r")}, [Var("y", t)])]
+    return g
+
+
+@pytest.mark.parametrize("with_cos", [False, True])
+def test_rotary_embedding_is_fused_with_the_same_bits(with_cos):
+    prog = Program(rotary_graph(with_cos=with_cos), "jit")
+    expected_ops = ("hi", "neg", "lo", "cat", "msin") + (("mcos",) if with_cos else ()) + ("sum",)
+    assert prog.report.fused_chains == [("rotary", expected_ops)]
+    q = np.random.default_rng(6).standard_normal((1, 4, 2, 8)).astype(np.float32)
+    fused, op_by_op, _ = observed_and_fused(prog, {"q": q})
+    assert fused["y"].tobytes() == op_by_op["y"].tobytes()
+
+
+@pytest.mark.parametrize("variant", [dict(minus=-2.0), dict(rot_is_output=True)], ids=["not-a-negation", "intermediate-is-an-output"])
+def test_rotary_lookalikes_are_not_fused(variant):
+    assert Program(rotary_graph(**variant), "jit").report.fused_chains == []

@@ -13,6 +13,10 @@ Chains:
 - ``rmsnorm``: ``pow(x, 2) -> reduce_mean(last axis, keep_dims) -> add(eps) -> rsqrt(epsilon) ->
   mul(x, .) -> mul(., w)`` with a constant vector ``w`` over the last axis (C kernel
   ``csrc/rmsnorm.c``: numpy's pairwise summation, the same float32 roundings);
+- ``rotary``: rotary position embeddings as converters write ``x * cos + rotate_half(x) * sin``:
+  ``slice(x, [.., h:]) -> mul(., -1)``, ``slice(x, [.., :h])``, ``concat(last axis) -> mul(., sin)
+  -> add(x or mul(x, cos), .)``, with constant ``sin`` / ``cos`` broadcasting into x (a copy and
+  three numpy calls writing into one buffer, the same float32 operations);
 - ``moves``: a chain of data movements with a ``tile`` among them (``transpose``, ``reshape``,
   ``tile``, ``squeeze``, ``expand_dims``; the head repeats of grouped-query attention) on an input
   of static shape: one gather through the index map the chain computes, found at load by running
@@ -60,7 +64,11 @@ def fuse(steps, ctx, outputs) -> list:
     for k in range(len(steps)):
         if k in taken:
             continue
-        chain = _rmsnorm(steps, k, ctx, readers, outputs) or _moves(steps, k, ctx, readers, outputs, taken)
+        chain = (
+            _rmsnorm(steps, k, ctx, readers, outputs)
+            or _rotary(steps, k, ctx, readers, outputs, taken)
+            or _moves(steps, k, ctx, readers, outputs, taken)
+        )
         if chain is not None:
             found.append(chain)
             taken.update(chain.members)
@@ -265,3 +273,124 @@ def _only_x_varies(ctx, node) -> bool:
         param == "x" or isinstance(b, Const) or (isinstance(b, Ref) and b.name in ctx.constants and b.name not in ctx.store.slots)
         for param, b in node.inputs.items()
     ) and isinstance(node.inputs.get("x"), Ref)
+
+
+# ---------------------------------------------------------------------- rotary
+
+
+def _rotary(steps, k, ctx, readers, outputs, taken):
+    """Matched from its concat: ``concat([mul(slice_hi(x), -1), slice_lo(x)]) -> mul(sin) -> add``."""
+    node = steps[k].node
+    values = node.inputs.get("values")
+    if node.type != "concat" or not isinstance(values, tuple) or len(values) != 2 or not all(isinstance(v, Ref) for v in values):
+        return None
+    producer = {_out(steps[j].node): j for j in range(k)}
+    neg_k, lo_k = producer.get(values[0].name), producer.get(values[1].name)
+    if neg_k is None or lo_k is None or steps[neg_k].node.type != "mul" or steps[lo_k].node.type != "slice_by_index":
+        return None
+    neg = steps[neg_k].node
+    hi_param = next((p for p in ("x", "y") if _ref(neg, p) in producer), None)
+    hi_k = producer.get(_ref(neg, hi_param)) if hi_param else None
+    minus = _float_scalar(_constant(ctx, neg, "y" if hi_param == "x" else "x")) if hi_param else None
+    if hi_k is None or minus != -1.0 or steps[hi_k].node.type != "slice_by_index":
+        return None
+    x = _ref(steps[hi_k].node, "x")
+    xtype = ctx.types.get(x)
+    if x is None or _ref(steps[lo_k].node, "x") != x or xtype is None or xtype.dtype not in FLOATS or not xtype.shape or None in xtype.shape:
+        return None
+    shape, width = tuple(xtype.shape), xtype.shape[-1]
+    interleave = _constant(ctx, node, "interleave")
+    if width % 2 or not _is_last_axis(ctx, node, len(shape)) or (interleave is not None and bool(np.asarray(interleave).reshape(-1)[0])):
+        return None
+    half = width // 2
+    probe = np.arange(int(np.prod(shape)), dtype=F32).reshape(shape)
+    if not (_slices_to(steps[hi_k], ctx, probe, probe[..., half:]) and _slices_to(steps[lo_k], ctx, probe, probe[..., :half])):
+        return None
+    chain = [hi_k, neg_k, lo_k, k]
+    sin_k = _only_reader(readers, _out(node), outputs)
+    if sin_k is None or steps[sin_k].node.type != "mul":
+        return None
+    sin = _broadcast_constant(ctx, steps[sin_k].node, _other(steps[sin_k].node, _out(node)), shape)
+    add_k = _only_reader(readers, _out(steps[sin_k].node), outputs)
+    if sin is None or add_k is None or steps[add_k].node.type != "add":
+        return None
+    add = steps[add_k].node
+    base = _ref(add, _other(add, _out(steps[sin_k].node)) or "x")
+    cos, cos_k = None, None
+    if base != x:  # x * cos first
+        cos_k = next((j for j in range(add_k) if _out(steps[j].node) == base), None)
+        if cos_k is None or steps[cos_k].node.type != "mul" or readers.get(base) != {add_k} or base in outputs:
+            return None
+        cos = _broadcast_constant(ctx, steps[cos_k].node, _other(steps[cos_k].node, x), shape)
+        if cos is None:
+            return None
+    for a, b_ in ((hi_k, neg_k), (neg_k, k), (lo_k, k)):
+        if readers.get(_out(steps[a].node)) != {b_} or _out(steps[a].node) in outputs:
+            return None
+    members = sorted(chain + [sin_k, add_k] + ([cos_k] if cos_k is not None else []))
+    if any(j in taken for j in members) or not _is_float(ctx, _out(add)):
+        return None
+    x_slot, out_slot = ctx.slots[x], ctx.slots[_out(add)]
+    minus_one = np.float32(-1.0)
+    member_runs = [steps[j].run for j in members]
+    sin_slot, sin_value = sin
+    cos_slot, cos_value = cos if cos is not None else (None, None)
+
+    def run(env):
+        v = env[x_slot]
+        if v.shape != shape or v.dtype != F32:
+            for member in member_runs:
+                member(env)
+            return
+        rotated = np.empty(shape, F32)
+        np.multiply(v[..., half:], minus_one, out=rotated[..., :half])
+        rotated[..., half:] = v[..., :half]
+        np.multiply(rotated, sin_value if sin_slot is None else env[sin_slot], out=rotated)
+        if cos_k is not None:
+            v = np.multiply(v, cos_value if cos_slot is None else env[cos_slot])
+        env[out_slot] = np.add(v, rotated, out=rotated)
+
+    reads = tuple(s for s in (x_slot, sin_slot, cos_slot) if s is not None)
+    return Fused("rotary", members, run, reads, tuple(steps[j].node.name for j in members))
+
+
+def _only_reader(readers, name, outputs):
+    following = readers.get(name, set())
+    return next(iter(following)) if len(following) == 1 and name not in outputs else None
+
+
+def _is_last_axis(ctx, node, rank) -> bool:
+    axis = _constant(ctx, node, "axis")
+    return axis is not None and np.asarray(axis).size == 1 and int(np.asarray(axis).reshape(())) in (-1, rank - 1)
+
+
+def _slices_to(step, ctx, probe, expected) -> bool:
+    """Whether the slice step, run on ``probe`` as its x, gives ``expected``."""
+    env = [None] * len(ctx.slots)
+    env[ctx.slots[_ref(step.node, "x")]] = probe
+    try:
+        step.run(env)
+    except Exception:  # noqa: BLE001 - not this slice
+        return False
+    got = env[ctx.slots[_out(step.node)]]
+    return got is not None and got.shape == expected.shape and np.array_equal(got, expected)
+
+
+def _broadcast_constant(ctx, node, param, shape):
+    """(weight slot, None) or (None, float32 array) of a float constant operand that broadcasts
+    into ``shape`` without growing it; None otherwise."""
+    if param is None:
+        return None
+    name = _ref(node, param)
+    if name is not None and name in ctx.weight_slots:
+        value, slot = ctx.store.slots[name].value, ctx.weight_slots[name]
+    else:
+        value, slot = _constant(ctx, node, param), None
+    if value is None or not hasattr(value, "shape") or np.dtype(value.dtype).kind != "f":
+        return None
+    try:
+        if np.broadcast_shapes(tuple(value.shape), shape) != shape:
+            return None
+    except ValueError:
+        return None
+    return (slot, None) if slot is not None else (None, np.asarray(value).astype(F32))
