@@ -139,10 +139,13 @@ class Program:
         self._steps, self._ctx = self._compile(batch_size)
         self._store.finish()
         self._template = self._make_template()
+        self._declared = {v.name: v.type for v in graph.inputs}
+        self._output_specs = [(name, self._ctx.slots[name], dtype_of(self._output_dtype(name))) for name in graph.outputs]
         self._frees = self._last_uses([(k, step.run, [slot for _, slot in step.observed]) for k, step in enumerate(self._steps)])
         self._fused = fuse(self._steps, self._ctx, self.graph.outputs)
         self._plan = self._fused_plan()
         self._plan_frees = self._last_uses(self._plan)
+        self._plan_run = [(k, run, frees) for (k, run, _), frees in zip(self._plan, self._plan_frees)]
         self._weight_slot_set = set(self._ctx.weight_slots.values())
         self._times = [0.0] * len(self._steps)  # per op, of the last observed call
         self._plan_times = [0.0] * len(self._steps)  # per op, of the last call: a fused chain's on its last op
@@ -239,10 +242,7 @@ class Program:
         finally:
             if before is not None and before != self._threads:
                 lib.wp_set_threads(before)
-        outputs = {}
-        for name in self.graph.outputs:
-            value = env[self._ctx.slots[name]]
-            outputs[name] = np.array(value, dtype_of(self._output_dtype(name)), copy=True)
+        outputs = {name: np.array(env[slot], dtype, copy=True) for name, slot, dtype in self._output_specs}
         self.report.latency_seconds = time.perf_counter() - start
         self.report.kernel_seconds = self._clock.seconds
         self.report.op_seconds = dict(zip(self._op_keys, times))
@@ -272,14 +272,16 @@ class Program:
 
     def _run(self, env) -> None:
         """Every op in order, fused chains (:mod:`.fusion`) as one step each."""
-        clock, times, frees = time.perf_counter, self._plan_times, self._plan_frees
+        clock, times = time.perf_counter, self._plan_times
         k = 0
+        t0 = clock()
         try:
-            for j, (k, run, _) in enumerate(self._plan):
-                t0 = clock()
+            for k, run, frees in self._plan_run:
                 run(env)
-                times[k] = clock() - t0
-                for slot in frees[j]:
+                t1 = clock()
+                times[k] = t1 - t0
+                t0 = t1
+                for slot in frees:
                     env[slot] = None
         except Exception as err:  # a kernel's error, with the op that raised it
             raise self._located(err, k) from None
@@ -323,7 +325,7 @@ class Program:
     def _checked_inputs(self, inputs) -> list:
         if not isinstance(inputs, Mapping):
             raise WeightpackError(f"inputs must be a dict of name -> array, got {describe(inputs)}")
-        declared = {v.name: v.type for v in self.graph.inputs}
+        declared = self._declared
         missing = [name for name in declared if name not in inputs]
         if missing:
             raise WeightpackError(f"inputs lack {', '.join(map(repr, missing))}; the program takes {_signature(declared)}")
@@ -341,7 +343,7 @@ class Program:
             if _kind(array.dtype) != _kind(want):
                 raise WeightpackError(f"input {name!r} has dtype {array.dtype}; the program takes {vtype}")
             self._check_shape(name, array.shape, vtype)
-            if want.kind in "iu" and array.size and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max):
+            if want.kind in "iu" and array.dtype != want and array.size and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max):
                 raise WeightpackError(f"input {name!r} holds values outside the {want} range of {vtype}")
             value = array.astype(want, copy=False).astype(runtime_dtype(vtype.dtype), copy=False)
             checked.append((self._ctx.slots[name], value))
