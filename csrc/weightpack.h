@@ -150,3 +150,6 @@ int wp_enc_vector_lloyd(const void *x, int half, const double *table, const floa
  * numpy's results of the ops they replace ---- */
 int wp_rmsnorm_f32(const float *x, long long rows, long long n, float eps_add, float eps_rsqrt,
                    const float *w, long long w_len, float *y, long long y_len);
+int wp_rotary_f32(const float *x, long long rows, long long width, const float *sin_v, const float *cos_v,
+                  float *y, long long y_len);
+int wp_silu_gate_f32(const float *g, const float *e, const float *u, float *y, long long n);

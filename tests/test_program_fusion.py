@@ -233,3 +233,48 @@ def test_rotary_embedding_is_fused_with_the_same_bits(with_cos):
 @pytest.mark.parametrize("variant", [dict(minus=-2.0), dict(rot_is_output=True)], ids=["not-a-negation", "intermediate-is-an-output"])
 def test_rotary_lookalikes_are_not_fused(variant):
     assert Program(rotary_graph(**variant), "jit").report.fused_chains == []
+
+
+def test_rotary_with_position_tables_runs_the_numpy_path_with_the_same_bits():
+    prog = Program(rotary_graph(with_cos=True, sin_shape=(1, 1, 2, 8)), "jit")  # one row per position: not a vector
+    assert [kind for kind, _ in prog.report.fused_chains] == ["rotary"]
+    q = np.random.default_rng(7).standard_normal((1, 4, 2, 8)).astype(np.float32)
+    fused, op_by_op, _ = observed_and_fused(prog, {"q": q})
+    assert fused["y"].tobytes() == op_by_op["y"].tobytes()
+
+
+def test_rotary_kernel_is_bit_identical_to_numpy_including_nan_and_inf():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    x[0, :3] = [np.nan, np.inf, -np.inf]
+    sin, cos = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    for c in (None, cos):
+        y = np.empty_like(x)
+        c_ptr = ffi.NULL if c is None else ffi.from_buffer("float[]", c)
+        assert lib.wp_rotary_f32(ffi.from_buffer("float[]", x), 5, 64, ffi.from_buffer("float[]", sin), c_ptr,
+                                 ffi.from_buffer("float[]", y, require_writable=True), y.size) == 0  # fmt: skip
+        rotated = np.concatenate([x[:, 32:] * np.float32(-1), x[:, :32]], axis=-1) * sin
+        expected = (x if c is None else x * c) + rotated
+        assert y.tobytes() == expected.tobytes()
+
+
+def silu_gate_graph(u_shape=(3, 8)):
+    t = TensorType((3, 8), "fp32")
+    g = Graph(inputs=[Var("g", t), Var("u", TensorType(u_shape, "fp32"))], outputs=["y"], source="silu gate test")
+    g.ops += [
+        OpNode("silu", "act", {"x": Ref("g")}, [Var("s", t)]),
+        OpNode("relu", "other", {"x": Ref("u")}, [Var("ur", TensorType(u_shape, "fp32"))]),
+        OpNode("mul", "gate", {"x": Ref("s"), "y": Ref("ur")}, [Var("y", t)]),
+    ]
+    return g
+
+
+@pytest.mark.parametrize("u_shape", [(3, 8), (1, 8)], ids=["same-shape", "broadcast-goes-op-by-op"])
+def test_silu_gate_is_fused_with_the_same_bits(u_shape):
+    prog = Program(silu_gate_graph(u_shape), "jit")
+    assert prog.report.fused_chains == [("silu_gate", ("act", "gate"))]
+    rng = np.random.default_rng(9)
+    feeds = {"g": (rng.standard_normal((3, 8)) * 30).astype(np.float32), "u": rng.standard_normal(u_shape).astype(np.float32)}
+    feeds["g"][0, :2] = [np.inf, -np.inf]
+    fused, op_by_op, _ = observed_and_fused(prog, feeds)
+    assert fused["y"].tobytes() == op_by_op["y"].tobytes()

@@ -15,8 +15,11 @@ Chains:
   ``csrc/rmsnorm.c``: numpy's pairwise summation, the same float32 roundings);
 - ``rotary``: rotary position embeddings as converters write ``x * cos + rotate_half(x) * sin``:
   ``slice(x, [.., h:]) -> mul(., -1)``, ``slice(x, [.., :h])``, ``concat(last axis) -> mul(., sin)
-  -> add(x or mul(x, cos), .)``, with constant ``sin`` / ``cos`` broadcasting into x (a copy and
-  three numpy calls writing into one buffer, the same float32 operations);
+  -> add(x or mul(x, cos), .)``, with constant ``sin`` / ``cos`` broadcasting into x: one C call
+  (``csrc/rotary.c``) when they are vectors over the last axis (a decoding step), else a copy and
+  three numpy calls writing into one buffer; the same float32 operations either way;
+- ``silu_gate``: ``silu(g) -> mul(., u)`` with ``u`` of g's shape: numpy's ``exp(-g)``, then one C
+  call for ``(g / (e + 1)) * u`` (``csrc/silu_gate.c``), run where the mul runs;
 - ``moves``: a chain of data movements with a ``tile`` among them (``transpose``, ``reshape``,
   ``tile``, ``squeeze``, ``expand_dims``; the head repeats of grouped-query attention) on an input
   of static shape: one gather through the index map the chain computes, found at load by running
@@ -67,6 +70,7 @@ def fuse(steps, ctx, outputs) -> list:
         chain = (
             _rmsnorm(steps, k, ctx, readers, outputs)
             or _rotary(steps, k, ctx, readers, outputs, taken)
+            or _silu_gate(steps, k, ctx, readers, outputs, taken)
             or _moves(steps, k, ctx, readers, outputs, taken)
         )
         if chain is not None:
@@ -336,11 +340,26 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
     sin_slot, sin_value = sin
     cos_slot, cos_value = cos if cos is not None else (None, None)
 
+    sin_vector = _as_vector(sin_value, width)
+    cos_vector = _as_vector(cos_value, width)
+    rows = int(np.prod(shape)) // width
+    no_cos = ffi.NULL
+
     def run(env):
         v = env[x_slot]
         if v.shape != shape or v.dtype != F32:
             for member in member_runs:
                 member(env)
+            return
+        s_vec = sin_vector if sin_slot is None else _as_vector(env[sin_slot], width)
+        c_vec = cos_vector if cos_slot is None else _as_vector(env[cos_slot], width)
+        if s_vec is not None and (cos_k is None or c_vec is not None):
+            y = np.empty(shape, F32)
+            v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
+            cos_ptr = no_cos if cos_k is None else ffi.from_buffer("float[]", c_vec)
+            check(lib.wp_rotary_f32(ffi.from_buffer("float[]", v), rows, width, ffi.from_buffer("float[]", s_vec), cos_ptr,
+                                    ffi.from_buffer("float[]", y, require_writable=True), y.size), "rotary")  # fmt: skip
+            env[out_slot] = y
             return
         rotated = np.empty(shape, F32)
         np.multiply(v[..., half:], minus_one, out=rotated[..., :half])
@@ -352,6 +371,51 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
 
     reads = tuple(s for s in (x_slot, sin_slot, cos_slot) if s is not None)
     return Fused("rotary", members, run, reads, tuple(steps[j].node.name for j in members))
+
+
+def _as_vector(value, width):
+    """``value`` as a contiguous float32 vector of ``width`` values when it is one along the last
+    axis (every other dimension 1), else None."""
+    if value is None or value.dtype != F32 or value.size != width or (value.ndim and value.shape[-1] != width):
+        return None
+    return np.ascontiguousarray(value).reshape(-1)
+
+
+# ---------------------------------------------------------------------- silu gate
+
+
+def _silu_gate(steps, k, ctx, readers, outputs, taken):
+    node = steps[k].node
+    if node.type != "silu" or not _is_float(ctx, _ref(node, "x")):
+        return None
+    mul_k = _only_reader(readers, _out(node), outputs)
+    if mul_k is None or mul_k in taken or steps[mul_k].node.type != "mul":
+        return None
+    mul = steps[mul_k].node
+    u_param = _other(mul, _out(node))
+    u = _ref(mul, u_param) if u_param else None
+    if u is None or u not in ctx.slots or ctx.slots[u] in ctx.weight_slots.values() or not _is_float(ctx, u) or not _is_float(ctx, _out(mul)):
+        return None
+    g_slot, u_slot, out_slot = ctx.slots[_ref(node, "x")], ctx.slots[u], ctx.slots[_out(mul)]
+    member_runs = [steps[k].run, steps[mul_k].run]
+
+    def run(env):
+        g, v = env[g_slot], env[u_slot]
+        if g.dtype != F32 or v.dtype != F32 or g.shape != v.shape or g.ndim == 0:
+            for member in member_runs:
+                member(env)
+            return
+        e = np.negative(g)
+        np.exp(e, out=e)
+        g = g if g.flags.c_contiguous else np.ascontiguousarray(g)
+        v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
+        if not e.flags.c_contiguous:
+            e = np.ascontiguousarray(e)
+        out = ffi.from_buffer("float[]", e, require_writable=True)
+        check(lib.wp_silu_gate_f32(ffi.from_buffer("float[]", g), out, ffi.from_buffer("float[]", v), out, e.size), "silu gate")
+        env[out_slot] = e
+
+    return Fused("silu_gate", (k, mul_k), run, (g_slot, u_slot), (node.name, mul.name))
 
 
 def _only_reader(readers, name, outputs):
