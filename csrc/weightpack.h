@@ -153,3 +153,4 @@ int wp_rmsnorm_f32(const float *x, long long rows, long long n, float eps_add, f
 int wp_rotary_f32(const float *x, long long rows, long long width, const float *sin_v, const float *cos_v,
                   float *y, long long y_len);
 int wp_silu_gate_f32(const float *g, const float *e, const float *u, float *y, long long n);
+int wp_gather_f32(const float *x, long long x_len, const long long *index, long long n, float *y);

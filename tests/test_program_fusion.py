@@ -278,3 +278,14 @@ def test_silu_gate_is_fused_with_the_same_bits(u_shape):
     feeds["g"][0, :2] = [np.inf, -np.inf]
     fused, op_by_op, _ = observed_and_fused(prog, feeds)
     assert fused["y"].tobytes() == op_by_op["y"].tobytes()
+
+
+def test_gather_kernel_copies_through_the_map_and_refuses_an_index_out_of_range():
+    x = np.arange(10, dtype=np.float32)
+    index = np.array([9, 0, 3, 3], np.int64)
+    y = np.empty(4, np.float32)
+    args = (ffi.from_buffer("float[]", x), 10)
+    assert lib.wp_gather_f32(*args, ffi.from_buffer("long long[]", index), 4, ffi.from_buffer("float[]", y, require_writable=True)) == 0
+    assert y.tolist() == [9, 0, 3, 3]
+    bad = np.array([0, 10], np.int64)
+    assert lib.wp_gather_f32(*args, ffi.from_buffer("long long[]", bad), 2, ffi.from_buffer("float[]", y, require_writable=True)) != 0

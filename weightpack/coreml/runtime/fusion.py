@@ -22,8 +22,8 @@ Chains:
   call for ``(g / (e + 1)) * u`` (``csrc/silu_gate.c``), run where the mul runs;
 - ``moves``: a chain of data movements with a ``tile`` among them (``transpose``, ``reshape``,
   ``tile``, ``squeeze``, ``expand_dims``; the head repeats of grouped-query attention) on an input
-  of static shape: one gather through the index map the chain computes, found at load by running
-  the ops themselves on the element numbers (the ops need not be adjacent: the gather runs where
+  of static shape: one gather (``csrc/gather.c`` for float32) through the index map the chain
+  computes, found at load by running the ops themselves on the element numbers (the ops need not be adjacent: the gather runs where
   the chain's last op runs).
 """
 from __future__ import annotations
@@ -257,8 +257,10 @@ def _moves(steps, k, ctx, readers, outputs, taken):
             steps[j].run(env)
     except Exception:  # noqa: BLE001 - a chain the ops refuse at this shape stays unfused
         return None
-    index = np.asarray(env[out_slot]).astype(np.intp)
+    index = np.asarray(env[out_slot]).astype(np.int64)
+    index_ptr = ffi.from_buffer("long long[]", index)
     member_runs = [steps[j].run for j in members]
+    size = int(np.prod(shape))
 
     def run(env):
         v = env[x_slot]
@@ -266,7 +268,12 @@ def _moves(steps, k, ctx, readers, outputs, taken):
             for member in member_runs:
                 member(env)
             return
-        env[out_slot] = np.take(v, index)
+        if v.dtype != F32 or not v.flags.c_contiguous:
+            env[out_slot] = np.take(v, index)
+            return
+        y = np.empty(index.shape, F32)
+        check(lib.wp_gather_f32(ffi.from_buffer("float[]", v), size, index_ptr, index.size, ffi.from_buffer("float[]", y, require_writable=True)), "moves")
+        env[out_slot] = y
 
     return Fused("moves", members, run, (x_slot,), tuple(steps[j].node.name for j in members))
 

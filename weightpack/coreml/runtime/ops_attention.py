@@ -39,6 +39,7 @@ def scaled_dot_product_attention(b):
         args.append(mask)
     clock = b.clock
     embed = q.shape[-1] if q.shape is not None else None
+    fits = {}  # (mask shape, scores shape) -> the mask broadcasts into the scores
 
     def run(query, key, value, *masks):
         scale = np.float32(1.0 / math.sqrt(query.shape[-1] if embed is None else embed))
@@ -49,10 +50,15 @@ def scaled_dot_product_attention(b):
             m = masks[0]
             if m.dtype == np.bool_:
                 scores = np.where(m, scores, np.float32(-np.inf))
-            elif m.ndim <= scores.ndim and all(d in (1, s) for d, s in zip(m.shape[::-1], scores.shape[::-1])):
-                scores += m  # the mask broadcasts into the scores: in place
             else:
-                scores = scores + m
+                key_ = (m.shape, scores.shape)
+                inplace = fits.get(key_)
+                if inplace is None:  # whether the mask broadcasts into the scores (then: in place)
+                    inplace = fits[key_] = m.ndim <= scores.ndim and all(d in (1, s) for d, s in zip(m.shape[::-1], scores.shape[::-1]))
+                if inplace:
+                    scores += m
+                else:
+                    scores = scores + m
         # ufunc reductions: what np.max / np.sum call, without their Python wrappers (this op runs
         # once per layer at batch 1, where those wrappers cost more than the arithmetic)
         weights = np.subtract(scores, np.maximum.reduce(scores, axis=-1, keepdims=True), out=scores)  # scores: a new array
