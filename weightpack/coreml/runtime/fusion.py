@@ -181,10 +181,14 @@ def _rmsnorm(steps, k, ctx, readers, outputs):
             cached = pointers["w"] = (array, ffi.from_buffer("float[]", array))
         return cached[1]
 
+    # closure cells, not module globals: each op runs from cold caches after a weight product,
+    # where every dictionary lookup is a cache miss
+    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_rmsnorm_f32, F32
+
     def run(env):
         v = env[x_slot]
         w = fixed if read_weight is None else env[read_weight]
-        if v.dtype != F32 or w.dtype != F32 or v.shape[-1] != n or w.size != n or v.size == 0:
+        if v.dtype != f32 or w.dtype != f32 or v.shape[-1] != n or w.size != n or v.size == 0:
             for member in member_runs:  # what numpy does with it, error included
                 member(env)
             return
@@ -192,10 +196,10 @@ def _rmsnorm(steps, k, ctx, readers, outputs):
             v = np.ascontiguousarray(v)
         if not w.flags.c_contiguous:
             w = np.ascontiguousarray(w)
-        y = np.empty(v.shape, F32)
-        rows = v.size // n
-        check(lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", v), rows, n, eps_add, eps_rsqrt, pointer(w), n,
-                                 ffi.from_buffer("float[]", y, require_writable=True), y.size), "rmsnorm")  # fmt: skip
+        y = empty(v.shape, f32)
+        status = kernel(buf("float[]", v), v.size // n, n, eps_add, eps_rsqrt, pointer(w), n, buf("float[]", y, require_writable=True), y.size)
+        if status:
+            check(status, "rmsnorm")
         env[out_slot] = y
 
     reads = (x_slot,) if read_weight is None else (x_slot, read_weight)
@@ -260,7 +264,8 @@ def _moves(steps, k, ctx, readers, outputs, taken):
     index = np.asarray(env[out_slot]).astype(np.int64)
     index_ptr = ffi.from_buffer("long long[]", index)
     member_runs = [steps[j].run for j in members]
-    size = int(np.prod(shape))
+    size, count, out_shape = int(np.prod(shape)), index.size, index.shape
+    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_gather_f32, F32  # cells (see rmsnorm)
 
     def run(env):
         v = env[x_slot]
@@ -268,11 +273,13 @@ def _moves(steps, k, ctx, readers, outputs, taken):
             for member in member_runs:
                 member(env)
             return
-        if v.dtype != F32 or not v.flags.c_contiguous:
+        if v.dtype != f32 or not v.flags.c_contiguous:
             env[out_slot] = np.take(v, index)
             return
-        y = np.empty(index.shape, F32)
-        check(lib.wp_gather_f32(ffi.from_buffer("float[]", v), size, index_ptr, index.size, ffi.from_buffer("float[]", y, require_writable=True)), "moves")
+        y = empty(out_shape, f32)
+        status = kernel(buf("float[]", v), size, index_ptr, count, buf("float[]", y, require_writable=True))
+        if status:
+            check(status, "moves")
         env[out_slot] = y
 
     return Fused("moves", members, run, (x_slot,), tuple(steps[j].node.name for j in members))
@@ -351,21 +358,24 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
     cos_vector = _as_vector(cos_value, width)
     rows = int(np.prod(shape)) // width
     no_cos = ffi.NULL
+    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_rotary_f32, F32  # cells (see rmsnorm)
+    sin_ptr = None if sin_vector is None else buf("float[]", sin_vector)
+    cos_ptr_fixed = None if cos_vector is None else buf("float[]", cos_vector)
 
     def run(env):
         v = env[x_slot]
-        if v.shape != shape or v.dtype != F32:
+        if v.shape != shape or v.dtype != f32:
             for member in member_runs:
                 member(env)
             return
-        s_vec = sin_vector if sin_slot is None else _as_vector(env[sin_slot], width)
-        c_vec = cos_vector if cos_slot is None else _as_vector(env[cos_slot], width)
-        if s_vec is not None and (cos_k is None or c_vec is not None):
-            y = np.empty(shape, F32)
+        s_ptr = sin_ptr if sin_slot is None else _vector_pointer(env[sin_slot], width)
+        c_ptr = no_cos if cos_k is None else cos_ptr_fixed if cos_slot is None else _vector_pointer(env[cos_slot], width)
+        if s_ptr is not None and c_ptr is not None:
+            y = empty(shape, f32)
             v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
-            cos_ptr = no_cos if cos_k is None else ffi.from_buffer("float[]", c_vec)
-            check(lib.wp_rotary_f32(ffi.from_buffer("float[]", v), rows, width, ffi.from_buffer("float[]", s_vec), cos_ptr,
-                                    ffi.from_buffer("float[]", y, require_writable=True), y.size), "rotary")  # fmt: skip
+            status = kernel(buf("float[]", v), rows, width, s_ptr, c_ptr, buf("float[]", y, require_writable=True), y.size)
+            if status:
+                check(status, "rotary")
             env[out_slot] = y
             return
         rotated = np.empty(shape, F32)
@@ -378,6 +388,13 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
 
     reads = tuple(s for s in (x_slot, sin_slot, cos_slot) if s is not None)
     return Fused("rotary", members, run, reads, tuple(steps[j].node.name for j in members))
+
+
+def _vector_pointer(value, width):
+    """A cffi pointer to ``value`` as a float32 vector of ``width`` values (see :func:`_as_vector`),
+    or None."""
+    vector = _as_vector(value, width)
+    return None if vector is None else ffi.from_buffer("float[]", vector)
 
 
 def _as_vector(value, width):
@@ -405,21 +422,24 @@ def _silu_gate(steps, k, ctx, readers, outputs, taken):
         return None
     g_slot, u_slot, out_slot = ctx.slots[_ref(node, "x")], ctx.slots[u], ctx.slots[_out(mul)]
     member_runs = [steps[k].run, steps[mul_k].run]
+    negative, exp, buf, kernel, f32 = np.negative, np.exp, ffi.from_buffer, lib.wp_silu_gate_f32, F32  # cells (see rmsnorm)
 
     def run(env):
         g, v = env[g_slot], env[u_slot]
-        if g.dtype != F32 or v.dtype != F32 or g.shape != v.shape or g.ndim == 0:
+        if g.dtype != f32 or v.dtype != f32 or g.shape != v.shape or g.ndim == 0:
             for member in member_runs:
                 member(env)
             return
-        e = np.negative(g)
-        np.exp(e, out=e)
+        e = negative(g)
+        exp(e, out=e)
         g = g if g.flags.c_contiguous else np.ascontiguousarray(g)
         v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
         if not e.flags.c_contiguous:
             e = np.ascontiguousarray(e)
-        out = ffi.from_buffer("float[]", e, require_writable=True)
-        check(lib.wp_silu_gate_f32(ffi.from_buffer("float[]", g), out, ffi.from_buffer("float[]", v), out, e.size), "silu gate")
+        out = buf("float[]", e, require_writable=True)
+        status = kernel(buf("float[]", g), out, buf("float[]", v), out, e.size)
+        if status:
+            check(status, "silu gate")
         env[out_slot] = e
 
     return Fused("silu_gate", (k, mul_k), run, (g_slot, u_slot), (node.name, mul.name))
