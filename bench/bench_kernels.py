@@ -12,7 +12,9 @@ overrides) and the weights come from memory, as in a real model. Products are ti
 BLAS calls in between (each weightpack call follows a numpy call and each numpy call a weightpack
 call: both orders, as a model alternates them; OpenBLAS's workers spin after each call) and,
 with ``--standalone``, back to back as well; ``--threads 1 2`` repeats everything per thread
-count (numpy's BLAS limited to the same count through threadpoolctl). The output starts with
+count (numpy's BLAS limited to the same count through threadpoolctl). Each product line says
+how much CPU other processes used while it was measured (``--wait-quiet S`` waits for a quiet
+second first). The output starts with
 the CPU model, its flags and its cache. Prints a table, writes JSON (``--json``).
 
     python bench/bench_kernels.py                      # everything (several minutes)
@@ -34,7 +36,7 @@ from weightpack import NBitArray
 from weightpack.kernels import backend_c
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, info  # noqa: E402
+from machine import OtherLoad, describe, info, wait_until_quiet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,27 +72,13 @@ def interleaved_medians(first, second, inputs_first, inputs_second, repeats: int
     return float(np.median(times_first)), float(np.median(times_second))
 
 
-class thread_limits:
+def thread_limits(count: int):
     """weightpack's and (through threadpoolctl, when installed) the BLAS's thread count."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __enter__(self):
-        self.previous = backend_c.set_threads()
-        backend_c.set_threads(self.count)
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            self.blas = None
-        else:
-            self.blas = threadpool_limits(self.count, user_api="blas")
-        return self
-
-    def __exit__(self, *exc):
-        backend_c.set_threads(self.previous)
-        if self.blas is not None:
-            self.blas.restore_original_limits()
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return wp.threads(count)
+    return wp.threads(count, blas=count)
 
 
 def random_lut(rng, nbits: int, groups: int = 1) -> np.ndarray:
@@ -147,14 +135,19 @@ def bench_products(args, rng) -> list[dict]:
                                 orders.append(("standalone", lambda: (median_seconds(numpy, dense, args.repeats),
                                                                       median_seconds(product, weights, args.repeats))))
                             for order, measure in orders:
-                                baseline, seconds = measure()
+                                if args.wait_quiet:
+                                    wait_until_quiet(patience=args.wait_quiet)
+                                with OtherLoad() as others:
+                                    baseline, seconds = measure()
                                 row = dict(test="matmul", kind=kind, mode=mode, shape=f"{rows}x{cols}", batch=batch,
                                            threads=threads, order=order, seconds=seconds, numpy_fp32_seconds=baseline,
-                                           speedup=baseline / seconds, bits_per_weight=8 * weights[0].nbytes / (rows * cols))
+                                           speedup=baseline / seconds, bits_per_weight=8 * weights[0].nbytes / (rows * cols),
+                                           others_cpu_share=others.share)
                                 rows_out.append(row)
+                                busy = "" if others.share is None else f" (others used {100 * others.share:3.0f}% of the CPUs)"
                                 print(f"matmul {kind:14s} {mode:5s} {rows}x{cols} batch {batch:2d} {threads}T {order:11s}: "
                                       f"{seconds * 1e3:8.3f} ms, numpy fp32 {baseline * 1e3:8.3f} ms, "
-                                      f"speedup {baseline / seconds:5.2f}x", flush=True)
+                                      f"speedup {baseline / seconds:5.2f}x{busy}", flush=True)
                 del weights
     return rows_out
 
@@ -272,6 +265,9 @@ def main(argv=None) -> int:
     parser.add_argument("--standalone", action="store_true", help="also time products back to back, no BLAS between")
     parser.add_argument("--llc-mb", dest="llc", type=lambda v: int(float(v) * 2**20), default=None,
                         help="last-level cache to rotate inputs past (default: the size the CPU reports)")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="before each product measurement, wait up to SECONDS for a second in which other "
+                             "processes use < 5%% of the CPUs (two-thread figures mean little otherwise)")
     parser.add_argument("--json", type=Path, default=RESULTS / "kernels.json")
     parser.add_argument("--simd", default=os.environ.get("WEIGHTPACK_SIMD") or None,
                         help="SIMD level of the C backend (default: WEIGHTPACK_SIMD, else the best this CPU has)")

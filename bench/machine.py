@@ -76,6 +76,60 @@ def describe(meta: dict | None = None) -> str:
             f"{meta['threads']} threads ({meta['threading']})")
 
 
+class OtherLoad:
+    """The share of the machine's CPUs that *other* processes used while a block ran (Linux
+    /proc/stat minus this process's own CPU time; 0.0 = nobody else ran, 1.0 = every CPU busy
+    with others; None where /proc is missing). Two-thread timings mean something only when it is
+    near 0: benchmarks print it beside each figure, and :func:`wait_until_quiet` waits for it.
+
+    >>> with OtherLoad() as load:
+    ...     pass
+    >>> load.share is None or 0.0 <= load.share <= 1.0
+    True
+    """
+
+    def __enter__(self):
+        self.start = _cpu_ticks()
+        return self
+
+    def __exit__(self, *exc):
+        end = _cpu_ticks()
+        self.share = None
+        if self.start and end:
+            (busy0, own0, wall0), (busy1, own1, wall1) = self.start, end
+            elapsed = max((wall1 - wall0) * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1), 1)
+            self.share = min(1.0, max(0.0, ((busy1 - busy0) - (own1 - own0)) / elapsed))
+
+
+def wait_until_quiet(threshold: float = 0.05, window: float = 1.0, patience: float = 600.0) -> float | None:
+    """Wait (at most ``patience`` seconds) for a ``window`` in which other processes use less than
+    ``threshold`` of the CPUs; returns the last share seen (None where it cannot be measured)."""
+    import time
+
+    deadline = time.monotonic() + patience
+    while True:
+        with OtherLoad() as load:
+            time.sleep(window)
+        if load.share is None or load.share < threshold or time.monotonic() > deadline:
+            return load.share
+
+
+def _cpu_ticks():
+    """(busy ticks of all CPUs, this process's ticks, wall seconds) or None."""
+    import time
+
+    try:
+        fields = _read("/proc/stat").splitlines()[0].split()[1:]
+        own = _read("/proc/self/stat").rsplit(")", 1)[1].split()
+    except (IndexError, ValueError):
+        return None
+    if len(fields) < 5 or len(own) < 13:
+        return None
+    ticks = [int(v) for v in fields]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return busy, int(own[11]) + int(own[12]), time.monotonic()  # utime + stime of every thread
+
+
 def _read(path) -> str:
     try:
         return Path(path).read_text()

@@ -48,8 +48,9 @@ WP_INLINE __m512i load_codes64(const uint8_t *stream, long long k, int n, int cn
     const long long bit = k * n;
     const unsigned s = (unsigned)(bit & 7), nbytes = (s + (unsigned)(cnt * n) + 7) / 8;
     const __m512i raw = _mm512_maskz_loadu_epi8(nbytes >= 64 ? ~0ULL : (1ULL << nbytes) - 1, stream + (bit >> 3));
-    uint64_t shifts = 0;
-    for (int i = 0; i < 8; i++) shifts |= (uint64_t)(s + (unsigned)(i * n)) << (8 * i);
+    /* byte i of the multishift control: bit offset s + i*n of code i in its qword (<= 7 + 7*7: the
+       byte sums carry into nothing) */
+    const uint64_t shifts = 0x0101010101010101ULL * s + 0x0706050403020100ULL * (unsigned)n;
     const __m512i codes = _mm512_multishift_epi64_epi8(_mm512_set1_epi64((long long)shifts), _mm512_permutexvar_epi8(spread, raw));
     return _mm512_and_si512(codes, _mm512_set1_epi8((char)((1 << n) - 1)));
 }

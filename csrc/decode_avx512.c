@@ -26,10 +26,15 @@ WP_INLINE uint64_t mask64(const uint8_t *mask, long long e)
     return s ? (m >> s) | ((uint64_t)mask[(e >> 3) + 8] << (64 - s)) : m;
 }
 
-/* Whether the 64 columns from j lie in one table. */
-WP_INLINE int one_table(const wp_decode_job *job, long long j)
+/* The codes of the 64 elements from element e, one per byte (sparse: expanded under their mask
+   bits *m, zero elsewhere); *k, the stream position, moves past them. */
+WP_INLINE __m512i step_codes(const wp_decode_job *job, long long e, __m512i spread, long long *k, __mmask64 *m)
 {
-    return j / job->col_block == (j + 63) / job->col_block;
+    *m = job->mask ? mask64(job->mask, e) : ~0ULL;
+    const int cnt = (int)_mm_popcnt_u64(*m);
+    const __m512i codes = cnt ? load_codes64(job->codes, *k, job->nbits, cnt, spread) : _mm512_setzero_si512();
+    *k += cnt;
+    return job->mask ? _mm512_maskz_expand_epi8(*m, codes) : codes;
 }
 
 /* ---- LUT ------------------------------------------------------------------------------------ */
@@ -91,12 +96,10 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
             wp_quant_element(job, r, j++, &k);
             continue;
         }
+        MCA_BEGIN("quant");
         const long long e = r * job->cols + j;
-        const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
-        const int cnt = (int)_mm_popcnt_u64(m);
-        __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
-        if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
-        k += cnt;
+        __mmask64 m;
+        const __m512i codes = step_codes(job, e, spread, &k, &m);
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++) {
             const long long jq = j + 16 * q;
@@ -123,6 +126,7 @@ static void quant_chunk(const wp_decode_job *job, long long r, long long j0, lon
             if (job->out_half) _mm256_storeu_si256((__m256i *)((uint16_t *)job->out + e + 16 * q), _mm512_cvtps_ph(w, RNE));
             else _mm512_storeu_ps((float *)job->out + e + 16 * q, w);
         }
+        MCA_END();
         j += 64;
     }
 }
@@ -145,7 +149,7 @@ WP_INLINE void quant_planes(const wp_decode_job *job, long long t, half_planes *
 }
 
 /* Decode [j0, j1) of row r through byte planes: a LUT's, or (quant) the table of every code's
-   value under binary16 arithmetic. Elements outside whole 64-steps of one table go one by one. */
+   value under binary16 arithmetic. A table's elements short of a whole 64-step go one by one. */
 WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0, long long j1, long long k, int quant)
 {
     const int n = job->nbits, es = job->elem_size;
@@ -154,37 +158,38 @@ WP_INLINE void planes_chunk(const wp_decode_job *job, long long r, long long j0,
     long long table = -1;
     half_planes planes;
     long long j = j0;
-    while (j < j1) {
-        if (j + 64 > j1 || !one_table(job, j)) {
-            if (quant) wp_quant_element(job, r, j++, &k);
-            else wp_lut_element(job, r, j++, &k);
-            continue;
-        }
-        const long long t = job->row_table[r] + j / job->col_block, e = r * job->cols + j;
-        if (t != table) {
+    while (j < j1) { /* one table's columns [j, end) at a time: one division per table, none per step */
+        const long long block = j / job->col_block, t = job->row_table[r] + block;
+        const long long end = (block + 1) * job->col_block < j1 ? (block + 1) * job->col_block : j1;
+        if (j + 64 <= end && t != table) {
             if (quant) quant_planes(job, t, &planes);
             else table_planes(job, t, &planes);
             table = t;
         }
-        const __mmask64 m = job->mask ? mask64(job->mask, e) : ~0ULL;
-        const int cnt = (int)_mm_popcnt_u64(m);
-        __m512i codes = cnt ? load_codes64(job->codes, k, n, cnt, spread) : _mm512_setzero_si512();
-        if (job->mask) codes = _mm512_maskz_expand_epi8(m, codes);
-        k += cnt;
-        __m512i lo, hi;
-        plane_lookup(&planes, codes, m, n, &lo, &hi);
-        uint8_t *dst = (uint8_t *)job->out + e * es;
-        if (es == 1) {
-            _mm512_storeu_si512(dst, lo);
-        } else if (es == 2) {
-            _mm512_storeu_si512(dst, _mm512_permutex2var_epi8(lo, inter0, hi));
-            _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi8(lo, inter1, hi));
-        } else {
-            __m512 w[4];
-            planes_to_floats(lo, hi, inter0, inter1, w);
-            for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)dst + 16 * q, w[q]);
+        for (; j + 64 <= end; j += 64) {
+            MCA_BEGIN("planes");
+            const long long e = r * job->cols + j;
+            __mmask64 m;
+            const __m512i codes = step_codes(job, e, spread, &k, &m);
+            __m512i lo, hi;
+            plane_lookup(&planes, codes, m, n, &lo, &hi);
+            uint8_t *dst = (uint8_t *)job->out + e * es;
+            if (es == 1) {
+                _mm512_storeu_si512(dst, lo);
+            } else if (es == 2) {
+                _mm512_storeu_si512(dst, _mm512_permutex2var_epi8(lo, inter0, hi));
+                _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi8(lo, inter1, hi));
+            } else {
+                __m512 w[4];
+                planes_to_floats(lo, hi, inter0, inter1, w);
+                for (int q = 0; q < 4; q++) _mm512_storeu_ps((float *)dst + 16 * q, w[q]);
+            }
+            MCA_END();
         }
-        j += 64;
+        for (; j < end; j++) { /* the table's last elements short of a whole step */
+            if (quant) wp_quant_element(job, r, j, &k);
+            else wp_lut_element(job, r, j, &k);
+        }
     }
 }
 
@@ -234,6 +239,7 @@ static void expand_chunks(void *ctx, long long t0, long long t1)
         const long long e1 = (t + 1) * CHUNK < s->count ? (t + 1) * CHUNK : s->count;
         long long k = s->starts[t], e = t * CHUNK;
         for (; e + 64 <= e1; e += 64) {
+            MCA_BEGIN("expand");
             const uint64_t m = mask64(s->mask, e);
             for (int part = 0; part < elem_size; part++) {
                 const uint64_t pm = lanes == 64 ? m : (m >> (part * lanes)) & ((1ULL << lanes) - 1);
@@ -255,6 +261,7 @@ static void expand_chunks(void *ctx, long long t0, long long t1)
                 }
                 k += take;
             }
+            MCA_END();
         }
         for (; e < e1; e++) wp_sparse_element(s->mask, e, src, &k, elem_size, widen_half, dst);
     }

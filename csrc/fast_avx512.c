@@ -32,6 +32,7 @@ WP_INLINE float fast_row(const wp_fast_args *a, long long r, const int8_t *xq, c
         __m512 acc = _mm512_setzero_ps();
         const long long k0 = j0 / per, k1 = (j0 + a->col_block) / per;
         for (long long k = k0; k < k1; k += 64) { /* 64 bytes of codes */
+            MCA_BEGIN("fast");
             WP_PREFETCH(a->codes + r * row_bytes + k);
             const __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(a->codes + r * row_bytes + k), flip);
             const __m512 sx = _mm512_loadu_ps(lane_sx + k / 4);
@@ -42,6 +43,7 @@ WP_INLINE float fast_row(const wp_fast_args *a, long long r, const int8_t *xq, c
                 dot = _mm512_dpbusd_epi32(dot, weight_bytes(codes, table, lut), _mm512_loadu_si512(xq + p * len + k));
             }
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sx, acc);
+            MCA_END();
         }
         const float correction = (float)(prefix[(j0 + a->col_block) / WP_QBLOCK] - prefix[j0 / WP_QBLOCK]); /* sum sx_b S_b */
         total += a->table_scale[t] * (_mm512_reduce_add_ps(acc) - wp_fast_bias(a, t) * correction);
@@ -63,6 +65,7 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
     __m512 acc = _mm512_setzero_ps();
     const __m512i flip_all = _mm512_set1_epi8((char)(a->is_signed ? (n == 8 ? 0x80 : 0x88) : 0)); /* every code of a byte */
     for (long long k = 0; k < len; k += 64) {
+        MCA_BEGIN("blocks");
         WP_PREFETCH(a->codes + r * row_bytes + k);
         if (!(k & 255)) WP_PREFETCH(a->table_scale + t0 + k * per / WP_QBLOCK); /* a line of scales per 256 bytes */
         const __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(a->codes + r * row_bytes + k), flip_all);
@@ -75,6 +78,7 @@ WP_INLINE float fast_row_blocks(const wp_fast_args *a, long long r, const int8_t
             dot = _mm512_dpbusd_epi32(dot, codes, _mm512_loadu_si512(xq + p * len + k));
         }
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), factor, acc);
+        MCA_END();
     }
     __m512 correction = _mm512_setzero_ps(); /* sum_b s_b * c_b * sx_b * S_b */
     const long long blocks = a->cols / WP_QBLOCK;

@@ -80,6 +80,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
         for (int i = 0; i < rt; i++) table[i] = load_table(args, kind, c->row_table[r + i] + j0 / c->col_block, n);
         const long long k_end = (j0 + c->col_block) / per;
         for (long long k = j0 / per; k < k_end; k += 16) {
+            MCA_BEGIN("small");
             __m512i codes[ROW_TILE];
             for (int i = 0; i < rt; i++) {
                 if (!(k & 63)) __builtin_prefetch(c->codes + (r + i + rt) * len + k); /* the next tile's rows */
@@ -94,6 +95,7 @@ WP_INLINE void small_tile(const void *args, const wp_mv_common *c, const float *
                     for (int b = 0; b < bt; b++) acc[i][b] = _mm512_fmadd_ps(w, xv[b], acc[i][b]);
                 }
             }
+            MCA_END();
         }
     }
     store_tile(c, acc, r, rt, b0, bt);
@@ -138,6 +140,7 @@ WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, const void *un
                         : _mm512_set1_ps(a->half_math ? _cvtsh_ss(((const uint16_t *)a->offset)[t]) : ((const float *)a->offset)[t]);
         }
         for (long long j = j0; j < j0 + c->col_block; j += 16) {
+            MCA_BEGIN("int8");
             __m512 xv[BATCH_TILE];
             for (int b = 0; b < bt; b++) xv[b] = _mm512_loadu_ps(c->x + (b0 + b) * c->cols + j);
             for (int i = 0; i < rt; i++) {
@@ -153,6 +156,7 @@ WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, const void *un
                 if (a->half_math) v = round_half(v);
                 for (int b = 0; b < bt; b++) acc[i][b] = _mm512_fmadd_ps(v, xv[b], acc[i][b]);
             }
+            MCA_END();
         }
     }
     store_tile(c, acc, r, rt, b0, bt);
@@ -226,7 +230,10 @@ WP_INLINE __m512 fetch_weights(const void *args, const wp_mv_common *c, enum sou
         const __m512 high = _mm512_permutex2var_ps(tab->t[2], codes, tab->t[3]);
         return _mm512_mask_blend_ps(_mm512_test_epi32_mask(codes, _mm512_set1_epi32(32)), low, high);
     }
-    return _mm512_i32gather_ps(codes, tab->mem, 4); /* 8-bit LUT: 256 floats stay in L1 */
+    /* 8-bit LUT: 256 floats stay in L1.  A gather merges into its destination register: gathering
+       into zeros under the mask of the lanes in use (lanes past cnt are never used) keeps the compiler
+       from handing it the register of the last FMA, which chained every gather to the one before */
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)((1u << cnt) - 1), codes, tab->mem, 4);
 }
 
 /* Zero a tile's accumulators and find where each of its rows' stream elements start and end. */
@@ -255,6 +262,7 @@ WP_INLINE void codes_tile(const void *args, const wp_mv_common *c, enum source s
             fetch_tables(args, src, n, t[i], &tab[i]);
         }
         for (long long j = j0; j < j0 + c->col_block; j += 16) {
+            MCA_BEGIN("codes");
             __m512 xv[BATCH_TILE];
             for (int b = 0; b < bt; b++) xv[b] = _mm512_loadu_ps(c->x + (b0 + b) * c->cols + j);
             for (int i = 0; i < rt; i++) {
@@ -272,6 +280,7 @@ WP_INLINE void codes_tile(const void *args, const wp_mv_common *c, enum source s
                 k[i] += cnt;
                 for (int b = 0; b < bt; b++) acc[i][b] = _mm512_fmadd_ps(w, xv[b], acc[i][b]);
             }
+            MCA_END();
         }
     }
     store_tile(c, acc, r, rt, b0, bt);
@@ -433,6 +442,7 @@ WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source s
         for (int i = 0; i < rt; i++)
             fetch_state(args, src, n, c->row_table ? c->row_table[r + i] + j0 / c->col_block : 0, &state[i]);
         for (long long j = j0; j < j0 + c->col_block; j += 64) {
+            MCA_BEGIN("bytes");
             for (int i = 0; i < rt; i++) {
                 __mmask64 m = ~0ULL;
                 if (c->mask) {
@@ -450,6 +460,7 @@ WP_INLINE void bytes_tile(const void *args, const wp_mv_common *c, enum source s
                     for (int q = 0; q < 4; q++) part[i][b][q] = _mm512_fmadd_ps(w[q], _mm512_loadu_ps(xb + 16 * q), part[i][b][q]);
                 }
             }
+            MCA_END();
         }
     }
     for (int i = 0; i < rt; i++)

@@ -56,6 +56,7 @@ WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, const void *un
         half_table table[ROW_TILE];
         for (int i = 0; i < rt; i++) table[i] = load_half_table(a, c->row_table[r + i] + j0 / c->col_block);
         for (long long j = j0; j < j0 + c->col_block; j += 32) {
+            MCA_BEGIN("vmulph");
             __m512 x0[BATCH_TILE], x1[BATCH_TILE];
             for (int b = 0; b < bt; b++) {
                 x0[b] = _mm512_loadu_ps(c->x + (b0 + b) * c->cols + j);
@@ -71,6 +72,7 @@ WP_INLINE void int8_tile(const void *args, const wp_mv_common *c, const void *un
                     acc[i][b][1] = _mm512_fmadd_ps(w1, x1[b], acc[i][b][1]);
                 }
             }
+            MCA_END();
         }
     }
     for (int i = 0; i < rt; i++)

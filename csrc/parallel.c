@@ -5,8 +5,10 @@
  * The pool keeps wp_threads() - 1 workers.  A call publishes its job in one 64-bit ticket
  * (generation, range count, next range) and the caller starts on the ranges at once; workers
  * claim ranges with a compare-and-swap on the ticket, so a worker that wakes after the last range
- * was claimed does nothing and nobody waits for it.  Idle workers spin briefly (back-to-back
- * kernel calls find them awake), then sleep on a condition variable.  After fork() the child
+ * was claimed does nothing and nobody waits for it.  Idle workers stay awake for a short time
+ * (WEIGHTPACK_SPIN_US, default 50 us: back-to-back kernel calls find them awake), yielding the
+ * CPU between short bursts of pause instructions so that a thread sharing it (BLAS's workers
+ * between two of our calls) runs at full speed; then they sleep on a condition variable.  After fork() the child
  * starts with no workers and builds a new pool on first use (pthread_atfork), so a process pool
  * forked from a process that ran threaded kernels never hangs.
  */
@@ -85,6 +87,8 @@ void wp_parallel_for(long long items, long long grain, wp_range_fn fn, void *ctx
 const char *wp_threading(void) { return "pool"; }
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_RELAX() __builtin_ia32_pause()
@@ -95,7 +99,26 @@ const char *wp_threading(void) { return "pool"; }
 #endif
 
 #define MAX_WORKERS 255
-#define SPIN_ROUNDS 20000 /* ~100-300 us of pause instructions before a worker sleeps */
+#define DEFAULT_SPIN_US 50
+#define PAUSES_PER_YIELD 16 /* 0.1-1 us of pause instructions (10-140 cycles each) between yields */
+
+static long long spin_ns = DEFAULT_SPIN_US * 1000LL; /* set from WEIGHTPACK_SPIN_US at the first parallel call */
+
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void read_spin_setting(void)
+{
+    const char *text = getenv("WEIGHTPACK_SPIN_US");
+    if (!text || !*text) return;
+    char *end;
+    const long long us = strtoll(text, &end, 10);
+    if (*end == '\0' && us >= 0 && us <= 1000000) spin_ns = us * 1000LL; /* else: the default */
+}
 
 /* ticket = generation << 32 | ranges << 16 | next range */
 #define TICKET(gen, ranges, next) ((uint64_t)(gen) << 32 | (uint64_t)(ranges) << 16 | (uint64_t)(next))
@@ -147,9 +170,14 @@ static void *worker_main(void *arg)
     uint32_t seen = TICKET_GEN(atomic_load_explicit(&pool.ticket, memory_order_acquire));
     for (;;) {
         uint32_t gen = seen;
-        for (int spin = 0; spin < SPIN_ROUNDS && gen == seen; spin++) {
-            CPU_RELAX();
-            gen = TICKET_GEN(atomic_load_explicit(&pool.ticket, memory_order_acquire));
+        const long long until = now_ns() + spin_ns;
+        while (gen == seen) {
+            for (int i = 0; i < PAUSES_PER_YIELD && gen == seen; i++) {
+                CPU_RELAX();
+                gen = TICKET_GEN(atomic_load_explicit(&pool.ticket, memory_order_acquire));
+            }
+            if (gen != seen || now_ns() >= until) break;
+            sched_yield();
         }
         if (gen == seen) { /* nothing came: sleep until a job is published */
             pthread_mutex_lock(&pool.lock);
@@ -174,7 +202,11 @@ static void after_fork_in_child(void)
     atomic_flag_clear(&pool.busy);
 }
 
-static void register_atfork(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
+static void register_atfork(void)
+{
+    read_spin_setting();
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
 
 /* Start workers until `wanted` run (called with the lock held); returns how many run. */
 static int start_workers(int wanted)
@@ -230,9 +262,10 @@ void wp_parallel_for(long long items, long long grain, wp_range_fn fn, void *ctx
     }
     work_on(gen);
     /* every range is claimed; wait for those still running on workers */
+    const long long patience = now_ns() + spin_ns;
     for (long long spin = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < ranges; spin++) {
-        if (spin < 4096) CPU_RELAX();
-        else sched_yield();
+        if (spin % PAUSES_PER_YIELD || now_ns() < patience) CPU_RELAX();
+        else sched_yield(); /* a worker still busy that long may share a CPU with us: let it run */
     }
     atomic_flag_clear_explicit(&pool.busy, memory_order_release);
 }

@@ -35,6 +35,18 @@
 
 #define WP_INLINE static inline __attribute__((always_inline))
 
+/* Hot loop bodies marked for llvm-mca (bench/mca_x86.py compiles the SIMD sources with -DWP_MCA and
+   hands the loop around each marker to llvm-mca); without WP_MCA the markers are nothing.  Extended
+   asm with no operands: GCC takes a basic asm statement for a memory clobber and then keeps arrays
+   of accumulators in memory, which the unmarked build does not. */
+#ifdef WP_MCA
+#define MCA_BEGIN(name) __asm volatile("# LLVM-MCA-BEGIN " name : :)
+#define MCA_END() __asm volatile("# LLVM-MCA-END" : :)
+#else
+#define MCA_BEGIN(name) ((void)0)
+#define MCA_END() ((void)0)
+#endif
+
 /* AVX512-FP16 intrinsics: GCC 12+, clang 15+ (clang 14 declares them only under -mavx512fp16). */
 #if WP_X86 && ((defined(__clang__) && __clang_major__ >= 15) || (!defined(__clang__) && __GNUC__ >= 12))
 #define WP_HAVE_AVX512FP16 1

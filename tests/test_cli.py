@@ -283,3 +283,95 @@ def test_bad_paths_exit_2(capsys, tmp_path, dense18):
                      "afile is a file")  # fmt: skip
     assert_bad_input(capsys, ["inspect"], "the following arguments are required: MODEL.mlpackage")
     assert_bad_input(capsys, ["frobnicate"], "invalid choice: 'frobnicate'")
+
+
+# ----------------------------------------------------------------------------------------- compress --calibrate
+
+
+def _bert_npz(path, batches, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shape = (batches * 2, 16)
+    np.savez(path, input_ids=rng.integers(0, 64, shape).astype(np.int32), attention_mask=np.ones(shape, np.int32),
+             token_type_ids=rng.integers(0, 2, shape).astype(np.int32))  # fmt: skip
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bert_calibration(tmp_path_factory):
+    from program_oracle import package_path
+
+    folder = tmp_path_factory.mktemp("calibrate")
+    return package_path("bert-iOS18-fp16"), _bert_npz(folder / "x.npz", 12, 1), _bert_npz(folder / "y.npz", 6, 2)
+
+
+def test_compress_calibrate_eval_end_to_end(capsys, tmp_path, bert_calibration):
+    """The issue's "done when": --palettize 4 --calibrate x.npz --eval y.npz; the output loads in
+    coremltools and its weights decode bit-exact to weightpack's calibrated encoder."""
+    import coremltools as ct
+    import numpy as np
+
+    from weightpack.calibration import collect, gptq_palettize
+
+    model, x, y = bert_calibration
+    output = str(tmp_path / "small.mlpackage")
+    status, out, err = run(capsys, "compress", model, output, "--palettize", "4", "--calibrate", x, "--eval", y, "--no-sequential")
+    assert status == 0, err
+    assert "gptq_palettize 4-bit, 384 rows" in err and "layers_0_q_weight_to_fp16" in err  # progress per layer
+    rows = {tuple(line.split()[:2]): line.split() for line in out.splitlines() if line.startswith(("data-free", "result"))}
+    assert set(rows) == {(m, o) for m in ("data-free", "result") for o in ("hidden", "pooled")}
+    assert float(rows[("result", "pooled")][2]) > float(rows[("data-free", "pooled")][2])  # held-out SNR gain
+    ct.models.MLModel(output, skip_model_load=True)
+    stats = collect(model, x)["layers_1_up_weight_to_fp16"]
+    w = load(model)["layers_1_up_weight_to_fp16"]
+    assert load(output)["layers_1_up_weight_to_fp16_palettized"] == gptq_palettize(w, stats, 4)
+    assert np.isfinite(float(rows[("result", "hidden")][2]))
+
+
+@pytest.mark.parametrize(
+    "flags, method",
+    [
+        (["--quantize", "int4", "--block-size", "16"], "gptq_quantize int4 per_block 16"),
+        (["--prune", "0.5", "--n-m", "2:4"], "sparsegpt_prune 2:4"),
+        (["--palettize", "3", "--group-size", "16", "--per-channel-scale"], "gptq_palettize 3-bit, one LUT per 16 rows + per-row scale"),
+        (["--prune", "0.5", "--palettize", "4"], "sparsegpt_prune 50%"),
+        (["--palettize", "4"], "9 passes over the calibration inputs (sequential, inputs corrected)"),
+        (["--palettize", "4", "--no-correct-inputs"], "9 passes over the calibration inputs (sequential)"),
+    ],
+)
+def test_compress_calibrate_every_kind(capsys, tmp_path, bert_calibration, flags, method):
+    model, x, _ = bert_calibration
+    output = str(tmp_path / "out.mlpackage")
+    status, out, err = run(capsys, "compress", model, output, *flags, "--calibrate", x)
+    assert status == 0, err
+    assert method in err, err
+    assert load(output)  # a readable package
+
+
+def test_compress_bits_per_weight_plan(capsys, tmp_path, bert_calibration):
+    model, x, y = bert_calibration
+    output = str(tmp_path / "planned.mlpackage")
+    status, out, err = run(capsys, "compress", model, output, "--bits-per-weight", "3", "--calibrate", x, "--sensitivity")
+    assert status == 0, err
+    assert "budget 3.000 bits/weight" in err and "measured relative output error" in err
+    planned = [v for n, v in load(output).items() if n.endswith("_palettized")]
+    assert len(planned) == 14 and sum(v.nbytes for v in planned) <= 3 * sum(v.size for v in planned) / 8
+
+
+def test_compress_calibrate_bad_input_exit_2(capsys, tmp_path, bert_calibration):
+    import numpy as np
+
+    model, x, _ = bert_calibration
+    output = str(tmp_path / "out.mlpackage")
+    np.savez(tmp_path / "wrong.npz", input_ids=np.zeros((4, 16), np.int32))
+    assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--calibrate", tmp_path / "wrong.npz"], "lack 'attention_mask'", output)
+    np.savez(tmp_path / "shape.npz", input_ids=np.zeros((3, 16), np.int32), attention_mask=np.zeros((3, 16), np.int32),
+             token_type_ids=np.zeros((3, 16), np.int32))  # fmt: skip
+    assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--calibrate", tmp_path / "shape.npz"], "not a multiple", output)
+    (tmp_path / "text.npz").write_text("no")
+    assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--eval", tmp_path / "text.npz"], "not an .npz archive", output)
+    assert_bad_input(capsys, ["compress", model, output, "--size", "0.001", "--calibrate", x], "below the minimum reachable", output)
+    assert_bad_input(capsys, ["compress", model, output, "--bits-per-weight", "3", "--quantize", "int8"], "plan a palettization", output)
+    assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--sensitivity"], "--sensitivity needs --calibrate", output)
+    assert_bad_input(capsys, ["compress", model, output, "--palettize", "4", "--no-correct-inputs"], "--no-correct-inputs needs --calibrate", output)

@@ -1,5 +1,8 @@
 """Fast mode: int8 activations and integer dot products, within its documented error of the exact
 product; exact results wherever it does not apply."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -94,11 +97,48 @@ def test_unknown_mode_is_an_error():
         wp.matvec(weight, np.ones(8), mode="turbo")
 
 
-@pytest.mark.skipif(not backend_c.fast_mode_uses_amx(), reason="no AMX tiles on this CPU (or this OS / compiler)")
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def _build_can_use_amx() -> bool:
+    """Linux, a CPU with AMX-BF16 and AVX512-FP16 (the level AMX belongs to), and a compiler with
+    both instruction sets' intrinsics (gcc 12+, clang 15+)."""
+    name, _, version = backend_c.COMPILER.partition(" ")
+    major = int(version.split(".")[0]) if version[:1].isdigit() else 0
+    compiler_ok = (name == "gcc" and major >= 12) or (name == "clang" and major >= 15)
+    return sys.platform == "linux" and {"amx_bf16", "amx_tile", "avx512_fp16"} <= _cpu_flags() and compiler_ok
+
+
+def _amx_at_the_best_level() -> bool:
+    try:
+        backend_c.set_simd()
+        return backend_c.fast_mode_uses_amx()
+    finally:
+        backend_c.set_simd(os.environ.get("WEIGHTPACK_SIMD") or None)
+
+
+def test_amx_is_used_wherever_the_build_and_cpu_allow_it():
+    """Guards the skip below: on a CPU with AMX, a build that can use it does (at its best level)."""
+    assert _amx_at_the_best_level() == _build_can_use_amx()
+
+
+@pytest.fixture
+def best_level():
+    backend_c.set_simd()
+    yield
+    backend_c.set_simd(os.environ.get("WEIGHTPACK_SIMD") or None)
+
+
+@pytest.mark.skipif(not _amx_at_the_best_level(), reason="no AMX here: the CPU lacks it, or this compiler lacks AVX512-FP16 intrinsics (gcc < 12, clang < 15)")
 @pytest.mark.parametrize("batch", [16, 40, 64])
-def test_batches_on_amx_tiles_are_within_the_bound(batch):
-    """Batches of 16+ run on AMX (bf16 weights and activations): within the same bound, and
-    really a different kernel from the integer dot products of the avx512 level."""
+def test_batches_on_amx_tiles_are_within_the_bound(batch, best_level):
+    """Batches of 16+ run on AMX (bf16 weights and activations; the avx512fp16 level): within the
+    same bound, and really a different kernel from the integer dot products of the avx512 level."""
     rng = np.random.default_rng(batch)
     x = rng.standard_normal((batch, 512)).astype(np.float32)
     for name, weight, bound in weights(rng):

@@ -42,6 +42,7 @@ _LAZY = {
     "sparsegpt_prune": ".calibration",
     "wanda_prune": ".calibration",
     "allocate_bits": ".calibration",
+    "threads": ".parallelism",
 }
 
 

@@ -3,7 +3,10 @@
 - ``weightpack demo``: compress a ResNet50-shaped weight set every way and print a table;
 - ``weightpack inspect MODEL.mlpackage [--json]``: how every weight of a Core ML model is stored;
 - ``weightpack compress IN.mlpackage OUT.mlpackage [...]``: compress a Core ML model's weights
-  with weightpack's encoders (coremltools' post-training options, or its OptimizationConfig yaml).
+  with weightpack's encoders (coremltools' post-training options, or its OptimizationConfig yaml);
+  with ``--calibrate X.npz`` the error-feedback encoders on the model's own activations,
+  ``--bits-per-weight B`` / ``--size MB`` bits per layer, ``--eval Y.npz`` a table of the outputs
+  (:mod:`weightpack.cli_calibrate`).
 - ``weightpack run MODEL --inputs x.npz [--out y.npz] [--policy jit]``: run a Core ML ML program
   on Linux (:class:`weightpack.coreml.Program`);
 - ``weightpack diff REF CAND --inputs x.npz [--json]``: run two programs on the same inputs and
@@ -66,6 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--config", metavar="FILE.yaml", help="a coremltools OptimizationConfig in yaml, instead of the flags above")
     compress.add_argument("--weight-threshold", type=int, default=2048, metavar="N",
                           help="compress only weights with more than N elements (default 2048, as coremltools)")  # fmt: skip
+    compress.add_argument("--per-channel-scale", action="store_true",
+                          help="with --palettize: a scale per channel (iOS18); calibrated: one searched scale per output row")  # fmt: skip
+    calibration = compress.add_argument_group("calibration (weightpack.calibration)")
+    calibration.add_argument("--calibrate", metavar="X.npz", help="calibration inputs (one stacked array per input): error-feedback encoders")
+    calibration.add_argument("--no-sequential", action="store_true", help="with --calibrate: statistics of the original model for every layer")
+    calibration.add_argument("--no-correct-inputs", action="store_true",
+                             help="with --calibrate: do not make each layer compensate the error of its compressed inputs")  # fmt: skip
+    calibration.add_argument("--bits-per-weight", type=float, metavar="B", help="palettize with bits per layer chosen for this average")
+    calibration.add_argument("--size", type=float, metavar="MB", help="palettize with bits per layer chosen for this total (MB of the planned weights)")
+    calibration.add_argument("--sensitivity", action="store_true", help="with a budget: measure each layer's effect on the outputs at each width")
+    calibration.add_argument("--eval", metavar="Y.npz", help="held-out inputs: print the outputs of the result (and of the data-free one) against the original")
     _program_parsers(commands)
     return parser
 
@@ -162,7 +176,15 @@ def _existing(path: str) -> str:
 
 def _compress(args) -> None:
     _quiet_coremltools()
+    budget = args.bits_per_weight is not None or args.size is not None
+    if budget and args.palettize is None and args.config is None:
+        args.palettize = 4  # the base config; the plan sets each layer's width
     steps = _steps(args)  # validate the flags before any work
+    if args.calibrate or args.eval or budget or args.no_sequential or args.sensitivity or args.no_correct_inputs:
+        from . import cli_calibrate
+
+        cli_calibrate.run(args, steps)
+        return
     from .coreml import dropin
     from .coreml.inspection import rows, table
     from .coreml.package import check_output, read_weights, save_model
@@ -191,8 +213,8 @@ def _steps(args) -> list:
         if any(f is not None for f in flags):
             raise WeightpackError("--config replaces --prune/--palettize/--quantize; give one or the other")
         return [_yaml_config(args.config)]
-    for option, parent in (("n_m", "prune"), ("group_size", "palettize"), ("block_size", "quantize")):
-        if getattr(args, option) is not None and getattr(args, parent) is None:
+    for option, parent in (("n_m", "prune"), ("group_size", "palettize"), ("block_size", "quantize"), ("per_channel_scale", "palettize")):
+        if getattr(args, option) not in (None, False) and getattr(args, parent) is None:
             raise WeightpackError(f"--{option.replace('_', '-')} needs --{parent}")
     if all(f is None for f in flags):
         raise WeightpackError("nothing to do: give --prune, --palettize, --quantize or --config")
@@ -207,7 +229,7 @@ def _steps(args) -> list:
     if args.palettize is not None:
         grouped = args.group_size is not None
         config = cto.OpPalettizerConfig(
-            nbits=args.palettize, mode=args.mode, weight_threshold=threshold,
+            nbits=args.palettize, mode=args.mode, weight_threshold=threshold, enable_per_channel_scale=args.per_channel_scale,
             granularity="per_grouped_channel" if grouped else "per_tensor", group_size=args.group_size if grouped else 32,
         )  # fmt: skip
         steps.append(("palettize", cto.OptimizationConfig(global_config=config)))

@@ -128,8 +128,8 @@ class ActivationStats:
         gram = self._gram_sum / max(self.count, 1)
         return (gram + gram.T) * 0.5
 
-    def save(self, path) -> None:
-        """Write to ``path`` (an .npz file), atomically: a failed write leaves any old file intact."""
+    def arrays(self) -> dict:
+        """The file's arrays (see :meth:`save`): {"format", "version", "count", "square_sum"[, "gram_sum"]}."""
         arrays = {
             "format": np.array(FORMAT_NAME),
             "version": np.array(FORMAT_VERSION),
@@ -138,9 +138,13 @@ class ActivationStats:
         }
         if self._gram_sum is not None:
             arrays["gram_sum"] = self._gram_sum
+        return arrays
+
+    def save(self, path) -> None:
+        """Write to ``path`` (an .npz file), atomically: a failed write leaves any old file intact."""
         temp = TempFile(path)
         try:
-            np.savez(temp.file, **arrays)
+            np.savez(temp.file, **self.arrays())
         except BaseException:
             temp.discard()
             raise
@@ -154,23 +158,30 @@ class ActivationStats:
                 arrays = {key: data[key] for key in data.files}
         except (OSError, ValueError, EOFError) as exc:
             raise FormatError(f"{path!r} is not a readable .npz file: {exc}") from None
+        return cls.from_arrays(arrays, repr(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, source: str = "the arrays") -> "ActivationStats":
+        """Statistics from the arrays :meth:`arrays` returns, every one validated (FormatError
+        naming ``source`` otherwise)."""
+        path = source
         if str(arrays.get("format", "")) != FORMAT_NAME:
-            raise FormatError(f"{path!r} does not hold weightpack activation statistics (no format={FORMAT_NAME!r})")
+            raise FormatError(f"{path} does not hold weightpack activation statistics (no format={FORMAT_NAME!r})")
         if int(arrays.get("version", -1)) != FORMAT_VERSION:
-            raise FormatError(f"{path!r} has version {arrays.get('version')}; this weightpack reads version {FORMAT_VERSION}")
+            raise FormatError(f"{path} has version {arrays.get('version')}; this weightpack reads version {FORMAT_VERSION}")
         count = arrays.get("count")
         square = arrays.get("square_sum")
         if count is None or count.shape != () or count.dtype.kind not in "iu" or int(count) < 0:
-            raise FormatError(f"{path!r}: count must be a non-negative integer, got {describe(count)}")
+            raise FormatError(f"{path}: count must be a non-negative integer, got {describe(count)}")
         if square is None or square.ndim != 1 or square.size == 0 or square.dtype != np.float64:
-            raise FormatError(f"{path!r}: square_sum must be a non-empty 1-D float64 array")
+            raise FormatError(f"{path}: square_sum must be a non-empty 1-D float64 array")
         gram = arrays.get("gram_sum")
         n = square.size
         if gram is not None and (gram.shape != (n, n) or gram.dtype != np.float64):
-            raise FormatError(f"{path!r}: gram_sum has shape {gram.shape}, dtype {gram.dtype}; expected ({n}, {n}) float64")
+            raise FormatError(f"{path}: gram_sum has shape {gram.shape}, dtype {gram.dtype}; expected ({n}, {n}) float64")
         for name, arr in (("square_sum", square), ("gram_sum", gram)):
             if arr is not None and not (np.isfinite(arr).all() and (np.diagonal(arr) if arr.ndim == 2 else arr).min() >= 0):
-                raise FormatError(f"{path!r}: {name} holds NaN, infinity or negative squares")
+                raise FormatError(f"{path}: {name} holds NaN, infinity or negative squares")
         out = cls(n, gram=gram is not None)
         out.count = int(count)
         out._square_sum = square.copy()

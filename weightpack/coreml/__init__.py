@@ -6,6 +6,7 @@
 - :func:`prune_weights`, :func:`palettize_weights`, :func:`linear_quantize_weights`,
   :func:`decompress_weights`, :func:`get_weights_metadata` (:mod:`.dropin`): coremltools'
   post-training API, computed by weightpack;
+- :func:`compress` (:mod:`.calibrated`): the same, calibrated on real inputs when given them;
 - :class:`Program` (:mod:`.runtime`): run an ML program on Linux, like ``MLModel.predict``.
 
 Everything but :mod:`.blob` and :mod:`.runtime` imports coremltools, on first use of a name here
@@ -24,6 +25,7 @@ _LAZY = {
     "linear_quantize_weights": ".dropin",
     "decompress_weights": ".dropin",
     "get_weights_metadata": ".metadata",
+    "compress": ".calibrated",
     "Program": ".runtime",
     "WeightOp": ".runtime",
     "covered_ops": ".runtime",

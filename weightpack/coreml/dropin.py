@@ -48,24 +48,27 @@ log = logging.getLogger("weightpack")
 __all__ = ["prune_weights", "palettize_weights", "linear_quantize_weights", "decompress_weights", "get_weights_metadata"]
 
 
-def prune_weights(mlmodel, config, joint_compression: bool = False, *, target=None, progress=None):
+def prune_weights(mlmodel, config, joint_compression: bool = False, *, target=None, progress=None, encoder=None):
     """coremltools' ``prune_weights`` with weightpack's exact-count magnitude pruning.
 
     Extra keywords (all three compressors): ``target`` builds the ops for a newer deployment
     target than the model's own ('iOS16', 'iOS17', 'iOS18'; default: the model's, at least
-    iOS16); ``progress(done, total, name)`` is called after each candidate weight.
+    iOS16); ``progress(done, total, name)`` is called after each candidate weight;
+    ``encoder(kind, op, op_config, default)``, if given, computes each selected const weight
+    instead (``default()`` is the data-free result; both return (var, value, name) or None), in
+    program order: how calibrated compression (:mod:`.calibrated`) plugs in its encoders.
     """
-    return _Compression("prune", mlmodel, config, joint_compression, target, progress).run()
+    return _Compression("prune", mlmodel, config, joint_compression, target, progress, encoder).run()
 
 
-def palettize_weights(mlmodel, config, joint_compression: bool = False, *, target=None, progress=None):
+def palettize_weights(mlmodel, config, joint_compression: bool = False, *, target=None, progress=None, encoder=None):
     """coremltools' ``palettize_weights`` with weightpack's optimal k-means (or uniform) LUTs."""
-    return _Compression("palettize", mlmodel, config, joint_compression, target, progress).run()
+    return _Compression("palettize", mlmodel, config, joint_compression, target, progress, encoder).run()
 
 
-def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, target=None, progress=None):
+def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *, target=None, progress=None, encoder=None):
     """coremltools' ``linear_quantize_weights`` with weightpack's quantizer."""
-    return _Compression("quantize", mlmodel, config, joint_compression, target, progress).run()
+    return _Compression("quantize", mlmodel, config, joint_compression, target, progress, encoder).run()
 
 
 def decompress_weights(mlmodel):
@@ -87,7 +90,7 @@ def decompress_weights(mlmodel):
 class _Compression:
     """One call of a drop-in compressor: validate, pick the consts, compress, rebuild the model."""
 
-    def __init__(self, kind, mlmodel, config, joint, target, progress):
+    def __init__(self, kind, mlmodel, config, joint, target, progress, encoder=None):
         if not isinstance(config, OptimizationConfig):
             raise WeightpackError(f"config must be a coremltools OptimizationConfig, got {describe(config)}")
         if not isinstance(joint, bool):
@@ -95,6 +98,7 @@ class _Compression:
         if not hasattr(mlmodel, "get_spec"):
             raise WeightpackError(f"mlmodel must be a coremltools MLModel, got {describe(mlmodel)}")
         self.kind, self.mlmodel, self.config, self.joint, self.progress = kind, mlmodel, config, joint, progress
+        self.encoder = encoder
         own = mlmodel.get_spec().specificationVersion
         self.spec_version = max(own, SPEC_VERSIONS["iOS16"])
         if target is not None:
@@ -200,7 +204,10 @@ class _Compression:
             raise WeightpackError(f"{why} needs target iOS18 or later; the model's target is {self.target} (weight {op.name!r})")
         child = self._joint_child(op)
         compress = {"prune": self._prune, "palettize": self._palettize, "quantize": self._quantize}[self.kind]
-        result = compress(op, op_config, child)
+        if self.encoder is not None and child is None and op.op_type == "const":
+            result = self.encoder(self.kind, op, op_config, lambda: compress(op, op_config, child))
+        else:
+            result = compress(op, op_config, child)
         if result is None:
             return
         var, value, name = result

@@ -81,12 +81,20 @@ def set_threads(count: int | None = None) -> int:
     return lib.wp_set_threads(count)
 
 
+def threads() -> int:
+    """Threads the C kernels use now (see :func:`set_threads`)."""
+    return lib.wp_threads()
+
+
 def _configure_from_environment() -> None:
     set_simd(os.environ.get("WEIGHTPACK_SIMD") or None)
     threads = os.environ.get("WEIGHTPACK_NUM_THREADS")
     if threads is not None and not threads.isdigit():
         raise WeightpackError(f"WEIGHTPACK_NUM_THREADS={threads!r} must be a positive integer")
     set_threads(int(threads) if threads else None)
+    spin = os.environ.get("WEIGHTPACK_SPIN_US")  # read by csrc/parallel.c: validated here
+    if spin and not (spin.isdigit() and int(spin) <= 1_000_000):
+        raise WeightpackError(f"WEIGHTPACK_SPIN_US={spin!r} must be a whole number of microseconds, 0 to 1000000")
 
 
 _configure_from_environment()

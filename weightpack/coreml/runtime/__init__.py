@@ -1,8 +1,12 @@
 """The executor of Core ML ML programs (opsets iOS15-iOS18) on Linux: numpy plus weightpack's kernels.
 
->>> import weightpack.coreml as wpc                                  # doctest: +SKIP
->>> m = wpc.Program.load("model.mlpackage", policy="jit")            # doctest: +SKIP
->>> m.predict({"input_ids": ids})                                    # doctest: +SKIP
+Usage, for any ML program (an .mlpackage / .mlmodel converted by coremltools, or an MLModel)::
+
+    import weightpack.coreml as wpc
+    m = wpc.Program.load("model.mlpackage", policy="jit")
+    outputs = m.predict({"input_ids": ids})
+
+(:class:`weightpack.runtime.Model` builds small programs in memory; its doctest runs one.)
 
 One module per concern: :mod:`.graph` (the program: typed variables and ops), :mod:`.parse`
 (protobuf -> graph; the only module that imports coremltools), :mod:`.registry` (op registry and
