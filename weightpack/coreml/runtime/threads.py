@@ -7,8 +7,9 @@ second thread of a weightpack product may then wait for a core instead of helpin
 the choice is made on the program itself: at load, ``predict`` runs on inputs of zeros (the
 declared shapes; the smallest a flexible input allows) at 1 thread and at every CPU, alternating,
 and the count with the lowest median latency wins. ``Program.predict`` then sets that count for
-its call and restores the process's count afterwards. BLAS keeps its own threads (reported, not
-changed).
+its call and restores the process's count afterwards (so a :func:`weightpack.threads` block
+around ``predict`` does not change it: ``Program.load(..., threads=n)`` does). BLAS keeps its own
+threads (reported, not changed).
 """
 from __future__ import annotations
 
