@@ -289,3 +289,24 @@ def test_gather_kernel_copies_through_the_map_and_refuses_an_index_out_of_range(
     assert y.tolist() == [9, 0, 3, 3]
     bad = np.array([0, 10], np.int64)
     assert lib.wp_gather_f32(*args, ffi.from_buffer("long long[]", bad), 2, ffi.from_buffer("float[]", y, require_writable=True)) != 0
+
+
+def test_float16_outputs_are_numpys_cast_bit_for_bit():
+    from weightpack.coreml.runtime.executor import _output_array
+    from weightpack.kernels import backend_c
+
+    rng = np.random.default_rng(11)
+    bits = np.concatenate([rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),
+                           np.array([0x7F800001, 0xFF800001, 0x7FC00000, 0x7F801FFF, 0x7F800000, 0x33000000, 0x33000001,
+                                     0x387FFFFF, 0x477FEFFF, 0x477FF000, 0x47800000, 0x80000000], np.uint32)])  # fmt: skip
+    x = bits.view(np.float32).reshape(4, -1)
+    try:
+        for level in backend_c.simd_levels():
+            backend_c.set_simd(level)
+            with np.errstate(over="ignore"):
+                assert _output_array(x, np.dtype(np.float16)).view(np.uint16).tobytes() == x.astype(np.float16).view(np.uint16).tobytes(), level
+    finally:
+        backend_c.set_simd(None)
+    view = x[:, ::2]  # not contiguous: numpy's own cast
+    with np.errstate(over="ignore"):
+        assert _output_array(view, np.dtype(np.float16)).tobytes() == view.astype(np.float16).tobytes()
