@@ -155,3 +155,5 @@ int wp_rotary_f32(const float *x, long long rows, long long width, const float *
 int wp_silu_gate_f32(const float *g, const float *e, const float *u, float *y, long long n);
 int wp_gather_f32(const float *x, long long x_len, const long long *index, long long n, float *y);
 int wp_f32_to_f16(const float *x, unsigned short *y, long long n);
+int wp_softmax_shift_f32(float *x, long long rows, long long n);
+int wp_softmax_scale_f32(float *x, long long rows, long long n);

@@ -310,3 +310,24 @@ def test_float16_outputs_are_numpys_cast_bit_for_bit():
     view = x[:, ::2]  # not contiguous: numpy's own cast
     with np.errstate(over="ignore"):
         assert _output_array(view, np.dtype(np.float16)).tobytes() == view.astype(np.float16).tobytes()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 128, 129, 300, 4097])
+def test_softmax_passes_around_numpys_exp_are_bit_identical(n):
+    from weightpack.coreml.runtime.ops_attention import _softmax_last_axis
+
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((4, n)) * 20).astype(np.float32)
+    x[1, 0] = np.nan
+    x[2, :] = -np.inf  # a fully masked row: NaN, as in PyTorch
+    x[3, -1] = np.inf
+    with np.errstate(all="ignore"):
+        expected = np.exp(x - np.max(x, axis=-1, keepdims=True))
+        expected /= np.sum(expected, axis=-1, keepdims=True)
+        got = _softmax_last_axis(x.copy())
+        fortran = np.asfortranarray(x)  # not C-contiguous: numpy's calls (which sum such rows in another order)
+        expected_f = np.exp(fortran - np.max(fortran, axis=-1, keepdims=True))
+        expected_f /= np.sum(expected_f, axis=-1, keepdims=True)
+        got_f = _softmax_last_axis(fortran.copy(order="F"))
+    assert got.tobytes() == expected.tobytes()
+    assert np.ascontiguousarray(got_f).tobytes() == np.ascontiguousarray(expected_f).tobytes()

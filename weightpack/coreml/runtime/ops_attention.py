@@ -59,14 +59,30 @@ def scaled_dot_product_attention(b):
                     scores += m
                 else:
                     scores = scores + m
-        # ufunc reductions: what np.max / np.sum call, without their Python wrappers (this op runs
-        # once per layer at batch 1, where those wrappers cost more than the arithmetic)
-        weights = np.subtract(scores, np.maximum.reduce(scores, axis=-1, keepdims=True), out=scores)  # scores: a new array
-        np.exp(weights, out=weights)
-        weights /= np.add.reduce(weights, axis=-1, keepdims=True)
+        weights = _softmax_last_axis(scores)  # scores: a new array
         t0 = time.perf_counter()
         y = np.matmul(weights, value)
         clock.seconds += time.perf_counter() - t0
         return y
 
     return b.emit(run, args, [(out, q.type.dtype)])
+
+
+def _softmax_last_axis(scores):
+    """Softmax over the last axis, in place: ``x - max``, numpy's exp, ``/ sum``. The two passes
+    around exp run in C (csrc/softmax.c, numpy's bits: pairwise sum) on float32 rows; otherwise
+    numpy's ufunc reductions (what np.max / np.sum call, without their Python wrappers)."""
+    n = scores.shape[-1] if scores.ndim else 0
+    if scores.dtype == np.float32 and scores.flags.c_contiguous and n > 0:
+        from ..._c import ffi, lib
+
+        rows = scores.size // n
+        pointer = ffi.from_buffer("float[]", scores, require_writable=True)
+        if lib.wp_softmax_shift_f32(pointer, rows, n) == 0:
+            np.exp(scores, out=scores)
+            lib.wp_softmax_scale_f32(pointer, rows, n)
+            return scores
+    np.subtract(scores, np.maximum.reduce(scores, axis=-1, keepdims=True), out=scores)
+    np.exp(scores, out=scores)
+    scores /= np.add.reduce(scores, axis=-1, keepdims=True)
+    return scores
