@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..._c import ffi, lib
 from ...errors import FormatError, WeightpackError, describe
 from ..values import is_weight
 from .fusion import fuse
@@ -227,10 +228,10 @@ class Program:
         for slot, array in self._checked_inputs(inputs):
             env[slot] = array
         self._clock.seconds = 0.0
-        lib = self._kernel_lib if self._threads is not None else None
-        before = lib.wp_threads() if lib is not None else None
+        pool = self._kernel_lib if self._threads is not None else None
+        before = pool.wp_threads() if pool is not None else None
         if before is not None and before != self._threads:
-            lib.wp_set_threads(self._threads)
+            pool.wp_set_threads(self._threads)
         try:
             with np.errstate(all="ignore"):  # inf / NaN are results, as on a device, not warnings
                 if observe is None:
@@ -241,7 +242,7 @@ class Program:
                     times = self._times
         finally:
             if before is not None and before != self._threads:
-                lib.wp_set_threads(before)
+                pool.wp_set_threads(before)
         outputs = {name: _output_array(env[slot], dtype) for name, slot, dtype in self._output_specs}
         self.report.latency_seconds = time.perf_counter() - start
         self.report.kernel_seconds = self._clock.seconds
@@ -432,8 +433,6 @@ def _output_array(value, dtype):
     """A new array of ``value`` in the output's declared dtype; float32 to float16 through the C
     conversion (numpy's cast bit for bit, eight at a time where the CPU has F16C)."""
     if dtype == F16 and isinstance(value, np.ndarray) and value.dtype == np.float32 and value.flags.c_contiguous:
-        from ..._c import ffi, lib
-
         out = np.empty(value.shape, F16)
         if lib.wp_f32_to_f16(ffi.from_buffer("float[]", value), ffi.cast("unsigned short *", ffi.from_buffer(out, require_writable=True)), value.size) == 0:
             return out

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from ..._c import ffi, lib
 from .registry import op
 from .shapes import broadcast, same_dim
 
@@ -41,8 +42,10 @@ def scaled_dot_product_attention(b):
     embed = q.shape[-1] if q.shape is not None else None
     fits = {}  # (mask shape, scores shape) -> the mask broadcasts into the scores
 
+    fixed_scale = None if embed is None else np.float32(1.0 / math.sqrt(embed))
+
     def run(query, key, value, *masks):
-        scale = np.float32(1.0 / math.sqrt(query.shape[-1] if embed is None else embed))
+        scale = fixed_scale if fixed_scale is not None else np.float32(1.0 / math.sqrt(query.shape[-1]))
         t0 = time.perf_counter()
         scores = np.matmul(query * scale, key.swapaxes(-1, -2))
         clock.seconds += time.perf_counter() - t0
@@ -74,8 +77,6 @@ def _softmax_last_axis(scores):
     numpy's ufunc reductions (what np.max / np.sum call, without their Python wrappers)."""
     n = scores.shape[-1] if scores.ndim else 0
     if scores.dtype == np.float32 and scores.flags.c_contiguous and n > 0:
-        from ..._c import ffi, lib
-
         rows = scores.size // n
         pointer = ffi.from_buffer("float[]", scores, require_writable=True)
         if lib.wp_softmax_shift_f32(pointer, rows, n) == 0:
