@@ -12,7 +12,8 @@ overrides) and the weights come from memory, as in a real model. Products are ti
 BLAS calls in between (each weightpack call follows a numpy call and each numpy call a weightpack
 call: both orders, as a model alternates them; OpenBLAS's workers spin after each call) and,
 with ``--standalone``, back to back as well; ``--threads 1 2`` repeats everything per thread
-count (numpy's BLAS limited to the same count through threadpoolctl). Each product line says
+count (numpy's BLAS limited to the same count through threadpoolctl, or to each of
+``--blas-threads``). Each product line says
 how much CPU other processes used while it was measured (``--wait-quiet S`` waits for a quiet
 second first). The output starts with
 the CPU model, its flags and its cache. Prints a table, writes JSON (``--json``).
@@ -72,13 +73,13 @@ def interleaved_medians(first, second, inputs_first, inputs_second, repeats: int
     return float(np.median(times_first)), float(np.median(times_second))
 
 
-def thread_limits(count: int):
-    """weightpack's and (through threadpoolctl, when installed) the BLAS's thread count."""
+def thread_limits(count: int, blas: int | None = None):
+    """weightpack's and (through threadpoolctl, when installed) the BLAS's thread count (default: the same)."""
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:
         return wp.threads(count)
-    return wp.threads(count, blas=count)
+    return wp.threads(count, blas=blas or count)
 
 
 def random_lut(rng, nbits: int, groups: int = 1) -> np.ndarray:
@@ -128,8 +129,8 @@ def bench_products(args, rng) -> list[dict]:
                 for mode in modes:
                     product = lambda w: wp.matmul(w, x, backend="c", mode=mode)  # noqa: E731
                     numpy = lambda d: x @ d.T  # noqa: E731
-                    for threads in args.threads:
-                        with thread_limits(threads):
+                    for threads, blas in [(t, b or t) for t in args.threads for b in (args.blas_threads or [None])]:
+                        with thread_limits(threads, blas):
                             orders = [("beside BLAS", lambda: interleaved_medians(numpy, product, dense, weights, args.repeats))]
                             if args.standalone:
                                 orders.append(("standalone", lambda: (median_seconds(numpy, dense, args.repeats),
@@ -140,12 +141,12 @@ def bench_products(args, rng) -> list[dict]:
                                 with OtherLoad() as others:
                                     baseline, seconds = measure()
                                 row = dict(test="matmul", kind=kind, mode=mode, shape=f"{rows}x{cols}", batch=batch,
-                                           threads=threads, order=order, seconds=seconds, numpy_fp32_seconds=baseline,
+                                           threads=threads, blas_threads=blas, order=order, seconds=seconds, numpy_fp32_seconds=baseline,
                                            speedup=baseline / seconds, bits_per_weight=8 * weights[0].nbytes / (rows * cols),
                                            others_cpu_share=others.share)
                                 rows_out.append(row)
                                 busy = "" if others.share is None else f" (others used {100 * others.share:3.0f}% of the CPUs)"
-                                print(f"matmul {kind:14s} {mode:5s} {rows}x{cols} batch {batch:2d} {threads}T {order:11s}: "
+                                print(f"matmul {kind:14s} {mode:5s} {rows}x{cols} batch {batch:2d} {threads}T{'' if blas == threads else f' (BLAS {blas}T)'} {order:11s}: "
                                       f"{seconds * 1e3:8.3f} ms, numpy fp32 {baseline * 1e3:8.3f} ms, "
                                       f"speedup {baseline / seconds:5.2f}x{busy}", flush=True)
                 del weights
@@ -262,6 +263,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--threads", type=int, nargs="+", default=[backend_c.set_threads()],
                         help="thread counts to measure products with (default: all CPUs)")
+    parser.add_argument("--blas-threads", type=int, nargs="+", metavar="N",
+                        help="BLAS thread counts to pair with each of --threads (default: the same count)")
     parser.add_argument("--standalone", action="store_true", help="also time products back to back, no BLAS between")
     parser.add_argument("--llc-mb", dest="llc", type=lambda v: int(float(v) * 2**20), default=None,
                         help="last-level cache to rotate inputs past (default: the size the CPU reports)")
