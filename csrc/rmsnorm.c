@@ -15,10 +15,10 @@
 
 #include "pairwise.h"
 
-int wp_rmsnorm_f32(const float *x, long long rows, long long n, float eps_add, float eps_rsqrt,
+int wp_rmsnorm_f32(const float *x, long long x_len, long long rows, long long n, float eps_add, float eps_rsqrt,
                    const float *w, long long w_len, float *y, long long y_len)
 {
-    if (rows < 0 || n < 1 || w_len != n || rows > y_len / n || y_len != rows * n) return WP_E_SIZE;
+    if (rows < 0 || n < 1 || w_len != n || rows > y_len / n || y_len != rows * n || x_len != y_len) return WP_E_SIZE;
     const float count = (float)n;
     for (long long row = 0; row < rows; row++) {
         const float *xr = x + row * n;

@@ -10,10 +10,11 @@
 #include "weightpack.h"
 #include "wp_internal.h"
 
-int wp_rotary_f32(const float *x, long long rows, long long width, const float *sin_v, const float *cos_v,
-                  float *y, long long y_len)
+int wp_rotary_f32(const float *x, long long x_len, long long rows, long long width, const float *sin_v, long long sin_len,
+                  const float *cos_v, long long cos_len, float *y, long long y_len)
 {
-    if (rows < 0 || width < 2 || width % 2 || rows > y_len / width || y_len != rows * width) return WP_E_SIZE;
+    if (rows < 0 || width < 2 || width % 2 || rows > y_len / width || y_len != rows * width || x_len != y_len) return WP_E_SIZE;
+    if (sin_len != width || (cos_v && cos_len != width)) return WP_E_SIZE;
     const long long half = width / 2;
     for (long long row = 0; row < rows; row++) {
         const float *xr = x + row * width;

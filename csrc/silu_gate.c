@@ -9,9 +9,10 @@
 #include "weightpack.h"
 #include "wp_internal.h"
 
-int wp_silu_gate_f32(const float *g, const float *e, const float *u, float *y, long long n)
+int wp_silu_gate_f32(const float *g, long long g_len, const float *e, long long e_len, const float *u, long long u_len,
+                     float *y, long long n)
 {
-    if (n < 0) return WP_E_SIZE;
+    if (n < 0 || g_len != n || e_len != n || u_len != n) return WP_E_SIZE;
     for (long long i = 0; i < n; i++) y[i] = (g[i] / (e[i] + 1.0f)) * u[i];
     return WP_OK;
 }

@@ -26,7 +26,7 @@ def test_rmsnorm_kernel_is_bit_identical_to_numpy(n, rows, exponent, eps):
     x = (rng.standard_normal((rows, n)) * 10.0 ** rng.uniform(exponent - 2, exponent + 2, (rows, n))).astype(np.float32)
     w = rng.standard_normal(n).astype(np.float32)
     y = np.empty_like(x)
-    status = lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", x), rows, n, 1e-5, eps, ffi.from_buffer("float[]", w), n,
+    status = lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", x), x.size, rows, n, 1e-5, eps, ffi.from_buffer("float[]", w), n,
                                 ffi.from_buffer("float[]", y, require_writable=True), y.size)  # fmt: skip
     assert status == 0
     expected = numpy_rmsnorm(x, w, np.float32(1e-5), np.float32(eps))
@@ -38,17 +38,18 @@ def test_rmsnorm_kernel_is_bit_identical_on_long_rows(n):
     x = np.random.default_rng(n).standard_normal((2, n)).astype(np.float32)
     w = np.linspace(0.5, 1.5, n, dtype=np.float32)
     y = np.empty_like(x)
-    assert lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", x), 2, n, 1e-5, 0.0, ffi.from_buffer("float[]", w), n,
+    assert lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", x), x.size, 2, n, 1e-5, 0.0, ffi.from_buffer("float[]", w), n,
                               ffi.from_buffer("float[]", y, require_writable=True), y.size) == 0  # fmt: skip
     assert y.tobytes() == numpy_rmsnorm(x, w, np.float32(1e-5), np.float32(0.0)).tobytes()
 
 
 def test_rmsnorm_kernel_refuses_inconsistent_sizes():
     x, w, y = np.ones((2, 8), np.float32), np.ones(8, np.float32), np.empty((2, 8), np.float32)
-    args = (ffi.from_buffer("float[]", x), 2, 8, 1e-5, 0.0, ffi.from_buffer("float[]", w))
+    args = (ffi.from_buffer("float[]", x), 16, 2, 8, 1e-5, 0.0, ffi.from_buffer("float[]", w))
     y_ptr = ffi.from_buffer("float[]", y, require_writable=True)
     assert lib.wp_rmsnorm_f32(*args, 7, y_ptr, 16) != 0
     assert lib.wp_rmsnorm_f32(*args, 8, y_ptr, 15) != 0
+    assert lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", x), 15, 2, 8, 1e-5, 0.0, ffi.from_buffer("float[]", w), 8, y_ptr, 16) != 0
 
 
 def rmsnorm_graph(n=16, weight_as="weight", shared=False, dtype="fp32", axes=(-1,), two=2.0, eps_dtype=np.float32):
@@ -251,8 +252,10 @@ def test_rotary_kernel_is_bit_identical_to_numpy_including_nan_and_inf():
     for c in (None, cos):
         y = np.empty_like(x)
         c_ptr = ffi.NULL if c is None else ffi.from_buffer("float[]", c)
-        assert lib.wp_rotary_f32(ffi.from_buffer("float[]", x), 5, 64, ffi.from_buffer("float[]", sin), c_ptr,
+        assert lib.wp_rotary_f32(ffi.from_buffer("float[]", x), x.size, 5, 64, ffi.from_buffer("float[]", sin), 64, c_ptr, 64,
                                  ffi.from_buffer("float[]", y, require_writable=True), y.size) == 0  # fmt: skip
+        assert lib.wp_rotary_f32(ffi.from_buffer("float[]", x), x.size, 5, 64, ffi.from_buffer("float[]", sin), 63, c_ptr, 64,
+                                 ffi.from_buffer("float[]", y, require_writable=True), y.size) != 0  # fmt: skip
         rotated = np.concatenate([x[:, 32:] * np.float32(-1), x[:, :32]], axis=-1) * sin
         expected = (x if c is None else x * c) + rotated
         assert y.tobytes() == expected.tobytes()

@@ -197,7 +197,7 @@ def _rmsnorm(steps, k, ctx, readers, outputs):
         if not w.flags.c_contiguous:
             w = np.ascontiguousarray(w)
         y = empty(v.shape, f32)
-        status = kernel(buf("float[]", v), v.size // n, n, eps_add, eps_rsqrt, pointer(w), n, buf("float[]", y, require_writable=True), y.size)
+        status = kernel(buf("float[]", v), v.size, v.size // n, n, eps_add, eps_rsqrt, pointer(w), w.size, buf("float[]", y, require_writable=True), y.size)
         if status:
             check(status, "rmsnorm")
         env[out_slot] = y
@@ -373,7 +373,7 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
         if s_ptr is not None and c_ptr is not None:
             y = empty(shape, f32)
             v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
-            status = kernel(buf("float[]", v), rows, width, s_ptr, c_ptr, buf("float[]", y, require_writable=True), y.size)
+            status = kernel(buf("float[]", v), v.size, rows, width, s_ptr, width, c_ptr, width, buf("float[]", y, require_writable=True), y.size)
             if status:
                 check(status, "rotary")
             env[out_slot] = y
@@ -437,7 +437,7 @@ def _silu_gate(steps, k, ctx, readers, outputs, taken):
         if not e.flags.c_contiguous:
             e = np.ascontiguousarray(e)
         out = buf("float[]", e, require_writable=True)
-        status = kernel(buf("float[]", g), out, buf("float[]", v), out, e.size)
+        status = kernel(buf("float[]", g), g.size, out, e.size, buf("float[]", v), v.size, out, e.size)
         if status:
             check(status, "silu gate")
         env[out_slot] = e
