@@ -68,7 +68,7 @@ def fuse(steps, ctx, outputs) -> list:
         if k in taken:
             continue
         chain = (
-            _rmsnorm(steps, k, ctx, readers, outputs)
+            _rmsnorm(steps, k, ctx, readers, outputs, taken)
             or _rotary(steps, k, ctx, readers, outputs, taken)
             or _silu_gate(steps, k, ctx, readers, outputs, taken)
             or _moves(steps, k, ctx, readers, outputs, taken)
@@ -110,7 +110,8 @@ def _float_scalar(value):
 
 
 def _other(node, name):
-    """The operand of binary ``node`` that is not the variable ``name``: (param, binding)."""
+    """The parameter (``"x"`` or ``"y"``) of binary ``node`` not bound to the variable ``name``
+    (None unless exactly one of them is)."""
     x, y = _ref(node, "x"), _ref(node, "y")
     if x == name and y != name:
         return "y"
@@ -127,8 +128,8 @@ def _is_float(ctx, name) -> bool:
 # ---------------------------------------------------------------------- rmsnorm
 
 
-def _rmsnorm(steps, k, ctx, readers, outputs):
-    if k + 6 > len(steps) or steps[k].node.type != "pow":
+def _rmsnorm(steps, k, ctx, readers, outputs, taken):
+    if k + 6 > len(steps) or steps[k].node.type != "pow" or any(j in taken for j in range(k, k + 6)):
         return None
     nodes = [steps[k + i].node for i in range(6)]
     if [n.type for n in nodes] != ["pow", "reduce_mean", "add", "rsqrt", "mul", "mul"]:
