@@ -73,6 +73,12 @@ def interleaved_medians(first, second, inputs_first, inputs_second, repeats: int
     return float(np.median(times_first)), float(np.median(times_second))
 
 
+def after_blas_idles() -> None:
+    """Wait until BLAS's worker threads stop spinning (OpenBLAS: ~0.1 s after its last call), so
+    that a "standalone" product really runs alone."""
+    time.sleep(0.25)
+
+
 def thread_limits(count: int, blas: int | None = None):
     """weightpack's and (through threadpoolctl, when installed) the BLAS's thread count (default: the same)."""
     try:
@@ -134,7 +140,8 @@ def bench_products(args, rng) -> list[dict]:
                             orders = [("beside BLAS", lambda: interleaved_medians(numpy, product, dense, weights, args.repeats))]
                             if args.standalone:
                                 orders.append(("standalone", lambda: (median_seconds(numpy, dense, args.repeats),
-                                                                      median_seconds(product, weights, args.repeats))))
+                                                                      after_blas_idles(),
+                                                                      median_seconds(product, weights, args.repeats))[::2]))
                             for order, measure in orders:
                                 if args.wait_quiet:
                                     wait_until_quiet(patience=args.wait_quiet)

@@ -64,7 +64,9 @@ def info() -> dict:
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         load_average=os.getloadavg()[0], simd=backend_c.SIMD_LEVELS[backend_c.lib.wp_simd_level()],  # the level in force
         simd_levels=list(backend_c.simd_levels()),
-        threads=backend_c.set_threads(), threading=backend_c.THREADING,
+        threads=backend_c.threads(), threading=backend_c.THREADING,
+        spin_us=os.environ.get("WEIGHTPACK_SPIN_US", "default"),
+        openblas_thread_timeout=os.environ.get("OPENBLAS_THREAD_TIMEOUT", "default"),
     )
 
 
@@ -73,7 +75,8 @@ def describe(meta: dict | None = None) -> str:
     return (f"CPU: {meta['cpu']} ({meta['machine']}, {meta['cpus']} CPUs, LLC {meta['llc_bytes'] / 2**20:.0f} MiB; "
             f"load {meta['load_average']:.2f})\nflags: {' '.join(meta['flags'])}\n"
             f"weightpack C backend: SIMD {meta['simd']} (levels {', '.join(meta['simd_levels'])}), "
-            f"{meta['threads']} threads ({meta['threading']})")
+            f"{meta['threads']} threads ({meta['threading']}; WEIGHTPACK_SPIN_US {meta.get('spin_us', 'default')}); "
+            f"OPENBLAS_THREAD_TIMEOUT {meta.get('openblas_thread_timeout', 'default')}")
 
 
 class OtherLoad:
