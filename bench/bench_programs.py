@@ -10,11 +10,15 @@ Two models, defined here in torch with random weights and converted by coremltoo
   under the ``jit`` and ``load`` policies and torch fp32 eager on the same (decompressed)
   weights and threads; resident weight bytes; interpretation overhead (latency minus the time
   inside kernels: BLAS, fused products, decompression);
+- the thread count weightpack's kernels run with (chosen at load by timing the whole program at
+  1 thread and at every CPU, see ``weightpack.coreml.runtime.threads``) and the fused chains;
 - a BERT encoder at MiniLM size (6 layers, hidden 384, 12 heads, MLP 1536, sequence 128),
   uncompressed: latency against torch fp32 eager.
 
-Calls of every contender alternate, round after round; figures are medians. Prints the CPU and
-a table, writes JSON (``--json``).
+Calls of every contender alternate, round after round; figures are medians. The jit program is
+then also timed alone, call after call (the overhead without the other contenders' BLAS / OpenMP
+threads spinning on the cores between its calls). Prints the CPU and a table, writes JSON
+(``--json``).
 
     python bench/bench_programs.py                       # full sizes (~10 min the first time: conversion)
     python bench/bench_programs.py --layers 2 --vocab 4000 --rounds 5   # quicker
@@ -272,9 +276,10 @@ def bench_llama(args, cache: Path) -> dict:
             prog.predict(inputs)
             kernel_share[policy].append(prog.report.kernel_seconds / prog.report.latency_seconds)
             dispatch_share[policy].append(1 - sum(prog.report.op_seconds.values()) / prog.report.latency_seconds)
-            if policy == "jit":
-                for (op_type, _), seconds in prog.report.op_seconds.items():
-                    op_type_ms.setdefault(op_type, []).append(seconds * 1e3)
+            if policy == "jit":  # a fused chain's time is on its last op: counted under the chain's kind
+                chains = {ops[-1]: f"{kind} (fused)" for kind, ops in prog.report.fused_chains}
+                for (op_type, name), seconds in prog.report.op_seconds.items():
+                    op_type_ms.setdefault(chains.get(name, op_type), []).append(seconds * 1e3)
 
         return call
 
@@ -284,6 +289,11 @@ def bench_llama(args, cache: Path) -> dict:
 
     times = alternate({"jit": run("jit"), "load": run("load"), "torch": torch_call}, args.rounds)
     med = {name: statistics.median(t) for name, t in times.items()}
+    alone = []  # the jit program called back to back, as an app decoding tokens calls it
+    for _ in range(args.rounds):
+        programs["jit"].predict(inputs)
+        report = programs["jit"].report
+        alone.append((report.latency_seconds, report.kernel_seconds))
     calls = len(times["jit"]) + 1
     by_type = {op_type: sum(ms) / calls for op_type, ms in op_type_ms.items()}  # mean ms per call
     result = {
@@ -294,9 +304,15 @@ def bench_llama(args, cache: Path) -> dict:
         "resident_bytes": {p: programs[p].report.resident_weight_bytes for p in programs},
         "resident_jit_vs_load": programs["jit"].report.resident_weight_bytes / programs["load"].report.resident_weight_bytes,
         "overhead_share": {p: 1 - statistics.median(s) for p, s in kernel_share.items()},
+        "jit_alone": {"latency_ms": statistics.median(lat for lat, _ in alone) * 1e3,
+                      "overhead_ms": statistics.median(lat - k for lat, k in alone) * 1e3,
+                      "overhead_share": statistics.median((lat - k) / lat for lat, k in alone)},
         "dispatch_share": {p: statistics.median(s) for p, s in dispatch_share.items()},
         "max_rel_error_vs_torch": {p: float(np.max(np.abs(o - reference)) / np.max(np.abs(reference))) for p, o in outputs.items()},
         "jit_ms_by_op_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
+        "threads": {p: programs[p].report.threads for p in programs},
+        "thread_ms_at_load": {p: {n: s * 1e3 for n, s in programs[p].report.thread_seconds.items()} for p in programs},
+        "fused_chains": {p: len(programs[p].report.fused_chains) for p in programs},
     }  # fmt: skip
     return result
 
@@ -371,6 +387,12 @@ def main(argv=None) -> dict:
               f"(of which outside any op: {r['dispatch_share']['jit']:.1%}, {r['dispatch_share']['load']:.1%}); "
               f"max error vs torch jit {r['max_rel_error_vs_torch']['jit']:.1e}, load {r['max_rel_error_vs_torch']['load']:.1e} "
               f"({r['torch_params_assigned']} torch weights from the program)")  # fmt: skip
+        a = r["jit_alone"]
+        print(f"  jit alone (calls back to back, no other contender between them): latency {a['latency_ms']:.1f} ms, "
+              f"overhead {a['overhead_ms']:.2f} ms = {a['overhead_share']:.1%}")  # fmt: skip
+        chosen = ", ".join(f"{n}: {ms:.1f} ms" for n, ms in r["thread_ms_at_load"]["jit"].items())
+        print(f"  weightpack kernel threads: jit {r['threads']['jit']} (per call at load: {chosen or 'not measured'}), "
+              f"load {r['threads']['load']}; fused chains {r['fused_chains']['jit']}")  # fmt: skip
         top = list(r["jit_ms_by_op_type"].items())[:8]
         print("  jit ms by op type: " + ", ".join(f"{k} {v:.2f}" for k, v in top), flush=True)
     if "bert" in sections:

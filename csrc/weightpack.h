@@ -145,3 +145,16 @@ int wp_enc_vector_nearest(const void *x, int half, const double *table, const fl
                           const double *centers, long long q, long long *labels);
 int wp_enc_vector_lloyd(const void *x, int half, const double *table, const float *wt, long long n, long long dims,
                         double *centers, long long q, long long max_iter, double tol, double *err_out);
+
+/* ---- the ML-program executor's fused elementwise chains (csrc/rmsnorm.c): float32, bit for bit
+ * numpy's results of the ops they replace ---- */
+int wp_rmsnorm_f32(const float *x, long long x_len, long long rows, long long n, float eps_add, float eps_rsqrt,
+                   const float *w, long long w_len, float *y, long long y_len);
+int wp_rotary_f32(const float *x, long long x_len, long long rows, long long width, const float *sin_v, long long sin_len,
+                  const float *cos_v, long long cos_len, float *y, long long y_len);
+int wp_silu_gate_f32(const float *g, long long g_len, const float *e, long long e_len, const float *u, long long u_len,
+                     float *y, long long n);
+int wp_gather_f32(const float *x, long long x_len, const long long *index, long long n, float *y);
+int wp_f32_to_f16(const float *x, unsigned short *y, long long n);
+int wp_softmax_shift_f32(float *x, long long rows, long long n);
+int wp_softmax_scale_f32(float *x, long long rows, long long n);

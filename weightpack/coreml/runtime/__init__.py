@@ -12,7 +12,9 @@ One module per concern: :mod:`.graph` (the program: typed variables and ops), :m
 (protobuf -> graph; the only module that imports coremltools), :mod:`.registry` (op registry and
 the per-op builder), the op families (:mod:`.ops_elementwise`, :mod:`.ops_tensor`,
 :mod:`.ops_linear`, :mod:`.ops_nn`, :mod:`.ops_reduce`, :mod:`.ops_attention`), :mod:`.weights`
-(policies ``load`` / ``jit`` / ``auto``), :mod:`.report` and :mod:`.executor` (:class:`Program`).
+(policies ``load`` / ``jit`` / ``auto``), :mod:`.fusion` (chains of ops run as one step, same
+bits), :mod:`.threads` (the kernel threads that run the whole program fastest), :mod:`.report`
+and :mod:`.executor` (:class:`Program`).
 
 **Precision.** Programs stored in fp16 compute in float32 by default: every fp16 value (weights,
 activations, constants) is held as the float32 of the same number, and ops compute in float32.

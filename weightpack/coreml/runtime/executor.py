@@ -12,9 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..._c import ffi, lib
 from ...errors import FormatError, WeightpackError, describe
 from ..values import is_weight
+from .fusion import fuse
 from .graph import Const, Graph, Ref, dtype_of
+from . import threads as thread_choice
 from .registry import OPS, Builder, Operand, covered_ops, runtime_dtype, type_from_value
 from .report import KernelClock, Report
 from .weights import POLICIES, WeightStore, dense_float32
@@ -119,13 +122,15 @@ class Program:
     ((2, 4), True)
     """
 
-    def __init__(self, graph: Graph, policy: str = "jit", *, compute_precision: str = "fp32", backend=None, batch_size: int = 1):
+    def __init__(self, graph: Graph, policy: str = "jit", *, compute_precision: str = "fp32", backend=None, batch_size: int = 1, threads=None):
         if policy not in POLICIES:
             raise WeightpackError(f"policy={describe(policy)} is unknown; allowed: {', '.join(POLICIES)}")
         if compute_precision not in PRECISIONS:
             raise WeightpackError(f"compute_precision={describe(compute_precision)} is unknown; allowed: {', '.join(PRECISIONS)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise WeightpackError(f"batch_size={describe(batch_size)} must be a positive integer")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise WeightpackError(f"threads={describe(threads)} must be a positive integer or None (measured at load)")
         _refuse_uncovered(graph)
         start = time.perf_counter()
         self.graph, self.policy, self.compute_precision = graph, policy, compute_precision
@@ -135,16 +140,28 @@ class Program:
         self._steps, self._ctx = self._compile(batch_size)
         self._store.finish()
         self._template = self._make_template()
-        self._frees = self._last_uses()
+        self._declared = {v.name: v.type for v in graph.inputs}
+        self._output_specs = [(name, self._ctx.slots[name], dtype_of(self._output_dtype(name))) for name in graph.outputs]
+        self._frees = self._last_uses([(k, step.run, [slot for _, slot in step.observed]) for k, step in enumerate(self._steps)])
+        self._fused = fuse(self._steps, self._ctx, self.graph.outputs)
+        self._plan = self._fused_plan()
+        self._plan_frees = self._last_uses(self._plan)
+        self._plan_run = [(k, run, frees) for (k, run, _), frees in zip(self._plan, self._plan_frees)]
         self._weight_slot_set = set(self._ctx.weight_slots.values())
-        self._times = [0.0] * len(self._steps)
+        self._times = [0.0] * len(self._steps)  # per op, of the last observed call
+        self._plan_times = [0.0] * len(self._steps)  # per op, of the last call: a fused chain's on its last op
         self._op_keys = [(step.node.type, step.node.name) for step in self._steps]
         self.report = Report(policy)
+        self._threads = None  # weightpack's C kernel threads during predict (None: the process's)
+        self._choose_threads(threads)
+        chosen = self.report
+        self.report = Report(policy, threads=chosen.threads, thread_seconds=chosen.thread_seconds, blas_threads=chosen.blas_threads)
         self.report.load_seconds = time.perf_counter() - start
         self._refresh_report()
 
     @classmethod
-    def load(cls, model, policy: str = "jit", *, function: str = "main", compute_precision: str = "fp32", backend=None, batch_size: int = 1):
+    def load(cls, model, policy: str = "jit", *, function: str = "main", compute_precision: str = "fp32", backend=None, batch_size: int = 1,
+             threads=None):  # fmt: skip
         """Load ``model`` (an .mlpackage path or a coremltools MLModel) for execution.
 
         ``policy``: ``"jit"`` (iOS 17: weights stay compressed, fused products), ``"load"``
@@ -154,11 +171,15 @@ class Program:
         after each op (Core ML's fp16 storage of activations; arithmetic inside an op stays
         float32). ``backend`` picks the kernel backend (None: the fastest available).
         ``batch_size``: the rows ``auto`` times its products at where the program leaves them open.
+        ``threads``: weightpack's kernel threads during ``predict``; None (default): when weights
+        run compressed (``jit`` / ``auto``) on several CPUs, the count that runs the whole program
+        fastest, measured at load (:mod:`.threads`; ``report.threads`` and
+        ``report.thread_seconds`` tell), else the process's setting.
         """
         from .parse import load_graph
 
         graph = load_graph(model, function)
-        return cls(graph, policy, compute_precision=compute_precision, backend=backend, batch_size=batch_size)
+        return cls(graph, policy, compute_precision=compute_precision, backend=backend, batch_size=batch_size, threads=threads)
 
     # ------------------------------------------------------------------ public API
 
@@ -207,34 +228,77 @@ class Program:
         for slot, array in self._checked_inputs(inputs):
             env[slot] = array
         self._clock.seconds = 0.0
-        with np.errstate(all="ignore"):  # inf / NaN are results, as on a device, not warnings
-            if observe is None:
-                self._run(env)
-            else:
-                self._run_observed(env, observe)
-        outputs = {}
-        for name in self.graph.outputs:
-            value = env[self._ctx.slots[name]]
-            outputs[name] = np.array(value, dtype_of(self._output_dtype(name)), copy=True)
+        pool = self._kernel_lib if self._threads is not None else None
+        before = pool.wp_threads() if pool is not None else None
+        if before is not None and before != self._threads:
+            pool.wp_set_threads(self._threads)
+        try:
+            with np.errstate(all="ignore"):  # inf / NaN are results, as on a device, not warnings
+                if observe is None:
+                    self._run(env)
+                    times = self._plan_times
+                else:
+                    self._run_observed(env, observe)
+                    times = self._times
+        finally:
+            if before is not None and before != self._threads:
+                pool.wp_set_threads(before)
+        outputs = {name: _output_array(env[slot], dtype) for name, slot, dtype in self._output_specs}
         self.report.latency_seconds = time.perf_counter() - start
         self.report.kernel_seconds = self._clock.seconds
-        self.report.op_seconds = dict(zip(self._op_keys, self._times))
+        self.report.op_seconds = dict(zip(self._op_keys, times))
         return outputs
+
+    # ------------------------------------------------------------------ threads
+
+    def _choose_threads(self, threads) -> None:
+        """Fix weightpack's kernel threads for ``predict``: ``threads`` if given, else (weights
+        running compressed, several CPUs) the fastest count for the whole program (:mod:`.threads`)."""
+        kernels = thread_choice.c_kernels()
+        self._kernel_lib = None if kernels is None else kernels.lib
+        self.report.blas_threads = thread_choice.blas_threads()
+        if kernels is None:
+            return
+        if threads is not None:
+            self._threads = threads
+        elif self.policy != "load" and any(u.mode != "dense" for u in self._store.uses) and thread_choice.cpu_count() > 1:
+            candidates = sorted({1, thread_choice.cpu_count()})
+            try:
+                self._threads, self.report.thread_seconds = thread_choice.choose(self, candidates)
+            except WeightpackError:  # zeros are no valid input of this program: keep the process's count
+                self._threads = None
+        self.report.threads = self._threads if self._threads is not None else int(self._kernel_lib.wp_threads())
 
     # ------------------------------------------------------------------ running
 
     def _run(self, env) -> None:
-        clock, times, frees = time.perf_counter, self._times, self._frees
+        """Every op in order, fused chains (:mod:`.fusion`) as one step each."""
+        clock, times = time.perf_counter, self._plan_times
         k = 0
+        t0 = clock()
         try:
-            for k, step in enumerate(self._steps):
-                t0 = clock()
-                step.run(env)
-                times[k] = clock() - t0
-                for slot in frees[k]:
+            for k, run, frees in self._plan_run:
+                run(env)
+                t1 = clock()
+                times[k] = t1 - t0
+                t0 = t1
+                for slot in frees:
                     env[slot] = None
         except Exception as err:  # a kernel's error, with the op that raised it
             raise self._located(err, k) from None
+
+    def _fused_plan(self) -> list:
+        """(index of the op that stands for the step, run, slots read) per step of ``_run``: a
+        fused chain stands in for its ops, at its last op."""
+        chains = {chain.last: chain for chain in self._fused}
+        inside = {k for chain in self._fused for k in chain.members[:-1]}
+        plan = []
+        for k, step in enumerate(self._steps):
+            if k in chains:
+                plan.append((k, chains[k].run, list(chains[k].reads)))
+            elif k not in inside:
+                plan.append((k, step.run, [slot for _, slot in step.observed]))
+        return plan
 
     def _run_observed(self, env, observe) -> None:
         clock, times, frees = time.perf_counter, self._times, self._frees
@@ -262,7 +326,7 @@ class Program:
     def _checked_inputs(self, inputs) -> list:
         if not isinstance(inputs, Mapping):
             raise WeightpackError(f"inputs must be a dict of name -> array, got {describe(inputs)}")
-        declared = {v.name: v.type for v in self.graph.inputs}
+        declared = self._declared
         missing = [name for name in declared if name not in inputs]
         if missing:
             raise WeightpackError(f"inputs lack {', '.join(map(repr, missing))}; the program takes {_signature(declared)}")
@@ -280,7 +344,7 @@ class Program:
             if _kind(array.dtype) != _kind(want):
                 raise WeightpackError(f"input {name!r} has dtype {array.dtype}; the program takes {vtype}")
             self._check_shape(name, array.shape, vtype)
-            if want.kind in "iu" and array.size and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max):
+            if want.kind in "iu" and array.dtype != want and array.size and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max):
                 raise WeightpackError(f"input {name!r} holds values outside the {want} range of {vtype}")
             value = array.astype(want, copy=False).astype(runtime_dtype(vtype.dtype), copy=False)
             checked.append((self._ctx.slots[name], value))
@@ -342,14 +406,14 @@ class Program:
             template[slot] = _runtime_const(dense_float32(self.graph.constants[name]))
         return template
 
-    def _last_uses(self) -> list:
-        """Per step, the slots no later step reads (released to keep peak memory low)."""
+    def _last_uses(self, plan) -> list:
+        """Per step of ``plan``, the slots no later step reads (released to keep peak memory low)."""
         keep = {self._ctx.slots[name] for name in self.graph.outputs}
         last = {}
-        for k, step in enumerate(self._steps):
-            for _, slot in step.observed:
-                last[slot] = k
-        frees = [[] for _ in self._steps]
+        for j, (_, _, reads) in enumerate(plan):
+            for slot in reads:
+                last[slot] = j
+        frees = [[] for _ in plan]
         for slot, k in last.items():
             if slot not in keep:
                 frees[k].append(slot)
@@ -359,6 +423,20 @@ class Program:
         self.report.resident_weight_bytes = self._store.resident_bytes()
         self.report.scratch_bytes = int(self._store.scratch.nbytes)
         self.report.layer_modes = [u.mode for u in self._store.uses]
+        self.report.fused_chains = [(chain.kind, chain.ops) for chain in self._fused]
+
+
+F16 = np.dtype(np.float16)
+
+
+def _output_array(value, dtype):
+    """A new array of ``value`` in the output's declared dtype; float32 to float16 through the C
+    conversion (numpy's cast bit for bit, eight at a time where the CPU has F16C)."""
+    if dtype == F16 and isinstance(value, np.ndarray) and value.dtype == np.float32 and value.flags.c_contiguous:
+        out = np.empty(value.shape, F16)
+        if lib.wp_f32_to_f16(ffi.from_buffer("float[]", value), ffi.cast("unsigned short *", ffi.from_buffer(out, require_writable=True)), value.size) == 0:
+            return out
+    return np.array(value, dtype, copy=True)
 
 
 def _read_only(array):

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from ..._c import ffi, lib
 from .registry import op
 from .shapes import broadcast, same_dim
 
@@ -39,26 +40,50 @@ def scaled_dot_product_attention(b):
         args.append(mask)
     clock = b.clock
     embed = q.shape[-1] if q.shape is not None else None
+    fits = {}  # (mask shape, scores shape) -> the mask broadcasts into the scores
+
+    fixed_scale = None if embed is None else np.float32(1.0 / math.sqrt(embed))
 
     def run(query, key, value, *masks):
-        scale = np.float32(1.0 / math.sqrt(query.shape[-1] if embed is None else embed))
+        scale = fixed_scale if fixed_scale is not None else np.float32(1.0 / math.sqrt(query.shape[-1]))
         t0 = time.perf_counter()
-        scores = np.matmul(query * scale, np.swapaxes(key, -1, -2))
+        scores = np.matmul(query * scale, key.swapaxes(-1, -2))
         clock.seconds += time.perf_counter() - t0
         if masks:
             m = masks[0]
             if m.dtype == np.bool_:
                 scores = np.where(m, scores, np.float32(-np.inf))
-            elif np.broadcast_shapes(m.shape, scores.shape) == scores.shape:
-                scores += m
             else:
-                scores = scores + m
-        weights = np.subtract(scores, np.max(scores, axis=-1, keepdims=True), out=scores)  # scores: a new array
-        np.exp(weights, out=weights)
-        weights /= np.sum(weights, axis=-1, keepdims=True)
+                key_ = (m.shape, scores.shape)
+                inplace = fits.get(key_)
+                if inplace is None:  # whether the mask broadcasts into the scores (then: in place)
+                    inplace = fits[key_] = m.ndim <= scores.ndim and all(d in (1, s) for d, s in zip(m.shape[::-1], scores.shape[::-1]))
+                if inplace:
+                    scores += m
+                else:
+                    scores = scores + m
+        weights = _softmax_last_axis(scores)  # scores: a new array
         t0 = time.perf_counter()
         y = np.matmul(weights, value)
         clock.seconds += time.perf_counter() - t0
         return y
 
     return b.emit(run, args, [(out, q.type.dtype)])
+
+
+def _softmax_last_axis(scores):
+    """Softmax over the last axis, in place: ``x - max``, numpy's exp, ``/ sum``. The two passes
+    around exp run in C (csrc/softmax.c, numpy's bits: pairwise sum) on float32 rows; otherwise
+    numpy's ufunc reductions (what np.max / np.sum call, without their Python wrappers)."""
+    n = scores.shape[-1] if scores.ndim else 0
+    if scores.dtype == np.float32 and scores.flags.c_contiguous and n > 0:
+        rows = scores.size // n
+        pointer = ffi.from_buffer("float[]", scores, require_writable=True)
+        if lib.wp_softmax_shift_f32(pointer, rows, n) == 0:
+            np.exp(scores, out=scores)
+            lib.wp_softmax_scale_f32(pointer, rows, n)
+            return scores
+    np.subtract(scores, np.maximum.reduce(scores, axis=-1, keepdims=True), out=scores)
+    np.exp(scores, out=scores)
+    scores /= np.add.reduce(scores, axis=-1, keepdims=True)
+    return scores

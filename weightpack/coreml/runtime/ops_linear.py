@@ -55,6 +55,18 @@ def linear(b):
 
         return b.emit(run_var, args, [(out, x.type.dtype)])
 
+    if bias is not None and bias.is_const:  # known at load: bound here, skipped when zero
+        fixed = None if bias_is_zero() else bias.value
+
+        def run_fixed(v):
+            flat = v.reshape(-1, in_features)
+            y = use.matmul_nt(flat if flat.flags.c_contiguous else np.ascontiguousarray(flat))
+            if fixed is not None:
+                y += fixed
+            return y.reshape(v.shape[:-1] + (out_features,))
+
+        return b.emit(run_fixed, [x], [(out, x.type.dtype)])
+
     def run(v, *bias):
         flat = v if v.ndim == 2 else v.reshape(-1, in_features)
         y = use.matmul_nt(flat if flat.flags.c_contiguous else np.ascontiguousarray(flat))

@@ -359,11 +359,13 @@ def split(b):
 
 
 def tile_array(v, reps):
-    """``np.tile`` for len(reps) == v.ndim as one broadcast copy (numpy's tile copies per axis)."""
+    """``np.tile`` for len(reps) == v.ndim as one broadcast copy into the result (numpy's tile
+    copies per axis; ``np.broadcast_to`` costs more than the copy at batch 1)."""
     if v.ndim == 0:
         return v.copy()
-    spread = np.broadcast_to(v.reshape([s for d in v.shape for s in (1, d)]), [s for r, d in zip(reps, v.shape) for s in (r, d)])
-    return spread.reshape([r * d for r, d in zip(reps, v.shape)])
+    out = np.empty([r * d for r, d in zip(reps, v.shape)], v.dtype)
+    out.reshape([s for r, d in zip(reps, v.shape) for s in (r, d)])[...] = v.reshape([s for d in v.shape for s in (1, d)])
+    return out
 
 
 def _checked_reps(reps, rank, where):

@@ -24,10 +24,18 @@ class Report:
       compressed arrays (with the derived data kernels keep beside them);
     - ``scratch_bytes``: the one buffer ops decompress into right before they run (jit / auto);
     - ``latency_seconds``: wall time of the last ``predict`` (input checks included);
-    - ``op_seconds``: {(op type, op name): seconds} of the last call, in program order;
+    - ``op_seconds``: {(op type, op name): seconds} of the last call, in program order; the ops of
+      a fused chain (see ``fused_chains``) run as one step, whose time is on the chain's last op (the
+      others show 0) unless the call observed every op (``predict(observe=...)``);
     - ``kernel_seconds``: the part of the last call spent inside kernels (BLAS, fused products,
       decompression); ``latency_seconds - kernel_seconds`` is the interpretation overhead plus
       the elementwise numpy work;
+    - ``fused_chains``: the chains of ops ``predict`` runs as one step (:mod:`.fusion`): a list of
+      (chain kind, op names);
+    - ``threads``: weightpack's kernel threads during ``predict`` (chosen at load, see
+      :mod:`.threads`, or given); ``thread_seconds``: {threads: median seconds of a call} as
+      measured at load to choose (empty when not measured); ``blas_threads``: the threads of
+      numpy's BLAS (threadpoolctl's report; None without threadpoolctl);
     - ``layer_modes``: how each weight op runs, in program order: ``"dense"`` (decompressed at
       load, BLAS), ``"fused"`` (compressed, weightpack's fused product), ``"scratch"``
       (decompressed into the scratch buffer before the op), ``"rows"`` (an embedding lookup
@@ -42,6 +50,10 @@ class Report:
     op_seconds: dict = field(default_factory=dict)
     kernel_seconds: float = 0.0
     layer_modes: list = field(default_factory=list)
+    fused_chains: list = field(default_factory=list)
+    threads: int | None = None
+    thread_seconds: dict = field(default_factory=dict)
+    blas_threads: int | None = None
 
     @property
     def last_latency_seconds(self) -> float:

@@ -19,6 +19,7 @@ decompressed at load: they are small, and an op may return a view of its input.
 from __future__ import annotations
 
 import time
+from time import perf_counter
 
 import numpy as np
 
@@ -152,17 +153,18 @@ class WeightUse:
 
     def matmul_nt(self, x2d: np.ndarray) -> np.ndarray:
         """``x2d @ M.T`` for x2d (batch, cols), M the weight as its (rows, cols) matrix; float32."""
-        clock = self.store.clock
+        store = self.store
+        clock = store.clock
         if self.mode == "fused":
-            t0 = time.perf_counter()
+            t0 = perf_counter()
             try:
-                y = fused_matmul(self.slot.value, x2d, backend=self.store.backend)
+                y = fused_matmul(self.slot.value, x2d, backend=store.backend)
             except WeightpackError:
                 if np.isfinite(x2d).all():
                     raise
                 y = None  # the fused kernels refuse NaN / inf: BLAS propagates them, as a device does
             if y is not None:
-                clock.seconds += time.perf_counter() - t0
+                clock.seconds += perf_counter() - t0
                 return y
             w = dense_float32(self.slot.value, self.store.backend)
             y = x2d @ w.reshape(w.shape[0], -1).T

@@ -1,0 +1,488 @@
+"""Chains of ops that ``Program.predict`` runs as one fused step, with bit-identical results.
+
+At load, :func:`fuse` finds known chains among the compiled steps (consecutive ops, each
+intermediate read only by the next op of the chain and not a program output). A fused step
+computes exactly what the ops compute, operation by operation in float32 in numpy's order, only
+without the interpreter's per-op work and numpy's per-call costs, which dominate at batch 1
+(each numpy call after a weight product runs from cold caches). ``predict(observe=...)`` still
+runs op by op, so every op's inputs can be observed. Fusion applies to ``compute_precision="fp32"``
+only (``"fp16"`` rounds each op's output).
+
+Chains:
+
+- ``rmsnorm``: ``pow(x, 2) -> reduce_mean(last axis, keep_dims) -> add(eps) -> rsqrt(epsilon) ->
+  mul(x, .) -> mul(., w)`` with a constant vector ``w`` over the last axis (C kernel
+  ``csrc/rmsnorm.c``: numpy's pairwise summation, the same float32 roundings);
+- ``rotary``: rotary position embeddings as converters write ``x * cos + rotate_half(x) * sin``:
+  ``slice(x, [.., h:]) -> mul(., -1)``, ``slice(x, [.., :h])``, ``concat(last axis) -> mul(., sin)
+  -> add(x or mul(x, cos), .)``, with constant ``sin`` / ``cos`` broadcasting into x: one C call
+  (``csrc/rotary.c``) when they are vectors over the last axis (a decoding step), else a copy and
+  three numpy calls writing into one buffer; the same float32 operations either way;
+- ``silu_gate``: ``silu(g) -> mul(., u)`` with ``u`` of g's shape: numpy's ``exp(-g)``, then one C
+  call for ``(g / (e + 1)) * u`` (``csrc/silu_gate.c``), run where the mul runs;
+- ``moves``: a chain of data movements with a ``tile`` among them (``transpose``, ``reshape``,
+  ``tile``, ``squeeze``, ``expand_dims``; the head repeats of grouped-query attention) on an input
+  of static shape: one gather (``csrc/gather.c`` for float32) through the index map the chain
+  computes, found at load by running the ops themselves on the element numbers (the ops need not be adjacent: the gather runs where
+  the chain's last op runs).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..._c import check, ffi, lib
+from .graph import Const, Ref, dtype_of
+
+FLOATS = ("fp16", "fp32")
+F32 = np.dtype(np.float32)
+
+
+class Fused:
+    """A fused chain: ``run(env)`` does what the steps ``members`` (indices, ascending) do, where
+    the last of them runs; ``reads``: the environment slots it reads; ``kind``: the chain's name;
+    ``ops``: its op names."""
+
+    __slots__ = ("kind", "members", "run", "reads", "ops")
+
+    def __init__(self, kind, members, run, reads, ops):
+        self.kind, self.members, self.run, self.reads, self.ops = kind, tuple(members), run, reads, ops
+
+    @property
+    def last(self) -> int:
+        return self.members[-1]
+
+
+def fuse(steps, ctx, outputs) -> list:
+    """The fused chains among ``steps`` (compiled in ``ctx``), in program order; ``outputs``:
+    the program's output names (never fused away)."""
+    if ctx.precision != "fp32":
+        return []
+    readers = {}
+    for k, step in enumerate(steps):
+        for binding in step.node.inputs.values():
+            for b in binding if isinstance(binding, tuple) else (binding,):
+                if isinstance(b, Ref):
+                    readers.setdefault(b.name, set()).add(k)
+    found, taken, outputs = [], set(), set(outputs)
+    for k in range(len(steps)):
+        if k in taken:
+            continue
+        chain = (
+            _rmsnorm(steps, k, ctx, readers, outputs, taken)
+            or _rotary(steps, k, ctx, readers, outputs, taken)
+            or _silu_gate(steps, k, ctx, readers, outputs, taken)
+            or _moves(steps, k, ctx, readers, outputs, taken)
+        )
+        if chain is not None:
+            found.append(chain)
+            taken.update(chain.members)
+    return sorted(found, key=lambda chain: chain.last)
+
+
+# ---------------------------------------------------------------------- matching helpers
+
+
+def _ref(node, param):
+    binding = node.inputs.get(param)
+    return binding.name if isinstance(binding, Ref) else None
+
+
+def _out(node):
+    return node.outputs[0].name if len(node.outputs) == 1 else None
+
+
+def _constant(ctx, node, param):
+    """A parameter's constant value (not a weight), or None."""
+    binding = node.inputs.get(param)
+    if isinstance(binding, Const):
+        return binding.value
+    if isinstance(binding, Ref) and binding.name in ctx.constants and binding.name not in ctx.store.slots:
+        return ctx.constants[binding.name]
+    return None
+
+
+def _float_scalar(value):
+    """A float constant holding one number, as the float32 the ops compute with (a Python float
+    holding it exactly), or None."""
+    if not isinstance(value, (np.ndarray, np.generic)) or value.size != 1 or value.dtype.kind != "f":
+        return None
+    return float(np.float32(value.reshape(())))
+
+
+def _other(node, name):
+    """The parameter (``"x"`` or ``"y"``) of binary ``node`` not bound to the variable ``name``
+    (None unless exactly one of them is)."""
+    x, y = _ref(node, "x"), _ref(node, "y")
+    if x == name and y != name:
+        return "y"
+    if y == name and x != name:
+        return "x"
+    return None
+
+
+def _is_float(ctx, name) -> bool:
+    t = ctx.types.get(name)
+    return t is not None and t.dtype in FLOATS
+
+
+# ---------------------------------------------------------------------- rmsnorm
+
+
+def _rmsnorm(steps, k, ctx, readers, outputs, taken):
+    if k + 6 > len(steps) or steps[k].node.type != "pow" or any(j in taken for j in range(k, k + 6)):
+        return None
+    nodes = [steps[k + i].node for i in range(6)]
+    if [n.type for n in nodes] != ["pow", "reduce_mean", "add", "rsqrt", "mul", "mul"]:
+        return None
+    names = [_out(n) for n in nodes]
+    if None in names or any(readers.get(names[i]) != {k + i + 1} or names[i] in outputs for i in range(5)):
+        return None
+    pow_, mean, add, rsqrt, mul_x, mul_w = nodes
+    x = _ref(pow_, "x")
+    xtype = ctx.types.get(x)
+    if x is None or xtype is None or xtype.dtype not in FLOATS or not xtype.shape or xtype.shape[-1] is None:
+        return None
+    if not all(_is_float(ctx, name) for name in names):
+        return None
+    two = _float_scalar(_constant(ctx, pow_, "y"))
+    if two != 2.0:
+        return None
+    n, rank = xtype.shape[-1], len(xtype.shape)
+    axes = _constant(ctx, mean, "axes")
+    keep = _constant(ctx, mean, "keep_dims")
+    if _ref(mean, "x") != names[0] or axes is None or np.asarray(axes).reshape(-1).tolist() not in ([-1], [rank - 1]):
+        return None
+    if keep is None or not bool(np.asarray(keep).reshape(())):
+        return None
+    eps_param = _other(add, names[1])
+    eps_add = _float_scalar(_constant(ctx, add, eps_param)) if eps_param else None
+    if eps_add is None or _ref(rsqrt, "x") != names[2]:
+        return None
+    if "epsilon" in rsqrt.inputs:
+        eps_rsqrt = _float_scalar(_constant(ctx, rsqrt, "epsilon"))
+    else:  # the op's default, taken in x's declared dtype
+        eps_rsqrt = float(np.float32(np.asarray(1e-12).astype(dtype_of(ctx.types[names[2]].dtype))))
+    if eps_rsqrt is None or _other(mul_x, names[3]) is None or _ref(mul_x, _other(mul_x, names[3])) != x:
+        return None
+    w_param = _other(mul_w, names[4])
+    if w_param is None:
+        return None
+    weight = _vector(ctx, mul_w, w_param, n, rank)
+    if weight is None:
+        return None
+    x_slot, out_slot = ctx.slots[x], ctx.slots[_out(mul_w)]
+    member_runs = [steps[k + i].run for i in range(6)]
+    read_weight = weight if isinstance(weight, int) else None
+    fixed = None if read_weight is not None else weight
+    pointers = {}
+
+    def pointer(array):
+        cached = pointers.get("w")
+        if cached is None or cached[0] is not array:
+            cached = pointers["w"] = (array, ffi.from_buffer("float[]", array))
+        return cached[1]
+
+    # closure cells, not module globals: each op runs from cold caches after a weight product,
+    # where every dictionary lookup is a cache miss
+    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_rmsnorm_f32, F32
+
+    def run(env):
+        v = env[x_slot]
+        w = fixed if read_weight is None else env[read_weight]
+        if v.dtype != f32 or w.dtype != f32 or v.shape[-1] != n or w.size != n or v.size == 0:
+            for member in member_runs:  # what numpy does with it, error included
+                member(env)
+            return
+        if not v.flags.c_contiguous:
+            v = np.ascontiguousarray(v)
+        if not w.flags.c_contiguous:
+            w = np.ascontiguousarray(w)
+        y = empty(v.shape, f32)
+        status = kernel(buf("float[]", v), v.size, v.size // n, n, eps_add, eps_rsqrt, pointer(w), w.size, buf("float[]", y, require_writable=True), y.size)
+        if status:
+            check(status, "rmsnorm")
+        env[out_slot] = y
+
+    reads = (x_slot,) if read_weight is None else (x_slot, read_weight)
+    return Fused("rmsnorm", range(k, k + 6), run, reads, tuple(node.name for node in nodes))
+
+
+def _vector(ctx, node, param, n, rank):
+    """RMSNorm's scale: the environment slot of a weight, or a float32 constant array, holding
+    n values along the last axis; None if it is neither."""
+    name = _ref(node, param)
+    if name is not None and name in ctx.weight_slots:
+        shape = ctx.store.slots[name].value.shape
+        value_ok = len(shape) <= rank and int(np.prod(shape)) == n and (len(shape) == 0 or shape[-1] == n)
+        return ctx.weight_slots[name] if value_ok and _is_float_const(ctx, name) else None
+    value = _constant(ctx, node, param)
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim > rank or value.size != n or value.shape[-1] != n:
+        return None
+    return np.ascontiguousarray(value, F32).reshape(-1)
+
+
+def _is_float_const(ctx, name) -> bool:
+    t = ctx.graph.const_types.get(name)
+    return t is None or t.dtype in FLOATS
+
+
+# ---------------------------------------------------------------------- moves
+
+MOVES = ("transpose", "reshape", "tile", "squeeze", "expand_dims")
+MAX_MAPPED = 1 << 24  # element numbers ride through the ops as float32: exact below 2**24
+
+
+def _moves(steps, k, ctx, readers, outputs, taken):
+    node = steps[k].node
+    if node.type not in MOVES or not _only_x_varies(ctx, node):
+        return None
+    x = _ref(node, "x")
+    xtype = ctx.types.get(x)
+    if xtype is None or xtype.shape is None or None in xtype.shape or int(np.prod(xtype.shape)) >= MAX_MAPPED:
+        return None
+    members = [k]
+    while True:
+        out = _out(steps[members[-1]].node)
+        following = readers.get(out, set())
+        if out is None or out in outputs or len(following) != 1:
+            break
+        (j,) = following
+        nxt = steps[j].node
+        if j in taken or nxt.type not in MOVES or _ref(nxt, "x") != out or not _only_x_varies(ctx, nxt):
+            break
+        members.append(j)
+    if len(members) < 2 or not any(steps[j].node.type == "tile" for j in members):
+        return None
+    x_slot, out_slot = ctx.slots[x], ctx.slots[_out(steps[members[-1]].node)]
+    shape = tuple(xtype.shape)
+    env = [None] * len(ctx.slots)
+    env[x_slot] = np.arange(int(np.prod(shape)), dtype=F32).reshape(shape)
+    try:
+        for j in members:
+            steps[j].run(env)
+    except Exception:  # noqa: BLE001 - a chain the ops refuse at this shape stays unfused
+        return None
+    index = np.asarray(env[out_slot]).astype(np.int64)
+    index_ptr = ffi.from_buffer("long long[]", index)
+    member_runs = [steps[j].run for j in members]
+    size, count, out_shape = int(np.prod(shape)), index.size, index.shape
+    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_gather_f32, F32  # cells (see rmsnorm)
+
+    def run(env):
+        v = env[x_slot]
+        if v.shape != shape:
+            for member in member_runs:
+                member(env)
+            return
+        if v.dtype != f32 or not v.flags.c_contiguous:
+            env[out_slot] = np.take(v, index)
+            return
+        y = empty(out_shape, f32)
+        status = kernel(buf("float[]", v), size, index_ptr, count, buf("float[]", y, require_writable=True))
+        if status:
+            check(status, "moves")
+        env[out_slot] = y
+
+    return Fused("moves", members, run, (x_slot,), tuple(steps[j].node.name for j in members))
+
+
+def _only_x_varies(ctx, node) -> bool:
+    """Whether every parameter of ``node`` but ``x`` is a constant."""
+    return all(
+        param == "x" or isinstance(b, Const) or (isinstance(b, Ref) and b.name in ctx.constants and b.name not in ctx.store.slots)
+        for param, b in node.inputs.items()
+    ) and isinstance(node.inputs.get("x"), Ref)
+
+
+# ---------------------------------------------------------------------- rotary
+
+
+def _rotary(steps, k, ctx, readers, outputs, taken):
+    """Matched from its concat: ``concat([mul(slice_hi(x), -1), slice_lo(x)]) -> mul(sin) -> add``."""
+    node = steps[k].node
+    values = node.inputs.get("values")
+    if node.type != "concat" or not isinstance(values, tuple) or len(values) != 2 or not all(isinstance(v, Ref) for v in values):
+        return None
+    producer = {_out(steps[j].node): j for j in range(k)}
+    neg_k, lo_k = producer.get(values[0].name), producer.get(values[1].name)
+    if neg_k is None or lo_k is None or steps[neg_k].node.type != "mul" or steps[lo_k].node.type != "slice_by_index":
+        return None
+    neg = steps[neg_k].node
+    hi_param = next((p for p in ("x", "y") if _ref(neg, p) in producer), None)
+    hi_k = producer.get(_ref(neg, hi_param)) if hi_param else None
+    minus = _float_scalar(_constant(ctx, neg, "y" if hi_param == "x" else "x")) if hi_param else None
+    if hi_k is None or minus != -1.0 or steps[hi_k].node.type != "slice_by_index":
+        return None
+    x = _ref(steps[hi_k].node, "x")
+    xtype = ctx.types.get(x)
+    if x is None or _ref(steps[lo_k].node, "x") != x or xtype is None or xtype.dtype not in FLOATS or not xtype.shape or None in xtype.shape:
+        return None
+    shape, width = tuple(xtype.shape), xtype.shape[-1]
+    interleave = _constant(ctx, node, "interleave")
+    if width % 2 or not _is_last_axis(ctx, node, len(shape)) or (interleave is not None and bool(np.asarray(interleave).reshape(-1)[0])):
+        return None
+    half = width // 2
+    probe = np.arange(int(np.prod(shape)), dtype=F32).reshape(shape)
+    if not (_slices_to(steps[hi_k], ctx, probe, probe[..., half:]) and _slices_to(steps[lo_k], ctx, probe, probe[..., :half])):
+        return None
+    chain = [hi_k, neg_k, lo_k, k]
+    sin_k = _only_reader(readers, _out(node), outputs)
+    if sin_k is None or steps[sin_k].node.type != "mul":
+        return None
+    sin = _broadcast_constant(ctx, steps[sin_k].node, _other(steps[sin_k].node, _out(node)), shape)
+    add_k = _only_reader(readers, _out(steps[sin_k].node), outputs)
+    if sin is None or add_k is None or steps[add_k].node.type != "add":
+        return None
+    add = steps[add_k].node
+    base = _ref(add, _other(add, _out(steps[sin_k].node)) or "x")
+    cos, cos_k = None, None
+    if base != x:  # x * cos first
+        cos_k = next((j for j in range(add_k) if _out(steps[j].node) == base), None)
+        if cos_k is None or steps[cos_k].node.type != "mul" or readers.get(base) != {add_k} or base in outputs:
+            return None
+        cos = _broadcast_constant(ctx, steps[cos_k].node, _other(steps[cos_k].node, x), shape)
+        if cos is None:
+            return None
+    for a, b_ in ((hi_k, neg_k), (neg_k, k), (lo_k, k)):
+        if readers.get(_out(steps[a].node)) != {b_} or _out(steps[a].node) in outputs:
+            return None
+    members = sorted(chain + [sin_k, add_k] + ([cos_k] if cos_k is not None else []))
+    if any(j in taken for j in members) or not _is_float(ctx, _out(add)):
+        return None
+    x_slot, out_slot = ctx.slots[x], ctx.slots[_out(add)]
+    minus_one = np.float32(-1.0)
+    member_runs = [steps[j].run for j in members]
+    sin_slot, sin_value = sin
+    cos_slot, cos_value = cos if cos is not None else (None, None)
+
+    sin_vector = _as_vector(sin_value, width)
+    cos_vector = _as_vector(cos_value, width)
+    rows = int(np.prod(shape)) // width
+    no_cos = ffi.NULL
+    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_rotary_f32, F32  # cells (see rmsnorm)
+    sin_ptr = None if sin_vector is None else buf("float[]", sin_vector)
+    cos_ptr_fixed = None if cos_vector is None else buf("float[]", cos_vector)
+
+    def run(env):
+        v = env[x_slot]
+        if v.shape != shape or v.dtype != f32:
+            for member in member_runs:
+                member(env)
+            return
+        s_ptr = sin_ptr if sin_slot is None else _vector_pointer(env[sin_slot], width)
+        c_ptr = no_cos if cos_k is None else cos_ptr_fixed if cos_slot is None else _vector_pointer(env[cos_slot], width)
+        if s_ptr is not None and c_ptr is not None:
+            y = empty(shape, f32)
+            v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
+            status = kernel(buf("float[]", v), v.size, rows, width, s_ptr, width, c_ptr, width, buf("float[]", y, require_writable=True), y.size)
+            if status:
+                check(status, "rotary")
+            env[out_slot] = y
+            return
+        rotated = np.empty(shape, F32)
+        np.multiply(v[..., half:], minus_one, out=rotated[..., :half])
+        rotated[..., half:] = v[..., :half]
+        np.multiply(rotated, sin_value if sin_slot is None else env[sin_slot], out=rotated)
+        if cos_k is not None:
+            v = np.multiply(v, cos_value if cos_slot is None else env[cos_slot])
+        env[out_slot] = np.add(v, rotated, out=rotated)
+
+    reads = tuple(s for s in (x_slot, sin_slot, cos_slot) if s is not None)
+    return Fused("rotary", members, run, reads, tuple(steps[j].node.name for j in members))
+
+
+def _vector_pointer(value, width):
+    """A cffi pointer to ``value`` as a float32 vector of ``width`` values (see :func:`_as_vector`),
+    or None."""
+    vector = _as_vector(value, width)
+    return None if vector is None else ffi.from_buffer("float[]", vector)
+
+
+def _as_vector(value, width):
+    """``value`` as a contiguous float32 vector of ``width`` values when it is one along the last
+    axis (every other dimension 1), else None."""
+    if value is None or value.dtype != F32 or value.size != width or (value.ndim and value.shape[-1] != width):
+        return None
+    return np.ascontiguousarray(value).reshape(-1)
+
+
+# ---------------------------------------------------------------------- silu gate
+
+
+def _silu_gate(steps, k, ctx, readers, outputs, taken):
+    node = steps[k].node
+    if node.type != "silu" or not _is_float(ctx, _ref(node, "x")):
+        return None
+    mul_k = _only_reader(readers, _out(node), outputs)
+    if mul_k is None or mul_k in taken or steps[mul_k].node.type != "mul":
+        return None
+    mul = steps[mul_k].node
+    u_param = _other(mul, _out(node))
+    u = _ref(mul, u_param) if u_param else None
+    if u is None or u not in ctx.slots or ctx.slots[u] in ctx.weight_slots.values() or not _is_float(ctx, u) or not _is_float(ctx, _out(mul)):
+        return None
+    g_slot, u_slot, out_slot = ctx.slots[_ref(node, "x")], ctx.slots[u], ctx.slots[_out(mul)]
+    member_runs = [steps[k].run, steps[mul_k].run]
+    negative, exp, buf, kernel, f32 = np.negative, np.exp, ffi.from_buffer, lib.wp_silu_gate_f32, F32  # cells (see rmsnorm)
+
+    def run(env):
+        g, v = env[g_slot], env[u_slot]
+        if g.dtype != f32 or v.dtype != f32 or g.shape != v.shape or g.ndim == 0:
+            for member in member_runs:
+                member(env)
+            return
+        e = negative(g)
+        exp(e, out=e)
+        g = g if g.flags.c_contiguous else np.ascontiguousarray(g)
+        v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
+        if not e.flags.c_contiguous:
+            e = np.ascontiguousarray(e)
+        out = buf("float[]", e, require_writable=True)
+        status = kernel(buf("float[]", g), g.size, out, e.size, buf("float[]", v), v.size, out, e.size)
+        if status:
+            check(status, "silu gate")
+        env[out_slot] = e
+
+    return Fused("silu_gate", (k, mul_k), run, (g_slot, u_slot), (node.name, mul.name))
+
+
+def _only_reader(readers, name, outputs):
+    following = readers.get(name, set())
+    return next(iter(following)) if len(following) == 1 and name not in outputs else None
+
+
+def _is_last_axis(ctx, node, rank) -> bool:
+    axis = _constant(ctx, node, "axis")
+    return axis is not None and np.asarray(axis).size == 1 and int(np.asarray(axis).reshape(())) in (-1, rank - 1)
+
+
+def _slices_to(step, ctx, probe, expected) -> bool:
+    """Whether the slice step, run on ``probe`` as its x, gives ``expected``."""
+    env = [None] * len(ctx.slots)
+    env[ctx.slots[_ref(step.node, "x")]] = probe
+    try:
+        step.run(env)
+    except Exception:  # noqa: BLE001 - not this slice
+        return False
+    got = env[ctx.slots[_out(step.node)]]
+    return got is not None and got.shape == expected.shape and np.array_equal(got, expected)
+
+
+def _broadcast_constant(ctx, node, param, shape):
+    """(weight slot, None) or (None, float32 array) of a float constant operand that broadcasts
+    into ``shape`` without growing it; None otherwise."""
+    if param is None:
+        return None
+    name = _ref(node, param)
+    if name is not None and name in ctx.weight_slots:
+        value, slot = ctx.store.slots[name].value, ctx.weight_slots[name]
+    else:
+        value, slot = _constant(ctx, node, param), None
+    if value is None or not hasattr(value, "shape") or np.dtype(value.dtype).kind != "f":
+        return None
+    try:
+        if np.broadcast_shapes(tuple(value.shape), shape) != shape:
+            return None
+    except ValueError:
+        return None
+    return (slot, None) if slot is not None else (None, np.asarray(value).astype(F32))
