@@ -99,9 +99,9 @@ def make_weight(kind: str, rows: int, cols: int, rng) -> wp.CompressedTensor:
         groups = rows // 16 if kind.endswith("g16") else 1
         codes = NBitArray(rng.integers(0, 256, rows * cols * nbits // 8, dtype=np.uint8), nbits, (rows, cols))
         return wp.PalettizedTensor(codes, random_lut(rng, nbits, groups))
-    if kind == "int8":
+    if kind in ("int8", "int8-f32"):  # binary16 scales (Core ML's fp16(scale * q)) or float32 scales
         data = rng.integers(-127, 128, (rows, cols)).astype(np.int8)
-        return wp.QuantizedTensor(data, (rng.random((rows, 1)) * 1e-3).astype(np.float16))
+        return wp.QuantizedTensor(data, (rng.random((rows, 1)) * 1e-3).astype(np.float16 if kind == "int8" else np.float32))
     if kind == "int4-b32":
         data = NBitArray(rng.integers(0, 256, rows * cols // 2, dtype=np.uint8), 4, (rows, cols), signed=True)
         return wp.QuantizedTensor(data, (rng.random((rows, cols // 32)) * 1e-2).astype(np.float16))
@@ -114,8 +114,8 @@ def make_weight(kind: str, rows: int, cols: int, rng) -> wp.CompressedTensor:
     raise ValueError(kind)
 
 
-FAST_KINDS = ("lut4", "lut4-g16", "lut2", "int8", "int4-b32")  # layouts fast mode covers
-PRODUCT_KINDS = ("lut4", "lut4-g16", "lut2", "lut6", "lut8", "int8", "int4-b32", "sparse50", "sparse75", "sparse50-lut4")
+FAST_KINDS = ("lut4", "lut4-g16", "lut2", "int8", "int8-f32", "int4-b32")  # layouts fast mode covers
+PRODUCT_KINDS = ("lut4", "lut4-g16", "lut2", "lut6", "lut8", "int8", "int8-f32", "int4-b32", "sparse50", "sparse75", "sparse50-lut4")
 
 
 def bench_products(args, rng) -> list[dict]:
