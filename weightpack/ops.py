@@ -91,7 +91,7 @@ def matmul(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     >>> wp.matmul(w, np.array([[1.0, 2.0], [3.0, 4.0]])).tolist()
     [[-0.5, 0.5], [-0.5, 1.5]]
     """
-    run, rows, cols = _prepared(weight, backend, mode)
+    run, rows, cols = prepared_product(weight, backend, mode)
     x = _activations(x, cols, "x", 2)
     y = np.empty((x.shape[0], rows), np.float32)
     run(x, y)
@@ -106,15 +106,18 @@ def matvec(weight: CompressedTensor, x, *, backend=None, mode: str = "exact") ->
     >>> wp.matvec(w, np.array([1.0, 10.0])).tolist()
     [2.0, 43.0]
     """
-    run, rows, cols = _prepared(weight, backend, mode)
+    run, rows, cols = prepared_product(weight, backend, mode)
     x = _activations(x, cols, "x", 1)
     y = np.empty(rows, np.float32)
     run(x.reshape(1, cols), y.reshape(1, rows))
     return y
 
 
-def _prepared(weight, backend, mode: str):
-    """The weight's product function (prepared once per tensor, backend and mode) and its shape."""
+def prepared_product(weight, backend=None, mode: str = "exact"):
+    """``(run, rows, cols)``: the weight's product function ``run(x, y)`` (``y = x @ W.T`` for
+    float32 C-contiguous x of shape (batch, cols) and y of shape (batch, rows); prepared once per
+    tensor, backend and mode) and its matrix shape. :func:`matmul` is this plus its checks of x;
+    callers that validated x once (a program runtime) may call ``run`` directly."""
     if not isinstance(weight, CompressedTensor):
         raise WeightpackError(f"weight must be a weightpack compressed tensor, got {describe(weight)}")
     if mode not in MODES:

@@ -26,6 +26,7 @@ import numpy as np
 from ...errors import WeightpackError, describe
 from ...formats import CompressedTensor, PalettizedTensor, QuantizedTensor
 from ...ops import matmul as fused_matmul
+from ...ops import prepared_product
 from ..values import tensor_types
 
 POLICIES = ("load", "jit", "auto")
@@ -125,13 +126,14 @@ class WeightUse:
     ``x @ W.T`` (a linear weight; ``y`` with ``transpose_y``; ``x`` without ``transpose_x``).
     """
 
-    __slots__ = ("store", "slot", "op", "param", "role", "transpose", "matrix_side", "rows_hint", "mode", "offset", "_value")
+    __slots__ = ("store", "slot", "op", "param", "role", "transpose", "matrix_side", "rows_hint", "mode", "offset", "_value", "_prepared")
 
     def __init__(self, store, slot, value, op, param, role, transpose, matrix_side, rows_hint):
         self.store, self.slot, self._value = store, slot, value
         self.op, self.param, self.role, self.transpose = op, param, role, transpose
         self.matrix_side, self.rows_hint = matrix_side, rows_hint
         self.mode, self.offset = "dense", 0
+        self._prepared = None  # (weight, run, rows, cols) of the fused product, made on first use
 
     @property
     def value(self):
@@ -158,7 +160,7 @@ class WeightUse:
         if self.mode == "fused":
             t0 = perf_counter()
             try:
-                y = fused_matmul(self.slot.value, x2d, backend=store.backend)
+                y = self._fused(x2d)
             except WeightpackError:
                 if np.isfinite(x2d).all():
                     raise
@@ -187,6 +189,23 @@ class WeightUse:
         return np.take(self.dense(), indices, axis=0)
 
     # ------------------------------------------------------------------ internals
+
+    def _fused(self, x2d: np.ndarray) -> np.ndarray:
+        """``x2d @ W.T`` by the weight's prepared fused product: the checks of ``wp.matmul``
+        (tensor type, mode, activation dtype and shape) hold for every call of a program once its
+        first call passed them, so later calls go straight to the kernel (~3 us less per call)."""
+        value = self.slot.value
+        prepared = self._prepared
+        if prepared is None or prepared[0] is not value:  # first call, or set_weight replaced it
+            y = fused_matmul(value, x2d, backend=self.store.backend)
+            self._prepared = (value, *prepared_product(value, self.store.backend))
+            return y
+        _, run, rows, cols = prepared
+        if x2d.dtype != np.float32 or x2d.ndim != 2 or x2d.shape[1] != cols or not x2d.flags.c_contiguous:
+            return fused_matmul(value, x2d, backend=self.store.backend)
+        y = np.empty((x2d.shape[0], rows), np.float32)
+        run(x2d, y)
+        return y
 
     def _decompress_into_scratch(self) -> np.ndarray:
         value = self.slot.value
