@@ -24,8 +24,11 @@ static inline int wp_valid_nbits(int nbits)
 /* Weight streams are read once, row after row. The hardware prefetchers stop at every 4 KB page
    and the kernels do enough arithmetic per cache line that a fresh miss then stalls them, so
    each kernel also asks for the line this far ahead of where it reads (a hint: it never faults,
-   even past the end of a buffer). 2 KB measured best of 256 B - 8 KB on the 4-row kernels. */
+   even past the end of a buffer). 2 KB measured best of 256 B - 8 KB on the 4-row kernels, and
+   of 1-4 KB on two threads (-DWP_PREFETCH_BYTES=N to try others). */
+#ifndef WP_PREFETCH_BYTES
 #define WP_PREFETCH_BYTES 2048
+#endif
 #define WP_PREFETCH(p) __builtin_prefetch((const char *)(p) + WP_PREFETCH_BYTES, 0, 3)
 
 /* Bytes of an n-bit stream of count elements, or -1 on overflow / bad arguments. */
