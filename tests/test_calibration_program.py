@@ -370,3 +370,34 @@ def test_corrected_inputs_gain_on_the_decoder(tmp_path):
              wpc.compress(llama, config, calibration=calibration, output=str(tmp_path / "fix.mlpackage"))]  # default: corrected
     snrs = held_out_snrs(llama, paths, {"input_ids": rng.integers(0, 64, (8, 1, 32)).astype(np.int32)})
     assert snrs[1] > snrs[0] + 2, snrs
+
+
+def test_refit_palettizes_with_refitted_luts(tmp_path):
+    """compress(refit=True): each calibrated palettization is gptq_palettize(..., refit=True) of the
+    same statistics, which differs from the plain sweep's LUTs."""
+    import coremltools.optimize.coreml as cto
+
+    import weightpack.coreml as wpc
+
+    config = cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=4))
+    calibration = bert_inputs(16, 1)
+    path = wpc.compress(BERT, config, calibration=calibration, sequential=False, refit=True,
+                        output=str(tmp_path / "refit.mlpackage"))  # fmt: skip
+    stats = collect(BERT, calibration)["layers_1_up_weight"]
+    w = wpc.load(BERT)["layers_1_up_weight"]
+    got = wpc.load(path)["layers_1_up_weight_palettized"]
+    assert got == gptq_palettize(w, stats, 4, refit=True)
+    assert got != gptq_palettize(w, stats, 4)
+
+
+def test_refit_needs_calibration_and_a_bool(tmp_path):
+    import coremltools.optimize.coreml as cto
+
+    import weightpack.coreml as wpc
+
+    config = cto.OptimizationConfig(cto.OpPalettizerConfig(nbits=4))
+    with pytest.raises(WeightpackError, match="needs calibration"):
+        wpc.compress(BERT, config, refit=True, output=str(tmp_path / "a.mlpackage"))
+    with pytest.raises(WeightpackError, match="refit='yes'"):
+        wpc.compress(BERT, config, calibration=bert_inputs(2, 1), refit="yes", output=str(tmp_path / "b.mlpackage"))
+    assert not any(tmp_path.iterdir())

@@ -45,14 +45,16 @@ log = logging.getLogger("weightpack")
 
 
 def compress(model, config, *, calibration=None, output=None, sequential: bool = True, correct_inputs=None,
-             target=None, plan=None, progress=None, report=None):
+             refit: bool = False, target=None, plan=None, progress=None, report=None):
     """Compress ``model`` (an .mlpackage path, a coremltools MLModel or a Program loaded from a
     package) with ``config``: a coremltools ``OptimizationConfig`` or a list of them applied in
     order (a joint compression, iOS18). ``calibration``: inputs for
     :func:`weightpack.calibration.collect` (an .npz path, a dict of stacked arrays or an iterable
     of input dicts), None for the data-free result. ``correct_inputs`` (default: on when
     ``sequential``): each weight also compensates the error its compressed inputs carry (aims at
-    the original model's outputs; :mod:`weightpack.calibration.sequential`). ``plan``: {weight name: (nbits, group_size)}
+    the original model's outputs; :mod:`weightpack.calibration.sequential`). ``refit``: calibrated
+    palettizations also refit their LUT entries (and per-row scales) on H, alternating with the
+    sweep while the layer's output error drops (``gptq_palettize(refit=True)``). ``plan``: {weight name: (nbits, group_size)}
     overriding a palettization's width per weight (see :func:`weightpack.calibration.plan_program`).
     ``progress(done, total, name)`` after each candidate weight; ``report(line)`` gets one line per
     encoded weight. Writes ``output`` (an .mlpackage, atomically) and returns its path when given,
@@ -67,6 +69,10 @@ def compress(model, config, *, calibration=None, output=None, sequential: bool =
     from .dropin import linear_quantize_weights, palettize_weights, prune_weights
     from .package import check_output, read_weights, save_model
 
+    if not isinstance(refit, bool):
+        raise WeightpackError(f"refit={describe(refit)} must be True or False")
+    if refit and calibration is None:
+        raise WeightpackError("refit=True needs calibration inputs (it refits LUTs on their statistics)")
     steps = _steps(config)
     path, mlmodel = _model(model)
     if output is not None:
@@ -77,7 +83,8 @@ def compress(model, config, *, calibration=None, output=None, sequential: bool =
             raise WeightpackError("calibration needs the model's .mlpackage path (an MLModel saved to disk), to run it")
         read_weights(path)
         correct = sequential if correct_inputs is None else correct_inputs
-        encoder = CalibratedEncoder(path, calibration, sequential=sequential, correct_inputs=correct, plan=plan, report=report)
+        encoder = CalibratedEncoder(path, calibration, sequential=sequential, correct_inputs=correct, refit=refit,
+                                    plan=plan, report=report)
     elif plan is not None:
         encoder = CalibratedEncoder(None, None, plan=plan, report=report)
     compressors = {"prune": prune_weights, "palettize": palettize_weights, "quantize": linear_quantize_weights}
@@ -134,13 +141,14 @@ def _model(model):
 class CalibratedEncoder:
     """The drop-in compressors' ``encoder``: calibrated encoders on sequential statistics."""
 
-    def __init__(self, path, calibration, *, sequential=True, correct_inputs=False, plan=None, report=None):
+    def __init__(self, path, calibration, *, sequential=True, correct_inputs=False, refit=False, plan=None, report=None):
         from ..calibration.sequential import SequentialStats
 
         self.stats = None
         if path is not None:
             self.stats = SequentialStats(path, calibration, sequential=sequential, correct_inputs=correct_inputs)
         self.plan = dict(plan or {})
+        self.refit = refit
         self.report = report
         self.count = 0
 
@@ -190,8 +198,9 @@ class CalibratedEncoder:
                 return None, "data-free"
             stats, w = self._stats(name, weights)
             scaled = bool(op_config.enable_per_channel_scale)
-            tensor = gptq_palettize(w, stats, nbits, group_size=group, per_row_scale=scaled)
-            return tensor, f"gptq_palettize {_option(nbits, group)}{' + per-row scale' if scaled else ''}, {stats.count} rows"
+            tensor = gptq_palettize(w, stats, nbits, group_size=group, per_row_scale=scaled, refit=self.refit)
+            extras = (" + per-row scale" if scaled else "") + (" + refit" if self.refit else "")
+            return tensor, f"gptq_palettize {_option(nbits, group)}{extras}, {stats.count} rows"
         if kind == "quantize":
             blocks = ct_utils.infer_block_sizes(op, op_config, weights)
             granularity = _granularity(blocks, weights.shape)
