@@ -6,10 +6,11 @@
  * (generation, range count, next range) and the caller starts on the ranges at once; workers
  * claim ranges with a compare-and-swap on the ticket, so a worker that wakes after the last range
  * was claimed does nothing and nobody waits for it.  Idle workers stay awake for a while
- * (WEIGHTPACK_SPIN_US, default 2 ms: the next kernel call of a model finds them awake; on a
- * virtual machine a sleeping worker can take most of a millisecond to wake), yielding the CPU
- * between short bursts of pause instructions so that a thread sharing it (BLAS's workers between
- * two of our calls) runs at full speed; then they sleep on a condition variable.  After fork() the child
+ * (WEIGHTPACK_SPIN_US, default 5 ms: longer than a BLAS call between two of ours, so the next
+ * kernel call of a model finds them awake; on a virtual machine a sleeping worker can take most
+ * of a millisecond to wake), yielding the CPU between short bursts of pause instructions so that
+ * a thread sharing it (BLAS's workers between two of our calls) runs at full speed; then they
+ * sleep on a condition variable.  After fork() the child
  * starts with no workers and builds a new pool on first use (pthread_atfork), so a process pool
  * forked from a process that ran threaded kernels never hangs.
  */
@@ -100,7 +101,7 @@ const char *wp_threading(void) { return "pool"; }
 #endif
 
 #define MAX_WORKERS 255
-#define DEFAULT_SPIN_US 2000
+#define DEFAULT_SPIN_US 5000
 #define PAUSES_PER_YIELD 16 /* 0.1-1 us of pause instructions (10-140 cycles each) between yields */
 
 static long long spin_ns = DEFAULT_SPIN_US * 1000LL; /* set from WEIGHTPACK_SPIN_US at the first parallel call */
