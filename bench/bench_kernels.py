@@ -73,10 +73,12 @@ def interleaved_medians(first, second, inputs_first, inputs_second, repeats: int
     return float(np.median(times_first)), float(np.median(times_second))
 
 
-def after_blas_idles() -> None:
-    """Wait until BLAS's worker threads stop spinning (OpenBLAS: ~0.1 s after its last call), so
-    that a "standalone" product really runs alone."""
+def standalone_medians(first, second, inputs_first, inputs_second, repeats: int) -> tuple[float, float]:
+    """Median wall times of first's calls back to back, then of second's once BLAS's worker
+    threads have stopped spinning (OpenBLAS: ~0.1 s after its last call), so second runs alone."""
+    before = median_seconds(first, inputs_first, repeats)
     time.sleep(0.25)
+    return before, median_seconds(second, inputs_second, repeats)
 
 
 def thread_limits(count: int, blas: int | None = None):
@@ -139,9 +141,7 @@ def bench_products(args, rng) -> list[dict]:
                         with thread_limits(threads, blas):
                             orders = [("beside BLAS", lambda: interleaved_medians(numpy, product, dense, weights, args.repeats))]
                             if args.standalone:
-                                orders.append(("standalone", lambda: (median_seconds(numpy, dense, args.repeats),
-                                                                      after_blas_idles(),
-                                                                      median_seconds(product, weights, args.repeats))[::2]))
+                                orders.append(("standalone", lambda: standalone_medians(numpy, product, dense, weights, args.repeats)))
                             for order, measure in orders:
                                 if args.wait_quiet:
                                     wait_until_quiet(patience=args.wait_quiet)

@@ -228,18 +228,9 @@ int wp_quant_decode_avx2(const wp_decode_job *job)
 
 /* ---- sparse values ---------------------------------------------------------------------------- */
 
-typedef struct {
-    const uint8_t *mask;
-    long long count, n_values;
-    const uint8_t *values;
-    int elem_size, widen_half;
-    uint8_t *out;
-    const long long *starts;
-} sparse_tasks;
-
 static void expand_sparse(void *ctx, long long t0, long long t1)
 {
-    const sparse_tasks *s = ctx;
+    const wp_sparse_tasks *s = ctx;
     const int es = s->elem_size, out_size = s->widen_half ? 4 : es;
     for (long long t = t0; t < t1; t++) {
         const long long e1 = (t + 1) * WP_DECODE_CHUNK < s->count ? (t + 1) * WP_DECODE_CHUNK : s->count;
@@ -270,7 +261,7 @@ int wp_sparse_decode_avx2(const uint8_t *mask, long long count, const void *valu
     if (starts[tasks] > n_values) {
         rc = WP_E_SIZE;
     } else {
-        sparse_tasks s = {mask, count, n_values, values, elem_size, widen_half, out, starts};
+        wp_sparse_tasks s = {mask, count, n_values, values, elem_size, widen_half, out, starts};
         wp_parallel_for(tasks, 1, expand_sparse, &s);
     }
     free(starts);

@@ -22,6 +22,18 @@ long long *wp_chunk_starts(const uint8_t *mask, long long rows, long long cols, 
    when the mask sets more bits than the stream holds codes; WP_NOT_COVERED when out of memory. */
 int wp_run_chunks(const wp_decode_job *job, wp_chunk_fn fn);
 
+/* A sparse stream expanded chunk by chunk (WP_DECODE_CHUNK mask bits each): chunk t starts at
+   stored value starts[t]; values are elem_size bytes, widened from binary16 to float32 when
+   widen_half. */
+typedef struct {
+    const uint8_t *mask;
+    long long count, n_values;
+    const uint8_t *values;
+    int elem_size, widen_half;
+    uint8_t *out;
+    const long long *starts;
+} wp_sparse_tasks;
+
 /* Set bits of mask in [e0, e1). */
 long long wp_popcount_range(const uint8_t *mask, long long e0, long long e1);
 

@@ -210,18 +210,9 @@ int wp_quant_decode_neon(const wp_decode_job *job)
 
 /* ---- sparse values -------------------------------------------------------------------------- */
 
-typedef struct {
-    const uint8_t *mask;
-    long long count, n_values;
-    const uint8_t *values;
-    int elem_size, widen_half;
-    uint8_t *out;
-    const long long *starts;
-} sparse_tasks;
-
 static void expand_chunks(void *ctx, long long t0, long long t1)
 {
-    const sparse_tasks *s = ctx;
+    const wp_sparse_tasks *s = ctx;
     const int es = s->elem_size, out_size = s->widen_half ? 4 : es;
     for (long long t = t0; t < t1; t++) {
         const long long e1 = (t + 1) * WP_DECODE_CHUNK < s->count ? (t + 1) * WP_DECODE_CHUNK : s->count;
@@ -260,7 +251,7 @@ int wp_sparse_decode_neon(const uint8_t *mask, long long count, const void *valu
         free(starts);
         return WP_E_SIZE;
     }
-    sparse_tasks s = {mask, count, n_values, values, elem_size, widen_half, out, starts};
+    wp_sparse_tasks s = {mask, count, n_values, values, elem_size, widen_half, out, starts};
     wp_parallel_for(tasks, 1, expand_chunks, &s);
     free(starts);
     return WP_OK;

@@ -185,6 +185,20 @@ class TempFile:
             self.temp_path = None
 
 
+def save_npz(path, arrays: dict) -> None:
+    """``np.savez(path, **arrays)`` through a :class:`TempFile`: the old file or the new one,
+    never a mix."""
+    import numpy as np
+
+    temp = TempFile(path)
+    try:
+        np.savez(temp.file, **arrays)
+    except BaseException:
+        temp.discard()
+        raise
+    temp.commit()
+
+
 # ------------------------------------------------------------------------------------ folders
 
 

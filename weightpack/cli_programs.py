@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
+from . import atomic
 from .errors import WeightpackError
 
 
@@ -67,21 +67,12 @@ def run(args) -> None:
 
 
 def save_npz(path: str, arrays: dict) -> None:
-    """``np.savez`` written atomically (a temporary file in the same folder, fsynced, renamed)."""
+    """``np.savez`` written atomically (:func:`weightpack.atomic.save_npz`); a missing folder is
+    named, not created."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise WeightpackError(f"{folder}: no such directory")
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".weightpack-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    atomic.save_npz(path, arrays)
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:

@@ -43,9 +43,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ..atomic import TempFile
+from ..atomic import save_npz
 from ..errors import FormatError, WeightpackError, describe
-from .stats import ActivationStats
+from .stats import ActivationStats, read_npz
 
 ROLES = ("linear", "matmul", "conv")
 FORMAT_NAME = "weightpack.ProgramStats"
@@ -88,21 +88,11 @@ class ProgramStats(Mapping):
                   "names": np.array(list(self), dtype=str), "batches": np.array(self.batches, np.int64)}  # fmt: skip
         for i, stats in enumerate(self.values()):
             arrays.update({f"{i}.{key}": value for key, value in stats.arrays().items()})
-        temp = TempFile(path)
-        try:
-            np.savez(temp.file, **arrays)
-        except BaseException:
-            temp.discard()
-            raise
-        temp.commit()
+        save_npz(path, arrays)
 
     @classmethod
     def load(cls, path) -> "ProgramStats":
-        try:
-            with np.load(os.fspath(path), allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise FormatError(f"{path!r} is not a readable .npz file: {exc}") from None
+        arrays = read_npz(path)
         if str(arrays.get("format", "")) != FORMAT_NAME or int(arrays.get("version", -1)) != FORMAT_VERSION:
             raise FormatError(f"{path!r} does not hold weightpack program statistics ({FORMAT_NAME} version {FORMAT_VERSION})")
         names = arrays.get("names")

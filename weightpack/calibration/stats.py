@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from ..atomic import TempFile
+from ..atomic import save_npz
 from ..errors import FormatError, WeightpackError, check_allocation, describe
 
 FORMAT_NAME = "weightpack.ActivationStats"
@@ -142,23 +142,12 @@ class ActivationStats:
 
     def save(self, path) -> None:
         """Write to ``path`` (an .npz file), atomically: a failed write leaves any old file intact."""
-        temp = TempFile(path)
-        try:
-            np.savez(temp.file, **self.arrays())
-        except BaseException:
-            temp.discard()
-            raise
-        temp.commit()
+        save_npz(path, self.arrays())
 
     @classmethod
     def load(cls, path) -> "ActivationStats":
         """Read statistics written by :meth:`save`; a file that is not one raises FormatError."""
-        try:
-            with np.load(os.fspath(path), allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise FormatError(f"{path!r} is not a readable .npz file: {exc}") from None
-        return cls.from_arrays(arrays, repr(path))
+        return cls.from_arrays(read_npz(path), repr(path))
 
     @classmethod
     def from_arrays(cls, arrays: dict, source: str = "the arrays") -> "ActivationStats":
@@ -205,3 +194,12 @@ def _check_sums(square_sum: np.ndarray, gram_sum, largest) -> None:
         "(squares and their sums up to 1.8e308); scale them down, e.g. by a power of two, which scales the "
         "Gram matrix by its square and leaves every calibrated encoder's result unchanged. The statistics are unchanged"
     )
+
+
+def read_npz(path) -> dict:
+    """Every array of the .npz file at ``path`` (no pickles); FormatError when it is not one."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise FormatError(f"{path!r} is not a readable .npz file: {exc}") from None
