@@ -1,8 +1,9 @@
 """.mlpackage export and import (weightpack.coreml.package), with coremltools as the oracle.
 
 Export: random tensors of every type are saved for iOS18 (and the subset iOS16 can express for
-iOS16), the package loads in coremltools, coremltools' decompress_weights gives exactly
-weightpack's decompress(), and reading the package back gives exactly the arrays that were saved.
+iOS16), the package loads in coremltools, coremltools' decompression (decompress_weights' pass;
+see coreml_models.coremltools_decompressed) gives exactly weightpack's decompress(), and reading
+the package back gives exactly the arrays that were saved.
 Import: coremltools compresses a small model every way it can (iOS16 and iOS18, joint
 compression), weightpack reads the weights without decompressing, and decompress() equals
 coremltools' decompress_weights bit for bit.
@@ -24,10 +25,20 @@ from coreml_models import (
     assert_decompresses_like_coremltools,
     copy_package,
     corrupt,
+    dense_weights,
     linear_model,
     weight_bin,
 )
-from strategies import CASES, IOS16_NBITS, assert_same_bits, palettized_cases, quantized_cases, sparse_cases
+from strategies import (
+    CASES,
+    IOS16_NBITS,
+    assert_same_bits,
+    int_range,
+    palettized_cases,
+    quantized_cases,
+    sparse_cases,
+    type_bits,
+)
 from weightpack import FormatError, WeightpackError
 from weightpack.coreml import load, read_weights, replace_weights, save_model, save_weights
 from weightpack.coreml.inspection import describe
@@ -65,6 +76,87 @@ def assert_round_trip(tmp_path, tensors: dict, target: str, same_arrays: bool = 
 @given(st.lists(st.one_of([float_cases(s()) for s in CASES.values()]), min_size=1, max_size=5))
 def test_ios18_export_of_every_type(tmp_path_factory, tensors):
     assert_round_trip(tmp_path_factory.mktemp("ios18"), {f"w{i}": t for i, t in enumerate(tensors)}, "iOS18")
+
+
+def _sparse_palettized(mask, lut_shape=(1, 2, 8), dtype=np.float16, vector_axis=0, seed=0):
+    """A SparsePalettizedTensor over ``mask`` (index shape) with a random LUT of ``lut_shape``."""
+    rng = np.random.default_rng(seed)
+    mask = np.asarray(mask, bool)
+    nbits = int(lut_shape[-2]).bit_length() - 1
+    lut = rng.standard_normal(lut_shape).astype(dtype)
+    return wp.SparsePalettizedTensor(mask, rng.integers(0, 1 << nbits, int(mask.sum())), lut, vector_axis=vector_axis)
+
+
+def _sparse_quantized(mask, data_type="int8", seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.asarray(mask, bool)
+    values = rng.integers(*int_range(data_type), int(mask.sum()), endpoint=True)
+    data = wp.NBitArray.from_values(values, type_bits(data_type), signed=data_type.startswith("int"))
+    return wp.SparseQuantizedTensor(mask, data, np.full((1,) * mask.ndim, 0.5, np.float16))
+
+
+def _sparse(mask, dtype=np.float16, seed=0):
+    mask = np.asarray(mask, bool)
+    return wp.SparseTensor(mask, np.random.default_rng(seed).standard_normal(int(mask.sum())).astype(dtype))
+
+
+def _equal_palettized_pair():
+    p = wp.PalettizedTensor(np.arange(28).reshape(7, 2, 2) % 4, np.full((1, 1, 1, 4, 4), 0.25, np.float16), vector_axis=1)
+    return [p, wp.PalettizedTensor(p.indices, p.lut.copy(), vector_axis=1)]
+
+
+# Edge cases of the iOS18 export: both found by hypothesis beyond CI's derandomized examples come
+# first, then their neighbours (every index/element kept in 1-D tensors of 100+ elements, no
+# nonzeros at all, shape (1,), vector LUTs over 1-D masks).
+EDGE_CASES = {
+    "found: empty sparse (1,) + 1-D vector-palettized, every index kept": [_sparse(np.zeros(1)), _sparse_palettized(np.ones(13))],
+    "found: two equal palettized tensors": _equal_palettized_pair(),
+    "1-D scalar-palettized, every index kept": [_sparse_palettized(np.ones(128), (1, 16, 1), vector_axis=None)],
+    "1-D vector-palettized fp32 V=3, every index kept": [_sparse_palettized(np.ones(40), (1, 4, 3), np.float32)],
+    "1-D vector-palettized, half the indices kept": [_sparse_palettized(np.arange(13) % 2)],
+    "1-D sparse fp16, every element kept": [_sparse(np.ones(104))],
+    "1-D sparse fp32, every element kept": [_sparse(np.ones(100), np.float32)],
+    "1-D sparse int8, every element kept": [_sparse_quantized(np.ones(104))],
+    "1-D sparse uint4, every element kept": [_sparse_quantized(np.ones(128), "uint4")],
+    "no nonzeros: sparse fp16 (1,), fp32 (5, 3)": [_sparse(np.zeros(1)), _sparse(np.zeros((5, 3)), np.float32)],
+    "no nonzeros: sparse-palettized vector (1,) and (3, 4)": [
+        _sparse_palettized(np.zeros(1)),
+        _sparse_palettized(np.zeros((3, 4)), (1, 1, 4, 2), vector_axis=-1),
+    ],
+    "no nonzeros: sparse int4 (1,), uint8 (2, 3)": [_sparse_quantized(np.zeros(1), "int4"), _sparse_quantized(np.zeros((2, 3)), "uint8")],
+    "shape (1,) of every type": [
+        _sparse(np.ones(1)),
+        wp.PalettizedTensor(np.array([1]), np.array([[1.5, -2.0]], np.float16).reshape(1, 2, 1)),
+        wp.QuantizedTensor(np.array([3], np.int8), np.array([0.5], np.float32)),
+        _sparse_palettized(np.ones(1), (1, 4, 1), vector_axis=None),
+        _sparse_quantized(np.ones(1), "int4"),
+    ],
+}
+
+
+@pytest.mark.parametrize("tensors", EDGE_CASES.values(), ids=EDGE_CASES)
+def test_ios18_export_edge_cases(tmp_path, tensors):
+    assert_round_trip(tmp_path, {f"w{i}": t for i, t in enumerate(tensors)}, "iOS18")
+
+
+@pytest.mark.parametrize(
+    "tensors, merged_into",
+    [(EDGE_CASES["found: empty sparse (1,) + 1-D vector-palettized, every index kept"], "w1_lut_to_sparse_1"),
+     (EDGE_CASES["found: two equal palettized tensors"], "w0")],
+    ids=["all-ones mask", "equal tensors"],
+)  # fmt: skip
+def test_coremltools_decompress_weights_merges_equal_consts(tmp_path, tensors, merged_into):
+    """Why the tests' oracle (coreml_models.coremltools_decompressed) stops before coremltools'
+    default pass pipeline: after ``decompress_weights`` has replaced the constexpr ops by consts,
+    ``const_deduplication`` merges consts of 100+ equal elements, so 'w1' keeps its value but
+    loses its name (to the first equal const: here the nonzero_data output of w1's own
+    constexpr_lut_to_sparse, or the equal weight w0). The package weightpack wrote is right; if
+    this test fails, coremltools changed and the oracle may use ``decompress_weights`` again."""
+    path = str(tmp_path / "w.mlpackage")
+    save_weights(path, {f"w{i}": t for i, t in enumerate(tensors)}, target="iOS18")
+    merged = dense_weights(cto.decompress_weights(ct.models.MLModel(path, skip_model_load=True)))
+    assert "w1" not in merged
+    assert_same_bits(merged[merged_into], dense(tensors[1]))
 
 
 IOS16_STRATEGIES = [

@@ -74,7 +74,9 @@ def linear_quantize_weights(mlmodel, config, joint_compression: bool = False, *,
 def decompress_weights(mlmodel):
     """Every constexpr chain replaced by a ``const`` of its dense value, decoded by weightpack.
 
-    Like coremltools' ``decompress_weights``, the consts keep the names of the vars they replace.
+    Like coremltools' ``decompress_weights``, the consts keep the names of the vars they replace,
+    and then coremltools' default passes run: consts of 100+ elements with equal values (two
+    equal weights) are merged into the first, whose name is the one left.
     """
     weights = read_weights(mlmodel)
     spec_version = mlmodel.get_spec().specificationVersion
