@@ -150,6 +150,8 @@ int wp_enc_vector_lloyd(const void *x, int half, const double *table, const floa
  * numpy's results of the ops they replace ---- */
 int wp_rmsnorm_f32(const float *x, long long x_len, long long rows, long long n, float eps_add, float eps_rsqrt,
                    const float *w, long long w_len, float *y, long long y_len);
+int wp_add_rmsnorm_f32(const float *a, const float *b, float *s, long long s_len, long long rows, long long n, float eps_add,
+                       float eps_rsqrt, const float *w, long long w_len, float *y, long long y_len);
 int wp_rotary_f32(const float *x, long long x_len, long long rows, long long width, const float *sin_v, long long sin_len,
                   const float *cos_v, long long cos_len, float *y, long long y_len);
 int wp_silu_gate_f32(const float *g, long long g_len, const float *e, long long e_len, const float *u, long long u_len,
