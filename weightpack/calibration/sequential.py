@@ -93,6 +93,7 @@ class SequentialStats:
             source = list(source)
         self.source, self.sequential, self.progress = source, bool(sequential), progress
         self.layouts = calibrated_weights(self.program)
+        self._rows_out = {op.weight_name: int(op.weight.shape[0]) for op in self.program.weight_ops() if op.weight_name in self.residuals}
         self.upstream = upstream_weights(self.program)
         self.tracked = set(self.layouts) | {
             op.weight_name for op in self.program.weight_ops()
@@ -161,7 +162,9 @@ class SequentialStats:
                 xt = xt.astype(np.float64)
                 cross[name] += x.T @ xt
                 if name in residual:
-                    shift[name] = _add_shift(shift[name], xt, r_original[residual[name]], r_current[residual[name]], name)
+                    shift[name] = _add_shift(shift[name], xt, r_original[residual[name]], r_current[residual[name]], self._rows_out[name])
+                    if shift[name] is None:  # a stream broadcast over the layer's output: no row-aligned target
+                        del residual[name], shift[name]
         for name in wanted:
             self._fresh[name] = stats[name]
             self._cross[name] = cross[name] / max(stats[name].count, 1)
@@ -253,12 +256,12 @@ def _observe_all(program, batch, names, sink) -> dict:
     return program.predict(batch, observe=observe)
 
 
-def _add_shift(total, xt, r_original, r_current, name):
-    """``total + X~^T (R - R~)`` (float64), the residual rows aligned with the layer's input rows."""
-    xt_rows = xt.shape[0]
-    if r_original.size % xt_rows:
-        raise WeightpackError(f"weight {name!r}: its residual stream holds {r_original.size} values, not a whole row per input row ({xt_rows})")
-    difference = (np.asarray(r_original, np.float64) - np.asarray(r_current, np.float64)).reshape(xt_rows, -1)
+def _add_shift(total, xt, r_original, r_current, out: int):
+    """``total + X~^T (R - R~)`` (float64), R's rows of ``out`` values aligned with the layer's
+    input rows; None when R does not hold one such row per input row (it is broadcast)."""
+    if r_original.shape != r_current.shape or r_original.size != xt.shape[0] * out:
+        return None
+    difference = np.asarray(r_original, np.float64).reshape(-1, out) - np.asarray(r_current, np.float64).reshape(-1, out)
     part = xt.T @ difference
     return part if total is None else total + part
 
