@@ -72,20 +72,23 @@ class SequentialStats:
                  weight_threshold: int = 2048, progress=None):  # fmt: skip
         if correct_inputs and not sequential:
             raise WeightpackError("correct_inputs=True needs sequential=True (without it the inputs are the original ones)")
+        from ..coreml.runtime import Program
+
+        owned = not isinstance(program, Program)  # loaded here from a path: free to be replaced
         self.program = as_program(program)
         self.original = None
         self.residuals, self._current = {}, None
         if correct_inputs:  # programs of the same graph: set_weight never changes the graph's constants
             import dataclasses
 
-            from ..coreml.runtime import Program
-
             self.residuals = residual_streams(self.program)
             graph = self.program.graph
-            if self.residuals:  # the residual streams become outputs of copies of the program
+            if self.residuals:  # the residual streams become outputs of a program of the same graph
                 extra = [v for v in dict.fromkeys(self.residuals.values()) if v not in graph.outputs]
                 graph = dataclasses.replace(graph, outputs=list(graph.outputs) + extra)
                 self._current = Program(graph, "load")
+                if owned:
+                    self.program = self._current
             self.original = Program(graph, "load")
         self._cross, self._shift = {}, {}
         source = batches(inputs, self.program)
@@ -178,7 +181,7 @@ class SequentialStats:
             return
         if tensor is not None:
             self.program.set_weight(name, tensor)
-            if self._current is not None:
+            if self._current is not None and self._current is not self.program:
                 self._current.set_weight(name, tensor)
         for other in [m for m in self._fresh if name in self.upstream.get(m, ())]:
             del self._fresh[other]
