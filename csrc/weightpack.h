@@ -158,3 +158,8 @@ int wp_gather_f32(const float *x, long long x_len, const long long *index, long 
 int wp_f32_to_f16(const float *x, unsigned short *y, long long n);
 int wp_softmax_shift_f32(float *x, long long rows, long long n);
 int wp_softmax_scale_f32(float *x, long long rows, long long n);
+/* scaled_dot_product_attention of a small problem, grouped-query heads shared (csrc/attention.c) */
+int wp_sdpa_f32(const float *q, long long q_len, const float *k, long long k_len, const float *v, long long v_len,
+                long long heads, long long group, long long lq, long long lk, long long e, long long ev, float scale,
+                int mask_kind, const void *mask, long long mask_len, long long mask_sh, long long mask_sq,
+                long long mask_sk, float *out, long long out_len);

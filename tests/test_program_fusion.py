@@ -334,3 +334,78 @@ def test_softmax_passes_around_numpys_exp_are_bit_identical(n):
         got_f = _softmax_last_axis(fortran.copy(order="F"))
     assert got.tobytes() == expected.tobytes()
     assert np.ascontiguousarray(got_f).tobytes() == np.ascontiguousarray(expected_f).tobytes()
+
+
+# ---------------------------------------------------------------------- small attention
+
+
+def attention_reference(q, k, v, mask, group):
+    """softmax(q k^T / sqrt(E) + mask) v in float64, key/value heads repeated ``group`` times."""
+    q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    k, v = np.repeat(k, group, axis=-3), np.repeat(v, group, axis=-3)
+    scores = (q / np.sqrt(q.shape[-1])) @ np.swapaxes(k, -1, -2)
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return (scores / scores.sum(axis=-1, keepdims=True)) @ v
+
+
+MASKS = ["none", "float-2d", "float-full", "float-heads-1", "bool-causal", "float-odd-broadcast"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.integers(1, 4), st.integers(1, 9), st.integers(1, 70), st.integers(1, 33),
+       st.sampled_from(MASKS), st.integers(0, 2**31))  # fmt: skip
+def test_small_attention_matches_float64_attention(kv_heads, group, lq, lk, e, ev, mask_kind, seed):
+    from weightpack.coreml.runtime.ops_attention import small_attention
+
+    rng = np.random.default_rng(seed)
+    heads = kv_heads * group
+    q = rng.standard_normal((2, heads, lq, e)).astype(np.float32)
+    k = rng.standard_normal((2, kv_heads, lk, e)).astype(np.float32)
+    v = rng.standard_normal((2, kv_heads, lk, ev)).astype(np.float32)
+    mask = {
+        "none": None,
+        "float-2d": rng.standard_normal((lq, lk)).astype(np.float32),
+        "float-full": rng.standard_normal((2, heads, lq, lk)).astype(np.float32),
+        "float-heads-1": rng.standard_normal((1, 1, lq, lk)).astype(np.float32),
+        "bool-causal": np.tril(np.ones((lq, lk), bool), k=max(lk - lq, 0)),
+        "float-odd-broadcast": rng.standard_normal((2, 1, 1, lk)).astype(np.float32),
+    }[mask_kind]
+    before = [a.copy() for a in (q, k, v) + (() if mask is None else (mask,))]
+    y = small_attention(q, k, v, mask, np.float32(1 / np.sqrt(e)), group)
+    assert y is not None and y.dtype == np.float32 and y.shape == (2, heads, lq, ev)
+    expected = attention_reference(q, k, v, mask, group)
+    # float32 rounding of the scores (|q||k|) and of the weighted sum (max |v|)
+    tol = 8e-6 * (np.abs(q).max() * np.abs(k).max() * e * np.abs(v).max() + np.abs(v).max())
+    assert np.nanmax(np.abs(y - expected)) <= tol
+    for a, b in zip(before, (q, k, v) + (() if mask is None else (mask,))):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_small_attention_gives_nan_for_a_fully_masked_row_and_declines_what_it_does_not_cover():
+    from weightpack.coreml.runtime.ops_attention import SMALL_ATTENTION, small_attention
+
+    q, k, v = (np.ones((1, 2, 2, 4), np.float32) for _ in range(3))
+    mask = np.array([[True, True], [False, False]])
+    y = small_attention(q, k, v, mask, np.float32(0.5))
+    assert np.isnan(y[:, :, 1]).all() and np.allclose(y[:, :, 0], 1.0)
+    assert small_attention(q.astype(np.float64), k, v, None, 0.5) is None  # not float32
+    assert small_attention(q, k[:, :1], v[:, :1], None, 0.5, group=1) is None  # heads do not match
+    assert small_attention(q, k, v, mask.astype(np.int32), 0.5) is None  # a mask of another dtype
+    big = int(np.sqrt(SMALL_ATTENTION)) + 1
+    qb = np.ones((1, 1, big, 1), np.float32)
+    assert small_attention(qb, qb, qb, None, 1.0) is None  # large: numpy's batched matmuls
+
+
+def test_small_attention_kernel_refuses_inconsistent_sizes():
+    q = np.ones(8, np.float32)
+    out = np.empty(8, np.float32)
+    buf = ffi.from_buffer
+    args = (buf("float[]", q), 8, buf("float[]", q), 8, buf("float[]", q), 8)
+    good = (2, 1, 1, 1, 4, 4, 1.0, 0, ffi.NULL, 0, 0, 0, 0, buf("float[]", out, require_writable=True), 8)
+    assert lib.wp_sdpa_f32(*args, *good) == 0
+    assert lib.wp_sdpa_f32(*args, 2, 3, *good[2:]) != 0  # heads not a multiple of the group
+    assert lib.wp_sdpa_f32(*args, 4, *good[1:]) != 0  # q shorter than heads * lq * e
+    mask = np.zeros(2, np.float32)  # too short for a stride of 1 over 2 heads x 2 keys
+    assert lib.wp_sdpa_f32(*args, 2, 1, 1, 2, 2, 4, 1.0, 1, buf("float[]", mask), 2, 1, 0, 1, buf("float[]", out, require_writable=True), 8) != 0

@@ -28,6 +28,8 @@ Chains:
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..._c import check, ffi, lib
@@ -184,7 +186,7 @@ def _rmsnorm(steps, k, ctx, readers, outputs, taken):
 
     # closure cells, not module globals: each op runs from cold caches after a weight product,
     # where every dictionary lookup is a cache miss
-    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_rmsnorm_f32, F32
+    empty, buf, kernel, f32, clock, now = np.empty, ffi.from_buffer, lib.wp_rmsnorm_f32, F32, ctx.clock, time.perf_counter
 
     def run(env):
         v = env[x_slot]
@@ -198,7 +200,9 @@ def _rmsnorm(steps, k, ctx, readers, outputs, taken):
         if not w.flags.c_contiguous:
             w = np.ascontiguousarray(w)
         y = empty(v.shape, f32)
+        t0 = now()
         status = kernel(buf("float[]", v), v.size, v.size // n, n, eps_add, eps_rsqrt, pointer(w), w.size, buf("float[]", y, require_writable=True), y.size)
+        clock.elementwise += now() - t0
         if status:
             check(status, "rmsnorm")
         env[out_slot] = y
@@ -266,7 +270,7 @@ def _moves(steps, k, ctx, readers, outputs, taken):
     index_ptr = ffi.from_buffer("long long[]", index)
     member_runs = [steps[j].run for j in members]
     size, count, out_shape = int(np.prod(shape)), index.size, index.shape
-    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_gather_f32, F32  # cells (see rmsnorm)
+    empty, buf, kernel, f32, clock, now = np.empty, ffi.from_buffer, lib.wp_gather_f32, F32, ctx.clock, time.perf_counter  # cells (see rmsnorm)
 
     def run(env):
         v = env[x_slot]
@@ -278,7 +282,9 @@ def _moves(steps, k, ctx, readers, outputs, taken):
             env[out_slot] = np.take(v, index)
             return
         y = empty(out_shape, f32)
+        t0 = now()
         status = kernel(buf("float[]", v), size, index_ptr, count, buf("float[]", y, require_writable=True))
+        clock.elementwise += now() - t0
         if status:
             check(status, "moves")
         env[out_slot] = y
@@ -359,7 +365,7 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
     cos_vector = _as_vector(cos_value, width)
     rows = int(np.prod(shape)) // width
     no_cos = ffi.NULL
-    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_rotary_f32, F32  # cells (see rmsnorm)
+    empty, buf, kernel, f32, clock, now = np.empty, ffi.from_buffer, lib.wp_rotary_f32, F32, ctx.clock, time.perf_counter  # cells (see rmsnorm)
     sin_ptr = None if sin_vector is None else buf("float[]", sin_vector)
     cos_ptr_fixed = None if cos_vector is None else buf("float[]", cos_vector)
 
@@ -374,7 +380,9 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
         if s_ptr is not None and c_ptr is not None:
             y = empty(shape, f32)
             v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
+            t0 = now()
             status = kernel(buf("float[]", v), v.size, rows, width, s_ptr, width, c_ptr, width, buf("float[]", y, require_writable=True), y.size)
+            clock.elementwise += now() - t0
             if status:
                 check(status, "rotary")
             env[out_slot] = y
@@ -423,7 +431,7 @@ def _silu_gate(steps, k, ctx, readers, outputs, taken):
         return None
     g_slot, u_slot, out_slot = ctx.slots[_ref(node, "x")], ctx.slots[u], ctx.slots[_out(mul)]
     member_runs = [steps[k].run, steps[mul_k].run]
-    negative, exp, buf, kernel, f32 = np.negative, np.exp, ffi.from_buffer, lib.wp_silu_gate_f32, F32  # cells (see rmsnorm)
+    negative, exp, buf, kernel, f32, clock, now = np.negative, np.exp, ffi.from_buffer, lib.wp_silu_gate_f32, F32, ctx.clock, time.perf_counter  # cells (see rmsnorm)
 
     def run(env):
         g, v = env[g_slot], env[u_slot]
@@ -438,7 +446,9 @@ def _silu_gate(steps, k, ctx, readers, outputs, taken):
         if not e.flags.c_contiguous:
             e = np.ascontiguousarray(e)
         out = buf("float[]", e, require_writable=True)
+        t0 = now()
         status = kernel(buf("float[]", g), g.size, out, e.size, buf("float[]", v), v.size, out, e.size)
+        clock.elementwise += now() - t0
         if status:
             check(status, "silu gate")
         env[out_slot] = e
