@@ -406,10 +406,11 @@ def test_refit_needs_calibration_and_a_bool(tmp_path):
 # ------------------------------------------------------------------------------------- residual streams
 
 
-def residual_block(seed=0):
-    """``a = x @ W1.T; y = a + relu(a) @ W2.T``: W2's output is added to the residual stream ``a``."""
+def residual_block(seed=0, broadcast=False):
+    """``a = x @ W1.T; y = a + relu(a) @ W2.T``: W2's output is added to the residual stream ``a``
+    (``broadcast``: to ``mean(a, axis=0)``, one row for all)."""
     from weightpack.coreml.runtime import Program
-    from weightpack.coreml.runtime.graph import Graph, OpNode, Ref, TensorType, Var
+    from weightpack.coreml.runtime.graph import Const, Graph, OpNode, Ref, TensorType, Var
 
     rng = np.random.default_rng(seed)
     w1, w2 = (rng.standard_normal((8, 8)).astype(np.float32) for _ in range(2))
@@ -422,7 +423,11 @@ def residual_block(seed=0):
     graph.ops += [OpNode("linear", "first", {"x": Ref("x"), "weight": Ref("w1")}, [Var("a", t)]),
                   OpNode("relu", "act", {"x": Ref("a")}, [Var("h", t)]),
                   OpNode("linear", "second", {"x": Ref("h"), "weight": Ref("w2")}, [Var("b", t)]),
-                  OpNode("add", "sum", {"x": Ref("a"), "y": Ref("b")}, [Var("y", t)])]  # fmt: skip
+                  OpNode("add", "sum", {"x": Ref("m" if broadcast else "a"), "y": Ref("b")}, [Var("y", t)])]  # fmt: skip
+    if broadcast:
+        mean = OpNode("reduce_mean", "mean", {"x": Ref("a"), "axes": Const(np.array([0], np.int32)), "keep_dims": Const(np.bool_(True))},
+                      [Var("m", TensorType((1, 8), "fp32"))])  # fmt: skip
+        graph.ops.insert(3, mean)
     return w1, w2, Program(graph, "load")
 
 
@@ -459,6 +464,24 @@ def test_residual_target_absorbs_the_residual_streams_error():
     want = a + h @ w.T
     without = np.sum((want - a_small - h_small @ seq_target_without_residual(w, h, h_small, lam).T) ** 2)
     assert np.sum((want - a_small - h_small @ target.T) ** 2) < 0.9 * without  # 0.80 here
+
+
+def test_a_broadcast_residual_stream_adds_no_term():
+    """The stream (1 row per batch of 8) does not align with the layer's rows: the plain input correction."""
+    from weightpack.calibration.hessian import initial_damping
+    from weightpack.calibration.sequential import residual_streams
+
+    w1, w2, prog = residual_block(6, broadcast=True)
+    assert residual_streams(prog) == {"w2": "m"}
+    x = np.random.default_rng(7).standard_normal((256, 8)).astype(np.float32)
+    seq = SequentialStats(prog, {"x": x.reshape(32, 8, 8)}, correct_inputs=True)  # batches of 8 rows
+    small = wp.palettize(w1, nbits=1)
+    seq.finish("w1", small)
+    target = seq.target("w2", w2, seq.stats("w2")).astype(np.float64)
+    h = np.maximum((x @ w1.T).astype(np.float64), 0)
+    h_small = np.maximum((x @ small.decompress(np.float32).T).astype(np.float64), 0)
+    lam = initial_damping(h_small.T @ h_small / 256, 0.01)
+    np.testing.assert_allclose(target, seq_target_without_residual(w2.astype(np.float64), h, h_small, lam), rtol=2e-4, atol=2e-5)
 
 
 def seq_target_without_residual(w, h, h_small, lam):
