@@ -53,12 +53,11 @@ void wp_fast_quantize_avx512(const float *x, long long cols, int per, int8_t *xq
     }
 }
 
-/* Rows per pass: they share each load of the activations, as the exact kernels' tiles do.  LUT
-   codes (rows of <= 2 KB) run one row at a time (-D to try others). */
+/* Rows per pass for 8-bit codes: they share each load of the activations and their 4 KB rows are
+   4 streams the next tile's rows are prefetched from, as in the exact kernels (int8 per channel,
+   4096 x 4096, two threads: 0.71-0.76 -> 0.62-0.63 ms).  Codes of 4 bits and less run one row at
+   a time: the same tiles were 2-6% slower there (rows of <= 2 KB; bench/NOTES.md). */
 #define ROW_TILE 4
-#ifndef LUT_ROW_TILE
-#define LUT_ROW_TILE 1
-#endif
 
 /* Where the codes of row r (within a tile of rt rows) are read, with the hint for the same place
    in the next tile's rows (each row of a tile is its own short stream, which the hardware
@@ -144,8 +143,9 @@ WP_INLINE void fast_tile_blocks(const wp_fast_args *a, long long r, int rt, cons
         for (int p = 0; p < per; p++) x[p] = _mm512_loadu_si512(xq + p * len + k);
         const __m512 sx = _mm512_loadu_ps(lane_sx + k / 4);
         const long long b = k * per / WP_QBLOCK;
+        if (rt > 1 || !(k & 255)) /* the scales' stream, 2 KB ahead (a new line every 256 code bytes) */
+            for (int i = 0; i < rt; i++) WP_PREFETCH(scale[i] + b);
         for (int i = 0; i < rt; i++) {
-            WP_PREFETCH(scale[i] + b); /* the scales' stream, 2 KB ahead (a new line every 256 code bytes) */
             const __m512i raw = _mm512_xor_si512(_mm512_loadu_si512(tile_codes(a, len, r + i, k, rt)), flip_all);
             const __m512 factor = _mm512_mul_ps(_mm512_permutexvar_ps(lane_block, _mm512_maskz_loadu_ps(step_blocks, scale[i] + b)), sx);
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(step_dot(raw, x, _mm512_setzero_si512(), n, 0)), factor, acc[i]);
@@ -189,17 +189,15 @@ WP_INLINE void fast_tile_any(const wp_fast_rows *f, long long r, int rt, long lo
     for (int i = 0; i < rt; i++) a->y[b * a->rows + r + i] = y[i];
 }
 
-/* Rows [r0, r1) of every batch item (ctx is a wp_fast_rows): tiles of ROW_TILE rows (LUT_ROW_TILE
-   for LUT codes), then one by one. */
+/* Rows [r0, r1) of every batch item (ctx is a wp_fast_rows): 8-bit codes in tiles of ROW_TILE
+   rows, the rest one by one. */
 void wp_fast_rows_avx512(void *ctx, long long r0, long long r1)
 {
     const wp_fast_rows *f = ctx;
     long long r = r0;
-    if (f->lut)
-        for (; r + LUT_ROW_TILE <= r1; r += LUT_ROW_TILE)
-            for (long long b = 0; b < f->a->batch; b++) fast_tile_any(f, r, LUT_ROW_TILE, b);
-    for (; r + ROW_TILE <= r1; r += ROW_TILE)
-        for (long long b = 0; b < f->a->batch; b++) fast_tile_any(f, r, ROW_TILE, b);
+    if (f->a->nbits == 8)
+        for (; r + ROW_TILE <= r1; r += ROW_TILE)
+            for (long long b = 0; b < f->a->batch; b++) fast_tile_any(f, r, ROW_TILE, b);
     for (; r < r1; r++)
         for (long long b = 0; b < f->a->batch; b++) fast_tile_any(f, r, 1, b);
 }
