@@ -10,8 +10,8 @@
  * the first sum by the dot-product instructions, the second computed once per call (prefix sums
  * of sx_b * sum_j xq_j).  Codes of n = 1, 2, 4 bits use the phase-split layout of the exact
  * kernels (code p of each byte meets activation stream p); 8-bit codes meet x in column order.
- * This file validates, quantizes the activations and splits the rows over threads; the row
- * kernels live in fast_<isa>.c.
+ * This file validates, quantizes the activations (with the ISA's quantizer where there is one)
+ * and splits the rows over threads; the row kernels live in fast_<isa>.c.
  */
 #include "fast.h"
 #include "wp_dispatch.h"

@@ -53,10 +53,10 @@ void wp_fast_quantize_avx512(const float *x, long long cols, int per, int8_t *xq
     }
 }
 
-/* Rows per pass for 8-bit codes: they share each load of the activations and their 4 KB rows are
-   4 streams the next tile's rows are prefetched from, as in the exact kernels (int8 per channel,
-   4096 x 4096, two threads: 0.71-0.76 -> 0.62-0.63 ms).  Codes of 4 bits and less run one row at
-   a time: the same tiles were 2-6% slower there (rows of <= 2 KB; bench/NOTES.md). */
+/* Rows per pass for 8-bit codes: they share each load of the activations and lane scales, and
+   each prefetches the same place in the next tile's rows, as in the exact kernels (int8 per
+   channel, 4096 x 4096, two threads: 0.63-0.71 -> 0.57-0.59 ms).  Codes of 4 bits and less run
+   one row at a time: the same tiles were 2-6% slower there (rows of 2 KB; bench/NOTES.md). */
 #define ROW_TILE 4
 
 /* Where the codes of row r (within a tile of rt rows) are read, with the hint for the same place
