@@ -33,6 +33,7 @@ Usage:
     python bench/bench_calibrate_program.py                 # bert and llama
     python bench/bench_calibrate_program.py --models bert   # one model
     python bench/bench_calibrate_program.py --quick         # fewer rows, fewer samples
+    python bench/bench_calibrate_program.py --rows sparse   # only the rows whose label holds "sparse", no bit plans
 
 Prints the CPU, a table per model and writes JSON to bench/results/.
 """
@@ -119,7 +120,7 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def bench_model(model: str, quick: bool, scratch: Path) -> dict:
+def bench_model(model: str, quick: bool, scratch: Path, only=None) -> dict:
     import weightpack.coreml as wpc
     from weightpack.calibration import collect
     from weightpack.calibration.collect import as_program
@@ -137,6 +138,8 @@ def bench_model(model: str, quick: bool, scratch: Path) -> dict:
     print("-" * len(head))
     tables = sorted({op.weight_name for op in as_program(source).weight_ops() if op.role == "gather"})
     for k, (label, config) in enumerate(configs(quick, tables)):
+        if only is not None and only not in label:
+            continue
         out = {}
         for variant, kwargs in (("data-free", {}), ("calibrated", {"calibration": calibration, "sequential": False}),
                                 ("sequential", {"calibration": calibration, "correct_inputs": False}),
@@ -150,6 +153,8 @@ def bench_model(model: str, quick: bool, scratch: Path) -> dict:
               f"{out['sequential'][1]:>6.1f} {out['corrected'][1]:>6.1f}")  # fmt: skip
         rows.append({"compression": label, **{f"{v}_snr_db": s for v, (s, _) in out.items()}, **{f"{v}_seconds": t for v, (_, t) in out.items()}})
     plans = []
+    if only is not None:
+        return {"model": MODELS[model], "rows": rows, "plans": plans}
     stats, collect_seconds = timed(lambda: collect(source, calibration))
     layers = program_layers(source, stats)
     weights = sum(w.size for w, _ in layers.values())
@@ -193,6 +198,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["bert", "llama"])
     parser.add_argument("--quick", action="store_true", help="fewer compressions and samples")
+    parser.add_argument("--rows", metavar="TEXT", help="only the rows whose label contains TEXT (and no bit plans)")
     args = parser.parse_args(argv)
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     import os
@@ -207,9 +213,9 @@ def main(argv=None) -> None:
     results = {"machine": meta, "models": []}
     with tempfile.TemporaryDirectory() as scratch:
         for model in args.models:
-            results["models"].append(bench_model(model, args.quick, Path(scratch)))
+            results["models"].append(bench_model(model, args.quick, Path(scratch), args.rows))
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "calibrate_program.json"
+    path = RESULTS / ("calibrate_program.json" if args.rows is None else "calibrate_program_rows.json")
     path.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {path}")
 

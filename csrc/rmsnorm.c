@@ -29,3 +29,13 @@ int wp_rmsnorm_f32(const float *x, long long x_len, long long rows, long long n,
     }
     return WP_OK;
 }
+
+/* The residual add before the norm, fused: s = a + b (stored, the residual stream goes on), then
+ * y = rmsnorm(s) as above. */
+int wp_add_rmsnorm_f32(const float *a, const float *b, float *s, long long s_len, long long rows, long long n, float eps_add,
+                       float eps_rsqrt, const float *w, long long w_len, float *y, long long y_len)
+{
+    if (s_len < 0 || s_len != y_len) return WP_E_SIZE;
+    for (long long i = 0; i < s_len; i++) s[i] = a[i] + b[i];
+    return wp_rmsnorm_f32(s, s_len, rows, n, eps_add, eps_rsqrt, w, w_len, y, y_len);
+}

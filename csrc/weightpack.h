@@ -150,6 +150,8 @@ int wp_enc_vector_lloyd(const void *x, int half, const double *table, const floa
  * numpy's results of the ops they replace ---- */
 int wp_rmsnorm_f32(const float *x, long long x_len, long long rows, long long n, float eps_add, float eps_rsqrt,
                    const float *w, long long w_len, float *y, long long y_len);
+int wp_add_rmsnorm_f32(const float *a, const float *b, float *s, long long s_len, long long rows, long long n, float eps_add,
+                       float eps_rsqrt, const float *w, long long w_len, float *y, long long y_len);
 int wp_rotary_f32(const float *x, long long x_len, long long rows, long long width, const float *sin_v, long long sin_len,
                   const float *cos_v, long long cos_len, float *y, long long y_len);
 int wp_silu_gate_f32(const float *g, long long g_len, const float *e, long long e_len, const float *u, long long u_len,
@@ -158,3 +160,8 @@ int wp_gather_f32(const float *x, long long x_len, const long long *index, long 
 int wp_f32_to_f16(const float *x, unsigned short *y, long long n);
 int wp_softmax_shift_f32(float *x, long long rows, long long n);
 int wp_softmax_scale_f32(float *x, long long rows, long long n);
+/* scaled_dot_product_attention of a small problem, grouped-query heads shared (csrc/attention.c) */
+int wp_sdpa_f32(const float *q, long long q_len, const float *k, long long k_len, const float *v, long long v_len,
+                long long heads, long long group, long long lq, long long lk, long long e, long long ev, float scale,
+                int mask_kind, const void *mask, long long mask_len, long long mask_sh, long long mask_sq,
+                long long mask_sk, float *out, long long out_len);

@@ -82,3 +82,40 @@ def test_bad_moments_are_refused():
         wanda_prune(w, -np.ones(4))
     with pytest.raises(wp.WeightpackError, match="n_m=\\(2, 3\\): m=3 does not divide"):
         wanda_prune(w, np.ones(4), n_m=(2, 3))
+
+
+def _output_error(w, w_hat, h):
+    e = (w - w_hat).astype(np.float64)
+    return float(np.einsum("ij,ij->", e @ h, e))
+
+
+def test_refit_kept_is_the_exact_least_squares_solution_per_row():
+    from weightpack.calibration.prune import refit_kept
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 12)) @ rng.standard_normal((12, 12))
+    h = x.T @ x / 200
+    w = rng.standard_normal((5, 12))
+    keep = rng.random((5, 12)) < 0.5
+    got = refit_kept(w, keep, h)
+    for r in range(5):
+        s, p = keep[r], ~keep[r]
+        exact = w[r, s] + np.linalg.solve(h[np.ix_(s, s)], h[np.ix_(s, p)] @ w[r, p])
+        np.testing.assert_allclose(got[r, s], exact, rtol=1e-7, atol=1e-9)
+        assert np.all(got[r, p] == 0)
+
+
+@pytest.mark.parametrize("target", [{"sparsity": 0.5}, {"n_m": (2, 4)}])
+def test_sparsegpt_refit_lowers_the_output_error_and_keeps_the_counts(target):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((400, 32)) @ rng.standard_normal((32, 32))
+    h = x.T @ x / 400
+    w = rng.standard_normal((16, 32)).astype(np.float32)
+    plain = sparsegpt_prune(w, h, **target)
+    refit = sparsegpt_prune(w, h, **target, refit=True)
+    assert refit.nonzero_data.size == plain.nonzero_data.size == w.size // 2
+    assert _output_error(w, refit.decompress(), h) < 0.8 * _output_error(w, plain.decompress(), h)
+    if "n_m" in target:
+        assert np.all(refit.mask.values().reshape(16, 8, 4).sum(axis=2) == 2)
+    with pytest.raises(wp.WeightpackError, match="refit"):
+        sparsegpt_prune(w, h, 0.5, refit="yes")

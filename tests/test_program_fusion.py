@@ -52,12 +52,20 @@ def test_rmsnorm_kernel_refuses_inconsistent_sizes():
     assert lib.wp_rmsnorm_f32(ffi.from_buffer("float[]", x), 15, 2, 8, 1e-5, 0.0, ffi.from_buffer("float[]", w), 8, y_ptr, 16) != 0
 
 
-def rmsnorm_graph(n=16, weight_as="weight", shared=False, dtype="fp32", axes=(-1,), two=2.0, eps_dtype=np.float32):
-    """x -> [x*x via pow] -> reduce_mean -> add eps -> rsqrt -> mul x -> mul w -> y (and x + y)."""
-    t = TensorType((None, 3, n), dtype)
+def rmsnorm_graph(n=16, weight_as="weight", shared=False, dtype="fp32", axes=(-1,), two=2.0, eps_dtype=np.float32, residual=None):
+    """x -> [x*x via pow] -> reduce_mean -> add eps -> rsqrt -> mul x -> mul w -> y (and x + y).
+    ``residual``: x is the sum of inputs x0 + x1 (static shape (4, 3, n)), ``"read-between"``:
+    and an op reads it before the norm."""
+    t = TensorType((4 if residual else None, 3, n), dtype)
     scalar = TensorType((None, 1, n) if axes == (1,) else (None, 3, 1), dtype)
     w = (1 + 0.1 * np.arange(n)).astype(np.float16 if dtype == "fp16" else np.float32)
-    g = Graph(inputs=[Var("x", t)], outputs=["out"] + (["sq"] if shared else []), source="rmsnorm test")
+    inputs = [Var("x0", t), Var("x1", t)] if residual else [Var("x", t)]
+    extra = ["between"] if residual == "read-between" else []
+    g = Graph(inputs=inputs, outputs=["out"] + (["sq"] if shared else []) + extra, source="rmsnorm test")
+    if residual:
+        g.ops.append(OpNode("add", "pre", {"x": Ref("x0"), "y": Ref("x1")}, [Var("x", t)]))
+    if residual == "read-between":
+        g.ops.append(OpNode("relu", "between", {"x": Ref("x")}, [Var("between", t)]))
     if weight_as == "weight":
         g.constants["norm_w"], g.const_types["norm_w"] = w, TensorType((n,), dtype)
         g.weights.add("norm_w")
@@ -95,6 +103,24 @@ def test_rmsnorm_chain_is_fused_and_bit_identical(weight_as, policy):
     assert seen == (["mw"] if weight_as == "weight" else [])
     times = prog.predict({"x": x}) and prog.report.op_seconds
     assert times[("mul", "mw")] > 0 and times[("pow", "p")] == 0.0  # the chain's time on its last op
+
+
+@pytest.mark.parametrize("weight_as", ["weight", "const"])
+def test_the_residual_add_before_a_norm_runs_in_its_step_with_the_same_bits(weight_as):
+    prog = Program(rmsnorm_graph(weight_as=weight_as, residual="add"), "jit")
+    assert prog.report.fused_chains == [("rmsnorm", ("pre", "p", "m", "a", "r", "mx", "mw"))]
+    rng = np.random.default_rng(1)
+    feeds = {"x0": rng.standard_normal((4, 3, 16)).astype(np.float32), "x1": (rng.standard_normal((4, 3, 16)) * 5).astype(np.float32)}
+    fused, op_by_op, _ = observed_and_fused(prog, feeds)
+    assert fused["out"].tobytes() == op_by_op["out"].tobytes()
+    x = feeds["x0"] + feeds["x1"]
+    expected = x + numpy_rmsnorm(x, (1 + 0.1 * np.arange(16)).astype(np.float32), np.float32(1e-5), np.float32(1e-6))
+    assert fused["out"].tobytes() == expected.tobytes()
+
+
+def test_a_residual_add_read_before_the_norm_stays_its_own_step():
+    prog = Program(rmsnorm_graph(residual="read-between"), "jit")
+    assert prog.report.fused_chains == [("rmsnorm", ("p", "m", "a", "r", "mx", "mw"))]
 
 
 def test_rmsnorm_chain_follows_set_weight():
@@ -334,3 +360,146 @@ def test_softmax_passes_around_numpys_exp_are_bit_identical(n):
         got_f = _softmax_last_axis(fortran.copy(order="F"))
     assert got.tobytes() == expected.tobytes()
     assert np.ascontiguousarray(got_f).tobytes() == np.ascontiguousarray(expected_f).tobytes()
+
+
+# ---------------------------------------------------------------------- small attention
+
+
+def attention_reference(q, k, v, mask, group):
+    """softmax(q k^T / sqrt(E) + mask) v in float64, key/value heads repeated ``group`` times."""
+    q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    k, v = np.repeat(k, group, axis=-3), np.repeat(v, group, axis=-3)
+    scores = (q / np.sqrt(q.shape[-1])) @ np.swapaxes(k, -1, -2)
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return (scores / scores.sum(axis=-1, keepdims=True)) @ v
+
+
+MASKS = ["none", "float-2d", "float-full", "float-heads-1", "bool-causal", "float-odd-broadcast"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([1, 2, 4]), st.integers(1, 4), st.integers(1, 9), st.integers(1, 70), st.integers(1, 33),
+       st.sampled_from(MASKS), st.integers(0, 2**31))  # fmt: skip
+def test_small_attention_matches_float64_attention(kv_heads, group, lq, lk, e, ev, mask_kind, seed):
+    from weightpack.coreml.runtime.ops_attention import small_attention
+
+    rng = np.random.default_rng(seed)
+    heads = kv_heads * group
+    q = rng.standard_normal((2, heads, lq, e)).astype(np.float32)
+    k = rng.standard_normal((2, kv_heads, lk, e)).astype(np.float32)
+    v = rng.standard_normal((2, kv_heads, lk, ev)).astype(np.float32)
+    mask = {
+        "none": None,
+        "float-2d": rng.standard_normal((lq, lk)).astype(np.float32),
+        "float-full": rng.standard_normal((2, heads, lq, lk)).astype(np.float32),
+        "float-heads-1": rng.standard_normal((1, 1, lq, lk)).astype(np.float32),
+        "bool-causal": np.tril(np.ones((lq, lk), bool), k=max(lk - lq, 0)),
+        "float-odd-broadcast": rng.standard_normal((2, 1, 1, lk)).astype(np.float32),
+    }[mask_kind]
+    before = [a.copy() for a in (q, k, v) + (() if mask is None else (mask,))]
+    y = small_attention(q, k, v, mask, np.float32(1 / np.sqrt(e)), group)
+    assert y is not None and y.dtype == np.float32 and y.shape == (2, heads, lq, ev)
+    expected = attention_reference(q, k, v, mask, group)
+    # float32 rounding of the scores (|q||k|) and of the weighted sum (max |v|)
+    tol = 8e-6 * (np.abs(q).max() * np.abs(k).max() * e * np.abs(v).max() + np.abs(v).max())
+    assert np.nanmax(np.abs(y - expected)) <= tol
+    for a, b in zip(before, (q, k, v) + (() if mask is None else (mask,))):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_small_attention_gives_nan_for_a_fully_masked_row_and_declines_what_it_does_not_cover():
+    from weightpack.coreml.runtime.ops_attention import SMALL_ATTENTION, small_attention
+
+    q, k, v = (np.ones((1, 2, 2, 4), np.float32) for _ in range(3))
+    mask = np.array([[True, True], [False, False]])
+    y = small_attention(q, k, v, mask, np.float32(0.5))
+    assert np.isnan(y[:, :, 1]).all() and np.allclose(y[:, :, 0], 1.0)
+    assert small_attention(q.astype(np.float64), k, v, None, 0.5) is None  # not float32
+    assert small_attention(q, k[:, :1], v[:, :1], None, 0.5, group=1) is None  # heads do not match
+    assert small_attention(q, k, v, mask.astype(np.int32), 0.5) is None  # a mask of another dtype
+    big = int(np.sqrt(SMALL_ATTENTION)) + 1
+    qb = np.ones((1, 1, big, 1), np.float32)
+    assert small_attention(qb, qb, qb, None, 1.0) is None  # large: numpy's batched matmuls
+
+
+def test_small_attention_kernel_refuses_inconsistent_sizes():
+    q = np.ones(8, np.float32)
+    out = np.empty(8, np.float32)
+    buf = ffi.from_buffer
+    args = (buf("float[]", q), 8, buf("float[]", q), 8, buf("float[]", q), 8)
+    good = (2, 1, 1, 1, 4, 4, 1.0, 0, ffi.NULL, 0, 0, 0, 0, buf("float[]", out, require_writable=True), 8)
+    assert lib.wp_sdpa_f32(*args, *good) == 0
+    assert lib.wp_sdpa_f32(*args, 2, 3, *good[2:]) != 0  # heads not a multiple of the group
+    assert lib.wp_sdpa_f32(*args, 4, *good[1:]) != 0  # q shorter than heads * lq * e
+    mask = np.zeros(2, np.float32)  # too short for a stride of 1 over 2 heads x 2 keys
+    assert lib.wp_sdpa_f32(*args, 2, 1, 1, 2, 2, 4, 1.0, 1, buf("float[]", mask), 2, 1, 0, 1, buf("float[]", out, require_writable=True), 8) != 0
+
+
+def gqa_graph(heads=4, kv_heads=2, seq=3, embed=8, mask=None, repeat_axis=2, interleaved_v=False):
+    """q (1, heads, seq, E); k (1, kv_heads, seq, E) and v (1, seq, kv_heads, E) -> transpose ->
+    each head repeated heads / kv_heads times by expand_dims / tile / reshape (grouped-query
+    attention as converters write it) -> scaled_dot_product_attention."""
+    group = heads // kv_heads
+    f = lambda *shape: TensorType(shape, "fp32")  # noqa: E731
+    inputs = [Var("q", f(1, heads, seq, embed)), Var("k", f(1, kv_heads, seq, embed)), Var("v", f(1, seq, kv_heads, embed))]
+    if mask == "input":
+        inputs.append(Var("mask", TensorType((seq, seq), "bool")))
+    g = Graph(inputs=inputs, outputs=["y"], source="gqa test")
+    reps = [1, 1, 1, 1, 1]
+    reps[repeat_axis] = group
+    tiled = [1, kv_heads, 1, seq, embed]
+    tiled[repeat_axis] *= group
+    full = (1, heads, seq, embed) if repeat_axis == 2 else (1, kv_heads * group, seq, embed)
+    g.ops.append(OpNode("transpose", "vt", {"x": Ref("v"), "perm": Const(np.array([0, 2, 1, 3], np.int32))}, [Var("v2", f(1, kv_heads, seq, embed))]))
+    if interleaved_v:  # heads kv0, kv1, kv0, kv1: not groups of consecutive query heads
+        g.ops.append(OpNode("tile", "vi", {"x": Ref("v2"), "reps": Const(np.array([1, group, 1, 1], np.int32))}, [Var("vh", f(*full))]))
+    for name, source in (("k", "k"),) + (() if interleaved_v else (("v", "v2"),)):
+        g.ops += [
+            OpNode("expand_dims", f"{name}e", {"x": Ref(source), "axes": Const(np.array([2], np.int32))}, [Var(f"{name}5", f(1, kv_heads, 1, seq, embed))]),
+            OpNode("tile", f"{name}t", {"x": Ref(f"{name}5"), "reps": Const(np.array(reps, np.int32))}, [Var(f"{name}r", f(*tiled))]),
+            OpNode("reshape", f"{name}s", {"x": Ref(f"{name}r"), "shape": Const(np.array(full, np.int32))}, [Var(f"{name}h", f(*full))]),
+        ]  # fmt: skip
+    args = {"query": Ref("q"), "key": Ref("kh"), "value": Ref("vh")}
+    if mask == "input":
+        args["attn_mask"] = Ref("mask")
+    elif mask == "const":
+        args["attn_mask"] = Const(np.triu(np.full((seq, seq), -1e4, np.float32), 1))
+    g.ops.append(OpNode("scaled_dot_product_attention", "sdpa", args, [Var("y", f(1, heads, seq, embed))]))
+    return g
+
+
+@pytest.mark.parametrize("mask", [None, "input", "const"])
+@pytest.mark.parametrize("seq", [3, 200])  # a decoding-sized problem (one C call) and a large one (numpy)
+def test_grouped_query_attention_is_one_step_with_the_same_bits(mask, seq):
+    prog = Program(gqa_graph(seq=seq, mask=mask), "jit")
+    assert [kind for kind, _ in prog.report.fused_chains] == ["attention"]
+    rng = np.random.default_rng(seq)
+    feeds = {"q": rng.standard_normal((1, 4, seq, 8)), "k": rng.standard_normal((1, 2, seq, 8)), "v": rng.standard_normal((1, seq, 2, 8))}
+    feeds = {name: a.astype(np.float32) for name, a in feeds.items()}
+    if mask == "input":
+        feeds["mask"] = np.tril(np.ones((seq, seq), bool))
+    copies = {name: a.copy() for name, a in feeds.items()}
+    fused, op_by_op, _ = observed_and_fused(prog, feeds)
+    assert fused["y"].tobytes() == op_by_op["y"].tobytes()
+    m = {None: None, "input": feeds.get("mask"), "const": np.triu(np.full((seq, seq), -1e4, np.float32), 1)}[mask]
+    expected = attention_reference(feeds["q"], feeds["k"], feeds["v"].transpose(0, 2, 1, 3), m, 2)
+    assert np.abs(fused["y"] - expected).max() < 1e-5
+    assert all(copies[name].tobytes() == feeds[name].tobytes() for name in feeds)
+
+
+def test_key_value_repeats_that_are_not_head_groups_stay_moves_chains():
+    prog = Program(gqa_graph(interleaved_v=True), "jit")
+    assert sorted(kind for kind, _ in prog.report.fused_chains) == ["moves", "moves"]
+    rng = np.random.default_rng(5)
+    feeds = {"q": rng.standard_normal((1, 4, 3, 8)), "k": rng.standard_normal((1, 2, 3, 8)), "v": rng.standard_normal((1, 3, 2, 8))}
+    feeds = {name: a.astype(np.float32) for name, a in feeds.items()}
+    v = np.tile(feeds["v"].transpose(0, 2, 1, 3), (1, 2, 1, 1))
+    expected = attention_reference(feeds["q"], np.repeat(feeds["k"], 2, axis=1), v, None, 1)
+    assert np.abs(Program(gqa_graph(interleaved_v=True), "jit").predict(feeds)["y"] - expected).max() < 1e-5
+
+
+def test_a_tile_of_whole_blocks_that_amounts_to_head_repeats_is_recognised():
+    prog = Program(gqa_graph(repeat_axis=3), "jit")  # tile along the rows, reshaped into heads: the same map
+    assert [kind for kind, _ in prog.report.fused_chains] == ["attention"]

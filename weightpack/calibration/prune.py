@@ -12,6 +12,12 @@ half up); Wanda over the rows (row r prunes ``R(k (r+1) / rows) - R(k r / rows)`
   sweep zeroes them column by column and the remaining weights absorb the error. With n:m the
   choice is made per row when the sweep reaches the first column of each run of m.
   ``act_order`` is off by default here (measured 0.1-0.3 dB worse) and not allowed with n:m.
+- ``refit=True`` (SparseGPT): the sweep's kept weights are replaced by the exact least-squares
+  solution on the damped H for their mask (:func:`refit_kept`: every kept weight of a row absorbs
+  the error of every pruned one, not only the later columns'), and the same is done for Wanda's
+  mask (same counts); the mask of lower output error ``tr((W - W^) H (W - W^)^T)`` is kept (the
+  sweep's on a tie). Measured on the decoder fixture's 15 linears at 50% (bench/bench_prune_refit.py):
+  +2.0 to +5.9 dB of layer output SNR over the sweep alone (Wanda's mask kept on every one).
 - Wanda: score ``|w_rj| sqrt(E[x_j^2])``, smallest pruned per row (or per run of m); the kept
   weights are unchanged.
 
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compress._common import float_weights, positive_int
+from ..compress._common import check_bool, float_weights, positive_int
 from ..compress.pruning import _smallest_reference, prune_count
 from ..errors import WeightpackError, describe
 from ..formats import SparseTensor
@@ -31,10 +37,13 @@ from .stats import ActivationStats
 from .sweep import DEFAULT_BLOCK, Layer
 
 
-def sparsegpt_prune(w, h, sparsity=None, *, n_m=None, act_order=False, damp=hessian.DEFAULT_DAMP, sweep_block=DEFAULT_BLOCK):
+def sparsegpt_prune(w, h, sparsity=None, *, n_m=None, act_order=False, refit=False, damp=hessian.DEFAULT_DAMP,
+                    sweep_block=DEFAULT_BLOCK):  # fmt: skip
     """Prune a layer weight ``w`` (out, in, ...) with SparseGPT given its inputs' Gram matrix ``h``.
 
     Give ``sparsity`` (default 0.5) or ``n_m=(n, m)`` (n of every m consecutive inputs pruned).
+    ``refit=True``: least-squares refit of the kept weights, and the better of the sweep's and
+    Wanda's masks (see the module docstring).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -48,6 +57,7 @@ def sparsegpt_prune(w, h, sparsity=None, *, n_m=None, act_order=False, damp=hess
     sweep_block = positive_int(sweep_block, "sweep_block")
     if nm is not None and act_order:
         raise WeightpackError("act_order=True is not allowed with n_m: the runs of m columns are in the original order")
+    refit = check_bool(refit, "refit")
     layer = Layer(w, h, damp=damp, act_order=act_order)
     rows, n = layer.rows, layer.columns
     keep = np.ones((rows, n), bool)
@@ -76,7 +86,63 @@ def sparsegpt_prune(w, h, sparsity=None, *, n_m=None, act_order=False, damp=hess
 
     values = np.empty((rows, n), layer.dtype)  # the final values, rounded to the weights' dtype
     layer.sweep(run, sweep_block, begin if nm is None else None, out=values)
-    return _sparse(layer.unpermute(values), layer.unpermute(keep), layer.dtype)
+    values, keep = layer.unpermute(values), layer.unpermute(keep)
+    if refit:
+        values, keep = _best_refit(layer, keep.reshape(rows, n), sparsity, nm)
+    return _sparse(values.reshape(layer.shape), keep.reshape(layer.shape), layer.dtype)
+
+
+def _best_refit(layer: Layer, keep: np.ndarray, sparsity, nm):
+    """(values, mask) of the lower-error least-squares refit of the sweep's and Wanda's masks."""
+    gram = layer.gram + layer.damping * np.eye(layer.columns)
+    target = layer.original.astype(np.float64)
+    masks = [keep, wanda_prune(layer.original, np.diagonal(layer.gram), sparsity if nm is None else None, n_m=nm).mask.values()]
+    best = None
+    for mask in masks:
+        mask = np.asarray(mask, bool).reshape(keep.shape)
+        values = refit_kept(target, mask, gram)
+        error = values - target
+        cost = float(np.einsum("ij,ij->", error @ gram, error))
+        if best is None or cost < best[0]:
+            best = (cost, values, mask)
+    return best[1].astype(layer.dtype), best[2]
+
+
+def refit_kept(w, keep, gram, *, tolerance=1e-12, max_iterations=None) -> np.ndarray:
+    """The weights ``v`` (rows x n, float64) zero outside ``keep`` nearest to ``w`` in the metric
+    ``gram`` (positive definite): per row ``v_S = w_S + H_SS^-1 H_SP w_P`` (S kept, P pruned).
+
+    Solved by conjugate gradients on all rows at once (one rows x n x n product per iteration),
+    until every row's squared residual is below ``tolerance`` times its start or after
+    ``max_iterations`` (default n, where CG is exact in exact arithmetic).
+
+    >>> import numpy as np
+    >>> h = np.array([[2.0, 1.0], [1.0, 2.0]])
+    >>> refit_kept(np.array([[1.0, 1.0]]), np.array([[True, False]]), h).tolist()
+    [[1.5, 0.0]]
+    """
+    w = np.asarray(w, np.float64)
+    mask = np.asarray(keep, bool)
+    b = ((w * ~mask) @ gram) * mask
+    d = np.zeros_like(w)
+    r = b.copy()
+    p = r.copy()
+    rs = np.einsum("ij,ij->i", r, r)
+    stop = tolerance * rs
+    for _ in range(w.shape[1] if max_iterations is None else max_iterations):
+        active = rs > stop
+        if not active.any():
+            break
+        ap = (p @ gram) * mask
+        curvature = np.einsum("ij,ij->i", p, ap)
+        alpha = np.where(active & (curvature > 0), rs / np.where(curvature > 0, curvature, 1), 0.0)
+        d += alpha[:, None] * p
+        r -= alpha[:, None] * ap
+        new = np.einsum("ij,ij->i", r, r)
+        beta = np.where(active & (rs > 0), new / np.where(rs > 0, rs, 1), 0.0)
+        p = r + beta[:, None] * p
+        rs = new
+    return (w + d) * mask
 
 
 def wanda_prune(w, second_moments, sparsity=None, *, n_m=None):

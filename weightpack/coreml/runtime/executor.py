@@ -227,7 +227,7 @@ class Program:
         env = list(self._template)
         for slot, array in self._checked_inputs(inputs):
             env[slot] = array
-        self._clock.seconds = 0.0
+        self._clock.seconds = self._clock.elementwise = 0.0
         pool = self._kernel_lib if self._threads is not None else None
         before = pool.wp_threads() if pool is not None else None
         if before is not None and before != self._threads:
@@ -246,6 +246,7 @@ class Program:
         outputs = {name: _output_array(env[slot], dtype) for name, slot, dtype in self._output_specs}
         self.report.latency_seconds = time.perf_counter() - start
         self.report.kernel_seconds = self._clock.seconds
+        self.report.elementwise_seconds = self._clock.elementwise
         self.report.op_seconds = dict(zip(self._op_keys, times))
         return outputs
 

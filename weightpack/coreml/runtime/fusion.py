@@ -12,7 +12,8 @@ Chains:
 
 - ``rmsnorm``: ``pow(x, 2) -> reduce_mean(last axis, keep_dims) -> add(eps) -> rsqrt(epsilon) ->
   mul(x, .) -> mul(., w)`` with a constant vector ``w`` over the last axis (C kernel
-  ``csrc/rmsnorm.c``: numpy's pairwise summation, the same float32 roundings);
+  ``csrc/rmsnorm.c``: numpy's pairwise summation, the same float32 roundings), with the residual
+  ``add`` of two variables that makes ``x`` when nothing else reads ``x`` in between;
 - ``rotary``: rotary position embeddings as converters write ``x * cos + rotate_half(x) * sin``:
   ``slice(x, [.., h:]) -> mul(., -1)``, ``slice(x, [.., :h])``, ``concat(last axis) -> mul(., sin)
   -> add(x or mul(x, cos), .)``, with constant ``sin`` / ``cos`` broadcasting into x: one C call
@@ -20,6 +21,10 @@ Chains:
   three numpy calls writing into one buffer; the same float32 operations either way;
 - ``silu_gate``: ``silu(g) -> mul(., u)`` with ``u`` of g's shape: numpy's ``exp(-g)``, then one C
   call for ``(g / (e + 1)) * u`` (``csrc/silu_gate.c``), run where the mul runs;
+- ``attention``: ``scaled_dot_product_attention`` whose key and value come from ``moves`` chains
+  that repeat each key/value head for a group of query heads (grouped-query attention): one C
+  call on the unrepeated heads (``csrc/attention.c``; the same per-head arithmetic as on the
+  repeated ones) when the problem is small (a decoding step), else the chains and the op;
 - ``moves``: a chain of data movements with a ``tile`` among them (``transpose``, ``reshape``,
   ``tile``, ``squeeze``, ``expand_dims``; the head repeats of grouped-query attention) on an input
   of static shape: one gather (``csrc/gather.c`` for float32) through the index map the chain
@@ -27,6 +32,8 @@ Chains:
   the chain's last op runs).
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -42,10 +49,11 @@ class Fused:
     the last of them runs; ``reads``: the environment slots it reads; ``kind``: the chain's name;
     ``ops``: its op names."""
 
-    __slots__ = ("kind", "members", "run", "reads", "ops")
+    __slots__ = ("kind", "members", "run", "reads", "ops", "source")
 
-    def __init__(self, kind, members, run, reads, ops):
+    def __init__(self, kind, members, run, reads, ops, source=None):
         self.kind, self.members, self.run, self.reads, self.ops = kind, tuple(members), run, reads, ops
+        self.source = source  # moves: (input slot, input shape, index map)
 
     @property
     def last(self) -> int:
@@ -76,6 +84,7 @@ def fuse(steps, ctx, outputs) -> list:
         if chain is not None:
             found.append(chain)
             taken.update(chain.members)
+    found = _grouped_attention(found, steps, ctx, readers, outputs)
     return sorted(found, key=lambda chain: chain.last)
 
 
@@ -184,7 +193,7 @@ def _rmsnorm(steps, k, ctx, readers, outputs, taken):
 
     # closure cells, not module globals: each op runs from cold caches after a weight product,
     # where every dictionary lookup is a cache miss
-    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_rmsnorm_f32, F32
+    empty, buf, kernel, f32, clock, now = np.empty, ffi.from_buffer, lib.wp_rmsnorm_f32, F32, ctx.clock, time.perf_counter
 
     def run(env):
         v = env[x_slot]
@@ -198,13 +207,60 @@ def _rmsnorm(steps, k, ctx, readers, outputs, taken):
         if not w.flags.c_contiguous:
             w = np.ascontiguousarray(w)
         y = empty(v.shape, f32)
+        t0 = now()
         status = kernel(buf("float[]", v), v.size, v.size // n, n, eps_add, eps_rsqrt, pointer(w), w.size, buf("float[]", y, require_writable=True), y.size)
+        clock.elementwise += now() - t0
         if status:
             check(status, "rmsnorm")
         env[out_slot] = y
 
     reads = (x_slot,) if read_weight is None else (x_slot, read_weight)
-    return Fused("rmsnorm", range(k, k + 6), run, reads, tuple(node.name for node in nodes))
+    members, names = tuple(range(k, k + 6)), tuple(node.name for node in nodes)
+    residual = _residual_add(steps, k, ctx, readers, x, taken)
+    if residual is None:
+        return Fused("rmsnorm", members, run, reads, names)
+    add_k, a_slot, b_slot = residual
+    add_run, shape, add_kernel = steps[add_k].run, tuple(xtype.shape), lib.wp_add_rmsnorm_f32
+
+    def run_with_add(env):
+        a, b = env[a_slot], env[b_slot]
+        w = fixed if read_weight is None else env[read_weight]
+        if a.dtype != f32 or b.dtype != f32 or a.shape != shape or b.shape != shape or w.dtype != f32 or w.size != n or not w.flags.c_contiguous:
+            add_run(env)  # what the ops do, error included
+            run(env)
+            return
+        a = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+        b = b if b.flags.c_contiguous else np.ascontiguousarray(b)
+        total, y = empty(shape, f32), empty(shape, f32)
+        t0 = now()
+        status = add_kernel(buf("float[]", a), buf("float[]", b), buf("float[]", total, require_writable=True), total.size, total.size // n, n,
+                            eps_add, eps_rsqrt, pointer(w), w.size, buf("float[]", y, require_writable=True), y.size)  # fmt: skip
+        clock.elementwise += now() - t0
+        if status:
+            check(status, "rmsnorm")
+        env[x_slot], env[out_slot] = total, y
+
+    reads = (a_slot, b_slot) + reads[1:]
+    return Fused("rmsnorm", (add_k,) + members, run_with_add, reads, (steps[add_k].node.name,) + names)
+
+
+def _residual_add(steps, k, ctx, readers, x, taken):
+    """(step, slot a, slot b) of the ``add`` of two float variables of x's static shape that
+    produces the norm's input ``x`` when nothing reads x before the norm (chain starting at step
+    ``k``) is done: the add then runs inside the norm's step."""
+    xtype = ctx.types.get(x)
+    producer = next((j for j in range(k - 1, -1, -1) if _out(steps[j].node) == x), None)
+    if producer is None or producer in taken or steps[producer].node.type != "add" or xtype.shape is None or None in xtype.shape:
+        return None
+    node = steps[producer].node
+    a, b = _ref(node, "x"), _ref(node, "y")
+    for name in (a, b):
+        t = ctx.types.get(name)
+        if name is None or t is None or t.dtype not in FLOATS or t.shape is None or tuple(t.shape) != tuple(xtype.shape) or name in ctx.weight_slots:
+            return None
+    if any(producer < j < k or j in (k + 1, k + 2, k + 3, k + 5) for j in readers.get(x, ())):
+        return None
+    return producer, ctx.slots[a], ctx.slots[b]
 
 
 def _vector(ctx, node, param, n, rank):
@@ -266,7 +322,7 @@ def _moves(steps, k, ctx, readers, outputs, taken):
     index_ptr = ffi.from_buffer("long long[]", index)
     member_runs = [steps[j].run for j in members]
     size, count, out_shape = int(np.prod(shape)), index.size, index.shape
-    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_gather_f32, F32  # cells (see rmsnorm)
+    empty, buf, kernel, f32, clock, now = np.empty, ffi.from_buffer, lib.wp_gather_f32, F32, ctx.clock, time.perf_counter  # cells (see rmsnorm)
 
     def run(env):
         v = env[x_slot]
@@ -278,12 +334,14 @@ def _moves(steps, k, ctx, readers, outputs, taken):
             env[out_slot] = np.take(v, index)
             return
         y = empty(out_shape, f32)
+        t0 = now()
         status = kernel(buf("float[]", v), size, index_ptr, count, buf("float[]", y, require_writable=True))
+        clock.elementwise += now() - t0
         if status:
             check(status, "moves")
         env[out_slot] = y
 
-    return Fused("moves", members, run, (x_slot,), tuple(steps[j].node.name for j in members))
+    return Fused("moves", members, run, (x_slot,), tuple(steps[j].node.name for j in members), (x_slot, shape, index))
 
 
 def _only_x_varies(ctx, node) -> bool:
@@ -359,7 +417,7 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
     cos_vector = _as_vector(cos_value, width)
     rows = int(np.prod(shape)) // width
     no_cos = ffi.NULL
-    empty, buf, kernel, f32 = np.empty, ffi.from_buffer, lib.wp_rotary_f32, F32  # cells (see rmsnorm)
+    empty, buf, kernel, f32, clock, now = np.empty, ffi.from_buffer, lib.wp_rotary_f32, F32, ctx.clock, time.perf_counter  # cells (see rmsnorm)
     sin_ptr = None if sin_vector is None else buf("float[]", sin_vector)
     cos_ptr_fixed = None if cos_vector is None else buf("float[]", cos_vector)
 
@@ -374,7 +432,9 @@ def _rotary(steps, k, ctx, readers, outputs, taken):
         if s_ptr is not None and c_ptr is not None:
             y = empty(shape, f32)
             v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
+            t0 = now()
             status = kernel(buf("float[]", v), v.size, rows, width, s_ptr, width, c_ptr, width, buf("float[]", y, require_writable=True), y.size)
+            clock.elementwise += now() - t0
             if status:
                 check(status, "rotary")
             env[out_slot] = y
@@ -423,7 +483,7 @@ def _silu_gate(steps, k, ctx, readers, outputs, taken):
         return None
     g_slot, u_slot, out_slot = ctx.slots[_ref(node, "x")], ctx.slots[u], ctx.slots[_out(mul)]
     member_runs = [steps[k].run, steps[mul_k].run]
-    negative, exp, buf, kernel, f32 = np.negative, np.exp, ffi.from_buffer, lib.wp_silu_gate_f32, F32  # cells (see rmsnorm)
+    negative, exp, buf, kernel, f32, clock, now = np.negative, np.exp, ffi.from_buffer, lib.wp_silu_gate_f32, F32, ctx.clock, time.perf_counter  # cells (see rmsnorm)
 
     def run(env):
         g, v = env[g_slot], env[u_slot]
@@ -438,7 +498,9 @@ def _silu_gate(steps, k, ctx, readers, outputs, taken):
         if not e.flags.c_contiguous:
             e = np.ascontiguousarray(e)
         out = buf("float[]", e, require_writable=True)
+        t0 = now()
         status = kernel(buf("float[]", g), g.size, out, e.size, buf("float[]", v), v.size, out, e.size)
+        clock.elementwise += now() - t0
         if status:
             check(status, "silu gate")
         env[out_slot] = e
@@ -486,3 +548,103 @@ def _broadcast_constant(ctx, node, param, shape):
     except ValueError:
         return None
     return (slot, None) if slot is not None else (None, np.asarray(value).astype(F32))
+
+
+# ---------------------------------------------------------------------- grouped-query attention
+
+
+def _grouped_attention(found, steps, ctx, readers, outputs):
+    """``found`` with each sdpa whose key and value are head repeats (``moves`` chains read by
+    it alone) and those two chains replaced by one ``attention`` chain."""
+    from .ops_attention import small_attention  # the op's own C path, shared
+
+    by_output = {_out(steps[chain.last].node): chain for chain in found if chain.kind == "moves"}
+    replaced, added = set(), []
+    for k, step in enumerate(steps):
+        node = step.node
+        if node.type != "scaled_dot_product_attention":
+            continue
+        q, key, value = (_ref(node, p) for p in ("query", "key", "value"))
+        chains = [by_output.get(key), by_output.get(value)]
+        qtype = ctx.types.get(q)
+        if None in chains or chains[0] is chains[1] or qtype is None or qtype.shape is None or None in qtype.shape or len(qtype.shape) < 3:
+            continue
+        if any(readers.get(_out(steps[c.last].node)) != {k} for c in chains) or not _is_float(ctx, q):
+            continue
+        heads = [_head_groups(c.source, qtype.shape) for c in chains]
+        if None in heads or heads[0][0] != heads[1][0]:
+            continue
+        group = heads[0][0]
+        mask_slot, mask_value = None, None
+        if "attn_mask" in node.inputs:
+            mask_value = _constant(ctx, node, "attn_mask")
+            name = _ref(node, "attn_mask")
+            if mask_value is None and (name is None or name not in ctx.slots or name in ctx.weight_slots):
+                continue
+            mask_slot = ctx.slots[name] if mask_value is None else None
+            if mask_value is not None:
+                mask_value = np.asarray(mask_value)
+                mask_value = mask_value.astype(F32) if mask_value.dtype.kind == "f" else mask_value
+        q_slot, out_slot = ctx.slots[q], ctx.slots[_out(node)]
+        scale = np.float32(1.0 / np.sqrt(qtype.shape[-1]))
+        unrepeated = [_unrepeated(c.source[0], index) for c, (_, index) in zip(chains, heads)]
+        fallback = (chains[0].run, chains[1].run, step.run)
+        run = _attention_run(q_slot, unrepeated, mask_slot, mask_value, scale, group, out_slot, fallback, ctx.clock, small_attention)
+        reads = tuple(x for x in (q_slot, chains[0].source[0], chains[1].source[0], mask_slot) if x is not None)
+        added.append(Fused("attention", sorted(chains[0].members + chains[1].members + (k,)), run, reads, chains[0].ops + chains[1].ops + (node.name,)))
+        replaced.update(id(c) for c in chains)
+    return [chain for chain in found if id(chain) not in replaced] + added
+
+
+def _attention_run(q_slot, unrepeated, mask_slot, mask_value, scale, group, out_slot, fallback, clock, small_attention):
+    (read_k, k_slot), (read_v, v_slot) = unrepeated
+
+    def run(env):
+        mask = mask_value if mask_slot is None else env[mask_slot]
+        key, value = read_k(env[k_slot]), read_v(env[v_slot])
+        y = None if key is None or value is None else small_attention(env[q_slot], key, value, mask, scale, group, clock)
+        if y is None:  # not small, or not float32: the repeats, then the op
+            for member in fallback:
+                member(env)
+            return
+        env[out_slot] = y
+
+    return run
+
+
+def _unrepeated(slot, index):
+    """(read, slot): ``read(x)`` gives the unrepeated heads from the chain's input ``x`` (a
+    reshape when they are its elements in order, else a gather), or None on an unexpected ``x``."""
+    size = index.size
+    if np.array_equal(index.reshape(-1), np.arange(size)):
+        shape = index.shape
+
+        def read(x):
+            return x.reshape(shape) if x.size == size and x.dtype == F32 else None
+
+        return read, slot
+    flat = index.reshape(-1)
+    top = int(flat.max()) if size else -1
+
+    def gather(x):
+        return np.take(x.reshape(-1), index) if x.dtype == F32 and x.size > top else None
+
+    return gather, slot
+
+
+def _head_groups(source, query_shape):
+    """(g, index map of the unrepeated heads) when the moves chain ``source`` (input slot,
+    shape, index map) repeats each of its heads g > 1 times in a row on the third axis from the
+    end, giving the query's head count; else None."""
+    _, _, index = source
+    if index.ndim != len(query_shape) or index.shape[-3] != query_shape[-3]:
+        return None
+    heads = index.shape[-3]
+    for group in range(heads, 1, -1):
+        if heads % group:
+            continue
+        split = index.reshape(index.shape[:-3] + (heads // group, group) + index.shape[-2:])
+        first = split[..., :1, :, :]
+        if (split == first).all():
+            return group, np.ascontiguousarray(first.reshape(index.shape[:-3] + (heads // group,) + index.shape[-2:]))
+    return None

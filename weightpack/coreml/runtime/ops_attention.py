@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 
-from ..._c import ffi, lib
+from ..._c import check, ffi, lib
 from .registry import op
 from .shapes import broadcast, same_dim
 
 FLOATS = ("fp16", "fp32")
+F32 = np.dtype(np.float32)
 
 
 @op("scaled_dot_product_attention")
@@ -46,6 +47,9 @@ def scaled_dot_product_attention(b):
 
     def run(query, key, value, *masks):
         scale = fixed_scale if fixed_scale is not None else np.float32(1.0 / math.sqrt(query.shape[-1]))
+        y = small_attention(query, key, value, masks[0] if masks else None, scale, clock=clock)
+        if y is not None:
+            return y
         t0 = time.perf_counter()
         scores = np.matmul(query * scale, key.swapaxes(-1, -2))
         clock.seconds += time.perf_counter() - t0
@@ -62,7 +66,7 @@ def scaled_dot_product_attention(b):
                     scores += m
                 else:
                     scores = scores + m
-        weights = _softmax_last_axis(scores)  # scores: a new array
+        weights = _softmax_last_axis(scores, clock)  # scores: a new array
         t0 = time.perf_counter()
         y = np.matmul(weights, value)
         clock.seconds += time.perf_counter() - t0
@@ -71,7 +75,66 @@ def scaled_dot_product_attention(b):
     return b.emit(run, args, [(out, q.type.dtype)])
 
 
-def _softmax_last_axis(scores):
+SMALL_ATTENTION = 1 << 18  # multiply-adds up to which one C call beats numpy's batched matmuls
+
+
+def small_attention(query, key, value, mask, scale, group: int = 1, clock=None):
+    """The attention of a small problem (a decoding step) in one C call (csrc/attention.c), or
+    None when it is not one: float32 operands whose batch dimensions match (``key`` / ``value``
+    with ``1 / group`` of the query's heads on the last batch axis), at most
+    ``SMALL_ATTENTION`` multiply-adds. The C call's time adds to ``clock.elementwise``."""
+    if query.dtype != F32 or key.dtype != F32 or value.dtype != F32 or query.ndim < 3 or key.ndim != query.ndim or value.ndim != query.ndim:
+        return None
+    batch, (lq, e), (lk, ev) = query.shape[:-2], query.shape[-2:], value.shape[-2:]
+    kv_batch = batch[:-1] + (batch[-1] // group,)
+    if key.shape != kv_batch + (lk, e) or value.shape[:-2] != kv_batch or batch[-1] % group:
+        return None
+    heads = math.prod(batch)
+    if heads * lq * lk * (e + ev) > SMALL_ATTENTION or heads == 0 or lq == 0 or lk == 0 or e == 0 or ev == 0:
+        return None
+    kind, mask_ptr, mask_len, strides = 0, ffi.NULL, 0, (0, 0, 0)
+    if mask is not None:
+        kind = 2 if mask.dtype == np.bool_ else 1 if mask.dtype == F32 else 0
+        view = _mask_view(mask, batch, lq, lk) if kind else None
+        if view is None:
+            return None
+        array, strides = view
+        mask_ptr, mask_len = ffi.from_buffer("unsigned char[]" if kind == 2 else "float[]", array), array.size
+    q = np.ascontiguousarray(query)
+    k = np.ascontiguousarray(key)
+    v = np.ascontiguousarray(value)
+    out = np.empty(batch + (lq, ev), F32)
+    buf = ffi.from_buffer
+    t0 = time.perf_counter()
+    status = lib.wp_sdpa_f32(buf("float[]", q), q.size, buf("float[]", k), k.size, buf("float[]", v), v.size, heads, group, lq, lk, e, ev,
+                             float(scale), kind, mask_ptr, mask_len, *strides, buf("float[]", out, require_writable=True), out.size)  # fmt: skip
+    if clock is not None:
+        clock.elementwise += time.perf_counter() - t0
+    check(status, "scaled_dot_product_attention")
+    return out
+
+
+def _mask_view(mask, batch, lq, lk):
+    """(contiguous array, element strides over (heads, lq, lk)) reading ``mask`` broadcast to
+    ``batch + (lq, lk)``, or None if it does not broadcast so."""
+    if not 2 <= mask.ndim <= len(batch) + 2 or mask.shape[-2] not in (1, lq) or mask.shape[-1] not in (1, lk):
+        return None
+    rows, cols = mask.shape[-2:]
+    lead = mask.shape[:-2]
+    mask = np.ascontiguousarray(mask)
+    sq, sk = (cols if rows > 1 else 0), (1 if cols > 1 else 0)
+    if math.prod(lead) == 1:
+        return mask, (0, sq, sk)
+    if tuple(lead) == tuple(batch):
+        return mask, (rows * cols, sq, sk)
+    try:  # any other broadcast: materialised
+        full = np.ascontiguousarray(np.broadcast_to(mask, tuple(batch) + (lq, lk)))
+    except ValueError:
+        return None
+    return full, (lq * lk, lk, 1)
+
+
+def _softmax_last_axis(scores, clock=None):
     """Softmax over the last axis, in place: ``x - max``, numpy's exp, ``/ sum``. The two passes
     around exp run in C (csrc/softmax.c, numpy's bits: pairwise sum) on float32 rows; otherwise
     numpy's ufunc reductions (what np.max / np.sum call, without their Python wrappers)."""
@@ -79,9 +142,14 @@ def _softmax_last_axis(scores):
     if scores.dtype == np.float32 and scores.flags.c_contiguous and n > 0:
         rows = scores.size // n
         pointer = ffi.from_buffer("float[]", scores, require_writable=True)
+        t0 = time.perf_counter()
         if lib.wp_softmax_shift_f32(pointer, rows, n) == 0:
+            t1 = time.perf_counter()
             np.exp(scores, out=scores)
+            t2 = time.perf_counter()
             lib.wp_softmax_scale_f32(pointer, rows, n)
+            if clock is not None:
+                clock.elementwise += (t1 - t0) + (time.perf_counter() - t2)
             return scores
     np.subtract(scores, np.maximum.reduce(scores, axis=-1, keepdims=True), out=scores)
     np.exp(scores, out=scores)

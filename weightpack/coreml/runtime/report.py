@@ -5,13 +5,15 @@ from dataclasses import dataclass, field
 
 
 class KernelClock:
-    """Seconds spent inside numeric kernels (BLAS products, weightpack's fused products and
-    decompression) during one call; ops add to it around each kernel call."""
+    """Seconds spent inside compiled kernels during one call; ops add to it around each call:
+    ``seconds`` in the weight products (BLAS, weightpack's fused products, decompression),
+    ``elementwise`` in weightpack's C kernels of the fused chains and of small attention."""
 
-    __slots__ = ("seconds",)
+    __slots__ = ("seconds", "elementwise")
 
     def __init__(self):
         self.seconds = 0.0
+        self.elementwise = 0.0
 
 
 @dataclass
@@ -27,9 +29,10 @@ class Report:
     - ``op_seconds``: {(op type, op name): seconds} of the last call, in program order; the ops of
       a fused chain (see ``fused_chains``) run as one step, whose time is on the chain's last op (the
       others show 0) unless the call observed every op (``predict(observe=...)``);
-    - ``kernel_seconds``: the part of the last call spent inside kernels (BLAS, fused products,
-      decompression); ``latency_seconds - kernel_seconds`` is the interpretation overhead plus
-      the elementwise numpy work;
+    - ``kernel_seconds``: the part of the last call spent inside the weight products (BLAS, fused
+      products, decompression); ``elementwise_seconds``: the part inside weightpack's C kernels of
+      the fused chains (see ``fused_chains``) and of small attention; ``overhead_seconds``, the rest,
+      is the interpretation overhead plus the elementwise work numpy does;
     - ``fused_chains``: the chains of ops ``predict`` runs as one step (:mod:`.fusion`): a list of
       (chain kind, op names);
     - ``threads``: weightpack's kernel threads during ``predict`` (chosen at load, see
@@ -49,6 +52,7 @@ class Report:
     latency_seconds: float = 0.0
     op_seconds: dict = field(default_factory=dict)
     kernel_seconds: float = 0.0
+    elementwise_seconds: float = 0.0
     layer_modes: list = field(default_factory=list)
     fused_chains: list = field(default_factory=list)
     threads: int | None = None
@@ -62,5 +66,5 @@ class Report:
 
     @property
     def overhead_seconds(self) -> float:
-        """``latency_seconds - kernel_seconds`` of the last call."""
-        return self.latency_seconds - self.kernel_seconds
+        """``latency_seconds - kernel_seconds - elementwise_seconds`` of the last call."""
+        return self.latency_seconds - self.kernel_seconds - self.elementwise_seconds
