@@ -143,20 +143,20 @@ EXPAND(mca_decode_sparse_fp16_f32_w64, 2, 1)
 EXPAND(mca_decode_sparse_fp16_f16_w64, 2, 0)
 EXPAND(mca_decode_sparse_fp32_f32_w64, 4, 0)
 
-#elif MCA_PART == 4 /* ---- fast mode (VNNI): one row, 64 code bytes per pass ---- */
+#elif MCA_PART == 4 /* ---- fast mode (VNNI): a tile of rows (4 for 8-bit codes, else 1), 64 code bytes of each per pass ---- */
 
-#define FAST(name, n, lut)                                                                  \
-    __attribute__((flatten)) float name(const wp_fast_args *a, long long r, const int8_t *xq, const float *sx, \
-                                        const double *prefix) { return fast_row(a, r, xq, sx, prefix, n, lut); }
-FAST(mca_fast_lut4_w128, 4, 1)
-FAST(mca_fast_lut2_w256, 2, 1)
-FAST(mca_fast_lut1_w512, 1, 1)
-FAST(mca_fast_int8_w64, 8, 0)
+#define FAST(name, n, lut, rows)                                                            \
+    __attribute__((flatten)) void name(const wp_fast_args *a, long long r, const int8_t *xq, const float *sx, \
+                                       const double *prefix, float *y) { fast_tile(a, r, rows, xq, sx, prefix, n, lut, y); }
+FAST(mca_fast_lut4_w128, 4, 1, 1)
+FAST(mca_fast_lut2_w256, 2, 1, 1)
+FAST(mca_fast_lut1_w512, 1, 1, 1)
+FAST(mca_fast_int8_w256, 8, 0, ROW_TILE)
 #define FAST_BLOCKS(name, n)                                                                \
-    __attribute__((flatten)) float name(const wp_fast_args *a, long long r, const int8_t *xq, const float *sx, \
-                                        const float *block_sum) { return fast_row_blocks(a, r, xq, sx, block_sum, n); }
+    __attribute__((flatten)) void name(const wp_fast_args *a, long long r, const int8_t *xq, const float *sx, \
+                                       const float *block_sum, float *y) { fast_tile_blocks(a, r, n == 8 ? ROW_TILE : 1, xq, sx, block_sum, n, y); }
 FAST_BLOCKS(mca_fast_int4_block32_w128, 4)
-FAST_BLOCKS(mca_fast_int8_block32_w64, 8)
+FAST_BLOCKS(mca_fast_int8_block32_w256, 8)
 
 #endif
 WP_TARGET_POP()

@@ -10,8 +10,8 @@
  * the first sum by the dot-product instructions, the second computed once per call (prefix sums
  * of sx_b * sum_j xq_j).  Codes of n = 1, 2, 4 bits use the phase-split layout of the exact
  * kernels (code p of each byte meets activation stream p); 8-bit codes meet x in column order.
- * This file validates, quantizes the activations and splits the rows over threads; the row
- * kernels live in fast_<isa>.c.
+ * This file validates, quantizes the activations (with the ISA's quantizer where there is one)
+ * and splits the rows over threads; the row kernels live in fast_<isa>.c.
  */
 #include "fast.h"
 #include "wp_dispatch.h"
@@ -19,32 +19,42 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* Quantize x (one batch item) to int8 per block of 32, phase-split for per codes per byte. */
-static void quantize_activations(const float *x, long long cols, int per, int8_t *xq, float *lane_sx, float *block_sx,
-                                 float *block_sum, double *prefix)
+/* Quantize x (one batch item) to int8 per block of 32 (the portable wp_fast_quantize_fn). */
+static void quantize_blocks(const float *x, long long cols, int per, int8_t *xq, float *block_sx, float *block_sum)
 {
     const long long blocks = cols / WP_QBLOCK, len = cols / per;
+    const int chunk = WP_QBLOCK / per;
     for (long long b = 0; b < blocks; b++) {
+        const float *xb = x + b * WP_QBLOCK;
         float amax = 0.0f;
-        for (int i = 0; i < WP_QBLOCK; i++) amax = fmaxf(amax, fabsf(x[b * WP_QBLOCK + i]));
+        for (int i = 0; i < WP_QBLOCK; i++) amax = fmaxf(amax, fabsf(xb[i]));
         const float sx = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         int sum = 0;
-        for (int i = 0; i < WP_QBLOCK; i++) {
-            const long long j = b * WP_QBLOCK + i;
-            const int q = (int)lrintf(x[j] * inv);
-            xq[(j % per) * len + j / per] = (int8_t)q;
-            sum += q;
-        }
+        for (int p = 0; p < per; p++)
+            for (int i = 0; i < chunk; i++) {
+                const int q = (int)lrintf(xb[i * per + p] * inv);
+                xq[p * len + b * chunk + i] = (int8_t)q;
+                sum += q;
+            }
         block_sx[b] = sx;
         block_sum[b] = sx * (float)sum; /* the block's correction weight: sx_b * sum_j xq_j */
     }
+}
+
+/* Quantize x (one batch item) with `quantize`, then the per-lane scales and the prefix sums. */
+static void quantize_activations(wp_fast_quantize_fn quantize, const float *x, long long cols, int per, int8_t *xq,
+                                 float *lane_sx, float *block_sx, float *block_sum, double *prefix)
+{
+    const long long blocks = cols / WP_QBLOCK, len = cols / per;
+    quantize(x, cols, per, xq, block_sx, block_sum);
     prefix[0] = 0.0; /* prefix[b] = sum of block_sum[b'] for b' < b */
     for (long long b = 0; b < blocks; b++) prefix[b + 1] = prefix[b] + block_sum[b];
     /* dword lane L of every phase stream covers bytes 4L..4L+3: columns per*4L.. of one block */
     for (long long lane = 0; lane < len / 4; lane++) lane_sx[lane] = block_sx[lane * 4 * per / WP_QBLOCK];
 }
 
-static int fast_matvec_impl(const wp_fast_args *a, const float *x, int lut, wp_range_fn rows_fn)
+static int fast_matvec_impl(const wp_fast_args *a, const float *x, int lut, wp_range_fn rows_fn,
+                            wp_fast_quantize_fn quantize)
 {
     const int n = a->nbits, per = 8 / n;
     const long long cols = a->cols, blocks = cols / WP_QBLOCK, lanes = cols / per / 4;
@@ -58,7 +68,7 @@ static int fast_matvec_impl(const wp_fast_args *a, const float *x, int lut, wp_r
         return WP_E_SIZE;
     }
     for (long long b = 0; b < a->batch; b++)
-        quantize_activations(x + b * cols, cols, per, xq + b * cols, lane_sx + b * lanes, block_sx + b * blocks,
+        quantize_activations(quantize, x + b * cols, cols, per, xq + b * cols, lane_sx + b * lanes, block_sx + b * blocks,
                              block_sum + b * blocks, prefix + b * (blocks + 1));
     wp_fast_rows rows = {a, xq, lane_sx, block_sum, prefix, lut};
     if (a->rows >= 64) wp_parallel_for(a->rows, wp_rows_per_range(a->rows), rows_fn, &rows);
@@ -97,8 +107,9 @@ int wp_fast_matvec(const unsigned char *codes, long long codes_len, int nbits, i
                    const float *x, long long x_len, long long batch, float *y, long long y_len)
 {
     wp_range_fn rows_fn = NULL;
+    wp_fast_quantize_fn quantize = quantize_blocks;
 #if WP_X86
-    if (wp_simd_level() >= WP_LEVEL_AVX512) rows_fn = wp_fast_rows_avx512;
+    if (wp_simd_level() >= WP_LEVEL_AVX512) rows_fn = wp_fast_rows_avx512, quantize = wp_fast_quantize_avx512;
 #elif WP_ARM64
     if (wp_simd_level() >= WP_LEVEL_DOTPROD) rows_fn = wp_fast_rows_dotprod;
 #endif
@@ -121,5 +132,5 @@ int wp_fast_matvec(const unsigned char *codes, long long codes_len, int nbits, i
         if (rc != WP_NOT_COVERED) return rc;
     }
 #endif
-    return fast_matvec_impl(&a, x, table_u8 != NULL, rows_fn);
+    return fast_matvec_impl(&a, x, table_u8 != NULL, rows_fn, quantize);
 }

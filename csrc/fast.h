@@ -72,9 +72,17 @@ int wp_fast_amx_matvec(const wp_fast_args *a, const float *x);
 int wp_cpu_has_amx(void); /* AMX-TILE and AMX-BF16, and the kernel granted this process the tile state */
 #endif
 
+/* Quantizes one batch item's activations x (cols floats) to int8 per block of 32: block b's
+   scale sx_b = max|x_b| / 127 and codes round(x_j / sx_b) (to nearest even: multiplied by
+   127 / max|x_b|, or 0 for an all-zero block), phase-split for `per` codes per weight byte (column
+   b*32 + i*per + p goes to xq[p * cols/per + b * 32/per + i]), block_sx[b] = sx_b and
+   block_sum[b] = sx_b * (sum of the block's codes).  Every implementation gives the same bits. */
+typedef void (*wp_fast_quantize_fn)(const float *x, long long cols, int per, int8_t *xq, float *block_sx, float *block_sum);
+
 /* Rows [r0, r1) of every batch item (ctx is a wp_fast_rows). */
 #if WP_X86
 void wp_fast_rows_avx512(void *ctx, long long r0, long long r1);
+void wp_fast_quantize_avx512(const float *x, long long cols, int per, int8_t *xq, float *block_sx, float *block_sum);
 #elif WP_ARM64
 void wp_fast_rows_dotprod(void *ctx, long long r0, long long r1);
 #endif

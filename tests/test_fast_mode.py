@@ -54,6 +54,24 @@ def test_fast_mode_error_is_within_its_bound(batch):
         assert error > 1e-6 or not backend_c.fast_mode_runs(), f"{name}: fast mode did not run"
 
 
+@pytest.mark.parametrize("rows", [1, 3, 67, 93])
+def test_every_row_gets_the_same_bits_in_a_tile_or_alone(rows):
+    """Rows run in tiles of several (sharing each load of the activations) and, at a range's end,
+    alone: a row's result is the same bits either way, whatever the thread count."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    for data_type, blocks in (("int8", 1), ("int4", 16), ("uint8", 16), ("uint4", 1)):
+        whole = quantized_weight(rng, data_type, blocks)
+        data, scale = whole.data.values()[:rows], whole.scale[:rows]
+        weight = wp.QuantizedTensor(wp.NBitArray.from_values(data, whole.data.nbits, signed=whole.data.signed), scale)
+        with wp.threads(2):
+            y = wp.matmul(weight, x, mode="fast")
+        for r in range(0, rows, max(1, rows // 5)):
+            alone = wp.QuantizedTensor(wp.NBitArray.from_values(data[r:r + 1], whole.data.nbits, signed=whole.data.signed), scale[r:r + 1])
+            np.testing.assert_array_equal(wp.matmul(alone, x, mode="fast")[:, 0], y[:, r], err_msg=f"{data_type}, row {r}")
+        assert relative_error(weight, x, y) < FAST_RTOL, data_type
+
+
 def test_layouts_fast_mode_does_not_cover_are_exact():
     rng = np.random.default_rng(5)
     lut = np.linspace(-1, 1, 16, dtype=np.float16).reshape(1, 1, 16, 1)
