@@ -278,6 +278,8 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                         help="before each product measurement, wait up to SECONDS for a second in which other "
                              "processes use < 5%% of the CPUs (two-thread figures mean little otherwise)")
+    parser.add_argument("--blas-sleep", action="store_true",
+                        help="wp.blas_sleep_when_idle() first: OpenBLAS's idle workers sleep after each call")
     parser.add_argument("--json", type=Path, default=RESULTS / "kernels.json")
     parser.add_argument("--simd", default=os.environ.get("WEIGHTPACK_SIMD") or None,
                         help="SIMD level of the C backend (default: WEIGHTPACK_SIMD, else the best this CPU has)")
@@ -286,6 +288,9 @@ def main(argv=None) -> int:
     sections = args.only or ["matvec", "decompress", "runtime"]
     backend_c.set_simd(args.simd)
     meta = dict(info(), numpy=np.__version__, python=sys.version.split()[0], argv=sys.argv[1:] if argv is None else argv)
+    if args.blas_sleep:
+        np.ones((64, 64), np.float32) @ np.ones(64, np.float32)  # loads BLAS and starts its workers
+        meta["openblas_thread_timeout"] = f"4 (wp.blas_sleep_when_idle(): {len(wp.blas_sleep_when_idle())} libraries)"
     args.llc = args.llc or meta["llc_bytes"]
     print(describe(meta))
     print(f"weightpack {wp.__version__}, numpy {meta['numpy']}; inputs rotated past {2 * args.llc / 2**20:.0f} MiB")

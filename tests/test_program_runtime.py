@@ -138,6 +138,38 @@ def test_jit_runs_fused_products_rows_and_scratch(decoder, cnn):
     assert conv_ops and all(op.mode == "scratch" for op in conv_ops if not isinstance(op.weight, np.ndarray))
 
 
+@pytest.mark.parametrize("nbits", [1, 2, 3, 4, 6, 8])
+@pytest.mark.parametrize("luts", [1, 4, 12])
+@pytest.mark.parametrize("lut_dtype", [np.float16, np.float32, np.int8])
+def test_row_reader_decodes_the_rows_as_decompression_does(nbits, luts, lut_dtype):
+    from weightpack.coreml.runtime.weights import row_reader, rows_supported
+
+    rng = np.random.default_rng(nbits * 100 + luts)
+    lut = rng.integers(-100, 100, (luts, 1, 1 << nbits, 1)) if lut_dtype == np.int8 else rng.standard_normal((luts, 1, 1 << nbits, 1))
+    table = wp.PalettizedTensor(rng.integers(0, 1 << nbits, (12, 16)), lut.astype(lut_dtype))
+    assert rows_supported(table)
+    rows = np.array([0, 11, 5, 5, 7])
+    out = row_reader(table)(rows)
+    assert out.dtype == np.float32 and out.shape == (5, 16)
+    np.testing.assert_array_equal(out, table.decompress(np.float32)[rows])
+
+
+def test_gathered_rows_follow_set_weight(decoder):
+    jit = Program.load(compressed(decoder, "glut4"), policy="jit")
+    ids = {"x": np.array([[3, 1, 4, 1, 5, 9]], np.int32)}
+    before = jit.predict(ids)
+    [table] = [op for op in jit.weight_ops() if op.role == "gather"]
+    assert table.mode == "rows"
+    replaced = wp.palettize(RNG.standard_normal(table.weight.shape).astype(np.float32), 4, group_size=16, axis=0)
+    jit.set_weight(table.weight_name, replaced)
+    after = jit.predict(ids)
+    load = Program.load(compressed(decoder, "glut4"), policy="load")
+    load.set_weight(table.weight_name, replaced)
+    name = next(iter(after))
+    assert not np.array_equal(before[name], after[name])
+    assert_same_function(after[name], load.predict(ids)[name])
+
+
 def test_conv_scratch_is_one_buffer_shared_by_every_conv():
     w1 = wp.quantize(RNG.standard_normal((8, 3, 3, 3)).astype(np.float32), "int8")
     w2 = wp.quantize(RNG.standard_normal((16, 8, 3, 3)).astype(np.float32), "int8")

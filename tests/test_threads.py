@@ -130,3 +130,48 @@ def test_spin_setting_from_the_environment_keeps_results():
     assert len(outputs) == 1
     refused = run("fifty")
     assert refused.returncode != 0 and "WEIGHTPACK_SPIN_US='fifty'" in refused.stderr
+
+
+def _openblas_pthreads():
+    from threadpoolctl import threadpool_info
+
+    np.ones((64, 64)) @ np.ones(64)
+    return [i for i in threadpool_info() if i["internal_api"] == "openblas" and i["threading_layer"] == "pthreads"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2 or not _openblas_pthreads(),
+                    reason="needs /proc, 2 CPUs and numpy on a pthreads OpenBLAS (numpy's Linux wheels)")  # fmt: skip
+def test_blas_sleep_when_idle_stops_openblas_spinning_between_calls():
+    """OpenBLAS's idle workers burn CPU for ~0.1 s after each call by default and none after
+    blas_sleep_when_idle() (CPU ticks of the process's other threads over 0.3 s of sleep)."""
+    script = textwrap.dedent("""
+        import os, time, numpy as np, threadpoolctl, weightpack as wp
+        def busy_ticks():
+            a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+            x = np.ones(2048, np.float32)
+            for _ in range(5):
+                y = a @ x
+            ticks = lambda: sum(sum(map(int, open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[11:13]))
+                                for t in os.listdir("/proc/self/task") if int(t) != os.getpid())
+            before = ticks()
+            time.sleep(0.3)
+            assert np.allclose(y, a.astype(np.float64) @ x, rtol=1e-4, atol=1e-3)
+            return ticks() - before
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            default = busy_ticks()
+            changed = wp.blas_sleep_when_idle()
+            calm = min(busy_ticks() for _ in range(3))
+        print(default, calm, len(changed))
+    """)
+    env = dict(os.environ, WEIGHTPACK_SPIN_US="0")
+    env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    default, calm, changed = map(int, out.stdout.split())
+    assert changed >= 1 and default >= 3 and calm <= 1, (default, calm)
+
+
+@pytest.mark.parametrize("bad", [3, 31, 4.0, True, "4"])
+def test_blas_sleep_when_idle_refuses_bad_values(bad):
+    with pytest.raises(wp.WeightpackError, match="log2_cycles"):
+        wp.blas_sleep_when_idle(bad)

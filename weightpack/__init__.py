@@ -43,6 +43,7 @@ _LAZY = {
     "wanda_prune": ".calibration",
     "allocate_bits": ".calibration",
     "threads": ".parallelism",
+    "blas_sleep_when_idle": ".parallelism",
 }
 
 
