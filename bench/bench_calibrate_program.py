@@ -34,6 +34,9 @@ Usage:
     python bench/bench_calibrate_program.py --models bert   # one model
     python bench/bench_calibrate_program.py --quick         # fewer rows, fewer samples
     python bench/bench_calibrate_program.py --rows sparse   # only the rows whose label holds "sparse", no bit plans
+    python bench/bench_calibrate_program.py --model my.mlpackage --calibrate x.npz --held-out y.npz
+                                                            # your model and inputs (.npz: one array per input,
+                                                            # stacked on the first axis), instead of the fixtures
 
 Prints the CPU, a table per model and writes JSON to bench/results/.
 """
@@ -120,18 +123,33 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def bench_model(model: str, quick: bool, scratch: Path, only=None) -> dict:
+def fixture_run(model: str, quick: bool) -> tuple:
+    """(name, package, calibration inputs, held-out inputs) of a fixture program."""
+    return model, package_path(MODELS[model]), inputs(model, 32 if quick else 128, seed=1), inputs(model, 16 if quick else 64, seed=2)
+
+
+def user_run(path: str, calibration: str, held_out: str) -> tuple:
+    """The same for a user's package and .npz files (checked as ``weightpack compress`` checks them)."""
+    from weightpack.calibration.collect import as_program, batches
+    from weightpack.cli_programs import load_inputs
+
+    program = as_program(path)
+    arrays = [load_inputs(npz) for npz in (calibration, held_out)]
+    for stacked in arrays:
+        next(iter(batches(stacked, program)))  # names, shapes and dtypes fit the program, or a WeightpackError
+    return Path(path).stem, path, arrays[0], arrays[1]
+
+
+def bench_model(run: tuple, quick: bool, scratch: Path, only=None) -> dict:
     import weightpack.coreml as wpc
     from weightpack.calibration import collect
     from weightpack.calibration.collect import as_program
     from weightpack.calibration.plan import plan_options, plan_program, program_layers
 
-    source = package_path(MODELS[model])
-    calibration = inputs(model, 32 if quick else 128, seed=1)
-    held_out = inputs(model, 16 if quick else 64, seed=2)
+    model, source, calibration, held_out = run
     evaluate = Evaluator(source, held_out)
     rows = []
-    print(f"\n{model} ({MODELS[model]}, compressed for iOS18): held-out output SNR (dB) vs the uncompressed program; seconds")
+    print(f"\n{model} ({Path(source).name}, compressed for iOS18): held-out output SNR (dB) vs the uncompressed program; seconds")
     head = (f"{'compression':<34} {'data-free':>10} {'calibrated':>11} {'+ sequential':>13} {'+ corrected':>12} {'gain':>6}   "
             f"{'s free':>7} {'s cal':>6} {'s seq':>6} {'s corr':>6}")
     print(head)
@@ -154,7 +172,7 @@ def bench_model(model: str, quick: bool, scratch: Path, only=None) -> dict:
         rows.append({"compression": label, **{f"{v}_snr_db": s for v, (s, _) in out.items()}, **{f"{v}_seconds": t for v, (_, t) in out.items()}})
     plans = []
     if only is not None:
-        return {"model": MODELS[model], "rows": rows, "plans": plans}
+        return {"model": Path(source).name, "rows": rows, "plans": plans}
     stats, collect_seconds = timed(lambda: collect(source, calibration))
     layers = program_layers(source, stats)
     weights = sum(w.size for w, _ in layers.values())
@@ -191,7 +209,7 @@ def bench_model(model: str, quick: bool, scratch: Path, only=None) -> dict:
               f"{seconds['proxy']:>7.1f} {seconds['sensitivity']:>7.1f}")  # fmt: skip
         plans.append({"nbits": nbits, "nbytes": nbytes, **{f"{k}_snr_db" if not k.endswith("weight") else k: v for k, v in result.items()},
                       **{f"{k}_seconds": v for k, v in seconds.items()}})  # fmt: skip
-    return {"model": MODELS[model], "rows": rows, "plans": plans}
+    return {"model": Path(source).name, "rows": rows, "plans": plans}
 
 
 def main(argv=None) -> None:
@@ -199,7 +217,13 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["bert", "llama"])
     parser.add_argument("--quick", action="store_true", help="fewer compressions and samples")
     parser.add_argument("--rows", metavar="TEXT", help="only the rows whose label contains TEXT (and no bit plans)")
+    parser.add_argument("--model", metavar="PACKAGE", help="your .mlpackage instead of the fixtures (with --calibrate and --held-out)")
+    parser.add_argument("--calibrate", metavar="NPZ", help="calibration inputs of --model: one array per input, stacked on axis 0")
+    parser.add_argument("--held-out", metavar="NPZ", help="held-out inputs of --model, never used for calibration")
+    parser.add_argument("--json", type=Path, help="where to write the results (default: bench/results/calibrate_program*.json)")
     args = parser.parse_args(argv)
+    if (args.model is None) != (args.calibrate is None) or (args.model is None) != (args.held_out is None):
+        parser.error("--model, --calibrate and --held-out go together")
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     import os
 
@@ -211,11 +235,18 @@ def main(argv=None) -> None:
     print(describe(meta))
     print(f"command: python bench/bench_calibrate_program.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     results = {"machine": meta, "models": []}
+    from weightpack.errors import WeightpackError
+
+    try:
+        runs = ([user_run(args.model, args.calibrate, args.held_out)] if args.model
+                else [fixture_run(model, args.quick) for model in args.models])  # fmt: skip
+    except (WeightpackError, OSError, ValueError) as error:
+        parser.exit(2, f"bench_calibrate_program: {error}\n")
     with tempfile.TemporaryDirectory() as scratch:
-        for model in args.models:
-            results["models"].append(bench_model(model, args.quick, Path(scratch), args.rows))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("calibrate_program.json" if args.rows is None else "calibrate_program_rows.json")
+        for run in runs:
+            results["models"].append(bench_model(run, args.quick, Path(scratch), args.rows))
+    path = args.json or RESULTS / ("calibrate_program.json" if args.rows is None and args.model is None else "calibrate_program_rows.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {path}")
 
