@@ -259,7 +259,8 @@ def test_control_flow_is_refused():
         Program.load(mil_model(build, [((3,), np.float32)]))
 
 
-def test_stateful_programs_are_refused():
+def test_stateful_programs_run():
+    """Once refused at load; now the state is an input of its own (tests/test_program_state.py)."""
     from coremltools.converters.mil.mil import types
 
     @mb.program(input_specs=[mb.StateTensorSpec((2,), dtype=types.fp16), mb.TensorSpec((2,), dtype=types.fp16)], opset_version=ct.target.iOS18)
@@ -267,8 +268,11 @@ def test_stateful_programs_are_refused():
         return mb.add(x=mb.read_state(input=state), y=x)
 
     model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, skip_model_load=True)
-    with pytest.raises(WeightpackError, match="input 'state.*': a stateType value; the executor runs tensors only"):
-        Program.load(model)
+    program = Program.load(model)
+    assert list(program.inputs) == ["x"] and list(program.states.values()) == [((2,), np.dtype(np.float16))]
+    x = np.array([1.5, -2.0], np.float16)
+    out = program.predict({"x": x}, state=program.make_state())
+    np.testing.assert_array_equal(next(iter(out.values())), x)  # the state starts at zeros
 
 
 def _edited(model, tmp_path, edit):

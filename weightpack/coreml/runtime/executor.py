@@ -18,11 +18,13 @@ from ..values import is_weight
 from .fusion import fuse
 from .graph import Const, Graph, Ref, dtype_of
 from . import threads as thread_choice
-from .registry import OPS, Builder, Operand, covered_ops, runtime_dtype, type_from_value
+from .registry import OPS, Builder, Operand, StateSlot, covered_ops, runtime_dtype, type_from_value
 from .report import KernelClock, Report
+from .states import ProgramState, conformed
 from .weights import POLICIES, WeightStore, dense_float32
 
 PRECISIONS = ("fp32", "fp16")
+STATE_DTYPES = ("fp16", "fp32", "int8", "uint8", "int16", "uint16", "int32", "bool")  # coreml_update_state's
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class _Context:
         self.slots = {}  # var name -> environment index
         self.weight_slots = {}  # weight name read as a plain operand -> environment index
         self.const_slots = {}  # constant that is a program output -> environment index
+        self.states = {}  # state input name -> StateSlot (its slot holds the state's array in predict)
 
     def slot_of(self, name: str) -> int:
         if name not in self.slots:
@@ -88,6 +91,8 @@ class _Context:
         if not isinstance(binding, Ref):
             builder.fail(f"{what} is not a variable or a value")
         name = binding.name
+        if name in self.states:
+            builder.fail(f"{what} reads the state {name!r}; only read_state and coreml_update_state take a state")
         if name in self.types:
             return Operand(self.slots[name], None, self.types[name], param)
         if name in self.constants:
@@ -134,6 +139,7 @@ class Program:
         _refuse_uncovered(graph)
         start = time.perf_counter()
         self.graph, self.policy, self.compute_precision = graph, policy, compute_precision
+        self._state_owner = object()  # identifies the states this program makes
         self._clock = KernelClock()
         weights = {name: graph.constants[name] for name in graph.constants if name in graph.weights}
         self._store = WeightStore(weights, policy, self._clock, backend)
@@ -214,10 +220,26 @@ class Program:
             self._template[self._ctx.weight_slots[name]] = self._store.slots[name].dense
         self._refresh_report()
 
-    def predict(self, inputs, *, observe=None) -> dict:
+    @property
+    def states(self) -> dict:
+        """{name: (shape tuple, numpy dtype)} of the program's states (iOS18 ``state`` inputs,
+        e.g. a KV cache); empty for a stateless program. :meth:`make_state` makes them."""
+        return self.graph.describe_states()
+
+    def make_state(self) -> ProgramState:
+        """A new :class:`~.states.ProgramState` of this program (Core ML's ``MLModel.make_state``):
+        one zero-filled array per state, updated in place by each ``predict(..., state=...)``."""
+        if not self.graph.states:
+            raise WeightpackError(f"{self.graph.source}: the program has no states; call predict without state=")
+        return ProgramState({v.name: v.type for v in self.graph.states}, self._state_owner)
+
+    def predict(self, inputs, *, state=None, observe=None) -> dict:
         """Run the program on ``inputs`` ({name: array}); {output name: numpy array}.
 
-        Every input is checked (name, shape, dtype) before anything runs. ``observe``, if given,
+        Every input is checked (name, shape, dtype) before anything runs. A stateful program
+        (:attr:`states`) needs ``state``, a :class:`~.states.ProgramState` from
+        :meth:`make_state`: its arrays are read by ``read_state`` and updated in place by
+        ``coreml_update_state`` (like ``MLModel.predict(data, state=state)``). ``observe``, if given,
         is called as ``observe(op, arrays)`` right before each op that consumes a weight, once
         per weight it consumes (a linear op with a stored bias: twice, roles ``"linear"`` and
         ``"other"``), with ``op`` the :class:`WeightOp` and ``arrays`` {parameter: read-only
@@ -226,6 +248,8 @@ class Program:
         start = time.perf_counter()
         env = list(self._template)
         for slot, array in self._checked_inputs(inputs):
+            env[slot] = array
+        for slot, array in self._checked_state(state):
             env[slot] = array
         self._clock.seconds = self._clock.elementwise = 0.0
         pool = self._kernel_lib if self._threads is not None else None
@@ -336,20 +360,26 @@ class Program:
             raise WeightpackError(f"inputs {', '.join(map(repr, extra))} are not inputs of the program; it takes {_signature(declared)}")
         checked = []
         for name, vtype in declared.items():
-            array = inputs[name]
-            if not isinstance(array, (np.ndarray, np.generic)):
-                if not isinstance(array, (list, tuple, int, float, bool)):
-                    raise WeightpackError(f"input {name!r} must be a numpy array, got {describe(array)}")
-                array = np.asarray(array)
-            want = dtype_of(vtype.dtype)
-            if _kind(array.dtype) != _kind(want):
-                raise WeightpackError(f"input {name!r} has dtype {array.dtype}; the program takes {vtype}")
-            self._check_shape(name, array.shape, vtype)
-            if want.kind in "iu" and array.dtype != want and array.size and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max):
-                raise WeightpackError(f"input {name!r} holds values outside the {want} range of {vtype}")
-            value = array.astype(want, copy=False).astype(runtime_dtype(vtype.dtype), copy=False)
-            checked.append((self._ctx.slots[name], value))
+            array = conformed(inputs[name], vtype, f"input {name!r}", "the program takes", lambda shape: self._check_shape(name, shape, vtype))
+            checked.append((self._ctx.slots[name], array.astype(runtime_dtype(vtype.dtype), copy=False)))
         return checked
+
+    def _checked_state(self, state) -> list:
+        """(slot, the state's own array) per state of the program, once ``state`` is checked."""
+        if not self.graph.states:
+            if state is not None:
+                raise WeightpackError(f"state={describe(state)} was given, but the program has no states; call predict without state=")
+            return []
+        if state is None:
+            raise WeightpackError(
+                f"the program is stateful ({', '.join(f'{n}: {v.type}' for n, v in self._ctx.states.items())}): "
+                "pass state=program.make_state() to predict"
+            )
+        if not isinstance(state, ProgramState):
+            raise WeightpackError(f"state must be a ProgramState made by this program's make_state(), got {describe(state)}")
+        if state._owner is not self._state_owner:
+            raise WeightpackError(f"state {state!r} was made by another program; pass one made by this program's make_state()")
+        return [(slot.slot, state._arrays[name]) for name, slot in self._ctx.states.items()]
 
     def _check_shape(self, name: str, shape, vtype) -> None:
         declared = vtype.shape
@@ -381,12 +411,14 @@ class Program:
                 raise FormatError(f"{self.graph.source}: input {var.name!r} is declared twice")
             ctx.types[var.name] = var.type
             ctx.slot_of(var.name)
+        for var in self.graph.states:
+            ctx.states[var.name] = _state_slot(var, ctx, self.graph.source)
         steps = []
         for node in self.graph.ops:
             builder = Builder(node, ctx)
             step = OPS[node.type](builder)
             for var in node.outputs:
-                if var.name in ctx.types or var.name in self.graph.constants:
+                if var.name in ctx.types or var.name in self.graph.constants or var.name in ctx.states:
                     builder.fail(f"output {var.name!r} redefines an existing variable")
                 ctx.types[var.name] = var.type
             steps.append(step)
@@ -396,6 +428,8 @@ class Program:
             if name in self.graph.constants:
                 ctx.const_slots[name] = ctx.slot_of(name)
                 continue
+            if name in ctx.states:
+                raise FormatError(f"{self.graph.source}: the program output {name!r} is a state; outputs are tensors (read_state reads a state)")
             raise FormatError(f"{self.graph.source}: the program output {name!r} is produced by no op")
         return steps, ctx
 
@@ -452,13 +486,19 @@ def _weight_op(use) -> WeightOp:
     return WeightOp(use.op.name, use.op.type, use.slot.name, use.slot.value, use.param, use.role, use.transpose, use.matrix_side, use.mode)
 
 
-def _kind(dtype) -> str:
-    kind = np.dtype(dtype).kind
-    return "i" if kind in "iu" else kind
-
-
 def _signature(declared: dict) -> str:
     return ", ".join(f"{name}: {vtype}" for name, vtype in declared.items())
+
+
+def _state_slot(var, ctx, source: str) -> StateSlot:
+    """A state input registered in ``ctx``: a fixed shape and a dtype Core ML states hold."""
+    if var.name in ctx.types or var.name in ctx.states:
+        raise FormatError(f"{source}: input {var.name!r} is declared twice")
+    if var.type.shape is None or None in var.type.shape:
+        raise WeightpackError(f"{source}: state {var.name!r} has type {var.type}; a state needs a fixed shape")
+    if var.type.dtype not in STATE_DTYPES:
+        raise WeightpackError(f"{source}: state {var.name!r} has type {var.type}; states hold {', '.join(STATE_DTYPES)}")
+    return StateSlot(var.name, ctx.slot_of(var.name), var.type)
 
 
 def _refuse_uncovered(graph: Graph) -> None:

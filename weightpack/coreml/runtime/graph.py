@@ -102,6 +102,8 @@ class Graph:
     constexpr chains): the ones :meth:`~weightpack.coreml.Program.weight_ops` lists.
     ``input_shapes`` optionally restricts flexible inputs: {name: [allowed shapes]} or
     {name: [(lower, upper) per dimension]} (Core ML's enumerated shapes and ranges).
+    ``states`` are the function's state inputs (iOS18 ``state<tensor<...>>``), each a :class:`Var`
+    of the tensor type the state wraps; only ``read_state`` and ``coreml_update_state`` take them.
     """
 
     inputs: list
@@ -112,9 +114,18 @@ class Graph:
     const_types: dict = field(default_factory=dict)
     input_shapes: dict = field(default_factory=dict)
     output_types: dict = field(default_factory=dict)
+    states: list = field(default_factory=list)
     source: str = "program"
     opset: int = 18
 
     def describe_inputs(self) -> dict:
         """{name: (shape tuple, numpy dtype)}, unknown dimensions as None."""
-        return {v.name: (v.type.shape, dtype_of(v.type.dtype)) for v in self.inputs}
+        return _described(self.inputs)
+
+    def describe_states(self) -> dict:
+        """{name: (shape tuple, numpy dtype)} of the state inputs."""
+        return _described(self.states)
+
+
+def _described(variables) -> dict:
+    return {v.name: (v.type.shape, dtype_of(v.type.dtype)) for v in variables}

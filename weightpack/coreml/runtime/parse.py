@@ -35,7 +35,11 @@ def load_graph(model, function: str = "main") -> Graph:
             )
         graph = Graph(inputs=[], outputs=[], source=source, opset=OPSETS[func.opset])
         for arg in func.inputs:
-            graph.inputs.append(Var(arg.name, _tensor_type(arg.type, f"{source}: function {function!r}, input {arg.name!r}")))
+            where = f"{source}: function {function!r}, input {arg.name!r}"
+            if arg.type.WhichOneof("type") == "stateType":  # iOS18 state<tensor<...>>: the tensor it wraps
+                graph.states.append(Var(arg.name, _tensor_type(arg.type.stateType.wrappedType, f"{where} (a state)")))
+            else:
+                graph.inputs.append(Var(arg.name, _tensor_type(arg.type, where)))
         block = func.block_specializations[func.opset]
         weight_names = set(reader.weights())
         used = _used_by_ops(block)
@@ -90,7 +94,7 @@ def _binding(binding, reader: ProgramReader, where: str):
 def _tensor_type(value_type, where: str, allow_string: bool = False) -> TensorType:
     kind = value_type.WhichOneof("type")
     if kind != "tensorType":
-        raise WeightpackError(f"{where}: a {kind or 'typeless'} value; the executor runs tensors only (no lists, dicts or states)")
+        raise WeightpackError(f"{where}: a {kind or 'typeless'} value; the executor runs tensors (and states of tensors) only, no lists or dicts")
     tensor = value_type.tensorType
     proto_name = MIL_pb2.DataType.Name(tensor.dataType)
     dtype = _PROTO_DTYPES.get(proto_name)

@@ -49,7 +49,7 @@ def covered_ops() -> list:
 
 
 def _load_families() -> None:
-    from . import ops_attention, ops_elementwise, ops_linear, ops_nn, ops_reduce, ops_tensor  # noqa: F401
+    from . import ops_attention, ops_elementwise, ops_linear, ops_nn, ops_reduce, ops_state, ops_tensor  # noqa: F401
 
 
 def runtime_dtype(dtype_name: str, precision: str = "fp32") -> np.dtype:
@@ -94,6 +94,16 @@ class Declared(_Typed):
 
     type: TensorType
     is_const: bool
+
+
+@dataclass(frozen=True)
+class StateSlot(_Typed):
+    """A state input at load: its ``name``, its environment ``slot`` (which holds the state's
+    array during ``predict``) and the tensor ``type`` it wraps."""
+
+    name: str
+    slot: int
+    type: TensorType
 
 
 class Step:
@@ -221,6 +231,14 @@ class Builder:
         if isinstance(binding, tuple):
             self.fail(f"parameter {param!r} takes one value, got {len(binding)}")
         return self.ctx.type_of(binding, f"parameter {param!r}", self)
+
+    def state(self, param: str) -> StateSlot:
+        """The state input a parameter is bound to (``read_state`` / ``coreml_update_state``)."""
+        binding = self._binding(param)
+        if not isinstance(binding, Ref) or binding.name not in self.ctx.states:
+            what = repr(binding.name) if isinstance(binding, Ref) else "a constant"
+            self.fail(f"parameter {param!r} must be a state input of the function, got {what}")
+        return self.ctx.states[binding.name]
 
     def peek(self, param: str) -> "Declared":
         """A parameter's declared type and whether it is a constant, nothing registered (for

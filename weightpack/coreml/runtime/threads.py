@@ -5,8 +5,9 @@ A kernel timed alone favours every core it can get, but in a program the product
 with numpy and BLAS calls, whose worker threads keep spinning on the cores after each call: the
 second thread of a weightpack product may then wait for a core instead of helping (issue 11). So
 the choice is made on the program itself: at load, ``predict`` runs on inputs of zeros (the
-declared shapes; the smallest a flexible input allows) at 1 thread and at every CPU, alternating,
-and the count with the lowest median latency wins. ``Program.predict`` then sets that count for
+declared shapes; the smallest a flexible input allows; a stateful program on a state of its
+own) at 1 thread and at every CPU, alternating, and the count with the lowest median latency
+wins. ``Program.predict`` then sets that count for
 its call and restores the process's count afterwards (so a :func:`weightpack.threads` block
 around ``predict`` does not change it: ``Program.load(..., threads=n)`` does). BLAS keeps its own
 threads (reported, not changed).
@@ -71,6 +72,7 @@ def choose(program, candidates) -> tuple[int, dict]:
     counts alternating call by call so that both see the same machine."""
     kernels = c_kernels()
     feeds = probe_inputs(program)
+    state = {"state": program.make_state()} if program.graph.states else {}  # a stateful program's own, thrown away
     before = kernels.lib.wp_threads()
     times = {n: [] for n in candidates}
     try:
@@ -78,7 +80,7 @@ def choose(program, candidates) -> tuple[int, dict]:
             for n in candidates:
                 program._threads = n
                 t0 = time.perf_counter()
-                program.predict(feeds)
+                program.predict(feeds, **state)
                 if round_:  # the first round warms up
                     times[n].append(time.perf_counter() - t0)
     finally:
