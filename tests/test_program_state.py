@@ -1,0 +1,310 @@
+"""Stateful programs (iOS18 ``state`` inputs: KV caches, accumulators): ``make_state`` and
+``predict(inputs, state=...)`` against a numpy re-implementation of a MIL program, against a torch
+module with a registered KV cache converted by coremltools, fused chains beside state ops, and
+the errors."""
+import coremltools as ct
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import types
+
+from program_oracle import check_output, torch_bound
+from weightpack.coreml import Program
+from weightpack.coreml.runtime.graph import Const, Graph, OpNode, Ref, TensorType, Var
+from weightpack.coreml.runtime.states import ProgramState
+from weightpack.errors import FormatError, WeightpackError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning:coremltools", "ignore::UserWarning")
+F16, F32 = np.float16, np.float32
+
+
+# ------------------------------------------------------------------ a MIL program, against numpy
+
+
+def _converted(prog, precision=ct.precision.FLOAT16):
+    return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, compute_precision=precision,
+                      pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def accumulator():
+    """Two fp16 states: ``acc`` decays and accumulates x; ``last`` holds the previous call's column sums."""
+
+    @mb.program(
+        input_specs=[mb.StateTensorSpec((2, 3), dtype=types.fp16), mb.StateTensorSpec((3,), dtype=types.fp16), mb.TensorSpec((2, 3), dtype=types.fp16)],
+        opset_version=ct.target.iOS18,
+    )
+    def prog(acc, last, x):
+        old = mb.read_state(input=acc, name="old")
+        prev = mb.read_state(input=last, name="prev")
+        new = mb.add(x=mb.mul(x=old, y=np.float16(0.5), name="half"), y=x, name="new")
+        updated = mb.coreml_update_state(state=acc, value=new, name="update_acc")
+        mb.coreml_update_state(state=last, value=mb.reduce_sum(x=x, axes=[0], name="sums"), name="update_last")  # output unused
+        return mb.mul(x=updated, y=np.float16(2.0), name="y"), mb.identity(x=prev, name="previous")
+
+    return _converted(prog)
+
+
+def _accumulator_reference(xs, precision):
+    """The program's outputs and final states, op by op in numpy: float32 arithmetic, every fp16
+    value rounded to binary16 after each op under ``fp16`` precision; the states store binary16."""
+    rnd = (lambda v: v.astype(F16).astype(F32)) if precision == "fp16" else (lambda v: v)
+    acc, last = np.zeros((2, 3), F16), np.zeros(3, F16)
+    outputs = []
+    for x in xs:
+        old, prev = acc.astype(F32), last.astype(F32)
+        acc = rnd(rnd(old * F32(0.5)) + x.astype(F32)).astype(F16)
+        last = rnd(x.astype(F32).sum(axis=0)).astype(F16)
+        outputs.append(((acc.astype(F32) * F32(2.0)).astype(F16), prev.astype(F16)))
+    return outputs, {"acc": acc, "last": last}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_states_persist_across_calls_as_numpy_computes_them(accumulator, precision):
+    prog = Program.load(accumulator, compute_precision=precision)
+    assert prog.inputs == {"x": ((2, 3), np.dtype(F16))}
+    (acc_name, acc_spec), (last_name, last_spec) = prog.states.items()  # coremltools may rename states
+    assert acc_spec == ((2, 3), np.dtype(F16)) and last_spec == ((3,), np.dtype(F16))
+    rng = np.random.default_rng(3)
+    xs = [(rng.standard_normal((2, 3)) * 4).astype(F16) for _ in range(5)]
+    expected, final = _accumulator_reference(xs, precision)
+    state = prog.make_state()
+    assert state.names == (acc_name, last_name)
+    assert not state.read(acc_name).any() and not state.read(last_name).any()  # zeros, as Core ML's makeState
+    for k, (x, (y, previous)) in enumerate(zip(xs, expected)):
+        kept = x.copy()
+        out = prog.predict({"x": x}, state=state)
+        np.testing.assert_array_equal(x, kept)  # the caller's array is never modified
+        assert out["y"].dtype == F16 and out["previous"].dtype == F16
+        np.testing.assert_array_equal(out["y"], y, err_msg=f"call {k}")
+        np.testing.assert_array_equal(out["previous"], previous, err_msg=f"call {k}")
+    for name, value in zip((acc_name, last_name), final.values()):
+        read = state.read(name)
+        assert read.dtype == F16
+        np.testing.assert_array_equal(read, value)
+
+
+def test_each_state_object_is_its_own_and_read_returns_a_copy(accumulator):
+    prog = Program.load(accumulator)
+    acc = next(iter(prog.states))
+    x = np.full((2, 3), 2.0, F16)
+    first, second = prog.make_state(), prog.make_state()
+    prog.predict({"x": x}, state=first)
+    again = prog.predict({"x": x}, state=first)["y"]
+    assert prog.predict({"x": x}, state=second)["y"].tolist() == [[4.0] * 3] * 2  # 2 * (0 * 0.5 + 2)
+    assert again.tolist() == [[6.0] * 3] * 2  # 2 * (2 * 0.5 + 2)
+    copy = first.read(acc)
+    copy[...] = 100
+    assert first.read(acc).tolist() == [[3.0] * 3] * 2
+
+
+def test_write_sets_the_state_the_next_call_reads(accumulator):
+    prog = Program.load(accumulator)
+    acc = next(iter(prog.states))
+    state = prog.make_state()
+    start = np.arange(6, dtype=F32).reshape(2, 3)  # a float32 array: converted to the state's float16
+    state.write(acc, start)
+    assert state.read(acc).dtype == F16
+    out = prog.predict({"x": np.zeros((2, 3), F16)}, state=state)
+    np.testing.assert_array_equal(out["y"], (start * 0.5 * 2).astype(F16))
+    np.testing.assert_array_equal(start, np.arange(6, dtype=F32).reshape(2, 3))
+
+
+def _graph(states, inputs, ops, outputs):
+    g = Graph(inputs=[Var(n, t) for n, t in inputs.items()], outputs=outputs, states=[Var(n, t) for n, t in states.items()], source="state test")
+    g.ops += ops
+    return g
+
+
+def test_fp32_and_int32_states_keep_their_dtype():
+    """coremltools 9 converts fp16 states only; Core ML's coreml_update_state also takes fp32 and integers."""
+    f, i = TensorType((3,), "fp32"), TensorType((), "int32")
+    g = _graph(
+        {"total": f, "count": i},
+        {"x": f},
+        [
+            OpNode("read_state", "rt", {"input": Ref("total")}, [Var("t0", f)]),
+            OpNode("add", "at", {"x": Ref("t0"), "y": Ref("x")}, [Var("t1", f)]),
+            OpNode("coreml_update_state", "ut", {"state": Ref("total"), "value": Ref("t1")}, [Var("t", f)]),
+            OpNode("read_state", "rc", {"input": Ref("count")}, [Var("c0", i)]),
+            OpNode("add", "ac", {"x": Ref("c0"), "y": Const(np.int32(1))}, [Var("c1", i)]),
+            OpNode("write_state", "wc", {"input": Ref("count"), "data": Ref("c1")}, []),
+        ],
+        ["t", "c1"],
+    )
+    prog = Program(g)
+    assert prog.states == {"total": ((3,), np.dtype(F32)), "count": ((), np.dtype(np.int32))}
+    state = prog.make_state()
+    x = np.array([0.1, 1e-8, -3.0], F32)
+    for _ in range(3):
+        out = prog.predict({"x": x}, state=state)
+    assert out["c1"] == 3 and state.read("count").dtype == np.int32 and state.read("count") == 3
+    np.testing.assert_array_equal(out["t"], x + x + x)  # float32 state: no binary16 rounding
+    assert state.read("total").dtype == F32
+
+
+# ------------------------------------------------------------------ a torch KV cache, token by token
+
+
+class KVCacheAttention(nn.Module):
+    """RMSNorm, one attention head over a KV cache kept in registered buffers (coremltools'
+    stateful-model pattern: the cache slice of the new token is assigned in place), an output
+    projection and the residual add."""
+
+    def __init__(self, dim=16, max_len=8):
+        super().__init__()
+        torch.manual_seed(5)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+        self.norm = nn.Parameter(1 + 0.1 * torch.randn(dim))
+        self.register_buffer("k_cache", torch.zeros(1, max_len, dim))
+        self.register_buffer("v_cache", torch.zeros(1, max_len, dim))
+
+    def forward(self, x, mask):
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        end = mask.shape[-1]
+        start = end - x.shape[1]
+        self.k_cache[:, start:end, :] = k
+        self.v_cache[:, start:end, :] = v
+        keys, values = self.k_cache[:, :end, :], self.v_cache[:, :end, :]
+        scores = q @ keys.transpose(-1, -2) / 4.0 + mask
+        return x + self.o(torch.softmax(scores, -1) @ values)
+
+
+DIM, MAX_LEN = 16, 8
+# rounding depth (tests/program_oracle.py): norm (16) + k (16) + scores (16) + softmax (8) + values (8) + o (16)
+DEPTH = 4 * DIM + 2 * MAX_LEN
+
+
+@pytest.fixture(scope="module")
+def kv_model():
+    module = KVCacheAttention(DIM, MAX_LEN).eval()
+    traced = torch.jit.trace(module, (torch.rand(1, 1, DIM), torch.zeros(1, 1, 3)))
+    length = ct.RangeDim(1, MAX_LEN, default=1)
+    cache = ct.TensorType(shape=(1, MAX_LEN, DIM), dtype=np.float16)
+    mlmodel = ct.convert(
+        traced,
+        inputs=[ct.TensorType(shape=(1, 1, DIM), dtype=np.float16, name="x"), ct.TensorType(shape=(1, 1, length), dtype=np.float16, name="mask")],
+        outputs=[ct.TensorType(dtype=np.float16, name="y")],
+        states=[ct.StateType(wrapped_type=cache, name="k_cache"), ct.StateType(wrapped_type=cache, name="v_cache")],
+        minimum_deployment_target=ct.target.iOS18,
+        convert_to="mlprogram",
+        skip_model_load=True,
+    )
+    return mlmodel, module
+
+
+def _tokens(count):
+    rng = np.random.default_rng(11)
+    return [(rng.standard_normal((1, 1, DIM)) * 2).astype(F16) for _ in range(count)]
+
+
+@pytest.mark.parametrize("policy,precision", [("jit", "fp32"), ("load", "fp32"), ("jit", "fp16")])
+def test_a_kv_cache_decodes_token_by_token_as_torch_does(kv_model, policy, precision):
+    mlmodel, module = kv_model
+    prog = Program.load(mlmodel, policy=policy, compute_precision=precision)
+    assert prog.states == {"k_cache": ((1, MAX_LEN, DIM), np.dtype(F16)), "v_cache": ((1, MAX_LEN, DIM), np.dtype(F16))}
+    oracle = KVCacheAttention(DIM, MAX_LEN).double().eval()  # the same weights (same seed), float64, its own cache
+    oracle.load_state_dict(module.state_dict())
+    state = prog.make_state()
+    for t, x in enumerate(_tokens(MAX_LEN)):
+        mask = np.zeros((1, 1, t + 1), F16)
+        out = prog.predict({"x": x, "mask": mask}, state=state)["y"]
+        with torch.no_grad():
+            expected = oracle(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(mask.astype(np.float64))).numpy()
+        check_output(f"token {t}", out, expected, torch_bound(expected, DEPTH, "fp16"), F16)
+        for name in ("k_cache", "v_cache"):  # the caches evolve as torch's buffers
+            cache, reference = state.read(name), getattr(oracle, name).numpy()
+            check_output(f"token {t}, {name}", cache[:, : t + 1], reference[:, : t + 1], torch_bound(reference, 2 * DIM, "fp16"), F16)
+            assert not cache[:, t + 1 :].any(), f"token {t}: {name} written past position {t}"
+
+
+def test_fused_chains_run_beside_the_state_ops_with_the_same_bits(kv_model):
+    prog = Program.load(kv_model[0], policy="jit")
+    chains = prog.report.fused_chains
+    assert [kind for kind, _ in chains] == ["rmsnorm"]
+    state_ops = {step.node.name for step in prog._steps if step.node.type in ("read_state", "write_state", "coreml_update_state")}
+    assert len(state_ops) >= 4 and not state_ops & {name for _, ops in chains for name in ops}
+    fused_state, observed_state = prog.make_state(), prog.make_state()
+    for t, x in enumerate(_tokens(4)):
+        feeds = {"x": x, "mask": np.zeros((1, 1, t + 1), F16)}
+        fused = prog.predict(feeds, state=fused_state)["y"]
+        op_by_op = prog.predict(feeds, state=observed_state, observe=lambda op, arrays: None)["y"]
+        assert fused.tobytes() == op_by_op.tobytes()
+    for name in prog.states:
+        assert fused_state.read(name).tobytes() == observed_state.read(name).tobytes()
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_predict_needs_the_programs_own_state(accumulator, kv_model):
+    prog = Program.load(accumulator)
+    x = {"x": np.zeros((2, 3), F16)}
+    with pytest.raises(WeightpackError, match=r"the program is stateful \(.*: fp16\[2, 3\].*\): pass state=program.make_state\(\)"):
+        prog.predict(x)
+    with pytest.raises(WeightpackError, match="made by another program"):
+        prog.predict(x, state=Program.load(accumulator).make_state())
+    with pytest.raises(WeightpackError, match="made by another program"):
+        prog.predict(x, state=Program.load(kv_model[0]).make_state())
+    with pytest.raises(WeightpackError, match="state must be a ProgramState made by this program's make_state\\(\\), got \\{\\}"):
+        prog.predict(x, state={})
+    stateless = Program(Graph(inputs=[Var("x", TensorType((2,), "fp32"))], outputs=["x"]))
+    with pytest.raises(WeightpackError, match="the program has no states; call predict without state="):
+        stateless.make_state()
+    with pytest.raises(WeightpackError, match="was given, but the program has no states"):
+        stateless.predict({"x": np.zeros(2, F32)}, state=prog.make_state())
+    assert stateless.states == {}
+
+
+def test_write_checks_the_name_shape_and_dtype(accumulator):
+    prog = Program.load(accumulator)
+    state = prog.make_state()
+    acc = state.names[0]
+    with pytest.raises(WeightpackError, match=f"value for state '{acc}' has shape \\(3,\\); the state holds fp16\\[2, 3\\]"):
+        state.write(acc, np.zeros(3, F16))
+    with pytest.raises(WeightpackError, match=f"value for state '{acc}' has dtype int32; the state holds fp16\\[2, 3\\]"):
+        state.write(acc, np.zeros((2, 3), np.int32))
+    with pytest.raises(WeightpackError, match="value for state .* must be a numpy array, got"):
+        state.write(acc, "zeros")
+    with pytest.raises(WeightpackError, match="the program has no state named 'cache'; its states: "):
+        state.read("cache")
+    assert not state.read(acc).any()  # refused writes changed nothing
+    assert repr(state).startswith("ProgramState(") and isinstance(state, ProgramState)
+
+
+def test_a_value_of_the_wrong_shape_is_refused_naming_the_op():
+    s, x = TensorType((2,), "fp32"), TensorType((None,), "fp32")
+    g = _graph({"acc": s}, {"x": x}, [OpNode("coreml_update_state", "u", {"state": Ref("acc"), "value": Ref("x")}, [Var("y", x)])], ["y"])
+    prog = Program(g)
+    state = prog.make_state()
+    prog.predict({"x": np.ones(2, F32)}, state=state)
+    with pytest.raises(WeightpackError, match=r"op 'u' \(coreml_update_state\): parameter 'value' has shape \(3,\); state 'acc' holds shape \(2,\)"):
+        prog.predict({"x": np.ones(3, F32)}, state=state)
+    assert state.read("acc").tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda s: [OpNode("add", "a", {"x": Ref("acc"), "y": Ref("x")}, [Var("y", s)])], r"op 'a' \(add\): parameter 'x' reads the state 'acc'; only read_state"),
+        (lambda s: [OpNode("read_state", "r", {"input": Ref("x")}, [Var("y", s)])], r"op 'r' \(read_state\): parameter 'input' must be a state input of the function, got 'x'"),
+        (lambda s: [OpNode("coreml_update_state", "u", {"state": Ref("acc"), "value": Const(np.zeros(2, F32))}, [Var("y", s)])],
+         r"op 'u' \(coreml_update_state\): parameter 'value' has type fp32\[2\]; state 'acc' holds fp16\[2\]"),
+        (lambda s: [OpNode("write_state", "w", {"input": Ref("acc"), "data": Ref("x")}, []), OpNode("read_state", "r", {"input": Ref("acc")}, [Var("acc", s)])],
+         r"op 'r' \(read_state\): output 'acc' redefines an existing variable"),
+    ],
+)
+def test_malformed_state_ops_are_refused_at_load(make, message):
+    s = TensorType((2,), "fp16")
+    g = _graph({"acc": s}, {"x": s}, make(s), ["y"])
+    with pytest.raises(FormatError, match=message):
+        Program(g)
+
+
+def test_a_state_without_a_fixed_shape_is_refused():
+    g = _graph({"acc": TensorType((None, 2), "fp16")}, {}, [], [])
+    with pytest.raises(WeightpackError, match=r"state 'acc' has type fp16\[\?, 2\]; a state needs a fixed shape"):
+        Program(g)
