@@ -13,7 +13,7 @@ from coremltools.converters.mil.mil import types
 from program_oracle import check_output, torch_bound
 from weightpack.coreml import Program
 from weightpack.coreml.runtime.graph import Const, Graph, OpNode, Ref, TensorType, Var
-from weightpack.coreml.runtime.states import ProgramState
+from weightpack.coreml.runtime import ProgramState
 from weightpack.errors import FormatError, WeightpackError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::RuntimeWarning:coremltools", "ignore::UserWarning")
@@ -308,3 +308,23 @@ def test_a_state_without_a_fixed_shape_is_refused():
     g = _graph({"acc": TensorType((None, 2), "fp16")}, {}, [], [])
     with pytest.raises(WeightpackError, match=r"state 'acc' has type fp16\[\?, 2\]; a state needs a fixed shape"):
         Program(g)
+
+
+def test_a_compressed_kv_cache_runs_just_in_time_as_its_decompressed_form(kv_model):
+    """Weights palettized to 4 bits, run compressed (jit; the thread count measured at load on a
+    state of the program's own) against coremltools' decompressed program (load)."""
+    import coremltools.optimize.coreml as cto
+
+    import weightpack as wp
+    from program_oracle import summation_bound
+    from weightpack.coreml.runtime.threads import cpu_count
+
+    small = wp.coreml.palettize_weights(kv_model[0], cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=4, weight_threshold=200)))
+    jit, reference = Program.load(small, policy="jit"), Program.load(cto.decompress_weights(small), policy="load")
+    assert [op.mode for op in jit.weight_ops() if op.role == "linear"] == ["fused"] * 4
+    assert jit.report.thread_seconds or cpu_count() == 1  # the load-time probe ran on a state of its own
+    jit_state, reference_state = jit.make_state(), reference.make_state()
+    for t, x in enumerate(_tokens(MAX_LEN)):
+        feeds = {"x": x, "mask": np.zeros((1, 1, t + 1), F16)}
+        expected = reference.predict(feeds, state=reference_state)["y"]
+        check_output(f"token {t}", jit.predict(feeds, state=jit_state)["y"], expected, summation_bound(expected, DEPTH, True), F16)

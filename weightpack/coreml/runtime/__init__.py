@@ -11,7 +11,8 @@ Usage, for any ML program (an .mlpackage / .mlmodel converted by coremltools, or
 One module per concern: :mod:`.graph` (the program: typed variables and ops), :mod:`.parse`
 (protobuf -> graph; the only module that imports coremltools), :mod:`.registry` (op registry and
 the per-op builder), the op families (:mod:`.ops_elementwise`, :mod:`.ops_tensor`,
-:mod:`.ops_linear`, :mod:`.ops_nn`, :mod:`.ops_reduce`, :mod:`.ops_attention`), :mod:`.weights`
+:mod:`.ops_linear`, :mod:`.ops_nn`, :mod:`.ops_reduce`, :mod:`.ops_attention`, :mod:`.ops_state`),
+:mod:`.states` (the states of stateful programs: ``make_state`` / ``predict(state=...)``), :mod:`.weights`
 (policies ``load`` / ``jit`` / ``auto``), :mod:`.fusion` (chains of ops run as one step, same
 bits), :mod:`.threads` (the kernel threads that run the whole program fastest), :mod:`.report`
 and :mod:`.executor` (:class:`Program`).
@@ -28,5 +29,6 @@ accumulation.
 from .executor import Program, WeightOp
 from .registry import covered_ops
 from .report import Report
+from .states import ProgramState
 
-__all__ = ["Program", "WeightOp", "Report", "covered_ops"]
+__all__ = ["Program", "ProgramState", "WeightOp", "Report", "covered_ops"]
