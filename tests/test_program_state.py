@@ -221,14 +221,17 @@ def test_a_kv_cache_decodes_token_by_token_as_torch_does(kv_model, policy, preci
             assert not cache[:, t + 1 :].any(), f"token {t}: {name} written past position {t}"
 
 
-def test_fused_chains_run_beside_the_state_ops_with_the_same_bits(kv_model):
+def test_kv_cache_updates_run_in_place_with_the_same_bits_as_the_ops(kv_model):
+    """The saved program reads each cache, slice-updates it and writes it back, then reads it
+    again and slices the filled positions: fused, the new position is written into the state in
+    place and only the filled positions are read; op by op (observe) the whole caches move."""
     prog = Program.load(kv_model[0], policy="jit")
     chains = prog.report.fused_chains
-    assert [kind for kind, _ in chains] == ["rmsnorm"]
-    state_ops = {step.node.name for step in prog._steps if step.node.type in ("read_state", "write_state", "coreml_update_state")}
-    assert len(state_ops) >= 4 and not state_ops & {name for _, ops in chains for name in ops}
+    assert [kind for kind, _ in chains] == ["rmsnorm", "state_update", "state_update", "state_slice", "state_slice"]
+    types = {step.node.name: step.node.type for step in prog._steps}
+    assert [[types[name] for name in ops] for kind, ops in chains[1:]] == [["read_state", "slice_update", "write_state"]] * 2 + [["read_state", "slice_by_index"]] * 2
     fused_state, observed_state = prog.make_state(), prog.make_state()
-    for t, x in enumerate(_tokens(4)):
+    for t, x in enumerate(_tokens(MAX_LEN)):
         feeds = {"x": x, "mask": np.zeros((1, 1, t + 1), F16)}
         fused = prog.predict(feeds, state=fused_state)["y"]
         op_by_op = prog.predict(feeds, state=observed_state, observe=lambda op, arrays: None)["y"]
@@ -328,3 +331,53 @@ def test_a_compressed_kv_cache_runs_just_in_time_as_its_decompressed_form(kv_mod
         feeds = {"x": x, "mask": np.zeros((1, 1, t + 1), F16)}
         expected = reference.predict(feeds, state=reference_state)["y"]
         check_output(f"token {t}", jit.predict(feeds, state=jit_state)["y"], expected, summation_bound(expected, DEPTH, True), F16)
+
+
+def _cache_graph(interleaved_write=False, shared_read=False):
+    """cache[begin:end] = x in place, then y = cache[:end] (a KV cache step; positions as inputs).
+    ``interleaved_write``: the state is overwritten by ``x2`` between its read and the slice
+    update (the update then applies to the old value); ``shared_read``: the value read is also
+    an output."""
+    c, row, pos = TensorType((4, 2), "fp16"), TensorType((1, 2), "fp16"), TensorType((2,), "int32")
+    ops = [OpNode("read_state", "r", {"input": Ref("cache")}, [Var("old", c)])]
+    if interleaved_write:
+        ops.append(OpNode("write_state", "w0", {"input": Ref("cache"), "data": Ref("x2")}, []))
+    ops += [
+        OpNode("slice_update", "su", {"x": Ref("old"), "update": Ref("x"), "begin": Ref("begin"), "end": Ref("end")}, [Var("new", c)]),
+        OpNode("write_state", "w", {"input": Ref("cache"), "data": Ref("new")}, []),
+        OpNode("read_state", "r2", {"input": Ref("cache")}, [Var("now", c)]),
+        OpNode("slice_by_index", "sl", {"x": Ref("now"), "begin": Const(np.zeros(2, np.int32)), "end": Ref("end")}, [Var("y", TensorType((None, 2), "fp16"))]),
+    ]
+    inputs = {"x": row, "begin": pos, "end": pos} | ({"x2": c} if interleaved_write else {})
+    return _graph({"cache": c}, inputs, ops, ["y"] + (["old"] if shared_read else []))
+
+
+@pytest.mark.parametrize("variant", [{}, {"interleaved_write": True}, {"shared_read": True}])
+def test_in_place_cache_steps_compute_what_the_ops_compute(variant):
+    prog = Program(_cache_graph(**variant))
+    fused_kinds = [kind for kind, _ in prog.report.fused_chains]
+    assert fused_kinds == (["state_slice"] if variant else ["state_update", "state_slice"])  # the update stays ops when unsafe
+    fused, op_by_op, expected = prog.make_state(), prog.make_state(), np.zeros((4, 2), F16)
+    rng = np.random.default_rng(2)
+    for t in range(4):
+        x = rng.standard_normal((1, 2)).astype(F16)
+        feeds = {"x": x, "begin": np.array([t, 0], np.int32), "end": np.array([t + 1, 2], np.int32)}
+        if variant.get("interleaved_write"):
+            feeds["x2"] = rng.standard_normal((4, 2)).astype(F16)
+        expected[t] = x
+        y = prog.predict(feeds, state=fused)["y"]
+        assert y.tobytes() == prog.predict(feeds, state=op_by_op, observe=lambda op, arrays: None)["y"].tobytes()
+        assert fused.read("cache").tobytes() == op_by_op.read("cache").tobytes()
+        if not variant.get("interleaved_write"):  # the write of x2 is lost: the update applies to the value read before it
+            np.testing.assert_array_equal(y, expected[: t + 1])
+            np.testing.assert_array_equal(fused.read("cache"), expected)
+
+
+def test_an_update_that_does_not_fit_its_slice_is_refused_in_place_leaving_the_state():
+    prog = Program(_cache_graph())
+    assert [kind for kind, _ in prog.report.fused_chains] == ["state_update", "state_slice"]
+    state = prog.make_state()
+    feeds = {"x": np.ones((1, 2), F16), "begin": np.array([0, 0], np.int32), "end": np.array([2, 2], np.int32)}
+    with pytest.raises(WeightpackError, match=r"op 'su' \(slice_update\): update of shape \(1, 2\) does not fit the slice of shape \(2, 2\)"):
+        prog.predict(feeds, state=state)
+    assert not state.read("cache").any()

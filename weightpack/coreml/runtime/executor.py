@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..._c import ffi, lib
 from ...errors import FormatError, WeightpackError, describe
 from ..values import is_weight
 from .fusion import fuse
 from .graph import Const, Graph, Ref, dtype_of
 from . import threads as thread_choice
-from .registry import OPS, Builder, Operand, StateSlot, covered_ops, runtime_dtype, type_from_value
+from .registry import OPS, Builder, Operand, StateSlot, covered_ops, runtime_dtype, store, type_from_value
 from .report import KernelClock, Report
 from .states import ProgramState, conformed
 from .weights import POLICIES, WeightStore, dense_float32
@@ -461,16 +460,13 @@ class Program:
         self.report.fused_chains = [(chain.kind, chain.ops) for chain in self._fused]
 
 
-F16 = np.dtype(np.float16)
-
-
 def _output_array(value, dtype):
-    """A new array of ``value`` in the output's declared dtype; float32 to float16 through the C
-    conversion (numpy's cast bit for bit, eight at a time where the CPU has F16C)."""
-    if dtype == F16 and isinstance(value, np.ndarray) and value.dtype == np.float32 and value.flags.c_contiguous:
-        out = np.empty(value.shape, F16)
-        if lib.wp_f32_to_f16(ffi.from_buffer("float[]", value), ffi.cast("unsigned short *", ffi.from_buffer(out, require_writable=True)), value.size) == 0:
-            return out
+    """A new array of ``value`` in the output's declared dtype (float32 to float16 through the C
+    conversion: :func:`.registry.store`)."""
+    if dtype == np.float16 and isinstance(value, np.ndarray) and value.dtype == np.float32:
+        out = np.empty(value.shape, np.float16)
+        store(out, value)
+        return out
     return np.array(value, dtype, copy=True)
 
 

@@ -25,6 +25,13 @@ Chains:
   that repeat each key/value head for a group of query heads (grouped-query attention): one C
   call on the unrepeated heads (``csrc/attention.c``; the same per-head arithmetic as on the
   repeated ones) when the problem is small (a decoding step), else the chains and the op;
+- ``state_update``: ``read_state(S) -> slice_update(x=., update=u) -> write_state(S, .)`` (a KV
+  cache taking its new positions), nothing else reading the values or touching ``S`` in between:
+  ``u`` assigned into the state's slice in place, where the ops convert the whole state to
+  float32, copy it and convert it back (the other elements round-trip binary16 -> float32 ->
+  binary16 unchanged, ``u`` is cast as numpy casts: the same bits), run where the write runs;
+- ``state_slice``: ``read_state(S) -> slice_by_index(x=.)`` (the filled positions of a KV cache),
+  nothing touching ``S`` in between: only the slice converted to float32;
 - ``moves``: a chain of data movements with a ``tile`` among them (``transpose``, ``reshape``,
   ``tile``, ``squeeze``, ``expand_dims``; the head repeats of grouped-query attention) on an input
   of static shape: one gather (``csrc/gather.c`` for float32) through the index map the chain
@@ -39,6 +46,8 @@ import numpy as np
 
 from ..._c import check, ffi, lib
 from .graph import Const, Ref, dtype_of
+from .ops_tensor import assign_slice
+from .registry import runtime_dtype
 
 FLOATS = ("fp16", "fp32")
 F32 = np.dtype(np.float32)
@@ -76,7 +85,9 @@ def fuse(steps, ctx, outputs) -> list:
         if k in taken:
             continue
         chain = (
-            _rmsnorm(steps, k, ctx, readers, outputs, taken)
+            _state_update(steps, k, ctx, readers, outputs, taken)
+            or _state_slice(steps, k, ctx, readers, outputs, taken)
+            or _rmsnorm(steps, k, ctx, readers, outputs, taken)
             or _rotary(steps, k, ctx, readers, outputs, taken)
             or _silu_gate(steps, k, ctx, readers, outputs, taken)
             or _moves(steps, k, ctx, readers, outputs, taken)
@@ -506,6 +517,79 @@ def _silu_gate(steps, k, ctx, readers, outputs, taken):
         env[out_slot] = e
 
     return Fused("silu_gate", (k, mul_k), run, (g_slot, u_slot), (node.name, mul.name))
+
+
+# ---------------------------------------------------------------------- states (KV caches)
+
+
+def _state_read_by(steps, k, kind, readers, outputs, taken):
+    """(state name, j) when step ``k`` is a ``read_state`` whose value only step ``j``, a ``kind``
+    slice op with a known slicing, reads (as its ``x`` only), and no step in between touches the
+    state; else None."""
+    node = steps[k].node
+    if node.type != "read_state":
+        return None
+    state, value = _ref(node, "input"), _out(node)
+    j = _only_reader(readers, value, outputs)
+    if j is None or j in taken or steps[j].node.type != kind or steps[j].slicing is None:
+        return None
+    params = steps[j].node.inputs
+    if _ref(steps[j].node, "x") != value or any(_reads(b, value) for p, b in params.items() if p != "x"):
+        return None
+    if any(_reads(b, state) for i in range(k + 1, j) for b in steps[i].node.inputs.values()):
+        return None
+    return state, j
+
+
+def _reads(binding, name) -> bool:
+    return any(isinstance(b, Ref) and b.name == name for b in (binding if isinstance(binding, tuple) else (binding,)))
+
+
+def _slot_reads(slicing) -> tuple:
+    return tuple(o.slot for o in slicing.operands if o.slot is not None)
+
+
+def _state_update(steps, k, ctx, readers, outputs, taken):
+    """``read_state(S) -> slice_update(x=., update=u) -> write_state(S, .)``: ``u`` written into
+    the state's slice in place (a KV cache's new positions), where the unfused ops convert the
+    whole state to float32, copy it, and convert it back. The same bits: the other elements
+    round-trip binary16 -> float32 -> binary16 unchanged, and ``u`` is cast as numpy casts."""
+    found = _state_read_by(steps, k, "slice_update", readers, outputs, taken)
+    if found is None:
+        return None
+    state, j = found
+    m = _only_reader(readers, _out(steps[j].node), outputs)
+    if m is None or m in taken or steps[m].node.type != "write_state":
+        return None
+    write = steps[m].node
+    if _ref(write, "input") != state or _ref(write, "data") != _out(steps[j].node) or any(_reads(b, state) for i in range(j + 1, m) for b in steps[i].node.inputs.values()):
+        return None
+    slicing, where_text = steps[j].slicing, f"{ctx.source}: {steps[j].node.where}"
+    state_slot, update = ctx.states[state].slot, slicing.update
+
+    def run(env):
+        u = env[update.slot] if update.slot is not None else update.value
+        assign_slice(env[state_slot], slicing.where(env), np.asarray(u), where_text)
+
+    reads = (state_slot,) + ((update.slot,) if update.slot is not None else ()) + _slot_reads(slicing)
+    return Fused("state_update", (k, j, m), run, reads, tuple(steps[i].node.name for i in (k, j, m)))
+
+
+def _state_slice(steps, k, ctx, readers, outputs, taken):
+    """``read_state(S) -> slice_by_index(x=.)``: only the slice converted to float32 (a KV cache's
+    filled positions), where the unfused ops convert the whole state first. The same values."""
+    found = _state_read_by(steps, k, "slice_by_index", readers, outputs, taken)
+    if found is None:
+        return None
+    state, j = found
+    slicing, state_slot = steps[j].slicing, ctx.states[state].slot
+    out_slot, runtime = ctx.slots[_out(steps[j].node)], runtime_dtype(ctx.types[_out(steps[k].node)].dtype)
+
+    def run(env):
+        env[out_slot] = env[state_slot][slicing.where(env)].astype(runtime)
+
+    reads = (state_slot,) + _slot_reads(slicing)
+    return Fused("state_slice", (k, j), run, reads, (steps[k].node.name, steps[j].node.name))
 
 
 def _only_reader(readers, name, outputs):

@@ -4,7 +4,9 @@ defines them.
 A state is a function input of type ``state<tensor<...>>`` (a KV cache, an accumulator): a
 tensor that persists from one ``predict`` to the next. During ``predict`` its environment slot
 holds the array of the caller's :class:`~weightpack.coreml.runtime.states.ProgramState` itself,
-in the state's own dtype (float16 for an fp16 state), and only these ops touch it:
+in the state's own dtype (float16 for an fp16 state), and only these ops touch it (and the
+fused steps that run a KV cache's slice update or slice read in place, :mod:`.fusion`, with the
+same results):
 
 - ``read_state(input=state)`` returns a copy of the state's content (its type: the wrapped tensor
   type), so later writes never change a value already read;
@@ -18,10 +20,8 @@ in the state's own dtype (float16 for an fp16 state), and only these ops touch i
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ...errors import WeightpackError
-from .registry import Operand, op, runtime_dtype
+from .registry import Operand, op, runtime_dtype, store
 from .shapes import same_dim
 
 
@@ -45,7 +45,7 @@ def _writer(b, state_param: str, value_param: str):
     def write(s, v):
         if v.shape != shape:
             raise WeightpackError(f"parameter {value_param!r} has shape {v.shape}; state {name!r} holds shape {shape}")
-        np.copyto(s, v, casting="unsafe")  # float32 -> float16 rounds to nearest even, as numpy's cast
+        store(s, v)  # float32 -> float16 rounds to nearest even (numpy's cast, bit for bit)
 
     return state, [target, value], write
 

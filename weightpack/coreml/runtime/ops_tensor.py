@@ -8,6 +8,8 @@ run time (Core ML leaves it undefined).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ...errors import WeightpackError
@@ -220,16 +222,45 @@ def _slice_params(b, x):
     return None, operands, index_of
 
 
+@dataclass(frozen=True)
+class Slicing:
+    """How a slice op indexes its ``x``: the constant ``index``, or ``index_of(*values of
+    operands)``; ``update``: slice_update's update operand. Fused steps that slice a state in
+    place (:mod:`.fusion`) index it this way."""
+
+    index: tuple | None
+    operands: list
+    index_of: object
+    update: object = None
+
+    def where(self, env):
+        """The numpy index, the operands read from the environment ``env``."""
+        if self.index is not None:
+            return self.index
+        return self.index_of(*[env[o.slot] if o.slot is not None else o.value for o in self.operands])
+
+
+def assign_slice(out, where, update, op_where: str) -> None:
+    """``out[where] = update`` (reshaped to the slice's shape), as ``slice_update`` assigns."""
+    try:
+        out[where] = update.reshape(out[where].shape)
+    except ValueError:
+        raise WeightpackError(f"{op_where}: update of shape {update.shape} does not fit the slice of shape {out[where].shape}") from None
+
+
 @op("slice_by_index")
 def slice_by_index(b):
     x = b.operand("x")
     index, operands, index_of = _slice_params(b, x)
     if index is not None:
         out = b.infer(lambda: _sliced_shape(x.shape, index))
-        return b.emit(lambda v: v[index], [x], [(out, x.type.dtype)])
-    squeezed = b.bools("squeeze_mask", None) or (False,) * x.rank
-    out = tuple(None for s in squeezed if not s)
-    return b.emit(lambda v, *vals: v[index_of(*vals)], [x, *operands], [(out, x.type.dtype)])
+        step = b.emit(lambda v: v[index], [x], [(out, x.type.dtype)])
+    else:
+        squeezed = b.bools("squeeze_mask", None) or (False,) * x.rank
+        out = tuple(None for s in squeezed if not s)
+        step = b.emit(lambda v, *vals: v[index_of(*vals)], [x, *operands], [(out, x.type.dtype)])
+    step.slicing = Slicing(index, operands, index_of)
+    return step
 
 
 @op("slice_by_size")
@@ -260,18 +291,16 @@ def slice_update(b):
 
     def run(v, u, *vals):
         out = v.copy()
-        where = index if index is not None else index_of(*vals)
-        try:
-            out[where] = u.reshape(out[where].shape)
-        except ValueError:
-            raise WeightpackError(f"{b.where}: update of shape {u.shape} does not fit the slice of shape {out[where].shape}") from None
+        assign_slice(out, index if index is not None else index_of(*vals), u, b.where)
         return out
 
     if index is not None and x.shape is not None:
         sliced = b.infer(lambda: _sliced_shape(x.shape, index))
         if update.shape is not None and product(sliced) is not None and product(update.shape) is not None and product(sliced) != product(update.shape):
             b.fail(f"update {update.type} does not fit the slice of shape {sliced}")
-    return b.emit(run, [x, update, *operands], [(x.shape, x.type.dtype)])
+    step = b.emit(run, [x, update, *operands], [(x.shape, x.type.dtype)])
+    step.slicing = Slicing(index, operands, index_of, update)
+    return step
 
 
 # ---------------------------------------------------------------------------------- join, split

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..._c import ffi, lib
 from ...errors import FormatError
 from .graph import Const, Ref, TensorType, name_of
 from .shapes import ShapeError
@@ -107,12 +108,14 @@ class StateSlot(_Typed):
 
 
 class Step:
-    """A compiled op: ``run(env)`` reads its inputs from ``env`` and writes its outputs there."""
+    """A compiled op: ``run(env)`` reads its inputs from ``env`` and writes its outputs there.
+    ``slicing``: how a slice op indexes its ``x`` (:class:`~.ops_tensor.Slicing`), else None."""
 
-    __slots__ = ("run", "node", "uses", "observed")
+    __slots__ = ("run", "node", "uses", "observed", "slicing")
 
     def __init__(self, run, node, uses, observed):
         self.run, self.node, self.uses, self.observed = run, node, uses, observed
+        self.slicing = None
 
 
 class Builder:
@@ -405,6 +408,19 @@ def make_run(fn, args, out_slots, dtypes, rounding):
             env[o] = _finish(y, dt, rnd)
 
     return run
+
+
+F16 = np.dtype(np.float16)
+
+
+def store(out: np.ndarray, value: np.ndarray) -> None:
+    """Copy ``value`` into ``out`` (the same shape; ``out`` C-contiguous), cast to ``out``'s dtype:
+    float32 to float16 through the C conversion (numpy's cast bit for bit, eight at a time where
+    the CPU has F16C), anything else through numpy."""
+    if out.dtype == F16 and value.dtype == F32 and value.flags.c_contiguous:
+        if lib.wp_f32_to_f16(ffi.from_buffer("float[]", value), ffi.cast("unsigned short *", ffi.from_buffer(out, require_writable=True)), value.size) == 0:
+            return
+    np.copyto(out, value, casting="unsafe")
 
 
 def type_from_value(value) -> TensorType:
