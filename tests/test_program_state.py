@@ -72,7 +72,7 @@ def test_states_persist_across_calls_as_numpy_computes_them(accumulator, precisi
     expected, final = _accumulator_reference(xs, precision)
     state = prog.make_state()
     assert state.names == (acc_name, last_name)
-    assert not state.read(acc_name).any() and not state.read(last_name).any()  # zeros, as Core ML's makeState
+    assert not state.read_state(acc_name).any() and not state.read_state(last_name).any()  # zeros, as Core ML's makeState
     for k, (x, (y, previous)) in enumerate(zip(xs, expected)):
         kept = x.copy()
         out = prog.predict({"x": x}, state=state)
@@ -81,7 +81,7 @@ def test_states_persist_across_calls_as_numpy_computes_them(accumulator, precisi
         np.testing.assert_array_equal(out["y"], y, err_msg=f"call {k}")
         np.testing.assert_array_equal(out["previous"], previous, err_msg=f"call {k}")
     for name, value in zip((acc_name, last_name), final.values()):
-        read = state.read(name)
+        read = state.read_state(name)
         assert read.dtype == F16
         np.testing.assert_array_equal(read, value)
 
@@ -95,9 +95,9 @@ def test_each_state_object_is_its_own_and_read_returns_a_copy(accumulator):
     again = prog.predict({"x": x}, state=first)["y"]
     assert prog.predict({"x": x}, state=second)["y"].tolist() == [[4.0] * 3] * 2  # 2 * (0 * 0.5 + 2)
     assert again.tolist() == [[6.0] * 3] * 2  # 2 * (2 * 0.5 + 2)
-    copy = first.read(acc)
+    copy = first.read_state(acc)
     copy[...] = 100
-    assert first.read(acc).tolist() == [[3.0] * 3] * 2
+    assert first.read_state(acc).tolist() == [[3.0] * 3] * 2
 
 
 def test_write_sets_the_state_the_next_call_reads(accumulator):
@@ -105,8 +105,8 @@ def test_write_sets_the_state_the_next_call_reads(accumulator):
     acc = next(iter(prog.states))
     state = prog.make_state()
     start = np.arange(6, dtype=F32).reshape(2, 3)  # a float32 array: converted to the state's float16
-    state.write(acc, start)
-    assert state.read(acc).dtype == F16
+    state.write_state(acc, start)
+    assert state.read_state(acc).dtype == F16
     out = prog.predict({"x": np.zeros((2, 3), F16)}, state=state)
     np.testing.assert_array_equal(out["y"], (start * 0.5 * 2).astype(F16))
     np.testing.assert_array_equal(start, np.arange(6, dtype=F32).reshape(2, 3))
@@ -140,9 +140,9 @@ def test_fp32_and_int32_states_keep_their_dtype():
     x = np.array([0.1, 1e-8, -3.0], F32)
     for _ in range(3):
         out = prog.predict({"x": x}, state=state)
-    assert out["c1"] == 3 and state.read("count").dtype == np.int32 and state.read("count") == 3
+    assert out["c1"] == 3 and state.read_state("count").dtype == np.int32 and state.read_state("count") == 3
     np.testing.assert_array_equal(out["t"], x + x + x)  # float32 state: no binary16 rounding
-    assert state.read("total").dtype == F32
+    assert state.read_state("total").dtype == F32
 
 
 # ------------------------------------------------------------------ a torch KV cache, token by token
@@ -216,7 +216,7 @@ def test_a_kv_cache_decodes_token_by_token_as_torch_does(kv_model, policy, preci
             expected = oracle(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(mask.astype(np.float64))).numpy()
         check_output(f"token {t}", out, expected, torch_bound(expected, DEPTH, "fp16"), F16)
         for name in ("k_cache", "v_cache"):  # the caches evolve as torch's buffers
-            cache, reference = state.read(name), getattr(oracle, name).numpy()
+            cache, reference = state.read_state(name), getattr(oracle, name).numpy()
             check_output(f"token {t}, {name}", cache[:, : t + 1], reference[:, : t + 1], torch_bound(reference, 2 * DIM, "fp16"), F16)
             assert not cache[:, t + 1 :].any(), f"token {t}: {name} written past position {t}"
 
@@ -237,7 +237,7 @@ def test_kv_cache_updates_run_in_place_with_the_same_bits_as_the_ops(kv_model):
         op_by_op = prog.predict(feeds, state=observed_state, observe=lambda op, arrays: None)["y"]
         assert fused.tobytes() == op_by_op.tobytes()
     for name in prog.states:
-        assert fused_state.read(name).tobytes() == observed_state.read(name).tobytes()
+        assert fused_state.read_state(name).tobytes() == observed_state.read_state(name).tobytes()
 
 
 # ------------------------------------------------------------------ errors
@@ -267,14 +267,14 @@ def test_write_checks_the_name_shape_and_dtype(accumulator):
     state = prog.make_state()
     acc = state.names[0]
     with pytest.raises(WeightpackError, match=f"value for state '{acc}' has shape \\(3,\\); the state holds fp16\\[2, 3\\]"):
-        state.write(acc, np.zeros(3, F16))
+        state.write_state(acc, np.zeros(3, F16))
     with pytest.raises(WeightpackError, match=f"value for state '{acc}' has dtype int32; the state holds fp16\\[2, 3\\]"):
-        state.write(acc, np.zeros((2, 3), np.int32))
+        state.write_state(acc, np.zeros((2, 3), np.int32))
     with pytest.raises(WeightpackError, match="value for state .* must be a numpy array, got"):
-        state.write(acc, "zeros")
+        state.write_state(acc, "zeros")
     with pytest.raises(WeightpackError, match="the program has no state named 'cache'; its states: "):
-        state.read("cache")
-    assert not state.read(acc).any()  # refused writes changed nothing
+        state.read_state("cache")
+    assert not state.read_state(acc).any()  # refused writes changed nothing
     assert repr(state).startswith("ProgramState(") and isinstance(state, ProgramState)
 
 
@@ -286,7 +286,7 @@ def test_a_value_of_the_wrong_shape_is_refused_naming_the_op():
     prog.predict({"x": np.ones(2, F32)}, state=state)
     with pytest.raises(WeightpackError, match=r"op 'u' \(coreml_update_state\): parameter 'value' has shape \(3,\); state 'acc' holds shape \(2,\)"):
         prog.predict({"x": np.ones(3, F32)}, state=state)
-    assert state.read("acc").tolist() == [1.0, 1.0]
+    assert state.read_state("acc").tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -367,10 +367,10 @@ def test_in_place_cache_steps_compute_what_the_ops_compute(variant):
         expected[t] = x
         y = prog.predict(feeds, state=fused)["y"]
         assert y.tobytes() == prog.predict(feeds, state=op_by_op, observe=lambda op, arrays: None)["y"].tobytes()
-        assert fused.read("cache").tobytes() == op_by_op.read("cache").tobytes()
+        assert fused.read_state("cache").tobytes() == op_by_op.read_state("cache").tobytes()
         if not variant.get("interleaved_write"):  # the write of x2 is lost: the update applies to the value read before it
             np.testing.assert_array_equal(y, expected[: t + 1])
-            np.testing.assert_array_equal(fused.read("cache"), expected)
+            np.testing.assert_array_equal(fused.read_state("cache"), expected)
 
 
 def test_an_update_that_does_not_fit_its_slice_is_refused_in_place_leaving_the_state():
@@ -380,4 +380,4 @@ def test_an_update_that_does_not_fit_its_slice_is_refused_in_place_leaving_the_s
     feeds = {"x": np.ones((1, 2), F16), "begin": np.array([0, 0], np.int32), "end": np.array([2, 2], np.int32)}
     with pytest.raises(WeightpackError, match=r"op 'su' \(slice_update\): update of shape \(1, 2\) does not fit the slice of shape \(2, 2\)"):
         prog.predict(feeds, state=state)
-    assert not state.read("cache").any()
+    assert not state.read_state("cache").any()

@@ -22,9 +22,9 @@ and updates its arrays in place, call after call, as Core ML updates the state b
 >>> state = prog.make_state()
 >>> for _ in range(3):
 ...     y = prog.predict({"x": np.array([1.0, 0.5], np.float16)}, state=state)["y"]
->>> y, state.read("acc")
+>>> y, state.read_state("acc")
 (array([3. , 1.5], dtype=float16), array([3. , 1.5], dtype=float16))
->>> state.write("acc", np.zeros(2, np.float16))
+>>> state.write_state("acc", np.zeros(2, np.float16))
 """
 from __future__ import annotations
 
@@ -50,11 +50,11 @@ class ProgramState:
         """The names of the states, in the program's order."""
         return tuple(self._declared)
 
-    def read(self, name: str) -> np.ndarray:
+    def read_state(self, name: str) -> np.ndarray:
         """A copy of the state ``name``'s current value (``MLState.read_state``)."""
         return self._array(name).copy()
 
-    def write(self, name: str, value) -> None:
+    def write_state(self, name: str, value) -> None:
         """Set the state ``name`` to ``value`` (``MLState.write_state``): an array of the state's
         shape and of its kind of dtype (float, integer or bool), converted to the state's dtype;
         the state keeps its own buffer (``value`` is copied)."""
