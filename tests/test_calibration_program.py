@@ -390,6 +390,29 @@ def test_refit_palettizes_with_refitted_luts(tmp_path):
     assert got != gptq_palettize(w, stats, 4)
 
 
+def test_prune_refit_switch_gives_plain_sparsegpt(tmp_path):
+    """compress(prune_refit=False): calibrated pruning is sparsegpt_prune without the refit of the
+    kept weights (the default refits them)."""
+    import coremltools.optimize.coreml as cto
+
+    import weightpack.coreml as wpc
+    from weightpack.calibration import sparsegpt_prune
+
+    config = cto.OptimizationConfig(cto.OpMagnitudePrunerConfig(target_sparsity=0.5))
+    calibration = bert_inputs(16, 1)
+    stats = collect(BERT, calibration)["layers_1_up_weight"]
+    w = wpc.load(BERT)["layers_1_up_weight"]
+    got = {}
+    for refit in (True, False):
+        path = wpc.compress(BERT, config, calibration=calibration, sequential=False, prune_refit=refit,
+                            output=str(tmp_path / f"p{refit}.mlpackage"))  # fmt: skip
+        got[refit] = wpc.load(path)["layers_1_up_weight_sparsified"]
+        assert got[refit] == sparsegpt_prune(w, stats, 0.5, refit=refit)
+    assert got[True] != got[False]
+    with pytest.raises(WeightpackError, match="prune_refit=1"):
+        wpc.compress(BERT, config, calibration=calibration, prune_refit=1, output=str(tmp_path / "bad.mlpackage"))
+
+
 def test_refit_needs_calibration_and_a_bool(tmp_path):
     import coremltools.optimize.coreml as cto
 

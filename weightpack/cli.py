@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="with --calibrate: do not make each layer compensate the error of its compressed inputs")  # fmt: skip
     calibration.add_argument("--refit", action="store_true",
                              help="with --calibrate and --palettize: refit each LUT (and per-row scale) on the layer's statistics")  # fmt: skip
+    calibration.add_argument("--no-prune-refit", action="store_true",
+                             help="with --calibrate and --prune: plain SparseGPT, without the least-squares refit of the kept weights")  # fmt: skip
     calibration.add_argument("--bits-per-weight", type=float, metavar="B", help="palettize with bits per layer chosen for this average")
     calibration.add_argument("--size", type=float, metavar="MB", help="palettize with bits per layer chosen for this total (MB of the planned weights)")
     calibration.add_argument("--sensitivity", action="store_true", help="with a budget: measure each layer's effect on the outputs at each width")
@@ -182,7 +184,8 @@ def _compress(args) -> None:
     if budget and args.palettize is None and args.config is None:
         args.palettize = 4  # the base config; the plan sets each layer's width
     steps = _steps(args)  # validate the flags before any work
-    if args.calibrate or args.eval or budget or args.no_sequential or args.sensitivity or args.no_correct_inputs or args.refit:
+    if (args.calibrate or args.eval or budget or args.no_sequential or args.sensitivity or args.no_correct_inputs or args.refit
+            or args.no_prune_refit):
         from . import cli_calibrate
 
         cli_calibrate.run(args, steps)

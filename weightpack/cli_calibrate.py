@@ -37,7 +37,7 @@ def run(args, steps) -> None:
         raise WeightpackError("give --bits-per-weight or --size, not both")
     if budget and (len(steps) != 1 or steps[0][0] != "palettize" or args.config is not None):
         raise WeightpackError("--bits-per-weight/--size plan a palettization: combine them with --palettize/--group-size only")
-    for flag in ("sensitivity", "no_sequential", "no_correct_inputs", "refit"):
+    for flag in ("sensitivity", "no_sequential", "no_correct_inputs", "refit", "no_prune_refit"):
         if getattr(args, flag) and not args.calibrate:
             raise WeightpackError(f"--{flag.replace('_', '-')} needs --calibrate")
     if args.sensitivity and not budget:
@@ -54,7 +54,8 @@ def run(args, steps) -> None:
         plan = _plan(args, program, calibration, collect, say)
     start = time.perf_counter()
     compress(args.input, configs, calibration=calibration, output=args.output, sequential=not args.no_sequential,
-             correct_inputs=not (args.no_correct_inputs or args.no_sequential), refit=args.refit, target=args.target, plan=plan,
+             correct_inputs=not (args.no_correct_inputs or args.no_sequential), refit=args.refit, prune_refit=not args.no_prune_refit,
+             target=args.target, plan=plan,
              report=lambda line: say(line))  # fmt: skip
     say(f"compressed in {time.perf_counter() - start:.1f} s{' (calibrated)' if calibration is not None else ''}")
     print(table(rows(args.output)))

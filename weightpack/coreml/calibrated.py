@@ -48,7 +48,7 @@ log = logging.getLogger("weightpack")
 
 
 def compress(model, config, *, calibration=None, output=None, sequential: bool = True, correct_inputs=None,
-             refit: bool = False, target=None, plan=None, progress=None, report=None):
+             refit: bool = False, prune_refit: bool = True, target=None, plan=None, progress=None, report=None):
     """Compress ``model`` (an .mlpackage path, a coremltools MLModel or a Program loaded from a
     package) with ``config``: a coremltools ``OptimizationConfig`` or a list of them applied in
     order (a joint compression, iOS18). ``calibration``: inputs for
@@ -57,7 +57,9 @@ def compress(model, config, *, calibration=None, output=None, sequential: bool =
     ``sequential``): each weight also compensates the error its compressed inputs carry (aims at
     the original model's outputs; :mod:`weightpack.calibration.sequential`). ``refit``: calibrated
     palettizations also refit their LUT entries (and per-row scales) on H, alternating with the
-    sweep while the layer's output error drops (``gptq_palettize(refit=True)``). ``plan``: {weight name: (nbits, group_size)}
+    sweep while the layer's output error drops (``gptq_palettize(refit=True)``). ``prune_refit``
+    (default on): calibrated pruning refits each row's kept weights by least squares on H after the
+    sweep (``sparsegpt_prune(refit=True)``); False gives plain SparseGPT. ``plan``: {weight name: (nbits, group_size)}
     overriding a palettization's width per weight (see :func:`weightpack.calibration.plan_program`).
     ``progress(done, total, name)`` after each candidate weight; ``report(line)`` gets one line per
     encoded weight. Writes ``output`` (an .mlpackage, atomically) and returns its path when given,
@@ -72,8 +74,9 @@ def compress(model, config, *, calibration=None, output=None, sequential: bool =
     from .dropin import linear_quantize_weights, palettize_weights, prune_weights
     from .package import check_output, read_weights, save_model
 
-    if not isinstance(refit, bool):
-        raise WeightpackError(f"refit={describe(refit)} must be True or False")
+    for flag, value in (("refit", refit), ("prune_refit", prune_refit)):
+        if not isinstance(value, bool):
+            raise WeightpackError(f"{flag}={describe(value)} must be True or False")
     if refit and calibration is None:
         raise WeightpackError("refit=True needs calibration inputs (it refits LUTs on their statistics)")
     steps = _steps(config)
@@ -87,7 +90,7 @@ def compress(model, config, *, calibration=None, output=None, sequential: bool =
         read_weights(path)
         correct = sequential if correct_inputs is None else correct_inputs
         encoder = CalibratedEncoder(path, calibration, sequential=sequential, correct_inputs=correct, refit=refit,
-                                    plan=plan, report=report)
+                                    prune_refit=prune_refit, plan=plan, report=report)
     elif plan is not None:
         encoder = CalibratedEncoder(None, None, plan=plan, report=report)
     compressors = {"prune": prune_weights, "palettize": palettize_weights, "quantize": linear_quantize_weights}
@@ -144,14 +147,15 @@ def _model(model):
 class CalibratedEncoder:
     """The drop-in compressors' ``encoder``: calibrated encoders on sequential statistics."""
 
-    def __init__(self, path, calibration, *, sequential=True, correct_inputs=False, refit=False, plan=None, report=None):
+    def __init__(self, path, calibration, *, sequential=True, correct_inputs=False, refit=False, prune_refit=True, plan=None,
+                 report=None):
         from ..calibration.sequential import SequentialStats
 
         self.stats = None
         if path is not None:
             self.stats = SequentialStats(path, calibration, sequential=sequential, correct_inputs=correct_inputs)
         self.plan = dict(plan or {})
-        self.refit = refit
+        self.refit, self.prune_refit = refit, prune_refit
         self.report = report
         self.count = 0
 
@@ -223,10 +227,12 @@ class CalibratedEncoder:
             if op_config.dim not in (None, 1) or m > channels / 2 or channels % m or not op_config._check_const_op_is_valid(op):
                 return None, "data-free"
             stats, w = self._stats(name, weights)
-            return n_of_m_along_inputs(w, stats, n, m), f"sparsegpt_prune {n}:{m} + refit, {stats.count} rows"
+            tensor = n_of_m_along_inputs(w, stats, n, m, refit=self.prune_refit)
+            return tensor, f"sparsegpt_prune {n}:{m}{' + refit' if self.prune_refit else ''}, {stats.count} rows"
         stats, w = self._stats(name, weights)
         sparsity = float(op_config.target_sparsity)
-        return sparsegpt_prune(w, stats, sparsity, refit=True), f"sparsegpt_prune {sparsity:.0%} + refit, {stats.count} rows"
+        tensor = sparsegpt_prune(w, stats, sparsity, refit=self.prune_refit)
+        return tensor, f"sparsegpt_prune {sparsity:.0%}{' + refit' if self.prune_refit else ''}, {stats.count} rows"
 
     def _stats(self, name, weights):
         """(the weight's ActivationStats, the weights its encoder aims at)."""
@@ -248,7 +254,7 @@ class CalibratedEncoder:
         self.stats = None
 
 
-def n_of_m_along_inputs(w, stats, n: int, m: int):
+def n_of_m_along_inputs(w, stats, n: int, m: int, refit: bool = True):
     """SparseGPT with n of every m consecutive *input channels* pruned (coremltools' n:m along
     axis 1), also for a conv weight (out, C_in, *kernel): its columns are visited kernel tap by
     tap, so that each run of m lies along C_in, then the result is put back in the original layout.
@@ -259,12 +265,12 @@ def n_of_m_along_inputs(w, stats, n: int, m: int):
     from ..formats import SparseTensor
 
     if w.ndim == 2:
-        return sparsegpt_prune(w, stats, n_m=(n, m), refit=True)
+        return sparsegpt_prune(w, stats, n_m=(n, m), refit=refit)
     out, channels = w.shape[:2]
     taps = int(np.prod(w.shape[2:]))
     order = (np.arange(channels)[None, :] * taps + np.arange(taps)[:, None]).reshape(-1)  # tap-major columns
     gram = stats.gram[order][:, order]
-    pruned = sparsegpt_prune(w.reshape(out, channels, taps).transpose(0, 2, 1).reshape(out, -1), gram, n_m=(n, m), refit=True)
+    pruned = sparsegpt_prune(w.reshape(out, channels, taps).transpose(0, 2, 1).reshape(out, -1), gram, n_m=(n, m), refit=refit)
 
     def back(a):
         return a.reshape(out, taps, channels).transpose(0, 2, 1).reshape(w.shape)
