@@ -91,7 +91,7 @@ class _Context:
             builder.fail(f"{what} is not a variable or a value")
         name = binding.name
         if name in self.states:
-            builder.fail(f"{what} reads the state {name!r}; only read_state and coreml_update_state take a state")
+            builder.fail(f"{what} reads the state {name!r}; only read_state, write_state and coreml_update_state take a state")
         if name in self.types:
             return Operand(self.slots[name], None, self.types[name], param)
         if name in self.constants:
@@ -238,7 +238,7 @@ class Program:
         Every input is checked (name, shape, dtype) before anything runs. A stateful program
         (:attr:`states`) needs ``state``, a :class:`~.states.ProgramState` from
         :meth:`make_state`: its arrays are read by ``read_state`` and updated in place by
-        ``coreml_update_state`` (like ``MLModel.predict(data, state=state)``). ``observe``, if given,
+        ``write_state`` / ``coreml_update_state`` (like ``MLModel.predict(data, state=state)``). ``observe``, if given,
         is called as ``observe(op, arrays)`` right before each op that consumes a weight, once
         per weight it consumes (a linear op with a stored bias: twice, roles ``"linear"`` and
         ``"other"``), with ``op`` the :class:`WeightOp` and ``arrays`` {parameter: read-only
@@ -342,7 +342,7 @@ class Program:
     def _located(self, err: Exception, k: int) -> WeightpackError:
         where = f"{self.graph.source}: {self._steps[k].node.where}"
         text = str(err)
-        if isinstance(err, WeightpackError) and text.startswith(where):
+        if isinstance(err, WeightpackError) and text.startswith(f"{self.graph.source}: "):  # located already (a fused chain's op)
             return err
         cls = type(err) if isinstance(err, WeightpackError) else WeightpackError
         return cls(f"{where}: {text if isinstance(err, WeightpackError) else f'{type(err).__name__}: {text}'}")

@@ -45,6 +45,7 @@ import time
 import numpy as np
 
 from ..._c import check, ffi, lib
+from ...errors import WeightpackError
 from .graph import Const, Ref, dtype_of
 from .ops_tensor import assign_slice
 from .registry import runtime_dtype
@@ -569,7 +570,10 @@ def _state_update(steps, k, ctx, readers, outputs, taken):
 
     def run(env):
         u = env[update.slot] if update.slot is not None else update.value
-        assign_slice(env[state_slot], slicing.where(env), np.asarray(u), where_text)
+        try:
+            assign_slice(env[state_slot], slicing.where(env), np.asarray(u))
+        except WeightpackError as err:  # located at the slice_update, not at the chain's last op
+            raise WeightpackError(f"{where_text}: {err}") from None
 
     reads = (state_slot,) + ((update.slot,) if update.slot is not None else ()) + _slot_reads(slicing)
     return Fused("state_update", (k, j, m), run, reads, tuple(steps[i].node.name for i in (k, j, m)))

@@ -240,12 +240,12 @@ class Slicing:
         return self.index_of(*[env[o.slot] if o.slot is not None else o.value for o in self.operands])
 
 
-def assign_slice(out, where, update, op_where: str) -> None:
+def assign_slice(out, where, update) -> None:
     """``out[where] = update`` (reshaped to the slice's shape), as ``slice_update`` assigns."""
     try:
         out[where] = update.reshape(out[where].shape)
     except ValueError:
-        raise WeightpackError(f"{op_where}: update of shape {update.shape} does not fit the slice of shape {out[where].shape}") from None
+        raise WeightpackError(f"update of shape {update.shape} does not fit the slice of shape {out[where].shape}") from None
 
 
 @op("slice_by_index")
@@ -291,7 +291,7 @@ def slice_update(b):
 
     def run(v, u, *vals):
         out = v.copy()
-        assign_slice(out, index if index is not None else index_of(*vals), u, b.where)
+        assign_slice(out, index if index is not None else index_of(*vals), u)
         return out
 
     if index is not None and x.shape is not None:

@@ -236,7 +236,7 @@ class Builder:
         return self.ctx.type_of(binding, f"parameter {param!r}", self)
 
     def state(self, param: str) -> StateSlot:
-        """The state input a parameter is bound to (``read_state`` / ``coreml_update_state``)."""
+        """The state input a parameter is bound to (the state ops of :mod:`.ops_state`)."""
         binding = self._binding(param)
         if not isinstance(binding, Ref) or binding.name not in self.ctx.states:
             what = repr(binding.name) if isinstance(binding, Ref) else "a constant"
