@@ -6,7 +6,7 @@ computes exactly what the ops compute, operation by operation in float32 in nump
 without the interpreter's per-op work and numpy's per-call costs, which dominate at batch 1
 (each numpy call after a weight product runs from cold caches). ``predict(observe=...)`` still
 runs op by op, so every op's inputs can be observed. Fusion applies to ``compute_precision="fp32"``
-only (``"fp16"`` rounds each op's output).
+only (``"fp16"`` rounds each op's output), but for the state chains, which only move values.
 
 Chains:
 
@@ -72,9 +72,10 @@ class Fused:
 
 def fuse(steps, ctx, outputs) -> list:
     """The fused chains among ``steps`` (compiled in ``ctx``), in program order; ``outputs``:
-    the program's output names (never fused away)."""
-    if ctx.precision != "fp32":
-        return []
+    the program's output names (never fused away). Under ``fp16`` precision only the state
+    chains, which move values without computing (binary16 values stay the same bits)."""
+    exact = ctx.precision == "fp32"
+    patterns = (_state_update, _state_slice) + ((_rmsnorm, _rotary, _silu_gate, _moves) if exact else ())
     readers = {}
     for k, step in enumerate(steps):
         for binding in step.node.inputs.values():
@@ -85,18 +86,12 @@ def fuse(steps, ctx, outputs) -> list:
     for k in range(len(steps)):
         if k in taken:
             continue
-        chain = (
-            _state_update(steps, k, ctx, readers, outputs, taken)
-            or _state_slice(steps, k, ctx, readers, outputs, taken)
-            or _rmsnorm(steps, k, ctx, readers, outputs, taken)
-            or _rotary(steps, k, ctx, readers, outputs, taken)
-            or _silu_gate(steps, k, ctx, readers, outputs, taken)
-            or _moves(steps, k, ctx, readers, outputs, taken)
-        )
+        chain = next((c for c in (pattern(steps, k, ctx, readers, outputs, taken) for pattern in patterns) if c is not None), None)
         if chain is not None:
             found.append(chain)
             taken.update(chain.members)
-    found = _grouped_attention(found, steps, ctx, readers, outputs)
+    if exact:
+        found = _grouped_attention(found, steps, ctx, readers, outputs)
     return sorted(found, key=lambda chain: chain.last)
 
 
