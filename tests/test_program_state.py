@@ -178,22 +178,32 @@ DIM, MAX_LEN = 16, 8
 DEPTH = 4 * DIM + 2 * MAX_LEN
 
 
+def _converted_with_caches(module, cache_shape):
+    """``module(x, mask)`` traced and converted with its ``k_cache`` / ``v_cache`` buffers as fp16
+    states (``ct.StateType``), the mask's last dimension (the filled length) flexible."""
+    traced = torch.jit.trace(module, (torch.rand(1, 1, DIM), torch.zeros(1, 1, 3)))
+    cache = ct.TensorType(shape=cache_shape, dtype=np.float16)
+    return ct.convert(
+        traced,
+        inputs=[ct.TensorType(shape=(1, 1, DIM), dtype=np.float16, name="x"),
+                ct.TensorType(shape=(1, 1, ct.RangeDim(1, MAX_LEN, default=1)), dtype=np.float16, name="mask")],
+        outputs=[ct.TensorType(dtype=np.float16, name="y")],
+        states=[ct.StateType(wrapped_type=cache, name="k_cache"), ct.StateType(wrapped_type=cache, name="v_cache")],
+        minimum_deployment_target=ct.target.iOS18, convert_to="mlprogram", skip_model_load=True,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def kv_model():
     module = KVCacheAttention(DIM, MAX_LEN).eval()
-    traced = torch.jit.trace(module, (torch.rand(1, 1, DIM), torch.zeros(1, 1, 3)))
-    length = ct.RangeDim(1, MAX_LEN, default=1)
-    cache = ct.TensorType(shape=(1, MAX_LEN, DIM), dtype=np.float16)
-    mlmodel = ct.convert(
-        traced,
-        inputs=[ct.TensorType(shape=(1, 1, DIM), dtype=np.float16, name="x"), ct.TensorType(shape=(1, 1, length), dtype=np.float16, name="mask")],
-        outputs=[ct.TensorType(dtype=np.float16, name="y")],
-        states=[ct.StateType(wrapped_type=cache, name="k_cache"), ct.StateType(wrapped_type=cache, name="v_cache")],
-        minimum_deployment_target=ct.target.iOS18,
-        convert_to="mlprogram",
-        skip_model_load=True,
-    )
-    return mlmodel, module
+    return _converted_with_caches(module, (1, MAX_LEN, DIM)), module
+
+
+def _empty_caches(module):
+    """Zero the caches tracing wrote into: a program's states start at zeros (the buffers' values
+    at conversion are not kept)."""
+    module.k_cache.zero_()
+    module.v_cache.zero_()
 
 
 def _tokens(count):
@@ -208,6 +218,7 @@ def test_a_kv_cache_decodes_token_by_token_as_torch_does(kv_model, policy, preci
     assert prog.states == {"k_cache": ((1, MAX_LEN, DIM), np.dtype(F16)), "v_cache": ((1, MAX_LEN, DIM), np.dtype(F16))}
     oracle = KVCacheAttention(DIM, MAX_LEN).double().eval()  # the same weights (same seed), float64, its own cache
     oracle.load_state_dict(module.state_dict())
+    _empty_caches(oracle)
     state = prog.make_state()
     for t, x in enumerate(_tokens(MAX_LEN)):
         mask = np.zeros((1, 1, t + 1), F16)
@@ -241,6 +252,56 @@ def test_kv_cache_updates_run_in_place_with_the_same_bits_as_the_ops(kv_model, p
         assert fused.tobytes() == op_by_op.tobytes()
     for name in prog.states:
         assert fused_state.read_state(name).tobytes() == observed_state.read_state(name).tobytes()
+
+
+class StackedCaches(nn.Module):
+    """Two attention layers sharing stacked caches (one state per cache, a layer index first, as
+    Apple's stateful LLM examples keep them): a read of the cache feeds one layer's slice and the
+    next layer's update."""
+
+    def __init__(self, dim=16, max_len=8, layers=2):
+        super().__init__()
+        torch.manual_seed(9)
+        self.dim = dim
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim, bias=False) for _ in range(layers))
+        self.register_buffer("k_cache", torch.zeros(layers, 1, max_len, dim))
+        self.register_buffer("v_cache", torch.zeros(layers, 1, max_len, dim))
+
+    def forward(self, x, mask):
+        end = mask.shape[-1]
+        start = end - x.shape[1]
+        for i, qkv in enumerate(self.qkv):
+            q, k, v = qkv(x).split(self.dim, -1)
+            self.k_cache[i, :, start:end, :] = k
+            self.v_cache[i, :, start:end, :] = v
+            keys, values = self.k_cache[i, :, :end, :], self.v_cache[i, :, :end, :]
+            x = x + torch.softmax(q @ keys.transpose(-1, -2) / 4.0 + mask, -1) @ values
+        return x
+
+
+def test_stacked_caches_of_several_layers_decode_in_place_as_torch_does():
+    module = StackedCaches(DIM, MAX_LEN).eval()
+    mlmodel = _converted_with_caches(module, (2, 1, MAX_LEN, DIM))
+    prog = Program.load(mlmodel, policy="jit")
+    fused_ops = {name for _, ops in prog.report.fused_chains for name in ops}
+    state_ops = [step.node.name for step in prog._steps if step.node.type in ("read_state", "write_state")]
+    assert len(state_ops) == 10 and set(state_ops) <= fused_ops  # every cache read and write runs in place
+    oracle = StackedCaches(DIM, MAX_LEN).double().eval()
+    oracle.load_state_dict(module.state_dict())
+    _empty_caches(oracle)
+    fused, op_by_op = prog.make_state(), prog.make_state()
+    depth = 2 * (2 * DIM + 2 * MAX_LEN)  # per layer: qkv (16), scores (16), softmax (8), values (8)
+    for t, x in enumerate(_tokens(MAX_LEN)):
+        mask = np.zeros((1, 1, t + 1), F16)
+        out = prog.predict({"x": x, "mask": mask}, state=fused)["y"]
+        assert out.tobytes() == prog.predict({"x": x, "mask": mask}, state=op_by_op, observe=lambda op, arrays: None)["y"].tobytes()
+        with torch.no_grad():
+            expected = oracle(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(mask.astype(np.float64))).numpy()
+        check_output(f"token {t}", out, expected, torch_bound(expected, depth, "fp16"), F16)
+    for name in prog.states:
+        assert fused.read_state(name).tobytes() == op_by_op.read_state(name).tobytes()
+        reference = getattr(oracle, name).numpy()
+        check_output(name, fused.read_state(name), reference, torch_bound(reference, depth, "fp16"), F16)
 
 
 # ------------------------------------------------------------------ errors
@@ -336,11 +397,12 @@ def test_a_compressed_kv_cache_runs_just_in_time_as_its_decompressed_form(kv_mod
         check_output(f"token {t}", jit.predict(feeds, state=jit_state)["y"], expected, summation_bound(expected, DEPTH, True), F16)
 
 
-def _cache_graph(interleaved_write=False, shared_read=False):
+def _cache_graph(interleaved_write=False, shared_read=False, late_slice=False):
     """cache[begin:end] = x in place, then y = cache[:end] (a KV cache step; positions as inputs).
     ``interleaved_write``: the state is overwritten by ``x2`` between its read and the slice
     update (the update then applies to the old value); ``shared_read``: the value read is also
-    an output."""
+    an output; ``late_slice``: the value read is also sliced after the write (output ``z``: the
+    old positions)."""
     c, row, pos = TensorType((4, 2), "fp16"), TensorType((1, 2), "fp16"), TensorType((2,), "int32")
     ops = [OpNode("read_state", "r", {"input": Ref("cache")}, [Var("old", c)])]
     if interleaved_write:
@@ -351,12 +413,14 @@ def _cache_graph(interleaved_write=False, shared_read=False):
         OpNode("read_state", "r2", {"input": Ref("cache")}, [Var("now", c)]),
         OpNode("slice_by_index", "sl", {"x": Ref("now"), "begin": Const(np.zeros(2, np.int32)), "end": Ref("end")}, [Var("y", TensorType((None, 2), "fp16"))]),
     ]
+    if late_slice:
+        ops.append(OpNode("slice_by_index", "late", {"x": Ref("old"), "begin": Const(np.zeros(2, np.int32)), "end": Ref("end")}, [Var("z", TensorType((None, 2), "fp16"))]))
     inputs = {"x": row, "begin": pos, "end": pos} | ({"x2": c} if interleaved_write else {})
-    return _graph({"cache": c}, inputs, ops, ["y"] + (["old"] if shared_read else []))
+    return _graph({"cache": c}, inputs, ops, ["y"] + (["old"] if shared_read else []) + (["z"] if late_slice else []))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("variant", [{}, {"interleaved_write": True}, {"shared_read": True}])
+@pytest.mark.parametrize("variant", [{}, {"interleaved_write": True}, {"shared_read": True}, {"late_slice": True}])
 def test_in_place_cache_steps_compute_what_the_ops_compute(variant, precision):
     prog = Program(_cache_graph(**variant), compute_precision=precision)
     fused_kinds = [kind for kind, _ in prog.report.fused_chains]
@@ -369,9 +433,13 @@ def test_in_place_cache_steps_compute_what_the_ops_compute(variant, precision):
         if variant.get("interleaved_write"):
             feeds["x2"] = rng.standard_normal((4, 2)).astype(F16)
         expected[t] = x
-        y = prog.predict(feeds, state=fused)["y"]
-        assert y.tobytes() == prog.predict(feeds, state=op_by_op, observe=lambda op, arrays: None)["y"].tobytes()
+        before = fused.read_state("cache")
+        out, unfused = prog.predict(feeds, state=fused), prog.predict(feeds, state=op_by_op, observe=lambda op, arrays: None)
+        y = out["y"]
+        assert all(out[name].tobytes() == unfused[name].tobytes() for name in out)
         assert fused.read_state("cache").tobytes() == op_by_op.read_state("cache").tobytes()
+        if variant.get("late_slice"):
+            np.testing.assert_array_equal(out["z"], before[: t + 1])  # sliced from the value read before the write
         if not variant.get("interleaved_write"):  # the write of x2 is lost: the update applies to the value read before it
             np.testing.assert_array_equal(y, expected[: t + 1])
             np.testing.assert_array_equal(fused.read_state("cache"), expected)

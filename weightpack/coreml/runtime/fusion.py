@@ -26,12 +26,14 @@ Chains:
   call on the unrepeated heads (``csrc/attention.c``; the same per-head arithmetic as on the
   repeated ones) when the problem is small (a decoding step), else the chains and the op;
 - ``state_update``: ``read_state(S) -> slice_update(x=., update=u) -> write_state(S, .)`` (a KV
-  cache taking its new positions), nothing else reading the values or touching ``S`` in between:
-  ``u`` assigned into the state's slice in place, where the ops convert the whole state to
-  float32, copy it and convert it back (the other elements round-trip binary16 -> float32 ->
-  binary16 unchanged, ``u`` is cast as numpy casts: the same bits), run where the write runs;
-- ``state_slice``: ``read_state(S) -> slice_by_index(x=.)`` (the filled positions of a KV cache),
-  nothing touching ``S`` in between: only the slice converted to float32;
+  cache taking its new positions): ``u`` assigned into the state's slice in place, where the ops
+  convert the whole state to float32, copy it and convert it back (the other elements round-trip
+  binary16 -> float32 -> binary16 unchanged, ``u`` is cast as numpy casts: the same bits), run
+  where the write runs;
+- ``state_slice``: ``read_state(S) -> slice_by_index(x=.)`` (the filled positions of a KV cache):
+  only the slice converted to float32, where the slice runs. One read may feed several slices and
+  one update (a cache stacking every layer: one layer's slice, the next layer's update), the
+  slices before the write; no other op may touch ``S`` from the read to the last of them;
 - ``moves``: a chain of data movements with a ``tile`` among them (``transpose``, ``reshape``,
   ``tile``, ``squeeze``, ``expand_dims``; the head repeats of grouped-query attention) on an input
   of static shape: one gather (``csrc/gather.c`` for float32) through the index map the chain
@@ -75,7 +77,7 @@ def fuse(steps, ctx, outputs) -> list:
     the program's output names (never fused away). Under ``fp16`` precision only the state
     chains, which move values without computing (binary16 values stay the same bits)."""
     exact = ctx.precision == "fp32"
-    patterns = (_state_update, _state_slice) + ((_rmsnorm, _rotary, _silu_gate, _moves) if exact else ())
+    patterns = (_rmsnorm, _rotary, _silu_gate, _moves) if exact else ()
     readers = {}
     for k, step in enumerate(steps):
         for binding in step.node.inputs.values():
@@ -86,8 +88,11 @@ def fuse(steps, ctx, outputs) -> list:
     for k in range(len(steps)):
         if k in taken:
             continue
-        chain = next((c for c in (pattern(steps, k, ctx, readers, outputs, taken) for pattern in patterns) if c is not None), None)
-        if chain is not None:
+        chains = _state_chains(steps, k, ctx, readers, outputs, taken)
+        if not chains:
+            chain = next((c for c in (pattern(steps, k, ctx, readers, outputs, taken) for pattern in patterns) if c is not None), None)
+            chains = [] if chain is None else [chain]
+        for chain in chains:
             found.append(chain)
             taken.update(chain.members)
     if exact:
@@ -518,23 +523,41 @@ def _silu_gate(steps, k, ctx, readers, outputs, taken):
 # ---------------------------------------------------------------------- states (KV caches)
 
 
-def _state_read_by(steps, k, kind, readers, outputs, taken):
-    """(state name, j) when step ``k`` is a ``read_state`` whose value only step ``j``, a ``kind``
-    slice op with a known slicing, reads (as its ``x`` only), and no step in between touches the
-    state; else None."""
+def _state_chains(steps, k, ctx, readers, outputs, taken) -> list:
+    """The fused steps of a ``read_state`` (step ``k``) whose value only slice ops read (as their
+    ``x``): each ``slice_by_index`` of it slices the state itself (``state_slice``), and at most
+    one ``slice_update`` of it, whose result only a ``write_state`` of the same state reads, is
+    assigned into the state in place (``state_update``). The slices must run before that write,
+    and no other step may touch the state from the read to the last of them; else []."""
     node = steps[k].node
     if node.type != "read_state":
-        return None
+        return []
     state, value = _ref(node, "input"), _out(node)
-    j = _only_reader(readers, value, outputs)
-    if j is None or j in taken or steps[j].node.type != kind or steps[j].slicing is None:
-        return None
-    params = steps[j].node.inputs
-    if _ref(steps[j].node, "x") != value or any(_reads(b, value) for p, b in params.items() if p != "x"):
-        return None
-    if any(_reads(b, state) for i in range(k + 1, j) for b in steps[i].node.inputs.values()):
-        return None
-    return state, j
+    found = sorted(readers.get(value, ()))
+    if not found or value in outputs or any(j in taken or not _slices(steps[j], value) for j in found):
+        return []
+    slices = [j for j in found if steps[j].node.type == "slice_by_index"]
+    updates = [j for j in found if steps[j].node.type == "slice_update"]
+    members, end = {k, *found}, found[-1]
+    if len(updates) > 1:
+        return []
+    if updates:
+        new = _out(steps[updates[0]].node)
+        m = _only_reader(readers, new, outputs)
+        if m is None or m in taken or m < end or steps[m].node.type != "write_state" or _ref(steps[m].node, "input") != state or _ref(steps[m].node, "data") != new:
+            return []
+        members.add(m)
+        end = m
+    if any(i not in members and any(_reads(b, state) for b in steps[i].node.inputs.values()) for i in range(k + 1, end)):
+        return []
+    chains = [_state_slice(steps, k, j, ctx, state) for j in slices]
+    return chains + [_state_update(steps, k, updates[0], m, ctx, state)] if updates else chains
+
+
+def _slices(step, value) -> bool:
+    """Whether ``step`` is a slice op (of known slicing) reading ``value`` as its ``x`` only."""
+    node = step.node
+    return step.slicing is not None and _ref(node, "x") == value and not any(_reads(b, value) for p, b in node.inputs.items() if p != "x")
 
 
 def _reads(binding, name) -> bool:
@@ -545,21 +568,11 @@ def _slot_reads(slicing) -> tuple:
     return tuple(o.slot for o in slicing.operands if o.slot is not None)
 
 
-def _state_update(steps, k, ctx, readers, outputs, taken):
+def _state_update(steps, k, j, m, ctx, state) -> Fused:
     """``read_state(S) -> slice_update(x=., update=u) -> write_state(S, .)``: ``u`` written into
     the state's slice in place (a KV cache's new positions), where the unfused ops convert the
     whole state to float32, copy it, and convert it back. The same bits: the other elements
     round-trip binary16 -> float32 -> binary16 unchanged, and ``u`` is cast as numpy casts."""
-    found = _state_read_by(steps, k, "slice_update", readers, outputs, taken)
-    if found is None:
-        return None
-    state, j = found
-    m = _only_reader(readers, _out(steps[j].node), outputs)
-    if m is None or m in taken or steps[m].node.type != "write_state":
-        return None
-    write = steps[m].node
-    if _ref(write, "input") != state or _ref(write, "data") != _out(steps[j].node) or any(_reads(b, state) for i in range(j + 1, m) for b in steps[i].node.inputs.values()):
-        return None
     slicing, where_text = steps[j].slicing, f"{ctx.source}: {steps[j].node.where}"
     state_slot, update = ctx.states[state].slot, slicing.update
 
@@ -574,13 +587,9 @@ def _state_update(steps, k, ctx, readers, outputs, taken):
     return Fused("state_update", (k, j, m), run, reads, tuple(steps[i].node.name for i in (k, j, m)))
 
 
-def _state_slice(steps, k, ctx, readers, outputs, taken):
+def _state_slice(steps, k, j, ctx, state) -> Fused:
     """``read_state(S) -> slice_by_index(x=.)``: only the slice converted to float32 (a KV cache's
     filled positions), where the unfused ops convert the whole state first. The same values."""
-    found = _state_read_by(steps, k, "slice_by_index", readers, outputs, taken)
-    if found is None:
-        return None
-    state, j = found
     slicing, state_slot = steps[j].slicing, ctx.states[state].slot
     out_slot, runtime = ctx.slots[_out(steps[j].node)], runtime_dtype(ctx.types[_out(steps[k].node)].dtype)
 
