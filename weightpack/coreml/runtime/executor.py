@@ -359,7 +359,7 @@ class Program:
             raise WeightpackError(f"inputs {', '.join(map(repr, extra))} are not inputs of the program; it takes {_signature(declared)}")
         checked = []
         for name, vtype in declared.items():
-            array = conformed(inputs[name], vtype, f"input {name!r}", "the program takes", lambda shape: self._check_shape(name, shape, vtype))
+            array = conformed(inputs[name], vtype, f"input {name!r}", "the program takes", lambda shape: self._check_flexible(name, shape))
             checked.append((self._ctx.slots[name], array.astype(runtime_dtype(vtype.dtype), copy=False)))
         return checked
 
@@ -380,10 +380,8 @@ class Program:
             raise WeightpackError(f"state {state!r} was made by another program; pass one made by this program's make_state()")
         return [(slot.slot, state._arrays[name]) for name, slot in self._ctx.states.items()]
 
-    def _check_shape(self, name: str, shape, vtype) -> None:
-        declared = vtype.shape
-        if declared is not None and (len(shape) != len(declared) or any(d is not None and d != s for d, s in zip(declared, shape))):
-            raise WeightpackError(f"input {name!r} has shape {tuple(shape)}; the program takes {vtype}")
+    def _check_flexible(self, name: str, shape) -> None:
+        """A flexible input's shape against the program's enumerated shapes or ranges."""
         flexible = self.graph.input_shapes.get(name)
         if flexible is None:
             return

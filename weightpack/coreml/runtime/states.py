@@ -72,8 +72,8 @@ class ProgramState:
 
 def conformed(array, vtype, what: str, takes: str, check_shape=None) -> np.ndarray:
     """``array`` in the declared dtype of ``vtype`` (no copy when it already is), after checking
-    its kind of dtype (float / integer / bool), its shape (``check_shape(shape)`` if given, else
-    exactly ``vtype``'s, None dimensions matching any size) and, for integers, their range.
+    its kind of dtype (float / integer / bool), its shape (``vtype``'s, None dimensions matching
+    any size; then ``check_shape(shape)`` if given) and, for integers, their range.
     ``what`` names the value and ``takes`` the declaring side in error messages."""
     if not isinstance(array, (np.ndarray, np.generic)):
         if not isinstance(array, (list, tuple, int, float, bool)):
@@ -82,10 +82,10 @@ def conformed(array, vtype, what: str, takes: str, check_shape=None) -> np.ndarr
     want = dtype_of(vtype.dtype)
     if _kind(array.dtype) != _kind(want):
         raise WeightpackError(f"{what} has dtype {array.dtype}; {takes} {vtype}")
+    if vtype.shape is not None and (len(array.shape) != len(vtype.shape) or any(d is not None and d != s for d, s in zip(vtype.shape, array.shape))):
+        raise WeightpackError(f"{what} has shape {tuple(array.shape)}; {takes} {vtype}")
     if check_shape is not None:
         check_shape(array.shape)
-    elif vtype.shape is not None and (len(array.shape) != len(vtype.shape) or any(d is not None and d != s for d, s in zip(vtype.shape, array.shape))):
-        raise WeightpackError(f"{what} has shape {tuple(array.shape)}; {takes} {vtype}")
     if want.kind in "iu" and array.dtype != want and array.size and (array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max):
         raise WeightpackError(f"{what} holds values outside the {want} range of {vtype}")
     return array.astype(want, copy=False)
